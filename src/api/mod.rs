@@ -1,0 +1,18 @@
+//! The `kubeflow.org/v1` TFJob API: Rust types, defaults, run-policy precedence and the CRD.
+//!
+//! Nothing here talks to the API server; the CRD's validation rules live in [`rules`].
+
+mod crd;
+mod policy;
+mod replica;
+pub mod rules;
+mod status;
+mod types;
+
+pub use crd::{crd, crd_yaml};
+pub use policy::EffectivePolicy;
+pub use replica::{ReplicaType, Replicas, SpecError};
+pub use status::{AppliedPolicy, ConditionType, JobCondition, PodRestarts, ReplicaStatus, TFJobStatus};
+pub use types::{
+    CleanPodPolicy, ReplicaSpec, RestartPolicy, RunPolicy, SchedulingPolicy, SuccessPolicy, TFJob, TFJobSpec,
+};

@@ -1,0 +1,202 @@
+//! The CRD's validation: CEL rules and schema bounds the API server enforces, in one table.
+//!
+//! The seed's update contract lives here: only `metadata.labels`, `metadata.annotations` and
+//! the three updatable run-policy fields may change. Transition rules do not fire on a field
+//! that is added or removed, so each immutable field is guarded by a rule on its parent
+//! (`spec`, which always exists) that compares presence as well as value.
+
+use serde_json::{Value, json};
+
+/// The `spec` (and `spec.runPolicy`) fields a user may change on an existing TFJob.
+pub const MUTABLE_FIELDS: [&str; 3] = ["activeDeadlineSeconds", "ttlSecondsAfterFinished", "cleanPodPolicy"];
+
+/// The fields directly under `spec` that are fixed once the job exists.
+pub const IMMUTABLE_SPEC_FIELDS: [&str; 4] =
+    ["tfReplicaSpecs", "successPolicy", "enableDynamicWorker", "backoffLimit"];
+
+/// The fields under `spec.runPolicy` that are fixed once the job exists.
+pub const IMMUTABLE_RUN_POLICY_FIELDS: [&str; 4] =
+    ["backoffLimit", "schedulingPolicy", "suspend", "managedBy"];
+
+/// What the refusal of a forbidden update says may change.
+pub const CONTRACT: &str = "only metadata.labels, metadata.annotations, activeDeadlineSeconds, \
+ttlSecondsAfterFinished and cleanPodPolicy (directly under spec or under spec.runPolicy) may be \
+changed on an existing TFJob";
+
+/// Upper bound on containers per pod template, so that rules iterating them stay within the
+/// API server's CEL cost budget.
+pub const MAX_CONTAINERS: u32 = 64;
+
+const TYPES: &str = "['ps', 'worker', 'chief', 'master', 'evaluator']";
+const CHIEFS: &str = "['chief', 'master']";
+
+/// One CEL rule and the schema node it sits on (a path of property names from the root;
+/// `*` is a map's values).
+#[derive(Clone, Debug)]
+pub struct SchemaRule {
+    pub path: &'static [&'static str],
+    pub rule: String,
+    pub message: String,
+    pub field_path: Option<String>,
+}
+
+fn rule(path: &'static [&'static str], rule: impl Into<String>, message: impl Into<String>) -> SchemaRule {
+    SchemaRule { path, rule: rule.into(), message: message.into(), field_path: None }
+}
+
+/// Every CEL rule of the CRD.
+pub fn rules() -> Vec<SchemaRule> {
+    let mut out = vec![
+        rule(
+            &[],
+            "!has(self.metadata.name) || self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            "metadata.name must be a DNS-1035 label: lowercase letters, digits and '-', starting with a \
+             letter and ending with a letter or digit",
+        ),
+        rule(
+            &[],
+            "!has(self.metadata.name) || self.spec.tfReplicaSpecs.all(k, size(self.metadata.name) + size(k) + 2 \
+             + size(string(has(self.spec.tfReplicaSpecs[k].replicas) && self.spec.tfReplicaSpecs[k].replicas > 1 \
+             ? self.spec.tfReplicaSpecs[k].replicas - 1 : 0)) <= 63)",
+            "metadata.name is too long: every pod and service name <name>-<replica type>-<index> must be at \
+             most 63 characters",
+        ),
+        rule(
+            &["spec", "tfReplicaSpecs"],
+            format!("self.all(k, k.lowerAscii() in {TYPES})"),
+            "spec.tfReplicaSpecs keys must be PS, Worker, Chief, Master or Evaluator (in any letter case)",
+        ),
+        rule(
+            &["spec", "tfReplicaSpecs"],
+            "self.all(k, self.filter(j, j.lowerAscii() == k.lowerAscii()).size() == 1)",
+            "spec.tfReplicaSpecs names the same replica type twice (keys ignore letter case: Ps and PS are \
+             the same type)",
+        ),
+        rule(
+            &["spec"],
+            format!("self.tfReplicaSpecs.filter(k, k.lowerAscii() in {CHIEFS}).size() <= 1"),
+            "spec.tfReplicaSpecs may have a Chief or a Master, not both",
+        ),
+        rule(
+            &["spec"],
+            format!(
+                "self.tfReplicaSpecs.all(k, !(k.lowerAscii() in {CHIEFS}) || \
+                 !has(self.tfReplicaSpecs[k].replicas) || self.tfReplicaSpecs[k].replicas == 1)"
+            ),
+            "a Chief or Master must have exactly 1 replica",
+        ),
+        rule(
+            &["spec"],
+            format!(
+                "self.tfReplicaSpecs.exists(k, k.lowerAscii() in {CHIEFS}) || self.tfReplicaSpecs.exists(k, \
+                 k.lowerAscii() == 'worker' && (!has(self.tfReplicaSpecs[k].replicas) || \
+                 self.tfReplicaSpecs[k].replicas >= 1))"
+            ),
+            "spec.tfReplicaSpecs needs a Chief or a Master, or a Worker with at least one replica",
+        ),
+        rule(
+            &["spec", "tfReplicaSpecs", "*"],
+            "has(self.template.spec) && self.template.spec.containers.exists(c, c.name == 'tensorflow')",
+            "every replica's pod template needs a container named tensorflow",
+        ),
+        rule(
+            &["spec", "tfReplicaSpecs", "*"],
+            "!has(self.template.spec) || (self.template.spec.containers.all(c, has(c.image) && size(c.image) > 0) \
+             && (!has(self.template.spec.initContainers) || \
+             self.template.spec.initContainers.all(c, has(c.image) && size(c.image) > 0)))",
+            "every container of a replica's pod template needs a non-empty image",
+        ),
+        rule(
+            &["spec", "runPolicy"],
+            "!has(self.suspend) || !self.suspend",
+            "spec.runPolicy.suspend: true is not supported yet by this operator",
+        ),
+        rule(
+            &["spec", "runPolicy"],
+            "!has(self.schedulingPolicy)",
+            "spec.runPolicy.schedulingPolicy (gang scheduling) is not supported yet by this operator",
+        ),
+        rule(
+            &["spec", "runPolicy"],
+            "!has(self.managedBy) || self.managedBy in ['', 'kubeflow.org/training-operator']",
+            "spec.runPolicy.managedBy is not supported yet by this operator: leave it empty or set \
+             kubeflow.org/training-operator",
+        ),
+    ];
+    for field in IMMUTABLE_SPEC_FIELDS {
+        let present = |o: &str| format!("has({o}.{field})");
+        out.push(SchemaRule {
+            path: &["spec"],
+            rule: format!(
+                "{new} == {old} && (!{new} || self.{field} == oldSelf.{field})",
+                new = present("self"),
+                old = present("oldSelf"),
+            ),
+            message: format!("spec.{field} cannot be changed: {CONTRACT}"),
+            field_path: Some(format!(".{field}")),
+        });
+    }
+    for field in IMMUTABLE_RUN_POLICY_FIELDS {
+        let present = |o: &str| format!("(has({o}.runPolicy) && has({o}.runPolicy.{field}))");
+        out.push(SchemaRule {
+            path: &["spec"],
+            rule: format!(
+                "{new} == {old} && (!{new} || self.runPolicy.{field} == oldSelf.runPolicy.{field})",
+                new = present("self"),
+                old = present("oldSelf"),
+            ),
+            message: format!("spec.runPolicy.{field} cannot be changed: {CONTRACT}"),
+            field_path: Some(format!(".runPolicy.{field}")),
+        });
+    }
+    out
+}
+
+/// Schema bounds the generated types lack: (path, keyword, value).
+fn bounds() -> Vec<(&'static [&'static str], &'static str, Value)> {
+    vec![
+        (&["spec", "tfReplicaSpecs"], "maxProperties", json!(5)),
+        (
+            &["spec", "tfReplicaSpecs", "*", "template", "spec", "containers"],
+            "maxItems",
+            json!(MAX_CONTAINERS),
+        ),
+        (
+            &["spec", "tfReplicaSpecs", "*", "template", "spec", "initContainers"],
+            "maxItems",
+            json!(MAX_CONTAINERS),
+        ),
+    ]
+}
+
+/// The schema node at `path`, or an error naming the path.
+fn node<'a>(schema: &'a mut Value, path: &[&str]) -> Result<&'a mut Value, String> {
+    let mut cur = schema;
+    for seg in path {
+        let next = if *seg == "*" {
+            cur.get_mut("additionalProperties")
+        } else {
+            cur.get_mut("properties").and_then(|p| p.get_mut(*seg))
+        };
+        cur = next.ok_or_else(|| format!("the CRD schema has no {}", path.join(".")))?;
+    }
+    Ok(cur)
+}
+
+/// Adds the bounds and CEL rules to the generated `openAPIV3Schema`.
+pub fn install(schema: &mut Value) -> Result<(), String> {
+    for (path, keyword, value) in bounds() {
+        let n = node(schema, path)?;
+        n.as_object_mut().ok_or("schema node is not an object")?.insert(keyword.into(), value);
+    }
+    for r in rules() {
+        let n = node(schema, r.path)?.as_object_mut().ok_or("schema node is not an object")?;
+        let list = n.entry("x-kubernetes-validations").or_insert_with(|| json!([]));
+        let mut entry = json!({ "rule": r.rule, "message": r.message });
+        if let Some(fp) = r.field_path {
+            entry["fieldPath"] = json!(fp);
+        }
+        list.as_array_mut().ok_or("x-kubernetes-validations is not a list")?.push(entry);
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! tfjob-operator: runs Kubeflow TFJobs (`kubeflow.org/v1`) on Kubernetes.
+//!
+//! The pure core (no client, no clock, no async): [`api`] (types, CRD and its rules),
+//! [`names`] (names, labels, owner references), [`tf_config`], [`build`] (pods and services)
+//! and [`plan`] (what to do for a job at an instant).
+
+pub mod api;
+pub mod build;
+pub mod error;
+pub mod names;
+pub mod plan;
+pub mod tf_config;
+
+pub use error::Error;

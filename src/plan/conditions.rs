@@ -1,0 +1,109 @@
+//! Condition transitions and their reasons and messages (upstream's state machine, fixed).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{ConditionType, JobCondition, TFJobStatus};
+
+pub const REASON_CREATED: &str = "TFJobCreated";
+pub const REASON_RUNNING: &str = "TFJobRunning";
+pub const REASON_RESTARTING: &str = "TFJobRestarting";
+pub const REASON_SUCCEEDED: &str = "TFJobSucceeded";
+pub const REASON_FAILED: &str = "TFJobFailed";
+pub const REASON_DEADLINE: &str = "DeadlineExceeded";
+pub const REASON_BACKOFF: &str = "BackoffLimitExceeded";
+pub const REASON_INVALID: &str = "InvalidTFJobSpec";
+
+/// Sets a condition. Nothing changes when it already holds with the same status, reason and
+/// message; a new status replaces the old condition at the end of the list. Setting Running
+/// removes Restarting and the reverse; Succeeded and Failed turn Running and Restarting False.
+/// Returns whether anything changed.
+pub fn set(
+    st: &mut TFJobStatus,
+    type_: ConditionType,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> bool {
+    if let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == type_ && c.status == "True") {
+        if c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str()) {
+            return false;
+        }
+        c.reason = Some(reason.into());
+        c.message = Some(message);
+        c.last_update_time = Some(Time(now));
+        return true;
+    }
+    st.conditions.retain(|c| c.type_ != type_);
+    match type_ {
+        ConditionType::Running => st.conditions.retain(|c| c.type_ != ConditionType::Restarting),
+        ConditionType::Restarting => st.conditions.retain(|c| c.type_ != ConditionType::Running),
+        ConditionType::Succeeded | ConditionType::Failed => {
+            for c in st.conditions.iter_mut().filter(|c| {
+                matches!(c.type_, ConditionType::Running | ConditionType::Restarting) && c.status == "True"
+            }) {
+                c.status = "False".into();
+                c.last_update_time = Some(Time(now));
+                c.last_transition_time = Some(Time(now));
+            }
+        }
+        _ => {}
+    }
+    st.conditions.push(JobCondition {
+        type_,
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_update_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+    });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn types(st: &TFJobStatus) -> Vec<(ConditionType, &str)> {
+        st.conditions.iter().map(|c| (c.type_, c.status.as_str())).collect()
+    }
+
+    #[test]
+    fn transitions() {
+        use ConditionType::*;
+        let mut st = TFJobStatus::default();
+        assert!(set(&mut st, Created, REASON_CREATED, "c".into(), ts(1)));
+        assert!(
+            !set(&mut st, Created, REASON_CREATED, "c".into(), ts(2)),
+            "same condition twice is no change"
+        );
+        assert!(set(&mut st, Running, REASON_RUNNING, "r".into(), ts(3)));
+        assert_eq!(types(&st), [(Created, "True"), (Running, "True")]);
+        assert!(set(&mut st, Restarting, REASON_RESTARTING, "x".into(), ts(4)));
+        assert_eq!(types(&st), [(Created, "True"), (Restarting, "True")], "Restarting replaces Running");
+        assert!(set(&mut st, Running, REASON_RUNNING, "r".into(), ts(5)));
+        assert_eq!(types(&st), [(Created, "True"), (Running, "True")], "Running replaces Restarting");
+        assert!(set(&mut st, Failed, REASON_DEADLINE, "d".into(), ts(6)));
+        assert_eq!(types(&st), [(Created, "True"), (Running, "False"), (Failed, "True")]);
+        let running = st.condition(Running).unwrap();
+        assert_eq!(running.last_transition_time, Some(Time(ts(6))));
+        assert_eq!(st.condition(Failed).unwrap().reason.as_deref(), Some("DeadlineExceeded"));
+        assert!(st.is_finished());
+    }
+
+    #[test]
+    fn new_message_keeps_transition_time() {
+        let mut st = TFJobStatus::default();
+        set(&mut st, ConditionType::Restarting, REASON_RESTARTING, "one".into(), ts(1));
+        assert!(set(&mut st, ConditionType::Restarting, REASON_RESTARTING, "two".into(), ts(9)));
+        let c = &st.conditions[0];
+        assert_eq!(
+            (c.message.as_deref(), c.last_transition_time.clone(), c.last_update_time.clone()),
+            (Some("two"), Some(Time(ts(1))), Some(Time(ts(9))))
+        );
+    }
+}

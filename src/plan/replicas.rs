@@ -1,0 +1,180 @@
+//! Reading one replica type's pods: phases, restarts to count, failures and disruptions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+use crate::api::{PodRestarts, ReplicaStatus, RestartPolicy};
+use crate::names::CONTAINER_NAME;
+
+/// A pod the plan refers to by name, with the uid it saw (delete precondition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// A replica failure that fails the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub pod: String,
+    /// The failed container, its exit code and the reason the kubelet gave.
+    pub container: Option<(String, i32, Option<String>)>,
+    /// The pod's own reason, when no container terminated.
+    pub pod_reason: Option<String>,
+}
+
+/// What one replica type's pods say, before any decision about the job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub status: ReplicaStatus,
+    /// Restarts counted in this observation (not before).
+    pub new_restarts: i32,
+    /// Failures that fail the job.
+    pub failures: Vec<Failure>,
+    /// Failed pods to delete so they are re-created: restarts and disruptions.
+    pub to_recreate: Vec<PodRef>,
+    /// Pods whose index is outside `0..replicas`.
+    pub out_of_range: Vec<PodRef>,
+    /// Indexes that have no pod at all and have not succeeded.
+    pub missing: Vec<i32>,
+}
+
+/// Whether a failed pod was evicted or otherwise disrupted rather than failing by itself.
+pub fn is_disrupted(pod: &Pod) -> bool {
+    let Some(s) = &pod.status else { return false };
+    s.reason.as_deref() == Some("Evicted")
+        || s.conditions.iter().flatten().any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
+}
+
+fn container_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    let s = pod.status.as_ref();
+    s.and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .chain(s.and_then(|s| s.container_statuses.as_ref()).into_iter().flatten())
+}
+
+/// Restarts made in place by the kubelet, over all containers.
+fn in_place_restarts(pod: &Pod) -> i32 {
+    container_statuses(pod).map(|c| c.restart_count).sum()
+}
+
+/// The failed container: the `tensorflow` container if it exited non-zero, else the first
+/// container that did; with its exit code and reason.
+pub fn failed_container(pod: &Pod) -> Option<(String, i32, Option<String>)> {
+    let terminated = |c: &ContainerStatus| {
+        let t = c
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
+        (t.exit_code != 0).then(|| (c.name.clone(), t.exit_code, t.reason.clone()))
+    };
+    let statuses = || pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).into_iter().flatten();
+    statuses()
+        .filter(|c| c.name == CONTAINER_NAME)
+        .find_map(terminated)
+        .or_else(|| statuses().find_map(terminated))
+}
+
+/// The `tensorflow` container's exit code, when it has terminated.
+fn tensorflow_exit_code(pod: &Pod) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER_NAME)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+        .map(|t| t.exit_code)
+}
+
+/// Exit codes 128 and above (killed by a signal) are retried under `ExitCode`.
+pub fn is_retryable(exit_code: i32) -> bool {
+    exit_code >= 128
+}
+
+fn pod_ref(pod: &Pod) -> PodRef {
+    PodRef {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+    }
+}
+
+/// Observes the pods (all of this type, controlled by the job) of a replica type.
+/// `tolerate_failures` is `enableDynamicWorker` for workers: failed workers do not fail the job.
+pub fn observe(
+    count: i32,
+    restart: RestartPolicy,
+    tolerate_failures: bool,
+    pods: &[(&Pod, i32)],
+    old: &ReplicaStatus,
+) -> Observed {
+    let ledger: BTreeMap<&str, i32> =
+        old.counted_restarts.iter().map(|p| (p.uid.as_str(), p.count)).collect();
+    let mut succeeded: BTreeSet<i32> = old.succeeded_indexes.iter().copied().collect();
+    let mut out = Observed::default();
+    let mut counted = Vec::new();
+    let mut present = BTreeSet::new();
+    for &(pod, index) in pods {
+        let pref = pod_ref(pod);
+        if index < 0 || index >= count {
+            out.out_of_range.push(pref);
+            continue;
+        }
+        present.insert(index);
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        let mut due = in_place_restarts(pod);
+        match phase(pod) {
+            "Succeeded" => {
+                succeeded.insert(index);
+            }
+            "Failed" if is_disrupted(pod) && !terminating => out.to_recreate.push(pref.clone()),
+            "Failed" if is_disrupted(pod) => {}
+            "Failed" => {
+                let retry = match restart {
+                    RestartPolicy::Never => false,
+                    RestartPolicy::ExitCode => tensorflow_exit_code(pod).is_some_and(is_retryable),
+                    RestartPolicy::OnFailure | RestartPolicy::Always => true,
+                };
+                if retry {
+                    due += 1;
+                    if !terminating {
+                        out.to_recreate.push(pref.clone());
+                    }
+                } else {
+                    out.status.failed += 1;
+                    if !tolerate_failures {
+                        out.failures.push(Failure {
+                            pod: pref.name.clone(),
+                            container: failed_container(pod),
+                            pod_reason: pod.status.as_ref().and_then(|s| s.reason.clone()),
+                        });
+                    }
+                }
+            }
+            "Running" if !terminating => out.status.active += 1,
+            _ => {}
+        }
+        let before = ledger.get(pref.uid.as_str()).copied().unwrap_or(0);
+        out.new_restarts += (due - before).max(0);
+        if due.max(before) > 0 {
+            counted.push(PodRestarts { uid: pref.uid, count: due.max(before) });
+        }
+    }
+    out.missing = (0..count).filter(|i| !present.contains(i) && !succeeded.contains(i)).collect();
+    out.status.restarts = old.restarts + out.new_restarts;
+    out.status.succeeded = i32::try_from(succeeded.len()).unwrap_or(i32::MAX);
+    out.status.succeeded_indexes = succeeded.into_iter().collect();
+    counted.sort_by(|a, b| a.uid.cmp(&b.uid));
+    out.status.counted_restarts = counted;
+    out
+}

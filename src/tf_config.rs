@@ -1,0 +1,220 @@
+//! `TF_CONFIG`: the cluster description each TensorFlow process reads (upstream's tensorflow.go).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::api::{ReplicaSpec, ReplicaType, TFJob};
+use crate::names::{self, CONTAINER_NAME, DEFAULT_PORT, PORT_NAME};
+
+#[derive(Serialize)]
+struct Task {
+    #[serde(rename = "type")]
+    type_: &'static str,
+    index: i32,
+}
+
+#[derive(Serialize)]
+struct TfConfig<C: Serialize> {
+    cluster: C,
+    task: Task,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<&'static str>,
+}
+
+/// The sparse cluster of `enableDynamicWorker`: a worker sees only itself and the PS.
+#[derive(Serialize)]
+struct SparseCluster {
+    worker: BTreeMap<String, String>,
+    ps: Vec<String>,
+}
+
+/// The port TF_CONFIG uses for a replica type: `tfjob-port` of its `tensorflow` container,
+/// else 2222.
+pub fn port_of(spec: &ReplicaSpec) -> i32 {
+    spec.template
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .filter(|c| c.name == CONTAINER_NAME)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(PORT_NAME))
+        .map_or(DEFAULT_PORT, |p| p.container_port)
+}
+
+/// The address of one replica: `<pod>.<namespace>.svc[.<domain>]:<port>`.
+fn address(job: &str, ns: &str, domain: Option<&str>, rtype: ReplicaType, index: i32, port: i32) -> String {
+    let name = names::replica_name(job, rtype, index);
+    match domain.filter(|d| !d.is_empty()) {
+        Some(d) => format!("{name}.{ns}.svc.{d}:{port}"),
+        None => format!("{name}.{ns}.svc:{port}"),
+    }
+}
+
+/// TF_CONFIG for replica `rtype`/`index`, or `None` for a job with a single replica in all
+/// (upstream's `isDistributed`), which runs without one. `domain` is the cluster domain
+/// appended to service addresses, if any.
+pub fn tf_config(job: &TFJob, rtype: ReplicaType, index: i32, domain: Option<&str>) -> Option<String> {
+    let replicas = job.spec.replicas().ok()?;
+    let total: i64 = replicas.values().map(|r| i64::from(r.count)).sum();
+    if total == 1 {
+        return None;
+    }
+    let name = job.metadata.name.as_deref()?;
+    let ns = job.metadata.namespace.as_deref().unwrap_or("default");
+    let addresses = |t: ReplicaType| -> Vec<String> {
+        replicas.get(&t).map_or_else(Vec::new, |r| {
+            let port = port_of(r.spec);
+            (0..r.count).map(|i| address(name, ns, domain, t, i, port)).collect()
+        })
+    };
+    let task = Task { type_: rtype.lower(), index };
+    let json = if job.spec.effective_policy().dynamic_worker {
+        let mut cluster = SparseCluster { worker: BTreeMap::new(), ps: Vec::new() };
+        match rtype {
+            ReplicaType::Worker => {
+                let own = addresses(ReplicaType::Worker).into_iter().nth(usize::try_from(index).ok()?)?;
+                cluster.worker.insert(index.to_string(), own);
+                cluster.ps = addresses(ReplicaType::PS);
+            }
+            ReplicaType::PS => {
+                cluster.ps = addresses(ReplicaType::PS)
+                    .into_iter()
+                    .nth(usize::try_from(index).ok()?)
+                    .into_iter()
+                    .collect();
+            }
+            _ => {}
+        }
+        serde_json::to_string(&TfConfig { cluster, task, environment: None })
+    } else {
+        let cluster: BTreeMap<&str, Vec<String>> = replicas
+            .values()
+            .filter(|r| r.count > 0)
+            .map(|r| (r.rtype.lower(), addresses(r.rtype)))
+            .collect();
+        serde_json::to_string(&TfConfig { cluster, task, environment: Some("cloud") })
+    };
+    json.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ReplicaSpec, TFJobSpec};
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodTemplateSpec};
+    use serde_json::{Value, json};
+
+    fn replica(count: i32, port: Option<i32>) -> ReplicaSpec {
+        let ports = port.map(|p| {
+            vec![ContainerPort { name: Some(PORT_NAME.into()), container_port: p, ..Default::default() }]
+        });
+        ReplicaSpec {
+            replicas: Some(count),
+            template: PodTemplateSpec {
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "tensorflow".into(),
+                        image: Some("i".into()),
+                        ports,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            restart_policy: None,
+        }
+    }
+
+    fn job(types: &[(&str, i32, Option<i32>)], dynamic: bool) -> TFJob {
+        let mut spec = TFJobSpec { enable_dynamic_worker: dynamic.then_some(true), ..Default::default() };
+        for (k, n, p) in types {
+            spec.tf_replica_specs.insert(k.to_string(), replica(*n, *p));
+        }
+        let mut j = TFJob::new("j", spec);
+        j.metadata.namespace = Some("ns".into());
+        j
+    }
+
+    fn parsed(j: &TFJob, t: ReplicaType, i: i32, domain: Option<&str>) -> Value {
+        serde_json::from_str(&tf_config(j, t, i, domain).expect("distributed job has TF_CONFIG")).unwrap()
+    }
+
+    #[test]
+    fn ps_worker_cluster_matches_upstream() {
+        let j = job(&[("PS", 2, None), ("Worker", 2, None)], false);
+        assert_eq!(
+            parsed(&j, ReplicaType::Worker, 1, None),
+            json!({
+                "cluster": {"ps": ["j-ps-0.ns.svc:2222", "j-ps-1.ns.svc:2222"],
+                            "worker": ["j-worker-0.ns.svc:2222", "j-worker-1.ns.svc:2222"]},
+                "task": {"type": "worker", "index": 1},
+                "environment": "cloud"
+            })
+        );
+        assert_eq!(parsed(&j, ReplicaType::PS, 0, None)["task"], json!({"type": "ps", "index": 0}));
+    }
+
+    #[test]
+    fn evaluator_and_chief_included_with_their_ports_and_domain() {
+        let j = job(&[("Chief", 1, Some(3333)), ("worker", 1, None), ("Evaluator", 1, Some(4444))], false);
+        assert_eq!(
+            parsed(&j, ReplicaType::Evaluator, 0, Some("cluster.local")),
+            json!({
+                "cluster": {"chief": ["j-chief-0.ns.svc.cluster.local:3333"],
+                            "worker": ["j-worker-0.ns.svc.cluster.local:2222"],
+                            "evaluator": ["j-evaluator-0.ns.svc.cluster.local:4444"]},
+                "task": {"type": "evaluator", "index": 0},
+                "environment": "cloud"
+            })
+        );
+    }
+
+    #[test]
+    fn zero_replica_types_are_left_out() {
+        let j = job(&[("Worker", 2, None), ("Evaluator", 0, None)], false);
+        assert_eq!(
+            parsed(&j, ReplicaType::Worker, 0, Some(""))["cluster"],
+            json!({"worker": ["j-worker-0.ns.svc:2222", "j-worker-1.ns.svc:2222"]})
+        );
+    }
+
+    #[test]
+    fn single_replica_job_has_no_tf_config() {
+        assert_eq!(tf_config(&job(&[("Worker", 1, None)], false), ReplicaType::Worker, 0, None), None);
+        assert_eq!(
+            tf_config(&job(&[("Worker", 1, None), ("PS", 0, None)], false), ReplicaType::Worker, 0, None),
+            None
+        );
+        assert!(tf_config(&job(&[("Worker", 2, None)], false), ReplicaType::Worker, 0, None).is_some());
+    }
+
+    #[test]
+    fn dynamic_worker_gets_sparse_cluster() {
+        let j = job(&[("PS", 2, None), ("Worker", 3, None)], true);
+        assert_eq!(
+            parsed(&j, ReplicaType::Worker, 2, None),
+            json!({
+                "cluster": {"worker": {"2": "j-worker-2.ns.svc:2222"}, "ps": ["j-ps-0.ns.svc:2222", "j-ps-1.ns.svc:2222"]},
+                "task": {"type": "worker", "index": 2}
+            })
+        );
+        assert_eq!(
+            parsed(&j, ReplicaType::PS, 1, None),
+            json!({"cluster": {"worker": {}, "ps": ["j-ps-1.ns.svc:2222"]}, "task": {"type": "ps", "index": 1}})
+        );
+        let with_chief = job(&[("Chief", 1, None), ("PS", 1, None), ("Worker", 1, None)], true);
+        assert_eq!(
+            parsed(&with_chief, ReplicaType::Chief, 0, None),
+            json!({"cluster": {"worker": {}, "ps": []}, "task": {"type": "chief", "index": 0}})
+        );
+    }
+
+    #[test]
+    fn port_defaults_to_2222() {
+        assert_eq!(port_of(&replica(1, None)), 2222);
+        assert_eq!(port_of(&replica(1, Some(9000))), 9000);
+        assert_eq!(port_of(&ReplicaSpec::default()), 2222);
+    }
+}

@@ -1,0 +1,337 @@
+//! The CRD's CEL rules, evaluated locally by kube's CEL evaluator on the committed schema:
+//! every accepted and refused create, and the seed's update contract on updates.
+
+use kube::core::cel::Validator;
+use serde_json::{Value, json};
+use tfjob_operator::api::{self, rules::CONTRACT};
+
+fn schema() -> Value {
+    let crd = serde_json::to_value(api::crd().expect("CRD builds")).unwrap();
+    crd.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap().clone()
+}
+
+/// The messages of the rules `new` breaks (as an update of `old` when given).
+fn refusals(new: &Value, old: Option<&Value>) -> Vec<String> {
+    match Validator::new().validate(&schema(), new, old) {
+        Ok(()) => Vec::new(),
+        Err(errs) => errs.into_vec().into_iter().map(|e| e.message).collect(),
+    }
+}
+
+fn replica(n: Option<i64>) -> Value {
+    let mut r = json!({"template": {"spec": {"containers": [{"name": "tensorflow", "image": "tf:2"}]}}});
+    if let Some(n) = n {
+        r["replicas"] = json!(n);
+    }
+    r
+}
+
+fn tfjob(name: &str, replicas: Value) -> Value {
+    json!({
+        "apiVersion": "kubeflow.org/v1", "kind": "TFJob",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"tfReplicaSpecs": replicas}
+    })
+}
+
+fn seed() -> Value {
+    let mut v: Value = serde_json::from_str(include_str!("fixtures/seed-response.json")).unwrap();
+    v.as_object_mut().unwrap().remove("status");
+    v
+}
+
+fn with(mut v: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let mut cur = &mut v;
+    for seg in parent.split('/').skip(1) {
+        cur = cur.as_object_mut().unwrap().entry(seg).or_insert_with(|| json!({}));
+    }
+    cur[key] = value;
+    v
+}
+
+fn without(mut v: Value, pointer: &str) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    v.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
+    v
+}
+
+#[test]
+fn valid_jobs_are_accepted() {
+    let long_ok = "a".repeat(63 - "-worker-9".len());
+    let cases = [
+        ("the seed's job", seed()),
+        ("chief only", tfjob("j", json!({"Chief": replica(None)}))),
+        (
+            "master and zero workers",
+            tfjob("j", json!({"Master": replica(Some(1)), "Worker": replica(Some(0))})),
+        ),
+        (
+            "workers with PS and evaluator",
+            tfjob(
+                "j",
+                json!({"PS": replica(Some(2)), "worker": replica(Some(3)), "EVALUATOR": replica(Some(1))}),
+            ),
+        ),
+        ("name at the length limit", tfjob(&long_ok, json!({"Worker": replica(Some(10))}))),
+        ("suspend false", with(seed(), "/spec/runPolicy/suspend", json!(false))),
+        (
+            "managedBy ours",
+            with(seed(), "/spec/runPolicy/managedBy", json!("kubeflow.org/training-operator")),
+        ),
+        ("managedBy empty", with(seed(), "/spec/runPolicy/managedBy", json!(""))),
+        (
+            "both places set",
+            with(
+                with(seed(), "/spec/runPolicy/backoffLimit", json!(2)),
+                "/spec/runPolicy/cleanPodPolicy",
+                json!("All"),
+            ),
+        ),
+    ];
+    for (name, job) in cases {
+        assert_eq!(refusals(&job, None), Vec::<String>::new(), "{name}");
+    }
+    for example in ["tfjob-seed.yaml", "tfjob-kubeflow.yaml", "tfjob-finishes.yaml"] {
+        let text = std::fs::read_to_string(format!("examples/{example}")).unwrap();
+        let mut job: Value = serde_saphyr::from_str(&text).unwrap();
+        job["metadata"]["namespace"] = json!("ns");
+        assert_eq!(refusals(&job, None), Vec::<String>::new(), "{example}");
+    }
+}
+
+#[test]
+fn invalid_jobs_are_refused_with_their_message() {
+    let no_tf = json!({"template": {"spec": {"containers": [{"name": "main", "image": "x"}]}}});
+    let no_image = json!({"template": {"spec": {"containers": [{"name": "tensorflow"}]}}});
+    let empty_image = json!({"template": {"spec": {"containers": [{"name": "tensorflow", "image": ""}]}}});
+    let init_no_image = json!({"template": {"spec": {"containers": [{"name": "tensorflow", "image": "x"}],
+        "initContainers": [{"name": "init"}]}}});
+    let no_spec = json!({"template": {"metadata": {"labels": {"a": "b"}}}});
+    let too_long = "a".repeat(63 - "-worker-9".len());
+    let cases = [
+        (
+            "unknown type",
+            tfjob("j", json!({"Worker": replica(None), "Launcher": replica(None)})),
+            "spec.tfReplicaSpecs keys must be PS, Worker, Chief, Master or Evaluator (in any letter case)",
+        ),
+        (
+            "same type twice",
+            tfjob("j", json!({"Worker": replica(None), "Ps": replica(None), "PS": replica(None)})),
+            "spec.tfReplicaSpecs names the same replica type twice (keys ignore letter case: Ps and PS are the same type)",
+        ),
+        (
+            "chief and master",
+            tfjob("j", json!({"Chief": replica(None), "Master": replica(None)})),
+            "spec.tfReplicaSpecs may have a Chief or a Master, not both",
+        ),
+        (
+            "two chiefs",
+            tfjob("j", json!({"Chief": replica(Some(2))})),
+            "a Chief or Master must have exactly 1 replica",
+        ),
+        (
+            "zero masters",
+            tfjob("j", json!({"master": replica(Some(0)), "Worker": replica(None)})),
+            "a Chief or Master must have exactly 1 replica",
+        ),
+        (
+            "PS only",
+            tfjob("j", json!({"PS": replica(None)})),
+            "spec.tfReplicaSpecs needs a Chief or a Master, or a Worker with at least one replica",
+        ),
+        (
+            "zero workers",
+            tfjob("j", json!({"Worker": replica(Some(0)), "PS": replica(None)})),
+            "spec.tfReplicaSpecs needs a Chief or a Master, or a Worker with at least one replica",
+        ),
+        (
+            "no tensorflow container",
+            tfjob("j", json!({"Worker": no_tf})),
+            "every replica's pod template needs a container named tensorflow",
+        ),
+        (
+            "no pod spec",
+            tfjob("j", json!({"Worker": no_spec})),
+            "every replica's pod template needs a container named tensorflow",
+        ),
+        (
+            "no image",
+            tfjob("j", json!({"Worker": no_image})),
+            "every container of a replica's pod template needs a non-empty image",
+        ),
+        (
+            "empty image",
+            tfjob("j", json!({"Worker": empty_image})),
+            "every container of a replica's pod template needs a non-empty image",
+        ),
+        (
+            "init container without image",
+            tfjob("j", json!({"Worker": init_no_image})),
+            "every container of a replica's pod template needs a non-empty image",
+        ),
+        (
+            "upper case name",
+            tfjob("Tf-Job", json!({"Worker": replica(None)})),
+            "metadata.name must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit",
+        ),
+        (
+            "name starting with a digit",
+            tfjob("1job", json!({"Worker": replica(None)})),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "name with a dot",
+            tfjob("a.b", json!({"Worker": replica(None)})),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "derived name too long",
+            tfjob(&too_long, json!({"Worker": replica(Some(11))})),
+            "metadata.name is too long: every pod and service name <name>-<replica type>-<index> must be at most 63 characters",
+        ),
+        (
+            "suspend",
+            with(seed(), "/spec/runPolicy/suspend", json!(true)),
+            "spec.runPolicy.suspend: true is not supported yet by this operator",
+        ),
+        (
+            "scheduling policy",
+            with(seed(), "/spec/runPolicy/schedulingPolicy", json!({"minAvailable": 2})),
+            "spec.runPolicy.schedulingPolicy (gang scheduling) is not supported yet by this operator",
+        ),
+        (
+            "managedBy another",
+            with(seed(), "/spec/runPolicy/managedBy", json!("kueue.x-k8s.io/multikueue")),
+            "spec.runPolicy.managedBy is not supported yet by this operator: leave it empty or set kubeflow.org/training-operator",
+        ),
+    ];
+    for (name, job, want) in cases {
+        let got = refusals(&job, None);
+        assert!(got.iter().any(|m| m.starts_with(want)), "{name}: want {want:?}, got {got:?}");
+    }
+}
+
+#[test]
+fn allowed_updates_in_either_place_are_accepted() {
+    let seed = seed();
+    let kubeflow =
+        with(without(seed.clone(), "/spec/backoffLimit"), "/spec/runPolicy/backoffLimit", json!(6));
+    let cases = [
+        ("label added", with(seed.clone(), "/metadata/labels/team", json!("a"))),
+        ("label changed", with(seed.clone(), "/metadata/labels/app", json!("other"))),
+        ("annotation added", with(seed.clone(), "/metadata/annotations/note", json!("x"))),
+        ("activeDeadlineSeconds added", with(seed.clone(), "/spec/activeDeadlineSeconds", json!(30))),
+        ("ttlSecondsAfterFinished added", with(seed.clone(), "/spec/ttlSecondsAfterFinished", json!(0))),
+        ("cleanPodPolicy added", with(seed.clone(), "/spec/cleanPodPolicy", json!("All"))),
+        (
+            "runPolicy ttl added to the seed",
+            with(seed.clone(), "/spec/runPolicy/ttlSecondsAfterFinished", json!(5)),
+        ),
+        ("empty runPolicy added", with(seed.clone(), "/spec/runPolicy", json!({}))),
+    ];
+    for (name, new) in cases {
+        assert_eq!(refusals(&new, Some(&seed)), Vec::<String>::new(), "{name}");
+    }
+    let set = with(
+        with(
+            with(seed.clone(), "/spec/activeDeadlineSeconds", json!(30)),
+            "/spec/ttlSecondsAfterFinished",
+            json!(9),
+        ),
+        "/spec/cleanPodPolicy",
+        json!("None"),
+    );
+    for (name, new) in [
+        (
+            "values changed",
+            with(
+                with(
+                    with(set.clone(), "/spec/activeDeadlineSeconds", json!(60)),
+                    "/spec/ttlSecondsAfterFinished",
+                    json!(1),
+                ),
+                "/spec/cleanPodPolicy",
+                json!("All"),
+            ),
+        ),
+        (
+            "values removed",
+            without(
+                without(without(set.clone(), "/spec/activeDeadlineSeconds"), "/spec/ttlSecondsAfterFinished"),
+                "/spec/cleanPodPolicy",
+            ),
+        ),
+    ] {
+        assert_eq!(refusals(&new, Some(&set)), Vec::<String>::new(), "{name}");
+    }
+    for (name, new) in [
+        (
+            "runPolicy values added",
+            with(
+                with(kubeflow.clone(), "/spec/runPolicy/activeDeadlineSeconds", json!(30)),
+                "/spec/runPolicy/cleanPodPolicy",
+                json!("All"),
+            ),
+        ),
+        (
+            "seed fields added on a Kubeflow job",
+            with(kubeflow.clone(), "/spec/ttlSecondsAfterFinished", json!(30)),
+        ),
+    ] {
+        assert_eq!(refusals(&new, Some(&kubeflow)), Vec::<String>::new(), "{name}");
+    }
+    let rp = with(kubeflow.clone(), "/spec/runPolicy/ttlSecondsAfterFinished", json!(30));
+    assert_eq!(
+        refusals(&without(rp.clone(), "/spec/runPolicy/ttlSecondsAfterFinished"), Some(&rp)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn forbidden_updates_are_refused_naming_the_contract() {
+    let seed = seed();
+    let kubeflow =
+        with(without(seed.clone(), "/spec/backoffLimit"), "/spec/runPolicy/backoffLimit", json!(6));
+    let worker = |v: &Value| v["spec"]["tfReplicaSpecs"]["Worker"].clone();
+    let cases = [
+        (&seed, with(seed.clone(), "/spec/tfReplicaSpecs/Worker/replicas", json!(2)), "spec.tfReplicaSpecs"),
+        (&seed, with(seed.clone(), "/spec/tfReplicaSpecs/Evaluator", worker(&seed)), "spec.tfReplicaSpecs"),
+        (&seed, without(seed.clone(), "/spec/tfReplicaSpecs/Ps"), "spec.tfReplicaSpecs"),
+        (
+            &seed,
+            with(
+                seed.clone(),
+                "/spec/tfReplicaSpecs/Worker/template/metadata",
+                json!({"labels": {"a": "b"}}),
+            ),
+            "spec.tfReplicaSpecs",
+        ),
+        (
+            &seed,
+            with(seed.clone(), "/spec/tfReplicaSpecs/Worker/restartPolicy", json!("Never")),
+            "spec.tfReplicaSpecs",
+        ),
+        (&seed, with(seed.clone(), "/spec/backoffLimit", json!(7)), "spec.backoffLimit"),
+        (&seed, without(seed.clone(), "/spec/backoffLimit"), "spec.backoffLimit"),
+        (&seed, with(seed.clone(), "/spec/runPolicy/backoffLimit", json!(3)), "spec.runPolicy.backoffLimit"),
+        (&seed, with(seed.clone(), "/spec/successPolicy", json!("AllWorkers")), "spec.successPolicy"),
+        (&seed, with(seed.clone(), "/spec/successPolicy", json!("")), "spec.successPolicy"),
+        (&seed, with(seed.clone(), "/spec/enableDynamicWorker", json!(false)), "spec.enableDynamicWorker"),
+        (&seed, with(seed.clone(), "/spec/runPolicy/suspend", json!(false)), "spec.runPolicy.suspend"),
+        (&seed, with(seed.clone(), "/spec/runPolicy/managedBy", json!("")), "spec.runPolicy.managedBy"),
+        (
+            &kubeflow,
+            with(kubeflow.clone(), "/spec/runPolicy/backoffLimit", json!(0)),
+            "spec.runPolicy.backoffLimit",
+        ),
+        (&kubeflow, without(kubeflow.clone(), "/spec/runPolicy"), "spec.runPolicy.backoffLimit"),
+        (&kubeflow, with(kubeflow.clone(), "/spec/backoffLimit", json!(6)), "spec.backoffLimit"),
+    ];
+    for (old, new, field) in cases {
+        let want = format!("{field} cannot be changed: {CONTRACT}");
+        let got = refusals(&new, Some(old));
+        assert!(got.contains(&want), "{field}: want {want:?}, got {got:?}");
+    }
+    assert!(CONTRACT.contains("metadata.labels, metadata.annotations, activeDeadlineSeconds, ttlSecondsAfterFinished and cleanPodPolicy"));
+}
