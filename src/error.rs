@@ -7,4 +7,34 @@ pub enum Error {
     CrdSerialize(#[source] serde_json::Error),
     #[error("building the CRD schema: {0}")]
     CrdSchema(String),
+    #[error("writing the status of TFJob {job}: {source}")]
+    PatchStatus { job: String, source: kube::Error },
+    #[error("creating {kind} {name}: {source}")]
+    Create { kind: &'static str, name: String, source: kube::Error },
+    #[error("deleting pod {name}: {source}")]
+    DeletePod { name: String, source: kube::Error },
+    #[error("deleting service {name}: {source}")]
+    DeleteService { name: String, source: kube::Error },
+    #[error("deleting TFJob {job} (ttlSecondsAfterFinished): {source}")]
+    DeleteJob { job: String, source: kube::Error },
+    #[error("publishing event {reason}: {source}")]
+    PublishEvent { reason: String, source: kube::Error },
+    #[error("TFJob has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// A bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::CrdSerialize(_) | Error::CrdSchema(_) => "crd",
+            Error::PatchStatus { .. } => "patch_status",
+            Error::Create { .. } => "create",
+            Error::DeletePod { .. } => "delete_pod",
+            Error::DeleteService { .. } => "delete_service",
+            Error::DeleteJob { .. } => "delete_job",
+            Error::PublishEvent { .. } => "publish_event",
+            Error::MissingField(_) => "missing_field",
+        }
+    }
 }

@@ -70,8 +70,8 @@ pub struct AppliedPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
-    /// Pods running (and not being deleted).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Pods running (and not being deleted). Always written, so the entry is never empty.
+    #[serde(default)]
     pub active: i32,
     /// Replicas that have succeeded, including those whose pods are gone since.
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -13,6 +13,7 @@ pub const REASON_FAILED: &str = "TFJobFailed";
 pub const REASON_DEADLINE: &str = "DeadlineExceeded";
 pub const REASON_BACKOFF: &str = "BackoffLimitExceeded";
 pub const REASON_INVALID: &str = "InvalidTFJobSpec";
+pub const REASON_FAILED_CREATE: &str = "FailedCreatePod";
 
 /// Sets a condition. Nothing changes when it already holds with the same status, reason and
 /// message; a new status replaces the old condition at the end of the list. Setting Running

@@ -10,6 +10,7 @@ mod replicas;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -128,8 +129,10 @@ pub fn plan(
     let Some(uid) = job.metadata.uid.as_deref() else { return p };
     // Status times have whole seconds; planning with the same precision keeps plans stable.
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let pods: Vec<&Pod> = pods.iter().filter(|o| controlled_by(&o.metadata, uid)).collect();
-    let services: Vec<&Service> = services.iter().filter(|o| controlled_by(&o.metadata, uid)).collect();
+    let pods: Vec<&Pod> =
+        pods.iter().map(Borrow::borrow).filter(|o| controlled_by(&o.metadata, uid)).collect();
+    let services: Vec<&Service> =
+        services.iter().map(Borrow::borrow).filter(|o| controlled_by(&o.metadata, uid)).collect();
     let old = job.status.clone().unwrap_or_default();
     let mut st = old.clone();
     let policy = job.spec.effective_policy();
@@ -141,12 +144,23 @@ pub fn plan(
         let msg = format!("TFJob {name} is created.");
         conditions::set(&mut st, ConditionType::Created, REASON_CREATED, msg.clone(), now);
         p.events.push(event(false, REASON_CREATED, msg));
-        for (key, r) in &job.spec.tf_replica_specs {
-            if let Some(rp) = r.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
-                p.events.push(event(true, "SetPodTemplateRestartPolicy", format!(
-                    "Restart policy {rp} in the pod template of {key} is replaced by the replica's restartPolicy"
-                )));
-            }
+        let overridden: Vec<String> = job
+            .spec
+            .tf_replica_specs
+            .iter()
+            .filter_map(|(key, r)| {
+                Some(format!("{key} ({})", r.template.spec.as_ref()?.restart_policy.as_deref()?))
+            })
+            .collect();
+        if !overridden.is_empty() {
+            p.events.push(event(
+                true,
+                "SetPodTemplateRestartPolicy",
+                format!(
+                    "The restart policy in the pod template of {} is replaced by the replica's restartPolicy",
+                    overridden.join(", ")
+                ),
+            ));
         }
     }
 
@@ -190,6 +204,18 @@ pub fn plan(
         p.status = Some(st);
     }
     p
+}
+
+/// The status with a `ReplicaFailure` condition (reason `FailedCreatePod`) carrying the API
+/// server's refusal; the plan clears it once nothing is left to create.
+pub fn with_replica_failure(status: &TFJobStatus, message: &str, now: Timestamp) -> TFJobStatus {
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let mut st = status.clone();
+    if conditions::set(&mut st, ConditionType::ReplicaFailure, REASON_FAILED_CREATE, message.to_string(), now)
+    {
+        st.last_reconcile_time = Some(Time(now));
+    }
+    st
 }
 
 /// Planning for a job that had not finished when observed.
@@ -293,6 +319,9 @@ impl Running<'_> {
                     p.create_services.extend(service_for(self.job, t, i));
                 }
             }
+        }
+        if p.create_pods.is_empty() && p.create_services.is_empty() {
+            st.conditions.retain(|c| c.type_ != ConditionType::ReplicaFailure);
         }
     }
 

@@ -12,6 +12,11 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 
 const T0: i64 = 1_700_000_000;
 
+/// The planner with concrete slice types, so tests can pass `&[]`.
+fn plan(j: &TFJob, pods: &[Pod], services: &[Service], now: Timestamp, domain: Option<&str>) -> Plan {
+    super::plan(j, pods, services, now, domain)
+}
+
 fn t(s: i64) -> Timestamp {
     Timestamp::from_second(T0 + s).unwrap()
 }
@@ -853,4 +858,28 @@ fn restarting_then_running_again() {
     let (j, p) = sequence(j.clone(), &[vec![restarted(pod(&j, ReplicaType::Worker, 0, "Running"), 1)]]);
     assert_eq!(last_condition(&p), Some((ConditionType::Running, "TFJobRunning".into())));
     assert!(cond(&j, ConditionType::Restarting).is_none());
+}
+
+#[test]
+fn replica_failure_is_set_by_the_writer_and_cleared_by_the_plan() {
+    let j = ps_worker(None);
+    let p = plan(&j, &[], &[], t(0), None);
+    let j = applied(j, &p);
+    let failed = with_replica_failure(j.status.as_ref().unwrap(), "pods \"j-ps-0\" is forbidden", t(1));
+    let c = failed.condition(ConditionType::ReplicaFailure).unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_deref()), ("True", Some("FailedCreatePod")));
+    assert!(!failed.is_finished(), "not a terminal condition");
+    let mut j = j;
+    j.status = Some(failed);
+    // Still nothing created: the plan keeps the condition and asks to create again.
+    let p = plan(&j, &[], &services(&j), t(2), None);
+    assert!(p.status.is_none() && p.create_pods.len() == 3);
+    // Every pod exists: cleared.
+    let pods = [
+        pod(&j, ReplicaType::PS, 0, "Pending"),
+        pod(&j, ReplicaType::Worker, 0, "Pending"),
+        pod(&j, ReplicaType::Worker, 1, "Pending"),
+    ];
+    let p = plan(&j, &pods, &services(&j), t(3), None);
+    assert!(p.status.unwrap().condition(ConditionType::ReplicaFailure).is_none());
 }

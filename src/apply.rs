@@ -1,0 +1,174 @@
+//! Every write the operator makes to the API server, each idempotent: fixed names, a 409 on
+//! create is success only for an object this job controls, a 404 on delete is success, and
+//! status goes by server-side apply with one field manager.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{TFJob, TFJobStatus};
+use crate::error::Error;
+use crate::names;
+use crate::plan::{PlannedEvent, PodRef};
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "tfjob-operator";
+
+/// What a create found.
+#[derive(Debug)]
+pub enum Created<K> {
+    /// Created now.
+    New(K),
+    /// Already there and controlled by this job (a create the cache had not shown yet).
+    Existing(K),
+    /// A pod of the same name is being deleted (an earlier job's): wait for it to go.
+    Terminating,
+    /// An object of the same name exists and is not this job's: never adopted.
+    Foreign,
+}
+
+/// The API writer: a client and the events' reporting instance.
+#[derive(Clone)]
+pub struct Writer {
+    client: Client,
+    instance: String,
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// The API server's message for a failed request.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Writer {
+    pub fn new(client: Client, instance: Option<String>) -> Writer {
+        Writer { client, instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()) }
+    }
+
+    fn jobs(&self, job: &TFJob) -> Api<TFJob> {
+        Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default())
+    }
+
+    /// Writes the job's whole status (server-side apply, forced, one field manager).
+    pub async fn patch_status(&self, job: &TFJob, status: &TFJobStatus) -> Result<TFJob, Error> {
+        let body =
+            serde_json::json!({ "apiVersion": names::API_VERSION, "kind": names::KIND, "status": status });
+        self.jobs(job)
+            .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await
+            .map_err(|source| Error::PatchStatus { job: job.name_any(), source })
+    }
+
+    /// Creates a pod or service for the job with uid `owner`.
+    pub async fn create<K>(&self, owner: &str, obj: &K) -> Result<Created<K>, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        match api
+            .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, obj)
+            .await
+        {
+            Ok(o) => Ok(Created::New(o)),
+            Err(e) if is_status(&e, 409) => match api.get_opt(&obj.name_any()).await? {
+                Some(found) if names::controlled_by(found.meta(), owner) => Ok(Created::Existing(found)),
+                Some(found) if found.meta().deletion_timestamp.is_some() => Ok(Created::Terminating),
+                Some(_) => Ok(Created::Foreign),
+                None => Ok(Created::Terminating), // gone between the two calls: try again
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a pod by name, only if it still has the uid the plan saw. Gone is success.
+    pub async fn delete_pod(&self, namespace: &str, pod: &PodRef) -> Result<(), Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(pod.uid.clone()), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name, &dp).await {
+            Ok(_) => Ok(()),
+            // 404: already gone; 409: the precondition failed, so that pod is gone too.
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(source) => Err(Error::DeletePod { name: pod.name.clone(), source }),
+        }
+    }
+
+    /// Deletes a service by name. Gone is success.
+    pub async fn delete_service(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(source) => Err(Error::DeleteService { name: name.into(), source }),
+        }
+    }
+
+    /// Deletes the TFJob for its TTL, only if it is still the version the plan saw: a patch
+    /// that lands first (a longer TTL) wins. Returns whether it was deleted.
+    pub async fn delete_job(&self, job: &TFJob) -> Result<bool, Error> {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: job.uid(), resource_version: job.resource_version() }),
+            ..DeleteParams::background()
+        };
+        match self.jobs(job).delete(&job.name_any(), &dp).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
+            Err(source) => Err(Error::DeleteJob { job: job.name_any(), source }),
+        }
+    }
+
+    /// Publishes an event about the job: one new Event object per happening, never a series
+    /// (the plan and the writes it makes decide when something happened).
+    pub async fn publish(&self, job: &TFJob, ev: &PlannedEvent) -> Result<(), Error> {
+        let now = Timestamp::now();
+        let ns = job.namespace().unwrap_or_default();
+        let mut note = ev.note.clone();
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}", job.name_any(), now.as_nanosecond())),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some("Reconcile".into()),
+            reason: Some(ev.reason.clone()),
+            note: Some(note),
+            type_: Some(if ev.warning { "Warning" } else { "Normal" }.into()),
+            regarding: Some(job.object_ref(&())),
+            reporting_controller: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => Ok(()),
+            Err(source) => Err(Error::PublishEvent { reason: ev.reason.clone(), source }),
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The controller: watches TFJobs and the pods and services this operator labels, and runs
+//! observe (caches plus pending writes), plan (pure), apply (in the plan's order).
+
+mod overlay;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use crate::api::TFJob;
+use crate::apply::{Created, Writer, api_message};
+use crate::error::Error;
+use crate::names;
+use crate::plan::{self, Plan, PlannedEvent};
+use overlay::{Pending, Written};
+
+/// How the controller runs.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Watch one namespace only.
+    pub namespace: Option<String>,
+    /// Jobs reconciled at once (0: no limit).
+    pub concurrency: u16,
+    /// Appended to TF_CONFIG service addresses.
+    pub cluster_domain: Option<String>,
+    /// The events' reporting instance (the pod name).
+    pub instance: Option<String>,
+}
+
+/// Create attempts after a refusal wait 5 s, doubling to at most this.
+const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A create blocked by a pod still terminating is retried after this.
+const BLOCKED_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Pendings {
+    pods: Pending<Pod>,
+    services: Pending<Service>,
+    written: Written,
+    /// Per job uid: consecutive refused creates, and when the next attempt may run.
+    create_backoff: HashMap<String, (u32, Instant)>,
+    /// Per job uid: consecutive reconcile errors (for the error backoff).
+    errors: HashMap<String, u32>,
+}
+
+struct Context {
+    writer: Writer,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    settings: Settings,
+    pending: Mutex<Pendings>,
+}
+
+impl Context {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pendings> {
+        // A panic while holding the lock leaves plain data behind: keep using it.
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A label-selected, reflected watch of the operator's pods or services, without
+/// managedFields, so memory does not grow with unrelated objects.
+fn owned_stream<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let cfg = watcher::Config::default().labels(&names::operator_selector());
+    watcher(api, cfg)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = settings.namespace.as_deref();
+    let (pods, pod_writer) = reflector::store();
+    let (services, svc_writer) = reflector::store();
+    let pod_stream = owned_stream(api::<Pod>(&client, ns), pod_writer);
+    let svc_stream = owned_stream(api::<Service>(&client, ns), svc_writer);
+    let ctx = Arc::new(Context {
+        writer: Writer::new(client.clone(), settings.instance.clone()),
+        pods,
+        services,
+        settings: settings.clone(),
+        pending: Mutex::default(),
+    });
+    let jobs = api::<TFJob>(&client, ns);
+    info!(
+        namespace = ns.unwrap_or("(all)"),
+        concurrency = settings.concurrency,
+        "starting the TFJob controller"
+    );
+    Controller::new(jobs, watcher::Config::default())
+        .owns_stream(pod_stream)
+        .owns_stream(svc_stream)
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+    info!("the TFJob controller stopped");
+}
+
+fn error_policy(job: Arc<TFJob>, err: &Error, ctx: Arc<Context>) -> Action {
+    let uid = job.uid().unwrap_or_default();
+    let n = {
+        let mut p = ctx.pending();
+        let n = p.errors.entry(uid).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let wait = Duration::from_millis(500).saturating_mul(1 << n.min(7)).min(Duration::from_secs(60));
+    warn!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), error = %err, kind = err.kind(), retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Instant::now();
+    let job = ctx.pending().written.view(cached, now);
+    let uid = job.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    if job.metadata.deletion_timestamp.is_some() {
+        ctx.pending().written.forget(&uid);
+        return Ok(Action::await_change());
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let owned = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns.as_str()) && names::controlled_by(meta, &uid)
+    };
+    let cached_pods: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| owned(&p.metadata)).collect();
+    let cached_svcs: Vec<Arc<Service>> =
+        ctx.services.state().into_iter().filter(|s| owned(&s.metadata)).collect();
+    let (pods, services) = {
+        let mut p = ctx.pending();
+        (
+            p.pods.view(&cached_pods, now, |o| owned(&o.metadata)),
+            p.services.view(&cached_svcs, now, |o| owned(&o.metadata)),
+        )
+    };
+    let plan = plan::plan(&job, &pods, &services, Timestamp::now(), ctx.settings.cluster_domain.as_deref());
+    debug!(
+        job = %job.name_any(),
+        resource_version = job.resource_version().unwrap_or_default(),
+        pods = ?pods.iter().map(|p| format!("{}/{}/{}", p.name_any(), p.uid().unwrap_or_default(), p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default())).collect::<Vec<_>>(),
+        status = plan.status.is_some(),
+        delete_pods = plan.delete_pods.len(),
+        create_pods = plan.create_pods.len(),
+        events = ?plan.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+        "planned"
+    );
+    let action = apply(&ctx, &job, &uid, plan).await?;
+    ctx.pending().errors.remove(&uid);
+    Ok(action)
+}
+
+fn until(t: Timestamp) -> Duration {
+    let d = t.duration_since(Timestamp::now());
+    // Round up to whole milliseconds so the wake-up is never early.
+    Duration::try_from(d).map_or(Duration::ZERO, |d| d + Duration::from_millis(1))
+}
+
+async fn apply(ctx: &Context, job: &TFJob, uid: &str, plan: Plan) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let mut job = job.clone();
+    if let Some(status) = &plan.status {
+        let written = ctx.writer.patch_status(&job, status).await?;
+        job = written.clone();
+        ctx.pending().written.wrote(written, Instant::now());
+    }
+    for ev in &plan.events {
+        ctx.writer.publish(&job, ev).await?;
+    }
+    for pod in &plan.delete_pods {
+        ctx.writer.delete_pod(&ns, pod).await?;
+        ctx.pending().pods.deleted(&pod.uid, Instant::now());
+        publish(ctx, &job, false, "SuccessfulDeletePod", format!("Deleted pod: {}", pod.name)).await?;
+    }
+    for svc in &plan.delete_services {
+        ctx.writer.delete_service(&ns, svc).await?;
+        if let Some(uid) = ctx
+            .services
+            .state()
+            .iter()
+            .find(|s| s.name_any() == *svc && s.namespace().as_deref() == Some(&ns))
+            .and_then(|s| s.uid())
+        {
+            ctx.pending().services.deleted(&uid, Instant::now());
+        }
+        publish(ctx, &job, false, "SuccessfulDeleteService", format!("Deleted service: {svc}")).await?;
+    }
+    let mut requeue = plan.requeue_at.map(until);
+    let mut soonest = |d: Duration| requeue = Some(requeue.map_or(d, |r| r.min(d)));
+    if !plan.create_pods.is_empty() || !plan.create_services.is_empty() {
+        let gate = ctx.pending().create_backoff.get(uid).map(|(_, at)| *at);
+        match gate.filter(|at| *at > Instant::now()) {
+            Some(at) => soonest(at.duration_since(Instant::now())),
+            None => match create_all(ctx, &job, uid, &plan).await? {
+                CreateResult::Done => {
+                    ctx.pending().create_backoff.remove(uid);
+                }
+                CreateResult::Blocked => soonest(BLOCKED_RETRY),
+                CreateResult::Refused(message) => {
+                    let wait = {
+                        let mut p = ctx.pending();
+                        let entry = p.create_backoff.entry(uid.to_string()).or_insert((0, Instant::now()));
+                        entry.0 = entry.0.saturating_add(1);
+                        let wait = Duration::from_secs(5)
+                            .saturating_mul(1 << (entry.0 - 1).min(4))
+                            .min(CREATE_BACKOFF_MAX);
+                        entry.1 = Instant::now() + wait;
+                        wait
+                    };
+                    let current = job.status.clone().unwrap_or_default();
+                    let status = plan::with_replica_failure(&current, &message, Timestamp::now());
+                    if status != current {
+                        let written = ctx.writer.patch_status(&job, &status).await?;
+                        ctx.pending().written.wrote(written, Instant::now());
+                    }
+                    soonest(wait);
+                }
+            },
+        }
+    }
+    if plan.delete_job {
+        let ttl = job
+            .status
+            .as_ref()
+            .and_then(|s| s.applied_policy.as_ref())
+            .and_then(|p| p.ttl_seconds_after_finished);
+        if ctx.writer.delete_job(&job).await? {
+            info!(job = %job.name_any(), namespace = %ns, ?ttl, "deleted the finished TFJob (ttlSecondsAfterFinished)");
+            ctx.pending().written.forget(uid);
+            return Ok(Action::await_change());
+        }
+    }
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+async fn publish(ctx: &Context, job: &TFJob, warning: bool, reason: &str, note: String) -> Result<(), Error> {
+    ctx.writer.publish(job, &PlannedEvent { warning, reason: reason.into(), note }).await
+}
+
+enum CreateResult {
+    Done,
+    /// A pod of the same name is terminating: try again shortly.
+    Blocked,
+    /// The API server refused a create: back off.
+    Refused(String),
+}
+
+/// Creates the plan's services, then its pods. Stops at the first refusal.
+async fn create_all(ctx: &Context, job: &TFJob, uid: &str, plan: &Plan) -> Result<CreateResult, Error> {
+    let mut blocked = false;
+    for svc in &plan.create_services {
+        let name = svc.name_any();
+        match ctx.writer.create(uid, svc).await {
+            Ok(Created::New(s)) => {
+                ctx.pending().services.created(s, Instant::now());
+                publish(ctx, job, false, "SuccessfulCreateService", format!("Created service: {name}"))
+                    .await?;
+            }
+            Ok(Created::Existing(s)) => ctx.pending().services.created(s, Instant::now()),
+            Ok(Created::Terminating) => blocked = true,
+            Ok(Created::Foreign) => return foreign(ctx, job, "service", &name).await,
+            Err(e) => {
+                let msg = format!("Error creating service {name}: {}", api_message(&e));
+                publish(ctx, job, true, "FailedCreateService", msg.clone()).await?;
+                return Ok(CreateResult::Refused(msg));
+            }
+        }
+    }
+    for pod in &plan.create_pods {
+        let name = pod.name_any();
+        match ctx.writer.create(uid, pod).await {
+            Ok(Created::New(p)) => {
+                ctx.pending().pods.created(p, Instant::now());
+                publish(ctx, job, false, "SuccessfulCreatePod", format!("Created pod: {name}")).await?;
+            }
+            Ok(Created::Existing(p)) => ctx.pending().pods.created(p, Instant::now()),
+            Ok(Created::Terminating) => blocked = true,
+            Ok(Created::Foreign) => return foreign(ctx, job, "pod", &name).await,
+            Err(e) => {
+                let msg = format!("Error creating pod {name}: {}", api_message(&e));
+                publish(ctx, job, true, "FailedCreatePod", msg.clone()).await?;
+                return Ok(CreateResult::Refused(msg));
+            }
+        }
+    }
+    Ok(if blocked { CreateResult::Blocked } else { CreateResult::Done })
+}
+
+async fn foreign(ctx: &Context, job: &TFJob, kind: &str, name: &str) -> Result<CreateResult, Error> {
+    let msg = format!("{kind} {name} already exists and is not controlled by this TFJob; it is left alone");
+    publish(
+        ctx,
+        job,
+        true,
+        if kind == "pod" { "FailedCreatePod" } else { "FailedCreateService" },
+        msg.clone(),
+    )
+    .await?;
+    Ok(CreateResult::Refused(msg))
+}

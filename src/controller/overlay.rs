@@ -1,0 +1,199 @@
+//! What the operator wrote that its caches have not shown yet: created and deleted objects
+//! and the last status it wrote. Overlaid on the caches, so a reconcile that runs before the
+//! watch catches up neither creates, deletes nor announces anything twice. Pure: the caller
+//! passes the time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use crate::api::TFJob;
+
+/// How long an entry may wait for the cache before it is dropped anyway.
+pub const TTL: Duration = Duration::from_secs(60);
+
+/// Objects of one kind created or deleted by the operator.
+#[derive(Debug)]
+pub struct Pending<K> {
+    created: HashMap<(String, String), (K, Instant)>,
+    deleted: HashMap<String, Instant>,
+}
+
+impl<K> Default for Pending<K> {
+    fn default() -> Self {
+        Pending { created: HashMap::new(), deleted: HashMap::new() }
+    }
+}
+
+fn key<K: Resource>(o: &K) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+impl<K: Resource + Clone> Pending<K> {
+    /// Remembers an object the API server confirmed created (with its uid).
+    pub fn created(&mut self, obj: K, now: Instant) {
+        self.created.insert(key(&obj), (obj, now));
+    }
+
+    /// Remembers that the object with this uid was deleted.
+    pub fn deleted(&mut self, uid: &str, now: Instant) {
+        self.deleted.insert(uid.to_string(), now);
+    }
+
+    /// The cached objects with the pending writes applied: created objects the cache lacks are
+    /// added (replacing a stale cached object of the same name), and deleted objects the cache
+    /// still shows as live are shown terminating. Entries the cache has caught up with, or
+    /// older than [`TTL`], are forgotten.
+    /// `mine` picks the pending creations that belong with `cached` (the same job's).
+    pub fn view(&mut self, cached: &[Arc<K>], now: Instant, mine: impl Fn(&K) -> bool) -> Vec<K> {
+        self.created.retain(|_, (_, at)| now.duration_since(*at) < TTL);
+        self.deleted.retain(|_, at| now.duration_since(*at) < TTL);
+        let mut out: Vec<K> = Vec::with_capacity(cached.len());
+        for o in cached {
+            let k = key(o.as_ref());
+            if let Some((mine, _)) = self.created.get(&k) {
+                if mine.uid() == o.uid() {
+                    self.created.remove(&k);
+                } else {
+                    continue; // the cache still shows the object ours replaced
+                }
+            }
+            let mut o = K::clone(o);
+            if let Some(uid) = o.uid()
+                && self.deleted.contains_key(&uid)
+                && o.meta().deletion_timestamp.is_none()
+            {
+                o.meta_mut().deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+            }
+            out.push(o);
+        }
+        out.extend(self.created.values().map(|(o, _)| o).filter(|o| mine(o)).cloned());
+        out
+    }
+}
+
+/// The last status the operator wrote per job, newer than the cache until it catches up.
+#[derive(Debug, Default)]
+pub struct Written {
+    jobs: HashMap<String, (Arc<TFJob>, Instant)>,
+}
+
+fn rv(job: &TFJob) -> Option<u64> {
+    job.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+impl Written {
+    /// Remembers the object the status write returned.
+    pub fn wrote(&mut self, job: TFJob, now: Instant) {
+        if let Some(uid) = job.uid() {
+            self.jobs.insert(uid, (Arc::new(job), now));
+        }
+    }
+
+    /// The newer of the cached job and the one last written.
+    pub fn view(&mut self, cached: Arc<TFJob>, now: Instant) -> Arc<TFJob> {
+        let Some(uid) = cached.uid() else { return cached };
+        let Some((mine, at)) = self.jobs.get(&uid) else { return cached };
+        match (rv(mine), rv(&cached)) {
+            (Some(m), Some(c)) if m > c && now.duration_since(*at) < TTL => mine.clone(),
+            _ => {
+                self.jobs.remove(&uid);
+                cached
+            }
+        }
+    }
+
+    /// Forgets a job.
+    pub fn forget(&mut self, uid: &str) {
+        self.jobs.remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some(uid.into());
+        p
+    }
+
+    fn names(v: &[Pod]) -> Vec<(String, String, bool)> {
+        let mut out: Vec<_> = v
+            .iter()
+            .map(|p| (p.name_any(), p.uid().unwrap(), p.metadata.deletion_timestamp.is_some()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn created_objects_show_until_the_cache_has_them() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        p.created(pod("a", "u1"), t0);
+        assert_eq!(names(&p.view(&[], t0, |_| true)), [("a".into(), "u1".into(), false)]);
+        // The cache shows an older pod of that name (being replaced): ours wins.
+        let stale = Arc::new(pod("a", "old"));
+        assert_eq!(
+            names(&p.view(std::slice::from_ref(&stale), t0, |_| true)),
+            [("a".into(), "u1".into(), false)]
+        );
+        // The cache catches up: the entry is dropped.
+        let fresh = Arc::new(pod("a", "u1"));
+        assert_eq!(
+            names(&p.view(std::slice::from_ref(&fresh), t0, |_| true)),
+            [("a".into(), "u1".into(), false)]
+        );
+        assert_eq!(names(&p.view(&[], t0, |_| true)), [], "forgotten once seen");
+    }
+
+    #[test]
+    fn deleted_objects_show_terminating_and_entries_expire() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        p.deleted("u1", t0);
+        let cached = [Arc::new(pod("a", "u1")), Arc::new(pod("b", "u2"))];
+        assert_eq!(
+            names(&p.view(&cached, t0, |_| true)),
+            [("a".into(), "u1".into(), true), ("b".into(), "u2".into(), false)]
+        );
+        let later = t0 + TTL + Duration::from_secs(1);
+        assert_eq!(
+            names(&p.view(&cached, later, |_| true)),
+            [("a".into(), "u1".into(), false), ("b".into(), "u2".into(), false)]
+        );
+        p.created(pod("c", "u3"), t0);
+        assert_eq!(names(&p.view(&[], t0, |o| o.name_any() != "c")), [], "only the job's own creations");
+        assert_eq!(names(&p.view(&[], later, |_| true)), [], "an unseen creation expires too");
+    }
+
+    #[test]
+    fn written_status_wins_until_the_cache_is_as_new() {
+        let t0 = Instant::now();
+        let mut w = Written::default();
+        let mut cached = TFJob::new("j", Default::default());
+        cached.metadata.uid = Some("u".into());
+        cached.metadata.resource_version = Some("10".into());
+        let mut mine = cached.clone();
+        mine.metadata.resource_version = Some("12".into());
+        w.wrote(mine, t0);
+        assert_eq!(w.view(Arc::new(cached.clone()), t0).metadata.resource_version.as_deref(), Some("12"));
+        cached.metadata.resource_version = Some("12".into());
+        assert_eq!(w.view(Arc::new(cached.clone()), t0).metadata.resource_version.as_deref(), Some("12"));
+        cached.metadata.resource_version = Some("11".into());
+        assert_eq!(
+            w.view(Arc::new(cached), t0).metadata.resource_version.as_deref(),
+            Some("11"),
+            "forgotten once caught up"
+        );
+    }
+}

@@ -1,0 +1,563 @@
+//! The controller end to end: pods run and finish through kwok, the operator reacts.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tfjob_operator::api::{ConditionType, ReplicaType, TFJob};
+
+use crate::support::*;
+use crate::{Ctx, Test, test};
+
+pub fn tests() -> Vec<Test> {
+    let serial = |mut t: Test| {
+        t.serial = true;
+        t
+    };
+    vec![
+        test!(seed_job_gets_pods_services_tf_config_and_status),
+        test!(success_cleans_running_pods_and_success_rules),
+        test!(failures_restarts_and_backoff_limit),
+        test!(disrupted_pods_are_recreated_without_cost),
+        test!(clean_pod_policy_after_finish_and_patched),
+        test!(refused_pod_template_gets_replica_failure_and_backs_off),
+        test!(sigterm_finishes_in_flight_work_and_exits_zero),
+        serial(test!(active_deadline_is_exact_and_follows_patches)),
+        serial(test!(ttl_deletes_the_finished_job_and_follows_patches)),
+    ]
+}
+
+const T: Duration = Duration::from_secs(60);
+
+fn with_kwok_templates(mut job: Value) -> Value {
+    if let Some(specs) = job["spec"]["tfReplicaSpecs"].as_object_mut() {
+        for r in specs.values_mut() {
+            crate::smoke::on_kwok(&mut r["template"]["spec"]);
+        }
+    }
+    job
+}
+
+fn example(name: &str) -> Result<Value> {
+    let path = tfjob_testsupport::repo_root().join("examples").join(name);
+    Ok(with_kwok_templates(serde_saphyr::from_str(&std::fs::read_to_string(path)?)?))
+}
+
+fn tf_config(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Value> {
+    let c = pod.spec.as_ref()?.containers.iter().find(|c| c.name == "tensorflow")?;
+    let v = c.env.as_ref()?.iter().find(|e| e.name == "TF_CONFIG")?.value.as_ref()?;
+    serde_json::from_str(v).ok()
+}
+
+async fn seed_job_gets_pods_services_tf_config_and_status(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    for (n, file) in ["tfjob-seed.yaml", "tfjob-kubeflow.yaml"].into_iter().enumerate() {
+        let name = format!("tfjob-test{}", if n == 0 { "" } else { "-kf" });
+        let mut job = example(file)?;
+        job["metadata"]["name"] = json!(name);
+        create(&ctx, job).await?;
+        let j = wait_job(&ctx, &name, T, "Running with both replicas active", |j| {
+            is(j, ConditionType::Running)
+                && j.status.as_ref().is_some_and(|s| {
+                    s.replica_statuses.get(&ReplicaType::PS).is_some_and(|r| r.active == 1)
+                        && s.replica_statuses.get(&ReplicaType::Worker).is_some_and(|r| r.active == 1)
+                })
+        })
+        .await
+        .with_context(|| op.log_tail())?;
+        let st = j.status.clone().context("status")?;
+        let conds: Vec<(String, String, String)> = st
+            .conditions
+            .iter()
+            .map(|c| {
+                (
+                    format!("{:?}", c.type_),
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        ensure!(
+            conds
+                == [
+                    ("Created".into(), "TFJobCreated".into(), format!("TFJob {name} is created.")),
+                    ("Running".into(), "TFJobRunning".into(), format!("TFJob {name} is running.")),
+                ],
+            "{file}: conditions {conds:?}"
+        );
+        ensure!(st.start_time.is_some(), "startTime");
+        let evs = events(&ctx, &name).await?;
+        ensure!(
+            evs.iter().filter(|(r, _)| r == "SetPodTemplateRestartPolicy").count() == 1,
+            "one warning: {evs:?}"
+        );
+        let rs = serde_json::to_value(&st.replica_statuses)?;
+        ensure!(rs == json!({"PS": {"active": 1}, "Worker": {"active": 1}}), "{file}: replicaStatuses {rs}");
+        for (t, i) in [("ps", 0), ("worker", 0)] {
+            let pod_name = format!("{name}-{t}-{i}");
+            let pod = pods(&ctx).get(&pod_name).await?;
+            let want = json!({
+                "cluster": {"ps": [format!("{name}-ps-0.{}.svc:2222", ctx.ns)], "worker": [format!("{name}-worker-0.{}.svc:2222", ctx.ns)]},
+                "task": {"type": t, "index": i},
+                "environment": "cloud"
+            });
+            ensure!(
+                tf_config(&pod) == Some(want.clone()),
+                "{pod_name}: TF_CONFIG {:?}, want {want}",
+                tf_config(&pod)
+            );
+            // The replica's restartPolicy (default Never) replaces the template's OnFailure.
+            ensure!(pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never"));
+            let svc = services(&ctx).get(&pod_name).await?;
+            ensure!(
+                svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None"),
+                "{pod_name}: headless"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn annotate(ctx: &Ctx, pod: &str, ann: Value) -> Result<()> {
+    pods(ctx)
+        .patch(pod, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": ann}})))
+        .await?;
+    Ok(())
+}
+
+async fn success_cleans_running_pods_and_success_rules(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    // Worker 0 decides; cleanPodPolicy Running (the default) removes the PS.
+    create(
+        &ctx,
+        job("basic", &[R("PS", 1, None, json!({})), R("Worker", 2, None, succeed("3s"))], json!({})),
+    )
+    .await?;
+    let j = wait_job(&ctx, "basic", T, "Succeeded", |j| is(j, ConditionType::Succeeded))
+        .await
+        .with_context(|| op.log_tail())?;
+    ensure!(j.status.as_ref().and_then(|s| s.completion_time.as_ref()).is_some(), "completionTime");
+    ensure!(!is(&j, ConditionType::Running), "Running turned False");
+    wait_pods(&ctx, &["basic-worker-0", "basic-worker-1"], T)
+        .await
+        .context("the PS pod is removed, finished workers stay")?;
+    ensure!(
+        service_names(&ctx).await? == ["basic-worker-0", "basic-worker-1"],
+        "the PS service goes with its pod"
+    );
+
+    // AllWorkers: worker 0's success is not enough.
+    create(&ctx, job("all", &[R("Worker", 2, None, json!({}))], json!({"successPolicy": "AllWorkers"})))
+        .await?;
+    wait_job(&ctx, "all", T, "Running", |j| is(j, ConditionType::Running)).await?;
+    annotate(&ctx, "all-worker-0", succeed("0s")).await?;
+    wait_job(&ctx, "all", T, "worker 0 succeeded", |j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
+            .is_some_and(|r| r.succeeded == 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        !is(&jobs(&ctx).get("all").await?, ConditionType::Succeeded),
+        "AllWorkers must wait for worker 1"
+    );
+    annotate(&ctx, "all-worker-1", succeed("0s")).await?;
+    wait_job(&ctx, "all", T, "Succeeded", |j| is(j, ConditionType::Succeeded)).await?;
+
+    // With a chief, the chief decides.
+    create(
+        &ctx,
+        job("chief", &[R("Chief", 1, None, json!({})), R("Worker", 1, None, succeed("1s"))], json!({})),
+    )
+    .await?;
+    wait_job(&ctx, "chief", T, "worker succeeded", |j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
+            .is_some_and(|r| r.succeeded == 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        !is(&jobs(&ctx).get("chief").await?, ConditionType::Succeeded),
+        "the chief decides, not the workers"
+    );
+    annotate(&ctx, "chief-chief-0", succeed("0s")).await?;
+    wait_job(&ctx, "chief", T, "Succeeded", |j| is(j, ConditionType::Succeeded)).await?;
+    Ok(())
+}
+
+async fn failures_restarts_and_backoff_limit(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    create(&ctx, job("never", &[R("Worker", 1, None, fail("1s", 1))], json!({}))).await?;
+    create(&ctx, job("exit1", &[R("Worker", 1, Some("ExitCode"), fail("1s", 1))], json!({}))).await?;
+    create(
+        &ctx,
+        job("exit137", &[R("Worker", 1, Some("ExitCode"), fail("2s", 137))], json!({"backoffLimit": 2})),
+    )
+    .await?;
+    create(
+        &ctx,
+        job(
+            "crash",
+            &[R("Worker", 1, Some("OnFailure"), fail("2s", 3))],
+            json!({"runPolicy": {"backoffLimit": 2}}),
+        ),
+    )
+    .await?;
+
+    let j = wait_job(&ctx, "never", T, "Failed", |j| is(j, ConditionType::Failed))
+        .await
+        .with_context(|| op.log_tail())?;
+    let msg = j.status.as_ref().and_then(|s| s.conditions.last()?.message.clone()).unwrap_or_default();
+    ensure!(msg.contains("pod never-worker-0") && msg.contains("exited with code 1"), "message {msg:?}");
+    ensure!(last_reason(&j).as_deref() == Some("TFJobFailed"));
+    let j = wait_job(&ctx, "exit1", T, "Failed", |j| is(j, ConditionType::Failed)).await?;
+    ensure!(last_reason(&j).as_deref() == Some("TFJobFailed"), "ExitCode 1 is permanent");
+
+    // ExitCode 137: re-created with new uids; the third failure exceeds backoffLimit 2.
+    let j = wait_job(&ctx, "exit137", Duration::from_secs(90), "BackoffLimitExceeded", |j| {
+        is(j, ConditionType::Failed)
+    })
+    .await?;
+    let show = serde_json::to_string(&j.status)?;
+    ensure!(
+        last_reason(&j).as_deref() == Some("BackoffLimitExceeded"),
+        "reason {:?}: {show}",
+        last_reason(&j)
+    );
+    let restarts =
+        j.status.as_ref().and_then(|s| s.replica_statuses.get(&ReplicaType::Worker)).map(|r| r.restarts);
+    ensure!(restarts == Some(3), "{show}");
+    let evs = events(&ctx, "exit137").await?;
+    let created = evs.iter().filter(|(r, _)| r == "SuccessfulCreatePod").count();
+    ensure!(created == 3, "three runs of the pod (two re-creations): {evs:?} {show}");
+
+    // OnFailure: restarts in place; the third restart exceeds the limit.
+    let j = wait_job(&ctx, "crash", Duration::from_secs(90), "BackoffLimitExceeded", |j| {
+        is(j, ConditionType::Failed)
+    })
+    .await?;
+    ensure!(last_reason(&j).as_deref() == Some("BackoffLimitExceeded"), "reason {:?}", last_reason(&j));
+    let evs = events(&ctx, "crash").await?;
+    ensure!(
+        evs.iter().filter(|(r, _)| r == "SuccessfulCreatePod").count() == 1,
+        "restarted in place, never re-created: {evs:?}"
+    );
+    ensure!(evs.iter().any(|(r, _)| r == "TFJobRestarting"), "Restarting announced: {evs:?}");
+    Ok(())
+}
+
+async fn disrupted_pods_are_recreated_without_cost(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    create(
+        &ctx,
+        job("d", &[R("PS", 1, None, json!({})), R("Worker", 2, None, json!({}))], json!({"backoffLimit": 0})),
+    )
+    .await?;
+    wait_job(&ctx, "d", T, "Running", |j| is(j, ConditionType::Running))
+        .await
+        .with_context(|| op.log_tail())?;
+    wait_pods(&ctx, &["d-ps-0", "d-worker-0", "d-worker-1"], T).await?;
+    let old = pods(&ctx).get("d-worker-1").await?.metadata.uid;
+    pods(&ctx).delete("d-worker-1", &DeleteParams::default()).await?;
+    tfjob_testsupport::wait(T, "d-worker-1 re-created", || async {
+        pods(&ctx)
+            .get_opt("d-worker-1")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.metadata.uid != old && p.metadata.deletion_timestamp.is_none())
+    })
+    .await?;
+    // Evicted: the status says Failed with a DisruptionTarget condition, as the eviction path writes.
+    let old = pods(&ctx).get("d-ps-0").await?.metadata.uid;
+    let status = json!({"status": {"phase": "Failed", "reason": "Evicted", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "evicted"}]}});
+    pods(&ctx).patch_status("d-ps-0", &PatchParams::default(), &Patch::Merge(status)).await?;
+    tfjob_testsupport::wait(T, "d-ps-0 re-created", || async {
+        pods(&ctx)
+            .get_opt("d-ps-0")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.metadata.uid != old && p.metadata.deletion_timestamp.is_none())
+    })
+    .await?;
+    let j = jobs(&ctx).get("d").await?;
+    ensure!(!is(&j, ConditionType::Failed), "a disruption is not a failure: {:?}", j.status);
+    let restarts: i32 =
+        j.status.as_ref().map(|s| s.replica_statuses.values().map(|r| r.restarts).sum()).unwrap_or(0);
+    ensure!(restarts == 0, "no backoff spent");
+    // A deleted TFJob takes its pods and services with it.
+    jobs(&ctx).delete("d", &DeleteParams::background()).await?;
+    wait_pods(&ctx, &[], Duration::from_secs(120)).await.context("garbage collection of the pods")?;
+    Ok(())
+}
+
+async fn clean_pod_policy_after_finish_and_patched(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    let reps = |w: Value| vec![R("PS", 1, None, json!({})), R("Worker", 1, None, w)];
+    create(&ctx, job("all", &reps(succeed("1s")), json!({"cleanPodPolicy": "All"}))).await?;
+    create(&ctx, job("none", &reps(succeed("1s")), json!({"runPolicy": {"cleanPodPolicy": "None"}}))).await?;
+    create(&ctx, job("fail", &reps(fail("1s", 1)), json!({}))).await?;
+    for name in ["all", "none", "fail"] {
+        wait_job(&ctx, name, T, "finished", |j| j.status.as_ref().is_some_and(|s| s.is_finished()))
+            .await
+            .with_context(|| op.log_tail())?;
+    }
+    wait_pods(&ctx, &["fail-worker-0", "none-ps-0", "none-worker-0"], T).await?;
+    // None -> All on the finished job: the rest goes, within 2 s.
+    let t0 = std::time::Instant::now();
+    jobs(&ctx)
+        .patch("none", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cleanPodPolicy": "All"}})))
+        .await?;
+    wait_pods(&ctx, &["fail-worker-0"], Duration::from_secs(5)).await?;
+    let took = t0.elapsed();
+    ensure!(took < Duration::from_secs(3), "cleanup took {took:?}");
+    let evs = events(&ctx, "none").await?;
+    ensure!(evs.iter().filter(|(r, _)| r == "CleanPodPolicyUpdated").count() == 1, "{evs:?}");
+    // All -> None after cleanup: nothing comes back.
+    jobs(&ctx)
+        .patch("none", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cleanPodPolicy": "None"}})))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(live_pods(&ctx).await? == ["fail-worker-0"], "nothing re-created");
+    ensure!(
+        service_names(&ctx).await? == ["fail-worker-0"],
+        "services follow: {:?}",
+        service_names(&ctx).await?
+    );
+    Ok(())
+}
+
+async fn refused_pod_template_gets_replica_failure_and_backs_off(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    // The schema accepts it; the API server refuses the pod (an invalid volume reference).
+    let mut j = job("bad", &[R("Worker", 1, None, json!({}))], json!({}));
+    j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "missing", "mountPath": "/data"}]);
+    create(&ctx, j).await?;
+    let j = wait_job(&ctx, "bad", T, "ReplicaFailure", |j| {
+        j.status.as_ref().and_then(|s| s.condition(ConditionType::ReplicaFailure)).is_some()
+    })
+    .await
+    .with_context(|| op.log_tail())?;
+    let c =
+        j.status.as_ref().and_then(|s| s.condition(ConditionType::ReplicaFailure)).context("condition")?;
+    ensure!(c.reason.as_deref() == Some("FailedCreatePod"), "{c:?}");
+    ensure!(c.message.as_deref().is_some_and(|m| m.contains("missing")), "the API server's message: {c:?}");
+    ensure!(!j.status.as_ref().is_some_and(|s| s.is_finished()), "not terminal");
+    // Poke it: label patches trigger reconciles, but creates back off.
+    for i in 0..10 {
+        jobs(&ctx)
+            .patch(
+                "bad",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"poke": i.to_string()}}})),
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let evs = events(&ctx, "bad").await?;
+    let attempts: i32 = evs.iter().filter(|(r, _)| r == "FailedCreatePod").map(|(_, n)| *n).sum();
+    ensure!((1..=3).contains(&attempts), "create attempts in ~6 s: {attempts} ({evs:?})");
+    Ok(())
+}
+
+fn instant(
+    j: &TFJob,
+    f: impl Fn(&tfjob_operator::api::TFJobStatus) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> Option<Timestamp> {
+    j.status.as_ref().and_then(f).map(|t| t.0)
+}
+
+/// Watches the job and returns the moment the predicate first held (watch arrival).
+async fn arrival(
+    ctx: &Ctx,
+    name: &str,
+    timeout: Duration,
+    pred: impl Fn(&TFJob) -> bool,
+) -> Result<(Timestamp, TFJob)> {
+    use futures::StreamExt;
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher::watcher(jobs(ctx), cfg));
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        let ev = tokio::time::timeout_at(end, stream.next())
+            .await
+            .context("timed out")?
+            .context("watch ended")??;
+        let objs = match ev {
+            watcher::Event::Apply(j) | watcher::Event::InitApply(j) => vec![j],
+            _ => vec![],
+        };
+        for j in objs {
+            if pred(&j) {
+                return Ok((Timestamp::now(), j));
+            }
+        }
+    }
+}
+
+fn lateness(actual: Timestamp, expected: Timestamp) -> f64 {
+    actual.duration_since(expected).as_secs_f64()
+}
+
+async fn active_deadline_is_exact_and_follows_patches(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    let mut late = Vec::new();
+    let reps = || vec![R("Worker", 1, None, json!({}))];
+    // Set at create.
+    create(&ctx, job("ads", &reps(), json!({"activeDeadlineSeconds": 4}))).await?;
+    let (at, j) =
+        arrival(&ctx, "ads", T, |j| is(j, ConditionType::Failed)).await.with_context(|| op.log_tail())?;
+    ensure!(last_reason(&j).as_deref() == Some("DeadlineExceeded"));
+    let deadline = instant(&j, |s| s.deadline.as_ref()).context("published deadline")?;
+    late.push(lateness(at, deadline));
+    // Shortened into the past while running: fails within 2 s.
+    create(&ctx, job("short", &reps(), json!({"runPolicy": {"activeDeadlineSeconds": 600}}))).await?;
+    wait_job(&ctx, "short", T, "Running", |j| is(j, ConditionType::Running)).await?;
+    let t0 = Timestamp::now();
+    jobs(&ctx)
+        .patch(
+            "short",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runPolicy": {"activeDeadlineSeconds": 1}}})),
+        )
+        .await?;
+    let (at, j) = arrival(&ctx, "short", T, |j| is(j, ConditionType::Failed)).await?;
+    ensure!(last_reason(&j).as_deref() == Some("DeadlineExceeded"));
+    ensure!(lateness(at, t0) < 2.0, "shortened deadline acted on after {:.2}s", lateness(at, t0));
+    // Lengthened: survives the old instant, fails at the new one.
+    create(&ctx, job("long", &reps(), json!({"activeDeadlineSeconds": 3}))).await?;
+    let j =
+        wait_job(&ctx, "long", T, "deadline published", |j| instant(j, |s| s.deadline.as_ref()).is_some())
+            .await?;
+    let old = instant(&j, |s| s.deadline.as_ref()).context("deadline")?;
+    jobs(&ctx)
+        .patch("long", &PatchParams::default(), &Patch::Merge(json!({"spec": {"activeDeadlineSeconds": 7}})))
+        .await?;
+    let (at, j) = arrival(&ctx, "long", T, |j| is(j, ConditionType::Failed)).await?;
+    let new = instant(&j, |s| s.deadline.as_ref()).context("deadline")?;
+    ensure!(new.duration_since(old).as_secs() == 4, "deadline moved from {old} to {new}");
+    late.push(lateness(at, new));
+    // Removed: never fails.
+    create(&ctx, job("gone", &reps(), json!({"activeDeadlineSeconds": 3}))).await?;
+    let j =
+        wait_job(&ctx, "gone", T, "deadline published", |j| instant(j, |s| s.deadline.as_ref()).is_some())
+            .await?;
+    let old = instant(&j, |s| s.deadline.as_ref()).context("deadline")?;
+    jobs(&ctx)
+        .patch(
+            "gone",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"activeDeadlineSeconds": null}})),
+        )
+        .await?;
+    let wait_until = old.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(5))?;
+    tokio::time::sleep(Duration::try_from(wait_until.duration_since(Timestamp::now())).unwrap_or_default())
+        .await;
+    let j = jobs(&ctx).get("gone").await?;
+    ensure!(
+        !is(&j, ConditionType::Failed) && instant(&j, |s| s.deadline.as_ref()).is_none(),
+        "removed deadline: {:?}",
+        j.status
+    );
+    for l in &late {
+        ensure!((0.0..=2.0).contains(l), "lateness {l:.3}s outside [0, 2]");
+    }
+    println!(
+        "    deadline lateness: {}",
+        late.iter().map(|l| format!("{l:.3}s")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+async fn ttl_deletes_the_finished_job_and_follows_patches(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    let reps = || vec![R("PS", 1, None, json!({})), R("Worker", 1, None, succeed("1s"))];
+    create(&ctx, job("ttl", &reps(), json!({"ttlSecondsAfterFinished": 3}))).await?;
+    let j = wait_job(&ctx, "ttl", T, "expiry published", |j| instant(j, |s| s.expires.as_ref()).is_some())
+        .await
+        .with_context(|| op.log_tail())?;
+    let expires = instant(&j, |s| s.expires.as_ref()).context("expires")?;
+    let done = instant(&j, |s| s.completion_time.as_ref()).context("completionTime")?;
+    ensure!(expires.duration_since(done).as_secs() == 3);
+    tfjob_testsupport::wait(T, "the job to be deleted", || async {
+        jobs(&ctx).get_opt("ttl").await.is_ok_and(|j| j.is_none())
+    })
+    .await?;
+    let l = lateness(Timestamp::now(), expires);
+    ensure!((0.0..=2.2).contains(&l), "TTL lateness {l:.3}s");
+    // Raised a moment before expiry: survives.
+    create(&ctx, job("raise", &reps(), json!({"runPolicy": {"ttlSecondsAfterFinished": 3}}))).await?;
+    let j = wait_job(&ctx, "raise", T, "expiry published", |j| instant(j, |s| s.expires.as_ref()).is_some())
+        .await?;
+    let expires = instant(&j, |s| s.expires.as_ref()).context("expires")?;
+    let before = Duration::try_from(expires.duration_since(Timestamp::now()))
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_millis(800));
+    tokio::time::sleep(before).await;
+    jobs(&ctx)
+        .patch(
+            "raise",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ttlSecondsAfterFinished": 60}})),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(jobs(&ctx).get_opt("raise").await?.is_some(), "a raised TTL keeps the job");
+    // Added after finish: honoured.
+    create(&ctx, job("late", &reps(), json!({}))).await?;
+    wait_job(&ctx, "late", T, "Succeeded", |j| is(j, ConditionType::Succeeded)).await?;
+    jobs(&ctx)
+        .patch(
+            "late",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ttlSecondsAfterFinished": 1}})),
+        )
+        .await?;
+    tfjob_testsupport::wait(Duration::from_secs(10), "the job to be deleted", || async {
+        jobs(&ctx).get_opt("late").await.is_ok_and(|j| j.is_none())
+    })
+    .await?;
+    Ok(())
+}
+
+async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> {
+    let mut op = Operator::start(&ctx, &[])?;
+    let port = op.http_port;
+    tfjob_testsupport::wait(T, "/healthz to answer", || async move {
+        http_status(port, "/healthz").await == Some(200)
+    })
+    .await?;
+    create(&ctx, job("t", &[R("Worker", 2, None, json!({}))], json!({}))).await?;
+    wait_job(&ctx, "t", T, "Running", |j| is(j, ConditionType::Running))
+        .await
+        .with_context(|| op.log_tail())?;
+    op.proc.signal(libc_sigterm());
+    let status = tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(20)))
+        .context("still running 20 s after SIGTERM")?;
+    ensure!(status.success(), "exit status {status}: {}", op.log_tail());
+    Ok(())
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+async fn http_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,177 @@
+//! End-to-end tests against a real control plane: one plane for the whole run (or the user's
+//! cluster with `USE_EXISTING_CLUSTER=true`), one namespace per test, deleted afterwards.
+//!
+//! A `harness = false` binary: the plane is started from the main thread, which outlives every
+//! test, so a test's panic never stops it, and the plane's processes die with this process.
+//! `cargo test --test e2e -- <substring>` runs the matching tests only.
+
+mod controller;
+mod smoke;
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tfjob_testsupport::Cluster;
+
+/// What a test gets: the cluster and its own namespace.
+pub struct Ctx {
+    pub cluster: Arc<Cluster>,
+    pub ns: String,
+}
+
+type TestFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+/// One test. `local_only` tests start or stop plane processes and are skipped on an existing
+/// cluster; `serial` tests run alone (timing).
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(Ctx) -> TestFuture,
+    pub local_only: bool,
+    pub serial: bool,
+}
+
+#[macro_export]
+macro_rules! test {
+    ($f:path) => {
+        $crate::Test {
+            name: concat!(module_path!(), "::", stringify!($f)),
+            run: |ctx| Box::pin($f(ctx)),
+            local_only: false,
+            serial: false,
+        }
+    };
+}
+
+fn tests() -> Vec<Test> {
+    let mut all = smoke::tests();
+    all.extend(controller::tests());
+    all
+}
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+const PARALLEL: usize = 4;
+
+enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(&'static str),
+}
+
+async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
+    if t.local_only && cluster.plane.is_none() {
+        return Outcome::Skipped("needs the local control plane");
+    }
+    let ns = format!("e2e-{}-{n}", t.name.rsplit("::").next().unwrap_or("t").replace('_', "-"));
+    let ns: String = ns.chars().take(60).collect::<String>().trim_end_matches('-').to_string();
+    if let Err(e) = cluster.namespace(&ns).await {
+        return Outcome::Failed(format!("setup: {e:#}"));
+    }
+    let ctx = Ctx { cluster: cluster.clone(), ns: ns.clone() };
+    let handle = tokio::spawn((t.run)(ctx));
+    let outcome = match tokio::time::timeout(TEST_TIMEOUT, handle).await {
+        Ok(Ok(Ok(()))) => Outcome::Passed,
+        Ok(Ok(Err(e))) => Outcome::Failed(format!("{e:#}")),
+        Ok(Err(join)) => Outcome::Failed(format!("panicked: {join}")),
+        Err(_) => Outcome::Failed(format!("timed out after {TEST_TIMEOUT:?}")),
+    };
+    cluster.delete_namespace(&ns).await;
+    outcome
+}
+
+async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
+    let started = Instant::now();
+    let cluster = Arc::new(Cluster::from_env().await?);
+    if let (Some(plane), Some(path)) = (&cluster.plane, std::env::var_os("TFJOB_E2E_STATE")) {
+        let pids: Vec<String> = plane.pids().iter().map(u32::to_string).collect();
+        let ports: Vec<String> = plane.ports.iter().map(u16::to_string).collect();
+        std::fs::write(path, format!("pids {}\nports {}\n", pids.join(" "), ports.join(" ")))?;
+    }
+    let crd = tfjob_operator::api::crd()?;
+    cluster.install_crd(&crd).await?;
+    eprintln!("e2e: cluster ready in {:.1}s", started.elapsed().as_secs_f64());
+
+    let all: Vec<Test> =
+        tests().into_iter().filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f))).collect();
+    let (serial, parallel): (Vec<&Test>, Vec<&Test>) = all.iter().partition(|t| t.serial);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut report = |name: &str, outcome: Outcome, took: Duration| match outcome {
+        Outcome::Passed => {
+            passed += 1;
+            println!("test {name} ... ok ({:.1}s)", took.as_secs_f64());
+        }
+        Outcome::Failed(why) => {
+            failed += 1;
+            println!(
+                "test {name} ... FAILED ({:.1}s)\n    {}",
+                took.as_secs_f64(),
+                why.replace('\n', "\n    ")
+            );
+        }
+        Outcome::Skipped(why) => {
+            skipped += 1;
+            println!("test {name} ... skipped: {why}");
+        }
+    };
+    let mut n = 0;
+    for chunk in parallel.chunks(PARALLEL) {
+        let runs = chunk.iter().map(|t| {
+            n += 1;
+            let (cluster, n) = (cluster.clone(), n);
+            async move {
+                let t0 = Instant::now();
+                (t.name, run_one(cluster, t, n).await, t0.elapsed())
+            }
+        });
+        for (name, outcome, took) in futures::future::join_all(runs).await {
+            report(name, outcome, took);
+        }
+    }
+    for t in serial {
+        n += 1;
+        let t0 = Instant::now();
+        let outcome = run_one(cluster.clone(), t, n).await;
+        report(t.name, outcome, t0.elapsed());
+    }
+    drop(cluster);
+    eprintln!("e2e: done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok((passed, failed, skipped))
+}
+
+fn main() -> ExitCode {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("e2e: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run(filter) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    // Dropping the runtime drops the cluster, which stops every plane process.
+    drop(rt);
+    match result {
+        None => {
+            eprintln!("e2e: interrupted; the control plane was stopped");
+            ExitCode::from(130)
+        }
+        Some(Err(e)) => {
+            eprintln!("e2e: {e:#}");
+            println!("0 passed, 1 failed");
+            ExitCode::FAILURE
+        }
+        Some(Ok((passed, failed, skipped))) => {
+            println!("\ne2e: {passed} passed, {failed} failed, {skipped} skipped");
+            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Helpers for controller tests: an operator process per test, job fixtures and waits.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use tfjob_operator::api::{ConditionType, TFJob};
+use tfjob_testsupport::free_port;
+use tfjob_testsupport::process::Proc;
+
+use crate::Ctx;
+
+/// The operator under test, limited to the test's namespace; stopped (SIGTERM) on drop.
+pub struct Operator {
+    pub proc: Proc,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(ctx: &Ctx, extra: &[&str]) -> Result<Operator> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("tfjob-e2e-op-{}", ctx.ns));
+        std::fs::create_dir_all(&dir)?;
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_tfjob-operator"));
+        let mut args = vec![
+            format!("--namespace={}", ctx.ns),
+            format!("--http-addr=127.0.0.1:{port}"),
+            "--log-format=json".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn_with_env(
+            "tfjob-operator",
+            &bin,
+            &args,
+            &dir,
+            &[("KUBECONFIG", ctx.cluster.kubeconfig.as_os_str())],
+        )?;
+        Ok(Operator { proc, http_port: port, log: dir.join("tfjob-operator.log") })
+    }
+
+    /// The operator's log so far (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+pub fn jobs(ctx: &Ctx) -> Api<TFJob> {
+    Api::namespaced(ctx.cluster.client.clone(), &ctx.ns)
+}
+
+pub fn pods(ctx: &Ctx) -> Api<Pod> {
+    Api::namespaced(ctx.cluster.client.clone(), &ctx.ns)
+}
+
+pub fn services(ctx: &Ctx) -> Api<Service> {
+    Api::namespaced(ctx.cluster.client.clone(), &ctx.ns)
+}
+
+/// A replica: (type key, replicas, restartPolicy, kwok.test annotations).
+pub struct R<'a>(pub &'a str, pub i32, pub Option<&'a str>, pub Value);
+
+/// A TFJob whose pods land on kwok nodes and meet the fate their annotations choose.
+pub fn job(name: &str, replicas: &[R<'_>], spec_extra: Value) -> Value {
+    let mut specs = serde_json::Map::new();
+    for R(key, n, rp, ann) in replicas {
+        let mut r = json!({
+            "replicas": n,
+            "template": {
+                "metadata": {"annotations": ann},
+                "spec": {
+                    "containers": [{"name": "tensorflow", "image": "tensorflow/tensorflow:2.16.1"}],
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                    "terminationGracePeriodSeconds": 0
+                }
+            }
+        });
+        if let Some(rp) = rp {
+            r["restartPolicy"] = json!(rp);
+        }
+        specs.insert(key.to_string(), r);
+    }
+    let mut spec = json!({"tfReplicaSpecs": specs});
+    if let Value::Object(extra) = spec_extra {
+        for (k, v) in extra {
+            spec[k] = v;
+        }
+    }
+    json!({"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": name}, "spec": spec})
+}
+
+pub fn succeed(after: &str) -> Value {
+    json!({"kwok.test/outcome": "succeed", "kwok.test/run-for": after})
+}
+
+pub fn fail(after: &str, code: i32) -> Value {
+    json!({"kwok.test/outcome": "fail", "kwok.test/run-for": after, "kwok.test/exit-code": code.to_string()})
+}
+
+pub async fn create(ctx: &Ctx, job: Value) -> Result<TFJob> {
+    let job: TFJob = serde_json::from_value(job)?;
+    Ok(jobs(ctx).create(&PostParams::default(), &job).await?)
+}
+
+/// Polls the job until `pred` holds; the error shows the last status seen.
+pub async fn wait_job(
+    ctx: &Ctx,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&TFJob) -> bool,
+) -> Result<TFJob> {
+    let end = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < end {
+        last = jobs(ctx).get_opt(name).await?;
+        if let Some(j) = last.as_ref().filter(|j| pred(j)) {
+            return Ok(j.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{name}: timed out waiting for {what}; last status: {}",
+        serde_json::to_string(&last.and_then(|j| j.status))?
+    )
+}
+
+pub fn is(j: &TFJob, c: ConditionType) -> bool {
+    j.status.as_ref().is_some_and(|s| s.is_true(c))
+}
+
+pub fn last_reason(j: &TFJob) -> Option<String> {
+    j.status.as_ref()?.conditions.last()?.reason.clone()
+}
+
+/// Names of the namespace's pods (not terminating), sorted.
+pub async fn live_pods(ctx: &Ctx) -> Result<Vec<String>> {
+    let mut names: Vec<String> = pods(ctx)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+pub async fn service_names(ctx: &Ctx) -> Result<Vec<String>> {
+    let mut names: Vec<String> = services(ctx)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Waits until the live pods are exactly `want`.
+pub async fn wait_pods(ctx: &Ctx, want: &[&str], timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while Instant::now() < end {
+        got = live_pods(ctx).await?;
+        if got == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("pods {got:?}, want {want:?}")
+}
+
+/// The reasons of the events about `name`, oldest first, with their counts.
+pub async fn events(ctx: &Ctx, name: &str) -> Result<Vec<(String, i32)>> {
+    let api: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
+    let mut evs: Vec<Event> = api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .context("listing events")?
+        .items;
+    evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+    Ok(evs.into_iter().map(|e| (e.reason.unwrap_or_default(), e.count.unwrap_or(1))).collect())
+}

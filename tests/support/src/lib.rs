@@ -1,0 +1,178 @@
+//! Test support for tfjob-operator: a real control plane on loopback, or the user's cluster.
+//!
+//! [`Cluster::from_env`] starts the local plane (the default) or, with
+//! `USE_EXISTING_CLUSTER=true`, uses the current KUBECONFIG.
+
+pub mod pki;
+pub mod plane;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+
+pub use plane::{ControlPlane, PlaneOptions, client_for, free_port, port_in_use};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The directory of the control-plane binaries: `TFJOB_BIN_DIR`, or what
+/// `hack/build-control-plane.sh` prints (it builds them on first use, then reuses them).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("TFJOB_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let script = repo_root().join("hack/build-control-plane.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed", script.display());
+    }
+    let stdout = String::from_utf8(out.stdout)?;
+    let last = stdout.lines().last().context("build-control-plane.sh printed no directory")?;
+    Ok(PathBuf::from(last.trim()))
+}
+
+/// Whether the suite runs against the user's cluster.
+pub fn use_existing_cluster() -> bool {
+    std::env::var("USE_EXISTING_CLUSTER").is_ok_and(|v| v == "true")
+}
+
+/// Where the tests run: a local plane we own, or an existing cluster.
+pub struct Cluster {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    /// The kubectl to run (the plane's own version when the plane is local).
+    pub kubectl: PathBuf,
+    pub plane: Option<ControlPlane>,
+}
+
+impl Cluster {
+    /// Starts the local plane, or connects to the current cluster with `USE_EXISTING_CLUSTER=true`.
+    pub async fn from_env() -> Result<Cluster> {
+        if use_existing_cluster() {
+            let client =
+                Client::try_default().await.context("USE_EXISTING_CLUSTER=true: no usable KUBECONFIG")?;
+            let kubeconfig = std::env::var_os("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config")
+            });
+            let cluster = Cluster { client, kubeconfig, kubectl: PathBuf::from("kubectl"), plane: None };
+            cluster.check_kwok().await?;
+            return Ok(cluster);
+        }
+        let bin_dir = bin_dir()?;
+        let plane =
+            ControlPlane::start(&PlaneOptions { bin_dir: bin_dir.clone(), ..Default::default() }).await?;
+        let client = client_for(&plane.pki.kubeconfig).await?;
+        Ok(Cluster {
+            client,
+            kubeconfig: plane.pki.kubeconfig.clone(),
+            kubectl: bin_dir.join("kubectl"),
+            plane: Some(plane),
+        })
+    }
+
+    /// On an existing cluster, kwok nodes and our stages must be installed.
+    async fn check_kwok(&self) -> Result<()> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let kwok = nodes.list(&kube::api::ListParams::default().labels("type=kwok")).await?;
+        if kwok.items.is_empty() {
+            bail!(
+                "USE_EXISTING_CLUSTER=true: the cluster has no kwok nodes (label type=kwok); see README, \"Running the e2e suite on your own cluster\""
+            );
+        }
+        let out = Command::new(&self.kubectl)
+            .args(["get", "stages.kwok.x-k8s.io", "-o", "name"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()?;
+        let names = String::from_utf8_lossy(&out.stdout);
+        for stage in stage_names() {
+            if !names.lines().any(|l| l.trim_start_matches("stage.kwok.x-k8s.io/") == stage) {
+                bail!(
+                    "USE_EXISTING_CLUSTER=true: kwok stage {stage} is missing; apply tests/support/kwok-stages.yaml (see README)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A kubectl command against this cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// Applies the CRD (server-side) and waits until it is Established.
+    pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        api.patch(&crd.name_any(), &PatchParams::apply("tfjob-e2e").force(), &Patch::Apply(crd))
+            .await
+            .context("applying the CRD")?;
+        wait(Duration::from_secs(60), "the CRD to be Established", || async {
+            api.get(&crd.name_any()).await.ok().and_then(|c| c.status).is_some_and(|s| {
+                s.conditions.iter().flatten().any(|c| c.type_ == "Established" && c.status == "True")
+            })
+        })
+        .await
+    }
+
+    /// Creates a namespace and waits for its `default` ServiceAccount, as pods need on a real cluster.
+    pub async fn namespace(&self, name: &str) -> Result<()> {
+        let ns: Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "labels": {"tfjob-e2e": "true"}}}),
+        )?;
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), name);
+        wait(Duration::from_secs(60), "the default ServiceAccount", || async {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await
+    }
+
+    /// Deletes a namespace (not waiting for it to go).
+    pub async fn delete_namespace(&self, name: &str) {
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(name, &DeleteParams::background()).await;
+    }
+}
+
+/// The names of the kwok stages in `kwok-stages.yaml`.
+pub fn stage_names() -> Vec<String> {
+    plane::KWOK_STAGES
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter_map(|v| v.pointer("/metadata/name").and_then(|n| n.as_str()).map(String::from))
+        .collect()
+}
+
+/// Polls `ready` every 200 ms until it is true or `timeout` passes.
+pub async fn wait<F, Fut>(timeout: Duration, what: &str, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,309 @@
+//! The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+//! kwok on loopback, with fake nodes, started in order and stopped in reverse.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use kube::{Client, Config, config::KubeConfigOptions, config::Kubeconfig};
+
+use crate::pki::{Pki, write_pki};
+use crate::process::Proc;
+
+/// The kwok stage file: pod fates chosen by `kwok.test/*` annotations.
+pub const KWOK_STAGES: &str = include_str!("../kwok-stages.yaml");
+
+/// How to start a plane.
+#[derive(Clone, Debug)]
+pub struct PlaneOptions {
+    /// Directory holding the binaries (from `hack/build-control-plane.sh`).
+    pub bin_dir: PathBuf,
+    /// Fake nodes to create.
+    pub nodes: u32,
+    /// QPS (and twice that burst) for the controller-manager and scheduler clients.
+    pub component_qps: u32,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        PlaneOptions { bin_dir: PathBuf::new(), nodes: 4, component_qps: 500 }
+    }
+}
+
+/// A running plane. Dropping it stops every process and removes its directory.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub server: String,
+    pub pki: Pki,
+    pub bin_dir: PathBuf,
+    pub ports: Vec<u16>,
+    procs: Vec<Proc>,
+}
+
+/// A free loopback port (bound and released: the kernel will not hand it out again soon).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port`.
+pub fn port_in_use(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+fn http_ok(port: u16, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+fn node(name: &str) -> Result<Node> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+            "labels": {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+                "kubernetes.io/hostname": name, "type": "kwok"}
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000", "nvidia.com/gpu": "8"},
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000", "nvidia.com/gpu": "8"},
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake", "bootID": "", "containerRuntimeVersion": "", "kernelVersion": "",
+                "machineID": "", "osImage": "", "systemUUID": ""},
+            "phase": "Running"
+        }
+    }))?)
+}
+
+fn node_ready(n: &Node) -> bool {
+    let ready = n
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let tainted = n
+        .spec
+        .iter()
+        .flat_map(|s| s.taints.iter().flatten())
+        .any(|t| t.key.starts_with("node.kubernetes.io/"));
+    ready && !tainted
+}
+
+impl ControlPlane {
+    /// Starts everything and waits until the nodes are Ready and schedulable.
+    pub async fn start(opts: &PlaneOptions) -> Result<ControlPlane> {
+        let dir = std::env::temp_dir().join(format!("tfjob-plane-{}-{}", std::process::id(), free_port()?));
+        std::fs::create_dir_all(&dir)?;
+        let [etcd, peer, api, kcm, sched] =
+            [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
+        let server = format!("https://127.0.0.1:{api}");
+        let pki = write_pki(&dir.join("pki"), &server)?;
+        let mut plane = ControlPlane {
+            dir: dir.clone(),
+            server,
+            pki,
+            bin_dir: opts.bin_dir.clone(),
+            ports: vec![etcd, peer, api, kcm, sched],
+            procs: vec![],
+        };
+        plane
+            .start_processes(opts, [etcd, peer, api, kcm, sched])
+            .await
+            .with_context(|| format!("starting the control plane (component logs in {})", dir.display()))?;
+        Ok(plane)
+    }
+
+    fn spawn(&mut self, name: &str, args: Vec<String>) -> Result<()> {
+        let bin = self.bin_dir.join(name);
+        let proc = Proc::spawn(name, &bin, &args, &self.dir)?;
+        self.procs.push(proc);
+        Ok(())
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.exited() {
+                bail!("{} exited ({status}); see {}/{}.log", p.name, self.dir.display(), p.name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_processes(&mut self, opts: &PlaneOptions, ports: [u16; 5]) -> Result<()> {
+        let [etcd, peer, api, kcm, sched] = ports;
+        let d = self.dir.display().to_string();
+        let a = |s: &str| s.to_string();
+        self.spawn(
+            "etcd",
+            vec![
+                a("--name=node0"),
+                format!("--data-dir={d}/etcd"),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster=node0=http://127.0.0.1:{peer}"),
+                a("--unsafe-no-fsync=true"),
+                a("--quota-backend-bytes=4294967296"),
+                a("--log-level=warn"),
+            ],
+        )?;
+        let end = Instant::now() + Duration::from_secs(30);
+        while !http_ok(etcd, "/health") {
+            self.check_alive()?;
+            if Instant::now() > end {
+                bail!("etcd did not become healthy");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let p = self.pki.clone();
+        let path = |x: &Path| x.display().to_string();
+        self.spawn(
+            "kube-apiserver",
+            vec![
+                format!("--etcd-servers=http://127.0.0.1:{etcd}"),
+                a("--bind-address=127.0.0.1"),
+                format!("--secure-port={api}"),
+                a("--advertise-address=127.0.0.1"),
+                a("--endpoint-reconciler-type=none"),
+                format!("--tls-cert-file={}", path(&p.serving_cert)),
+                format!("--tls-private-key-file={}", path(&p.serving_key)),
+                format!("--client-ca-file={}", path(&p.ca_cert)),
+                a("--service-account-issuer=https://kubernetes.default.svc.cluster.local"),
+                format!("--service-account-key-file={}", path(&p.sa_pub)),
+                format!("--service-account-signing-key-file={}", path(&p.sa_key)),
+                a("--authorization-mode=Node,RBAC"),
+                a("--enable-admission-plugins=OwnerReferencesPermissionEnforcement"),
+                a("--service-cluster-ip-range=10.96.0.0/16"),
+                a("--allow-privileged=true"),
+                a("--v=1"),
+            ],
+        )?;
+        let client = client_for(&p.kubeconfig).await?;
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.check_alive()?;
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            if client.request_text(req).await.is_ok_and(|t| t.trim() == "ok") {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("kube-apiserver did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+
+        let kubeconfig = path(&p.kubeconfig);
+        let qps = opts.component_qps;
+        self.spawn(
+            "kube-controller-manager",
+            vec![
+                format!("--kubeconfig={kubeconfig}"),
+                a("--leader-elect=false"),
+                a("--bind-address=127.0.0.1"),
+                format!("--secure-port={kcm}"),
+                a("--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"),
+                format!("--root-ca-file={}", path(&p.ca_cert)),
+                format!("--service-account-private-key-file={}", path(&p.sa_key)),
+                a("--use-service-account-credentials=false"),
+                a("--controllers=*"),
+                format!("--kube-api-qps={qps}"),
+                format!("--kube-api-burst={}", qps * 2),
+                a("--node-monitor-period=5s"),
+                a("--node-monitor-grace-period=40s"),
+                a("--v=1"),
+            ],
+        )?;
+        let sched_config = self.dir.join("scheduler.yaml");
+        std::fs::write(
+            &sched_config,
+            format!(
+                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  \
+             kubeconfig: {kubeconfig}\n  qps: {qps}\n  burst: {}\nleaderElection:\n  leaderElect: false\n",
+                qps * 2
+            ),
+        )?;
+        self.spawn(
+            "kube-scheduler",
+            vec![
+                format!("--config={}", path(&sched_config)),
+                a("--bind-address=127.0.0.1"),
+                format!("--secure-port={sched}"),
+                a("--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"),
+                a("--v=1"),
+            ],
+        )?;
+        let stages = self.dir.join("kwok-stages.yaml");
+        std::fs::write(&stages, KWOK_STAGES)?;
+        self.spawn(
+            "kwok",
+            vec![
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--config={}", path(&stages)),
+                a("--manage-all-nodes=false"),
+                a("--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake"),
+                a("--node-ip=127.0.0.1"),
+                a("--cidr=10.244.0.0/16"),
+                a("--node-lease-duration-seconds=40"),
+            ],
+        )?;
+
+        let nodes: Api<Node> = Api::all(client.clone());
+        for i in 0..opts.nodes {
+            nodes.create(&PostParams::default(), &node(&format!("kwok-node-{i}"))?).await?;
+        }
+        let want = opts.nodes as usize;
+        crate::wait(Duration::from_secs(120), "fake nodes to be Ready and untainted", || async {
+            nodes
+                .list(&Default::default())
+                .await
+                .is_ok_and(|l| l.items.iter().filter(|n| node_ready(n)).count() >= want)
+        })
+        .await?;
+        self.check_alive()
+    }
+
+    /// The PIDs of every component.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+
+    /// Stops every component, newest first, and removes the plane's directory unless
+    /// `TFJOB_KEEP_PLANE` is set.
+    pub fn stop(&mut self) {
+        while let Some(mut p) = self.procs.pop() {
+            p.stop(Duration::from_secs(10));
+        }
+        if std::env::var_os("TFJOB_KEEP_PLANE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
