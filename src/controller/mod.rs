@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -79,7 +79,9 @@ where
 }
 
 /// A label-selected, reflected watch of the operator's pods or services, without
-/// managedFields, so memory does not grow with unrelated objects.
+/// managedFields, so memory does not grow with unrelated objects. It runs on its own task,
+/// so the cache keeps filling while every reconcile slot is busy; the controller gets the
+/// changed objects through a channel.
 fn owned_stream<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
@@ -94,11 +96,21 @@ where
         + 'static,
 {
     let cfg = watcher::Config::default().labels(&names::operator_selector());
-    watcher(api, cfg)
+    let stream = watcher(api, cfg)
         .default_backoff()
         .modify(|o: &mut K| o.meta_mut().managed_fields = None)
         .reflect(writer)
-        .touched_objects()
+        .touched_objects();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if tx.unbounded_send(item).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
@@ -119,6 +131,17 @@ pub async fn run(
         settings: settings.clone(),
         pending: Mutex::default(),
     });
+    // Plan only from caches that have listed everything: a half-filled cache shows pods missing.
+    let shutdown = shutdown.shared();
+    let synced =
+        async { ctx.pods.wait_until_ready().await.is_ok() && ctx.services.wait_until_ready().await.is_ok() };
+    tokio::select! {
+        ok = synced => if !ok {
+            warn!("the pod and service caches stopped before they synced");
+            return;
+        },
+        () = shutdown.clone() => return,
+    }
     let jobs = api::<TFJob>(&client, ns);
     info!(
         namespace = ns.unwrap_or("(all)"),

@@ -25,8 +25,10 @@ pub fn tests() -> Vec<Test> {
         test!(clean_pod_policy_after_finish_and_patched),
         test!(refused_pod_template_gets_replica_failure_and_backs_off),
         test!(sigterm_finishes_in_flight_work_and_exits_zero),
+        test!(contract_through_kubectl_patch),
         serial(test!(active_deadline_is_exact_and_follows_patches)),
         serial(test!(ttl_deletes_the_finished_job_and_follows_patches)),
+        serial(test!(no_duplicates_no_chatter)),
     ]
 }
 
@@ -560,4 +562,209 @@ async fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `kubectl -n <ns> patch tfjob <name> --type merge -p <patch> -o json`: (success, stdout, stderr).
+fn kubectl_patch(ctx: &Ctx, name: &str, patch: &Value) -> Result<(bool, Value, String)> {
+    let out = ctx
+        .cluster
+        .kubectl()
+        .args([
+            "-n",
+            &ctx.ns,
+            "patch",
+            "tfjob",
+            name,
+            "--type",
+            "merge",
+            "-o",
+            "json",
+            "-p",
+            &patch.to_string(),
+        ])
+        .output()?;
+    let body = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    Ok((out.status.success(), body, String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+fn applied_policy(j: &TFJob) -> Value {
+    j.status.as_ref().and_then(|s| serde_json::to_value(&s.applied_policy).ok()).unwrap_or(Value::Null)
+}
+
+async fn contract_through_kubectl_patch(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    let mut seed = example("tfjob-seed.yaml")?;
+    seed["metadata"]["name"] = json!("seed");
+    let mut kf = example("tfjob-kubeflow.yaml")?;
+    kf["metadata"]["name"] = json!("kf");
+    create(&ctx, seed).await?;
+    create(&ctx, kf).await?;
+    for name in ["seed", "kf"] {
+        wait_job(&ctx, name, T, "Running", |j| is(j, ConditionType::Running))
+            .await
+            .with_context(|| op.log_tail())?;
+    }
+    // Each allowed field, in the shape's own place: the whole object back, and in effect.
+    for (name, place) in [("seed", None), ("kf", Some("runPolicy"))] {
+        let wrap = |field: &str, v: Value| match place {
+            None => json!({"spec": {field: v}}),
+            Some(p) => json!({"spec": {p: {field: v}}}),
+        };
+        for (field, value, event) in [
+            ("activeDeadlineSeconds", json!(900), "DeadlineUpdated"),
+            ("ttlSecondsAfterFinished", json!(120), "TTLUpdated"),
+            ("cleanPodPolicy", json!("All"), "CleanPodPolicyUpdated"),
+        ] {
+            let (ok, body, err) = kubectl_patch(&ctx, name, &wrap(field, value.clone()))?;
+            ensure!(ok, "{name}: patch {field} refused: {err}");
+            ensure!(
+                body["kind"] == "TFJob" && body["spec"]["tfReplicaSpecs"].is_object(),
+                "{name}: the whole object comes back"
+            );
+            let j = wait_job(&ctx, name, Duration::from_secs(5), "the new value in effect", |j| {
+                applied_policy(j)[field] == value
+            })
+            .await?;
+            ensure!(applied_policy(&j)[field] == value);
+            let evs = events(&ctx, name).await?;
+            ensure!(evs.iter().filter(|(r, _)| r == event).count() == 1, "{name}: one {event}: {evs:?}");
+        }
+    }
+    // A runPolicy value shadowed by the seed's: accepted, nothing effective changes, no event.
+    let before = jobs(&ctx).get("seed").await?;
+    let (ok, _, err) =
+        kubectl_patch(&ctx, "seed", &json!({"spec": {"runPolicy": {"activeDeadlineSeconds": 5}}}))?;
+    ensure!(ok, "shadowed patch refused: {err}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = jobs(&ctx).get("seed").await?;
+    ensure!(
+        applied_policy(&after) == applied_policy(&before) && !is(&after, ConditionType::Failed),
+        "shadowed value acted on"
+    );
+    let deadline_events = events(&ctx, "seed").await?.iter().filter(|(r, _)| r == "DeadlineUpdated").count();
+    ensure!(deadline_events == 1, "no event for a shadowed change");
+    // Refused patches change nothing, and the operator writes nothing in response.
+    let rv = jobs(&ctx).get("kf").await?.metadata.resource_version;
+    for patch in [
+        json!({"spec": {"tfReplicaSpecs": {"Worker": {"replicas": 3}}}}),
+        json!({"spec": {"runPolicy": {"backoffLimit": 1}}}),
+        json!({"spec": {"successPolicy": "AllWorkers"}}),
+    ] {
+        let (ok, _, err) = kubectl_patch(&ctx, "kf", &patch)?;
+        ensure!(!ok && err.contains("cannot be changed"), "{patch} accepted or unclear: {err}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(jobs(&ctx).get("kf").await?.metadata.resource_version == rv, "a refused patch led to a write");
+    Ok(())
+}
+
+/// apiserver_request_total for POSTs of `resource`, by response code, from the API server's /metrics.
+async fn posts(ctx: &Ctx, resource: &str) -> Result<std::collections::BTreeMap<String, f64>> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = ctx.cluster.client.request_text(req).await?;
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        if line.contains(&format!("resource=\"{resource}\""))
+            && line.contains("verb=\"POST\"")
+            && line.contains("subresource=\"\"")
+        {
+            let code =
+                line.split("code=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_string();
+            let n: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            *out.entry(code).or_default() += n;
+        }
+    }
+    Ok(out)
+}
+
+fn delta(
+    after: &std::collections::BTreeMap<String, f64>,
+    before: &std::collections::BTreeMap<String, f64>,
+    code: &str,
+) -> f64 {
+    after.get(code).copied().unwrap_or(0.0) - before.get(code).copied().unwrap_or(0.0)
+}
+
+async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
+    use futures::StreamExt;
+    // Every pod uid per name, over the whole test.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        std::collections::BTreeSet<String>,
+    >::new()));
+    let (seen2, pods_api) = (seen.clone(), pods(&ctx));
+    let watch = tokio::spawn(async move {
+        let mut s = std::pin::pin!(watcher::watcher(pods_api, watcher::Config::default()));
+        while let Some(Ok(ev)) = s.next().await {
+            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+                let (name, uid) = (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default());
+                seen2.lock().map(|mut m| m.entry(name).or_default().insert(uid)).ok();
+            }
+        }
+    });
+    let (pods_before, svcs_before) = (posts(&ctx, "pods").await?, posts(&ctx, "services").await?);
+    let op = Operator::start(&ctx, &[])?;
+    let reps = || vec![R("PS", 1, None, json!({})), R("Worker", 1, None, json!({}))];
+    let creates = (0..20).map(|i| create(&ctx, job(&format!("j{i}"), &reps(), json!({}))));
+    for r in futures::future::join_all(creates).await {
+        r?;
+    }
+    for i in 0..20 {
+        wait_job(&ctx, &format!("j{i}"), T, "Running", |j| is(j, ConditionType::Running))
+            .await
+            .with_context(|| op.log_tail())?;
+    }
+    let (pods_after, svcs_after) = (posts(&ctx, "pods").await?, posts(&ctx, "services").await?);
+    ensure!(
+        delta(&pods_after, &pods_before, "201") == 40.0,
+        "pod creates: {pods_before:?} -> {pods_after:?}"
+    );
+    ensure!(delta(&pods_after, &pods_before, "409") == 0.0, "duplicate pod creates: {pods_after:?}");
+    ensure!(
+        delta(&svcs_after, &svcs_before, "201") == 40.0 && delta(&svcs_after, &svcs_before, "409") == 0.0,
+        "services: {svcs_after:?}"
+    );
+    // Quiet: a Running job with nothing happening is not written to.
+    let rv = jobs(&ctx).get("j0").await?.metadata.resource_version;
+    // Killed mid-way through a second batch and restarted: status carries on, names keep one uid.
+    for i in 20..30 {
+        create(&ctx, job(&format!("j{i}"), &reps(), json!({}))).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut op = op;
+    op.proc.signal(9);
+    tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(5)));
+    let op2 = Operator::start(&ctx, &[])?;
+    for i in 0..30 {
+        wait_job(&ctx, &format!("j{i}"), T, "Running", |j| is(j, ConditionType::Running))
+            .await
+            .with_context(|| op2.log_tail())?;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    ensure!(
+        jobs(&ctx).get("j0").await?.metadata.resource_version == rv,
+        "a quiet Running job was written to"
+    );
+    watch.abort();
+    let multi: Vec<(String, usize)> = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .iter()
+        .filter(|(_, u)| u.len() > 1)
+        .map(|(n, u)| (n.clone(), u.len()))
+        .collect();
+    ensure!(multi.is_empty(), "pod names with more than one uid: {multi:?}");
+    // Each event once, no repeat series.
+    for name in ["j0", "j25"] {
+        let evs = events(&ctx, name).await?;
+        ensure!(evs.iter().all(|(_, n)| *n == 1), "{name}: repeated events {evs:?}");
+        for once in ["TFJobCreated", "TFJobRunning"] {
+            ensure!(
+                evs.iter().filter(|(r, _)| r == once).count() == 1,
+                "{name}: {once} not exactly once: {evs:?}"
+            );
+        }
+        ensure!(evs.iter().filter(|(r, _)| r == "SuccessfulCreatePod").count() == 2, "{name}: {evs:?}");
+    }
+    Ok(())
 }

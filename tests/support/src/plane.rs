@@ -275,14 +275,18 @@ impl ControlPlane {
             nodes.create(&PostParams::default(), &node(&format!("kwok-node-{i}"))?).await?;
         }
         let want = opts.nodes as usize;
-        crate::wait(Duration::from_secs(120), "fake nodes to be Ready and untainted", || async {
-            nodes
-                .list(&Default::default())
-                .await
-                .is_ok_and(|l| l.items.iter().filter(|n| node_ready(n)).count() >= want)
-        })
-        .await?;
-        self.check_alive()
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.check_alive()?;
+            let nodes = nodes.list(&Default::default()).await?;
+            if nodes.items.iter().filter(|n| node_ready(n)).count() >= want {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                bail!("the fake nodes did not become Ready and schedulable");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The PIDs of every component.
