@@ -1,7 +1,8 @@
 # tfjob-operator: the conventional operator targets. `make help` lists them.
 SHELL := /bin/bash
-# Rust builds stay warm outside the clone, so a fresh clone (and CI) reuses them.
-CARGO_TARGET_DIR ?= $(HOME)/.cache/tfjob-operator/cargo-target
+# Rust builds stay warm outside the clone, one directory per checkout path: cargo copies
+# binaries to fixed names in the target directory, so two checkouts must not share one.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/tfjob-operator/cargo-target-$(shell pwd | cksum | cut -d' ' -f1)
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
@@ -26,16 +27,9 @@ cluster: ## Run a local control plane in the foreground (kubeconfig in .dev/kube
 	bindir=$$(hack/build-control-plane.sh) && TFJOB_BIN_DIR="$$bindir" \
 	  $(CARGO) run --locked --quiet -p tfjob-testsupport --bin tfjob-devcluster -- --kubeconfig-out .dev/kubeconfig
 
-run: ## Like cluster, with the TFJob CRD installed (the operator itself comes with the controller)
+run: ## A local control plane running the operator with an example job whose workers finish; prints the job's states
+	$(CARGO) build --locked --quiet --bin tfjob-operator
 	bindir=$$(hack/build-control-plane.sh) && TFJOB_BIN_DIR="$$bindir" \
 	  $(CARGO) run --locked --quiet -p tfjob-testsupport --bin tfjob-devcluster -- --kubeconfig-out .dev/kubeconfig \
-	  --crd crds/kubeflow.org_tfjobs.yaml
-
-crds: ## Regenerate crds/kubeflow.org_tfjobs.yaml from the Rust types
-	$(CARGO) run --locked --quiet --bin crdgen > crds/kubeflow.org_tfjobs.yaml
-
-fmt: ## Format the code
-	$(CARGO) fmt --all
-
-lint: ## clippy with warnings as errors
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	  --crd crds/kubeflow.org_tfjobs.yaml --operator $(CARGO_TARGET_DIR)/debug/tfjob-operator \
+	  --apply examples/tfjob-finishes.yaml --watch

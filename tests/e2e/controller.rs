@@ -754,17 +754,20 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
         .map(|(n, u)| (n.clone(), u.len()))
         .collect();
     ensure!(multi.is_empty(), "pod names with more than one uid: {multi:?}");
-    // Each event once, no repeat series.
-    for name in ["j0", "j25"] {
+    // Each event once, no repeat series. A job of the batch the kill interrupted may miss an
+    // event the killed process had not published yet, but never gets one twice.
+    for (name, exact) in [("j0", true), ("j25", false)] {
         let evs = events(&ctx, name).await?;
         ensure!(evs.iter().all(|(_, n)| *n == 1), "{name}: repeated events {evs:?}");
-        for once in ["TFJobCreated", "TFJobRunning"] {
-            ensure!(
-                evs.iter().filter(|(r, _)| r == once).count() == 1,
-                "{name}: {once} not exactly once: {evs:?}"
-            );
+        for (reason, want) in [
+            ("TFJobCreated", 1),
+            ("TFJobRunning", 1),
+            ("SuccessfulCreatePod", 2),
+            ("SuccessfulCreateService", 2),
+        ] {
+            let n = evs.iter().filter(|(r, _)| r == reason).count();
+            ensure!(if exact { n == want } else { n <= want }, "{name}: {reason} {n} times: {evs:?}");
         }
-        ensure!(evs.iter().filter(|(r, _)| r == "SuccessfulCreatePod").count() == 2, "{name}: {evs:?}");
     }
     Ok(())
 }

@@ -1,25 +1,40 @@
 //! `make cluster` / `make run`: a local control plane in the foreground until Ctrl-C.
 //!
 //! Flags: `--nodes N` (default 4), `--kubeconfig-out PATH` (default `.dev/kubeconfig`),
-//! `--crd PATH` (install this CRD once the plane is up), `--apply PATH` (then apply this
-//! manifest with the plane's kubectl; repeatable).
+//! `--crd PATH` (install this CRD once the plane is up), `--operator PATH` (run this operator
+//! binary against the plane, its log in `.dev/operator.log`), `--apply PATH` (then apply
+//! this manifest with the plane's kubectl; repeatable), `--watch` (print every TFJob change).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use tfjob_testsupport::{Cluster, ControlPlane, PlaneOptions, bin_dir, client_for};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
+use tfjob_testsupport::process::Proc;
+use tfjob_testsupport::{Cluster, ControlPlane, PlaneOptions, bin_dir, client_for, wait};
 use tokio::signal::unix::{SignalKind, signal};
 
 struct Args {
     nodes: u32,
     kubeconfig_out: PathBuf,
     crd: Option<PathBuf>,
+    operator: Option<PathBuf>,
     apply: Vec<PathBuf>,
+    watch: bool,
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { nodes: 4, kubeconfig_out: PathBuf::from(".dev/kubeconfig"), crd: None, apply: vec![] };
+    let mut a = Args {
+        nodes: 4,
+        kubeconfig_out: PathBuf::from(".dev/kubeconfig"),
+        crd: None,
+        operator: None,
+        apply: vec![],
+        watch: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -27,10 +42,13 @@ fn args() -> Result<Args> {
             "--nodes" => a.nodes = value()?.parse()?,
             "--kubeconfig-out" => a.kubeconfig_out = value()?.into(),
             "--crd" => a.crd = Some(value()?.into()),
+            "--operator" => a.operator = Some(value()?.into()),
             "--apply" => a.apply.push(value()?.into()),
-            other => {
-                bail!("unknown flag {other}; flags: --nodes N --kubeconfig-out PATH --crd PATH --apply PATH")
-            }
+            "--watch" => a.watch = true,
+            other => bail!(
+                "unknown flag {other}; flags: --nodes N --kubeconfig-out PATH --crd PATH --operator PATH \
+                 --apply PATH --watch"
+            ),
         }
     }
     Ok(a)
@@ -60,6 +78,25 @@ async fn main() -> Result<()> {
         cluster.install_crd(&crd).await?;
         eprintln!("installed the TFJob CRD");
     }
+    let log_dir = args.kubeconfig_out.parent().map(PathBuf::from).unwrap_or_default();
+    let operator = match &args.operator {
+        Some(bin) => {
+            let kc = cluster.kubeconfig.clone();
+            let argv = vec!["--http-addr=127.0.0.1:0".to_string()];
+            let p =
+                Proc::spawn_with_env("operator", bin, &argv, &log_dir, &[("KUBECONFIG", kc.as_os_str())])?;
+            eprintln!("started the operator (log: {})", log_dir.join("operator.log").display());
+            Some(p)
+        }
+        None => None,
+    };
+    if !args.apply.is_empty() {
+        let sas: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), "default");
+        wait(Duration::from_secs(60), "the default ServiceAccount", || async {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await?;
+    }
     for manifest in &args.apply {
         let status = cluster.kubectl().args(["apply", "--server-side", "-f"]).arg(manifest).status()?;
         if !status.success() {
@@ -74,12 +111,23 @@ async fn main() -> Result<()> {
     println!("  export KUBECONFIG={}", kc.display());
     println!("  {} get nodes", bins.join("kubectl").display());
     println!("Press Ctrl-C to stop it.");
+    let watcher = if args.watch {
+        println!("Watching TFJobs (kubectl get tfjobs -w):");
+        Some(cluster.kubectl().args(["get", "tfjobs", "-A", "-w"]).spawn()?)
+    } else {
+        None
+    };
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     eprintln!("stopping...");
+    if let Some(mut w) = watcher {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    drop(operator);
     drop(cluster);
     let _ = std::fs::remove_file(&args.kubeconfig_out);
     Ok(())
