@@ -143,6 +143,12 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--list") {
+        for t in tests() {
+            println!("{}: test", t.name);
+        }
+        return ExitCode::SUCCESS;
+    }
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
