@@ -130,6 +130,20 @@ async fn annotate(ctx: &Ctx, pod: &str, ann: Value) -> Result<()> {
     Ok(())
 }
 
+/// Waits until one worker of `name` has succeeded, then checks the job has not, 2 s later.
+async fn one_worker_done_job_still_running(ctx: &Ctx, name: &str) -> Result<()> {
+    wait_job(ctx, name, T, "a worker to succeed", |j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
+            .is_some_and(|r| r.succeeded == 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(!is(&jobs(ctx).get(name).await?, ConditionType::Succeeded), "{name} succeeded too early");
+    Ok(())
+}
+
 async fn success_cleans_running_pods_and_success_rules(ctx: Ctx) -> Result<()> {
     let op = Operator::start(&ctx, &[])?;
     // Worker 0 decides; cleanPodPolicy Running (the default) removes the PS.
@@ -156,18 +170,7 @@ async fn success_cleans_running_pods_and_success_rules(ctx: Ctx) -> Result<()> {
         .await?;
     wait_job(&ctx, "all", T, "Running", |j| is(j, ConditionType::Running)).await?;
     annotate(&ctx, "all-worker-0", succeed("0s")).await?;
-    wait_job(&ctx, "all", T, "worker 0 succeeded", |j| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
-            .is_some_and(|r| r.succeeded == 1)
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    ensure!(
-        !is(&jobs(&ctx).get("all").await?, ConditionType::Succeeded),
-        "AllWorkers must wait for worker 1"
-    );
+    one_worker_done_job_still_running(&ctx, "all").await.context("AllWorkers must wait for worker 1")?;
     annotate(&ctx, "all-worker-1", succeed("0s")).await?;
     wait_job(&ctx, "all", T, "Succeeded", |j| is(j, ConditionType::Succeeded)).await?;
 
@@ -177,18 +180,7 @@ async fn success_cleans_running_pods_and_success_rules(ctx: Ctx) -> Result<()> {
         job("chief", &[R("Chief", 1, None, json!({})), R("Worker", 1, None, succeed("1s"))], json!({})),
     )
     .await?;
-    wait_job(&ctx, "chief", T, "worker succeeded", |j| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
-            .is_some_and(|r| r.succeeded == 1)
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    ensure!(
-        !is(&jobs(&ctx).get("chief").await?, ConditionType::Succeeded),
-        "the chief decides, not the workers"
-    );
+    one_worker_done_job_still_running(&ctx, "chief").await.context("the chief decides, not the workers")?;
     annotate(&ctx, "chief-chief-0", succeed("0s")).await?;
     wait_job(&ctx, "chief", T, "Succeeded", |j| is(j, ConditionType::Succeeded)).await?;
     Ok(())
@@ -296,9 +288,50 @@ async fn disrupted_pods_are_recreated_without_cost(ctx: Ctx) -> Result<()> {
     let restarts: i32 =
         j.status.as_ref().map(|s| s.replica_statuses.values().map(|r| r.restarts).sum()).unwrap_or(0);
     ensure!(restarts == 0, "no backoff spent");
+    // Under OnFailure as under Never: a deleted running pod comes back at no cost.
+    create(&ctx, job("o", &[R("Worker", 1, Some("OnFailure"), json!({}))], json!({"backoffLimit": 0})))
+        .await?;
+    wait_job(&ctx, "o", T, "Running", |j| is(j, ConditionType::Running)).await?;
+    let old = pods(&ctx).get("o-worker-0").await?.metadata.uid;
+    pods(&ctx).delete("o-worker-0", &DeleteParams::default()).await?;
+    tfjob_testsupport::wait(T, "o-worker-0 re-created", || async {
+        pods(&ctx)
+            .get_opt("o-worker-0")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.metadata.uid != old && p.metadata.deletion_timestamp.is_none())
+    })
+    .await?;
+    ensure!(
+        !is(&jobs(&ctx).get("o").await?, ConditionType::Failed),
+        "OnFailure: a disruption is not a failure"
+    );
+    // A succeeded worker's pod deleted while the job runs is not run again.
+    create(&ctx, job("s", &[R("Worker", 2, None, json!({}))], json!({"successPolicy": "AllWorkers"})))
+        .await?;
+    wait_job(&ctx, "s", T, "Running", |j| is(j, ConditionType::Running)).await?;
+    annotate(&ctx, "s-worker-0", succeed("0s")).await?;
+    one_worker_done_job_still_running(&ctx, "s").await?;
+    pods(&ctx).delete("s-worker-0", &DeleteParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(pods(&ctx).get_opt("s-worker-0").await?.is_none(), "the succeeded replica was run again");
+    let j = jobs(&ctx).get("s").await?;
+    let done = j
+        .status
+        .as_ref()
+        .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
+        .map(|r| r.succeeded_indexes.clone());
+    ensure!(done == Some(vec![0]) && !is(&j, ConditionType::Succeeded), "{:?}", j.status);
     // A deleted TFJob takes its pods and services with it.
-    jobs(&ctx).delete("d", &DeleteParams::background()).await?;
+    for name in ["d", "o", "s"] {
+        jobs(&ctx).delete(name, &DeleteParams::background()).await?;
+    }
     wait_pods(&ctx, &[], Duration::from_secs(120)).await.context("garbage collection of the pods")?;
+    tfjob_testsupport::wait(Duration::from_secs(60), "garbage collection of the services", || async {
+        service_names(&ctx).await.is_ok_and(|s| s.is_empty())
+    })
+    .await?;
     Ok(())
 }
 
@@ -498,6 +531,31 @@ async fn ttl_deletes_the_finished_job_and_follows_patches(ctx: Ctx) -> Result<()
     .await?;
     let l = lateness(Timestamp::now(), expires);
     ensure!((0.0..=2.2).contains(&l), "TTL lateness {l:.3}s");
+    // Its pods and services are then garbage-collected.
+    wait_pods(&ctx, &[], Duration::from_secs(90)).await.context("the deleted job's pods")?;
+    tfjob_testsupport::wait(Duration::from_secs(60), "the deleted job's services to go", || async {
+        service_names(&ctx).await.is_ok_and(|s| s.is_empty())
+    })
+    .await?;
+    // Lowered on a finished job: deleted at the new instant (at once if that has passed).
+    create(&ctx, job("lower", &reps(), json!({"ttlSecondsAfterFinished": 600}))).await?;
+    let j = wait_job(&ctx, "lower", T, "expiry published", |j| instant(j, |s| s.expires.as_ref()).is_some())
+        .await?;
+    let done = instant(&j, |s| s.completion_time.as_ref()).context("completionTime")?;
+    jobs(&ctx)
+        .patch(
+            "lower",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ttlSecondsAfterFinished": 4}})),
+        )
+        .await?;
+    let new_expiry = done.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(4))?;
+    tfjob_testsupport::wait(Duration::from_secs(15), "the lowered TTL to delete the job", || async {
+        jobs(&ctx).get_opt("lower").await.is_ok_and(|j| j.is_none())
+    })
+    .await?;
+    let l = lateness(Timestamp::now(), new_expiry);
+    ensure!((0.0..=2.2).contains(&l), "lowered TTL lateness {l:.3}s");
     // Raised a moment before expiry: survives.
     create(&ctx, job("raise", &reps(), json!({"runPolicy": {"ttlSecondsAfterFinished": 3}}))).await?;
     let j = wait_job(&ctx, "raise", T, "expiry published", |j| instant(j, |s| s.expires.as_ref()).is_some())

@@ -139,31 +139,31 @@ pub fn last_reason(j: &TFJob) -> Option<String> {
     j.status.as_ref()?.conditions.last()?.reason.clone()
 }
 
-/// Names of the namespace's pods (not terminating), sorted.
-pub async fn live_pods(ctx: &Ctx) -> Result<Vec<String>> {
-    let mut names: Vec<String> = pods(ctx)
+/// Names of the namespace's objects of a kind that are not being deleted, sorted.
+async fn live_names<K>(api: Api<K>) -> Result<Vec<String>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut names: Vec<String> = api
         .list(&ListParams::default())
         .await?
         .items
         .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        .filter_map(|o| o.meta().name.clone())
         .collect();
     names.sort();
     Ok(names)
 }
 
+/// Names of the namespace's pods (not terminating), sorted.
+pub async fn live_pods(ctx: &Ctx) -> Result<Vec<String>> {
+    live_names(pods(ctx)).await
+}
+
+/// Names of the namespace's services (not terminating), sorted.
 pub async fn service_names(ctx: &Ctx) -> Result<Vec<String>> {
-    let mut names: Vec<String> = services(ctx)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|s| s.metadata.deletion_timestamp.is_none())
-        .filter_map(|s| s.metadata.name)
-        .collect();
-    names.sort();
-    Ok(names)
+    live_names(services(ctx)).await
 }
 
 /// Waits until the live pods are exactly `want`.
