@@ -2,7 +2,6 @@
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{ReplicaSpec, ReplicaType, RestartPolicy, TFJob};
 use crate::names::{self, CONTAINER_NAME, DEFAULT_PORT, PORT_NAME, ROLE_MASTER};
@@ -102,8 +101,8 @@ pub fn service_for(job: &TFJob, rtype: ReplicaType, index: i32) -> Option<Servic
         .filter(|p| p.name.is_some())
         .map(|p| ServicePort {
             name: p.name,
+            // targetPort defaults to port, which is the container's port.
             port: p.container_port,
-            target_port: Some(IntOrString::Int(p.container_port)),
             protocol: p.protocol,
             ..Default::default()
         })
@@ -263,6 +262,20 @@ mod tests {
         let got: Vec<_> = spec.ports.unwrap().into_iter().map(|p| (p.name.unwrap(), p.port)).collect();
         assert_eq!(got, [("tfjob-port".to_string(), 3000), ("metrics".to_string(), 9090)]);
         assert_eq!(svc.metadata.labels, Some(names::replica_labels("j", ReplicaType::PS, 0)));
+
+        let udp = ContainerPort {
+            name: Some("tfjob-port".into()),
+            container_port: 3000,
+            protocol: Some("UDP".into()),
+            ..Default::default()
+        };
+        let own =
+            job(&[("Worker", 2, None)], template(vec![container("tensorflow", Some(vec![udp]))], &[], None));
+        let p = service_for(&own, ReplicaType::Worker, 0).unwrap().spec.unwrap().ports.unwrap();
+        assert_eq!(p.len(), 1, "a tfjob-port of its own: no default added");
+        assert_eq!((p[0].port, p[0].protocol.as_deref()), (3000, Some("UDP")));
+        let pod = pod_for(&own, ReplicaType::Worker, 0, None).unwrap();
+        assert_eq!(pod.spec.unwrap().containers[0].ports.as_ref().unwrap().len(), 1);
 
         let default_port =
             job(&[("Worker", 2, None)], template(vec![container("tensorflow", None)], &[], None));
