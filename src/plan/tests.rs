@@ -883,3 +883,31 @@ fn replica_failure_is_set_by_the_writer_and_cleared_by_the_plan() {
     let p = plan(&j, &pods, &services(&j), t(3), None);
     assert!(p.status.unwrap().condition(ConditionType::ReplicaFailure).is_none());
 }
+
+#[test]
+fn terminal_events_are_normal_for_success_and_warnings_for_failure() {
+    let j = started(ps_worker(None), &[]);
+    let pods = [pod(&j, ReplicaType::PS, 0, "Running"), pod(&j, ReplicaType::Worker, 0, "Succeeded")];
+    let p = plan(&j, &pods, &services(&j), t(3), None);
+    let ev = p.events.iter().find(|e| e.reason == "TFJobSucceeded").unwrap();
+    assert!(!ev.warning, "success is Normal");
+    let failed = [
+        pod(&j, ReplicaType::PS, 0, "Running"),
+        terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), 1, "Error"),
+    ];
+    let p = plan(&j, &failed, &services(&j), t(3), None);
+    assert!(p.events.iter().find(|e| e.reason == "TFJobFailed").unwrap().warning, "failure is a Warning");
+}
+
+#[test]
+fn restarting_message_names_only_the_types_that_restarted() {
+    let j = started(
+        job(&[("PS", 1, Some(RestartPolicy::OnFailure)), ("Worker", 1, Some(RestartPolicy::OnFailure))]),
+        &[],
+    );
+    let pods =
+        [pod(&j, ReplicaType::PS, 0, "Running"), restarted(pod(&j, ReplicaType::Worker, 0, "Running"), 2)];
+    let p = plan(&j, &pods, &services(&j), t(2), None);
+    let msg = p.status.unwrap().conditions.last().unwrap().message.clone().unwrap();
+    assert_eq!(msg, "TFJob j is restarting because 2 Worker replica(s) failed.");
+}
