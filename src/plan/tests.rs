@@ -911,3 +911,13 @@ fn restarting_message_names_only_the_types_that_restarted() {
     let msg = p.status.unwrap().conditions.last().unwrap().message.clone().unwrap();
     assert_eq!(msg, "TFJob j is restarting because 2 Worker replica(s) failed.");
 }
+
+#[test]
+fn no_worker_replicas_never_succeed_by_vacuity() {
+    // The CRD refuses such a job; a spec that got past it (an older CRD) must not succeed at once.
+    for types in [vec![("PS", 1, None)], vec![("PS", 1, None), ("Worker", 0, None)]] {
+        let j = started(job(&types), &[]);
+        let p = plan(&j, &[pod(&j, ReplicaType::PS, 0, "Running")], &services(&j), t(2), None);
+        assert!(!p.status.unwrap().is_finished(), "{types:?}");
+    }
+}
