@@ -68,6 +68,12 @@ fn uid(mut p: Pod, uid: &str) -> Pod {
 
 fn terminated(mut p: Pod, code: i32, reason: &str) -> Pod {
     let s = p.status.get_or_insert_with(Default::default);
+    // As on a real node: a failed pod was scheduled, and that condition stays True.
+    s.conditions = Some(vec![PodCondition {
+        type_: "PodScheduled".into(),
+        status: "True".into(),
+        ..Default::default()
+    }]);
     s.container_statuses = Some(vec![ContainerStatus {
         name: "tensorflow".into(),
         state: Some(ContainerState {
