@@ -927,3 +927,17 @@ fn no_worker_replicas_never_succeed_by_vacuity() {
         assert!(!p.status.unwrap().is_finished(), "{types:?}");
     }
 }
+
+#[test]
+fn failure_message_prefers_the_tensorflow_container() {
+    let j = started(job(&[("Worker", 1, None)]), &[]);
+    let mut p = terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), 137, "OOMKilled");
+    let statuses = p.status.as_mut().unwrap().container_statuses.as_mut().unwrap();
+    let mut sidecar = statuses[0].clone();
+    sidecar.name = "sidecar".into();
+    sidecar.state.as_mut().unwrap().terminated.as_mut().unwrap().exit_code = 2;
+    statuses.insert(0, sidecar);
+    let plan = plan(&j, &[p], &services(&j), t(2), None);
+    let msg = plan.status.unwrap().conditions.last().unwrap().message.clone().unwrap();
+    assert!(msg.ends_with("container tensorflow exited with code 137 (OOMKilled)."), "{msg}");
+}
