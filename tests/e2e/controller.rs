@@ -684,8 +684,14 @@ async fn contract_through_kubectl_patch(ctx: Ctx) -> Result<()> {
             })
             .await?;
             ensure!(applied_policy(&j)[field] == value);
-            let evs = events(&ctx, name).await?;
-            ensure!(evs.iter().filter(|(r, _)| r == event).count() == 1, "{name}: one {event}: {evs:?}");
+            // The event follows the status write that records the new value.
+            let count =
+                || async { events(&ctx, name).await.map(|e| e.iter().filter(|(r, _)| r == event).count()) };
+            tfjob_testsupport::wait(Duration::from_secs(5), event, || async {
+                count().await.is_ok_and(|n| n >= 1)
+            })
+            .await?;
+            ensure!(count().await? == 1, "{name}: one {event}: {:?}", events(&ctx, name).await?);
         }
     }
     // A runPolicy value shadowed by the seed's: accepted, nothing effective changes, no event.
