@@ -941,3 +941,30 @@ fn failure_message_prefers_the_tensorflow_container() {
     let msg = plan.status.unwrap().conditions.last().unwrap().message.clone().unwrap();
     assert!(msg.ends_with("container tensorflow exited with code 137 (OOMKilled)."), "{msg}");
 }
+
+#[test]
+fn a_disrupted_pod_being_deleted_is_waited_out_not_failed() {
+    let j = started(job(&[("Worker", 2, None)]), &[]);
+    let mut evicted = deleting(terminated(pod(&j, ReplicaType::Worker, 1, "Failed"), 137, "Error"));
+    evicted.status.as_mut().unwrap().reason = Some("Evicted".into());
+    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), evicted], &services(&j), t(2), None);
+    let st = p.status.unwrap();
+    assert!(!st.is_finished(), "an eviction in progress is not a failure under Never");
+    assert!(p.delete_pods.is_empty() && p.create_pods.is_empty(), "waited out");
+    assert_eq!(st.replica_statuses[&ReplicaType::Worker].failed, 0);
+}
+
+#[test]
+fn terminating_pods_are_not_active_and_no_empty_restart_records() {
+    let j = started(job(&[("Worker", 2, None)]), &[]);
+    let pods =
+        [pod(&j, ReplicaType::Worker, 0, "Running"), deleting(pod(&j, ReplicaType::Worker, 1, "Running"))];
+    let p = plan(&j, &pods, &services(&j), t(2), None);
+    let rs = &p.status.unwrap().replica_statuses[&ReplicaType::Worker];
+    assert_eq!(rs.active, 1, "a pod being deleted is not active");
+    assert!(
+        rs.counted_restarts.is_empty(),
+        "pods without restarts leave no records: {:?}",
+        rs.counted_restarts
+    );
+}
