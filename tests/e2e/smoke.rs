@@ -209,51 +209,29 @@ fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v
 
 async fn pods_meet_the_fate_their_annotations_choose(ctx: Ctx) -> Result<()> {
     let api: Api<Pod> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
-    let pp = PostParams::default();
-    api.create(&pp, &plain_pod("runs", json!({}), "Never", tf_container())?).await?;
-    api.create(
-        &pp,
-        &plain_pod(
-            "succeeds",
-            json!({"kwok.test/outcome": "succeed", "kwok.test/run-for": "3s"}),
-            "Never",
-            tf_container(),
-        )?,
-    )
-    .await?;
-    api.create(
-        &pp,
-        &plain_pod(
+    let fates = [
+        ("runs", json!({}), "Never"),
+        ("succeeds", json!({"kwok.test/outcome": "succeed", "kwok.test/run-for": "3s"}), "Never"),
+        (
             "fails",
-            json!({"kwok.test/outcome": "fail", "kwok.test/run-for": "2s",
-        "kwok.test/exit-code": "137", "kwok.test/reason": "OOMKilled"}),
+            json!({"kwok.test/outcome": "fail", "kwok.test/run-for": "2s", "kwok.test/exit-code": "137",
+                "kwok.test/reason": "OOMKilled"}),
             "Never",
-            tf_container(),
-        )?,
-    )
-    .await?;
-    api.create(
-        &pp,
-        &plain_pod(
+        ),
+        (
             "crashes",
-            json!({"kwok.test/outcome": "fail", "kwok.test/run-for": "2s",
-        "kwok.test/exit-code": "3"}),
+            json!({"kwok.test/outcome": "fail", "kwok.test/run-for": "2s", "kwok.test/exit-code": "3"}),
             "OnFailure",
-            tf_container(),
-        )?,
-    )
-    .await?;
-    api.create(
-        &pp,
-        &plain_pod(
+        ),
+        (
             "sidecar-fails",
-            json!({"kwok.test/outcome": "fail", "kwok.test/run-for": "1s",
-        "kwok.test/failed-container": "sidecar"}),
+            json!({"kwok.test/outcome": "fail", "kwok.test/run-for": "1s", "kwok.test/failed-container": "sidecar"}),
             "Never",
-            tf_container(),
-        )?,
-    )
-    .await?;
+        ),
+    ];
+    for (name, annotations, restart) in fates {
+        api.create(&PostParams::default(), &plain_pod(name, annotations, restart, tf_container())?).await?;
+    }
 
     let t = Duration::from_secs(60);
     let ok = wait_pod(&api, "succeeds", t, "Succeeded", |p| phase(p) == "Succeeded").await?;
