@@ -125,8 +125,24 @@ pub async fn wait_job(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let prefix = format!("{name}-");
+    let its_pods: Vec<String> = pods(ctx)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+        .map(|p| {
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            format!(
+                "{} {phase} deleting={}",
+                p.metadata.name.unwrap_or_default(),
+                p.metadata.deletion_timestamp.is_some()
+            )
+        })
+        .collect();
     bail!(
-        "{name}: timed out waiting for {what}; last status: {}",
+        "{name}: timed out waiting for {what}; last status: {}; its pods: {its_pods:?}",
         serde_json::to_string(&last.and_then(|j| j.status))?
     )
 }
