@@ -603,16 +603,16 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
     wait_job(&ctx, "t", T, "Running", |j| is(j, ConditionType::Running))
         .await
         .with_context(|| op.log_tail())?;
-    op.proc.signal(libc_sigterm());
+    op.proc.signal(SIGTERM);
     let status = tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(20)))
         .context("still running 20 s after SIGTERM")?;
     ensure!(status.success(), "exit status {status}: {}", op.log_tail());
     Ok(())
 }
 
-fn libc_sigterm() -> i32 {
-    15
-}
+/// Signal numbers (Linux) for the operator processes the tests stop.
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
 
 async fn http_status(port: u16, path: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -797,7 +797,7 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut op = op;
-    op.proc.signal(9);
+    op.proc.signal(SIGKILL);
     tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(5)));
     let op2 = Operator::start(&ctx, &[])?;
     for i in 0..30 {
