@@ -248,6 +248,15 @@ async fn failures_restarts_and_backoff_limit(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Waits until pod `name` exists again, live, with a uid other than `old`.
+async fn wait_recreated(ctx: &Ctx, name: &str, old: Option<String>) -> Result<()> {
+    tfjob_testsupport::wait(T, &format!("{name} re-created"), || async {
+        let live = pods(ctx).get_opt(name).await.ok().flatten();
+        live.is_some_and(|p| p.metadata.uid != old && p.metadata.deletion_timestamp.is_none())
+    })
+    .await
+}
+
 async fn disrupted_pods_are_recreated_without_cost(ctx: Ctx) -> Result<()> {
     let op = Operator::start(&ctx, &[])?;
     create(
@@ -261,29 +270,13 @@ async fn disrupted_pods_are_recreated_without_cost(ctx: Ctx) -> Result<()> {
     wait_pods(&ctx, &["d-ps-0", "d-worker-0", "d-worker-1"], T).await?;
     let old = pods(&ctx).get("d-worker-1").await?.metadata.uid;
     pods(&ctx).delete("d-worker-1", &DeleteParams::default()).await?;
-    tfjob_testsupport::wait(T, "d-worker-1 re-created", || async {
-        pods(&ctx)
-            .get_opt("d-worker-1")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|p| p.metadata.uid != old && p.metadata.deletion_timestamp.is_none())
-    })
-    .await?;
+    wait_recreated(&ctx, "d-worker-1", old).await?;
     // Evicted: the status says Failed with a DisruptionTarget condition, as the eviction path writes.
     let old = pods(&ctx).get("d-ps-0").await?.metadata.uid;
     let status = json!({"status": {"phase": "Failed", "reason": "Evicted", "conditions": [
         {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "evicted"}]}});
     pods(&ctx).patch_status("d-ps-0", &PatchParams::default(), &Patch::Merge(status)).await?;
-    tfjob_testsupport::wait(T, "d-ps-0 re-created", || async {
-        pods(&ctx)
-            .get_opt("d-ps-0")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|p| p.metadata.uid != old && p.metadata.deletion_timestamp.is_none())
-    })
-    .await?;
+    wait_recreated(&ctx, "d-ps-0", old).await?;
     let j = jobs(&ctx).get("d").await?;
     ensure!(!is(&j, ConditionType::Failed), "a disruption is not a failure: {:?}", j.status);
     let restarts: i32 =
@@ -295,15 +288,7 @@ async fn disrupted_pods_are_recreated_without_cost(ctx: Ctx) -> Result<()> {
     wait_job(&ctx, "o", T, "Running", |j| is(j, ConditionType::Running)).await?;
     let old = pods(&ctx).get("o-worker-0").await?.metadata.uid;
     pods(&ctx).delete("o-worker-0", &DeleteParams::default()).await?;
-    tfjob_testsupport::wait(T, "o-worker-0 re-created", || async {
-        pods(&ctx)
-            .get_opt("o-worker-0")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|p| p.metadata.uid != old && p.metadata.deletion_timestamp.is_none())
-    })
-    .await?;
+    wait_recreated(&ctx, "o-worker-0", old).await?;
     ensure!(
         !is(&jobs(&ctx).get("o").await?, ConditionType::Failed),
         "OnFailure: a disruption is not a failure"
