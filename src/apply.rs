@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
+use crate::http::Health;
 use crate::names;
 use crate::plan::{PlannedEvent, PodRef};
 
@@ -34,11 +35,12 @@ pub enum Created<K> {
     Foreign,
 }
 
-/// The API writer: a client and the events' reporting instance.
+/// The API writer: a client, the events' reporting instance, and the leadership gate.
 #[derive(Clone)]
 pub struct Writer {
     client: Client,
     instance: String,
+    health: std::sync::Arc<Health>,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -54,8 +56,13 @@ pub fn api_message(e: &kube::Error) -> String {
 }
 
 impl Writer {
-    pub fn new(client: Client, instance: Option<String>) -> Writer {
-        Writer { client, instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()) }
+    pub fn new(client: Client, instance: Option<String>, health: std::sync::Arc<Health>) -> Writer {
+        Writer { client, instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()), health }
+    }
+
+    /// Refuses every write once this process no longer leads.
+    fn gate(&self) -> Result<(), Error> {
+        if self.health.leading() { Ok(()) } else { Err(Error::NotLeader) }
     }
 
     fn jobs(&self, job: &TFJob) -> Api<TFJob> {
@@ -64,6 +71,7 @@ impl Writer {
 
     /// Writes the job's whole status (server-side apply, forced, one field manager).
     pub async fn patch_status(&self, job: &TFJob, status: &TFJobStatus) -> Result<TFJob, Error> {
+        self.gate()?;
         let body =
             serde_json::json!({ "apiVersion": names::API_VERSION, "kind": names::KIND, "status": status });
         self.jobs(job)
@@ -73,7 +81,7 @@ impl Writer {
     }
 
     /// Creates a pod or service for the job with uid `owner`.
-    pub async fn create<K>(&self, owner: &str, obj: &K) -> Result<Created<K>, kube::Error>
+    pub async fn create<K>(&self, owner: &str, obj: &K) -> Result<Result<Created<K>, kube::Error>, Error>
     where
         K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
             + Clone
@@ -81,7 +89,19 @@ impl Writer {
             + Serialize
             + DeserializeOwned,
     {
+        self.gate()?;
         let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        Ok(self.create_in(&api, owner, obj).await)
+    }
+
+    async fn create_in<K>(&self, api: &Api<K>, owner: &str, obj: &K) -> Result<Created<K>, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
         match api
             .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, obj)
             .await
@@ -99,6 +119,7 @@ impl Writer {
 
     /// Deletes a pod by name, only if it still has the uid the plan saw. Gone is success.
     pub async fn delete_pod(&self, namespace: &str, pod: &PodRef) -> Result<(), Error> {
+        self.gate()?;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let dp = DeleteParams {
             preconditions: Some(Preconditions { uid: Some(pod.uid.clone()), resource_version: None }),
@@ -114,6 +135,7 @@ impl Writer {
 
     /// Deletes a service by name. Gone is success.
     pub async fn delete_service(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        self.gate()?;
         let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
@@ -125,6 +147,7 @@ impl Writer {
     /// Deletes the TFJob for its TTL, only if it is still the version the plan saw: a patch
     /// that lands first (a longer TTL) wins. Returns whether it was deleted.
     pub async fn delete_job(&self, job: &TFJob) -> Result<bool, Error> {
+        self.gate()?;
         let dp = DeleteParams {
             preconditions: Some(Preconditions { uid: job.uid(), resource_version: job.resource_version() }),
             ..DeleteParams::background()
@@ -139,6 +162,7 @@ impl Writer {
     /// Publishes an event about the job: one new Event object per happening, never a series
     /// (the plan and the writes it makes decide when something happened).
     pub async fn publish(&self, job: &TFJob, ev: &PlannedEvent) -> Result<(), Error> {
+        self.gate()?;
         let now = Timestamp::now();
         let ns = job.namespace().unwrap_or_default();
         let mut note = ev.note.clone();

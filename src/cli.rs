@@ -1,6 +1,9 @@
 //! Command-line flags, each also an environment variable (`TFJOB_<FLAG>`), parsed purely.
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::leader::Timings;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +22,16 @@ pub struct Options {
     pub cluster_domain: Option<String>,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
+    /// Leader election: off (`None`) or its Lease's namespace and timings.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Where and how fast leader election runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaderElection {
+    /// The namespace of the Lease `tfjob-operator`.
+    pub namespace: String,
+    pub timings: Timings,
 }
 
 pub const USAGE: &str = "tfjob-operator: runs Kubeflow TFJobs (kubeflow.org/v1)
@@ -30,8 +43,18 @@ Flags (each also an environment variable, e.g. --kube-api-qps or TFJOB_KUBE_API_
                         priority and fairness protects it)
   --kube-api-burst N    requests allowed in a burst above the rate (default: the rate)
   --cluster-domain D    appended to TF_CONFIG service addresses (env also CUSTOM_CLUSTER_DOMAIN)
-  --http-addr ADDR      /healthz and /readyz (default 0.0.0.0:8080)
+  --http-addr ADDR      /healthz, /readyz and /metrics (default 0.0.0.0:8080)
   --log-format F        text or json (default text); RUST_LOG sets the level (default info)
+  --leader-elect[=BOOL] only the holder of the Lease tfjob-operator reconciles (default false)
+  --leader-election-namespace NS
+                        the Lease's namespace (default: env POD_NAMESPACE, else default)
+  --leader-election-lease-duration D
+                        a lease not renewed for D is taken over (default 15s)
+  --leader-election-renew-deadline D
+                        a leader that cannot renew for D stops (default 10s)
+  --leader-election-retry-period D
+                        how often the lease is read and renewed (default 2s)
+Durations: a number with ms, s or m (15s, 500ms); a bare number is seconds.
 ";
 
 fn env_name(flag: &str) -> String {
@@ -41,7 +64,7 @@ fn env_name(flag: &str) -> String {
 /// Parses `args` (without the program name); `env` looks up environment variables. A flag
 /// wins over its variable.
 pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
-    const FLAGS: [&str; 7] = [
+    const FLAGS: [&str; 12] = [
         "--namespace",
         "--concurrency",
         "--kube-api-qps",
@@ -49,6 +72,11 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
         "--cluster-domain",
         "--http-addr",
         "--log-format",
+        "--leader-elect",
+        "--leader-election-namespace",
+        "--leader-election-lease-duration",
+        "--leader-election-renew-deadline",
+        "--leader-election-retry-period",
     ];
     let mut given: Vec<(String, String)> = Vec::new();
     let mut it = args.iter();
@@ -65,6 +93,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
         }
         let value = match value {
             Some(v) => v,
+            None if flag == "--leader-elect" => "true".into(),
             None => it.next().cloned().ok_or_else(|| format!("{flag} needs a value"))?,
         };
         given.push((flag, value));
@@ -77,6 +106,34 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
     };
     let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
     let qps = number("--kube-api-qps", 0)?;
+    let elect = match get("--leader-elect").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(format!("--leader-elect: {other:?} is not true or false")),
+    };
+    let duration = |flag: &str, default: Duration| -> Result<Duration, String> {
+        get(flag).map_or(Ok(default), |v| {
+            parse_duration(&v).ok_or_else(|| format!("{flag}: not a duration: {v:?}"))
+        })
+    };
+    let defaults = Timings::default();
+    let timings = Timings {
+        lease: duration("--leader-election-lease-duration", defaults.lease)?,
+        renew_deadline: duration("--leader-election-renew-deadline", defaults.renew_deadline)?,
+        retry: duration("--leader-election-retry-period", defaults.retry)?,
+    };
+    if !(timings.lease > timings.renew_deadline
+        && timings.renew_deadline > timings.retry
+        && !timings.retry.is_zero())
+    {
+        return Err("leader election needs lease duration > renew deadline > retry period > 0".into());
+    }
+    let leader_election = elect.then(|| LeaderElection {
+        namespace: non_empty(get("--leader-election-namespace"))
+            .or_else(|| non_empty(env("POD_NAMESPACE")))
+            .unwrap_or_else(|| "default".into()),
+        timings,
+    });
     Ok(Options {
         namespace: non_empty(get("--namespace").or_else(|| env("KUBEFLOW_NAMESPACE"))),
         concurrency: u16::try_from(number("--concurrency", 16)?)
@@ -93,7 +150,24 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
             Some("json") => LogFormat::Json,
             Some(other) => return Err(format!("--log-format: {other:?} is not text or json")),
         },
+        leader_election,
     })
+}
+
+/// `15s`, `500ms`, `2m`, or a bare number of seconds.
+fn parse_duration(v: &str) -> Option<Duration> {
+    let (number, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 #[cfg(test)]
@@ -112,6 +186,38 @@ mod tests {
         assert_eq!((o.kube_api_qps, o.kube_api_burst), (0, 0));
         assert_eq!(o.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(o.log_format, LogFormat::Text);
+        assert_eq!(o.leader_election, None);
+    }
+
+    #[test]
+    fn leader_election_flags() {
+        let env = |k: &str| (k == "POD_NAMESPACE").then(|| "ops".to_string());
+        let o = parse(&args("--leader-elect"), env).unwrap();
+        assert_eq!(
+            o.leader_election,
+            Some(LeaderElection { namespace: "ops".into(), timings: Timings::default() })
+        );
+        let o = parse(
+            &args("--leader-elect=true --leader-election-namespace x --leader-election-lease-duration 3s --leader-election-renew-deadline 2000ms --leader-election-retry-period 0.5"),
+            env,
+        )
+        .unwrap();
+        let le = o.leader_election.unwrap();
+        assert_eq!(le.namespace, "x");
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (le.timings.lease, le.timings.renew_deadline, le.timings.retry),
+            (ms(3000), ms(2000), ms(500))
+        );
+        assert_eq!(parse(&args("--leader-elect=false"), env).unwrap().leader_election, None);
+        assert_eq!(parse(&[], |_| None).unwrap().leader_election, None);
+        assert_eq!(
+            parse(&args("--leader-elect"), |_| None).unwrap().leader_election.unwrap().namespace,
+            "default"
+        );
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("7h"), None);
     }
 
     #[test]
@@ -146,6 +252,9 @@ mod tests {
             ("--concurrency 70000", "--concurrency: at most 65535"),
             ("--log-format xml", "--log-format: \"xml\" is not text or json"),
             ("--http-addr nope", "--http-addr:"),
+            ("--leader-elect=maybe", "--leader-elect: \"maybe\" is not true or false"),
+            ("--leader-election-retry-period soon", "--leader-election-retry-period: not a duration"),
+            ("--leader-election-renew-deadline 20s", "leader election needs lease duration > renew deadline"),
         ];
         for (a, want) in cases {
             let err = parse(&args(a), |_| None).unwrap_err();

@@ -19,6 +19,8 @@ pub enum Error {
     DeleteJob { job: String, source: kube::Error },
     #[error("publishing event {reason}: {source}")]
     PublishEvent { reason: String, source: kube::Error },
+    #[error("not writing: this process no longer holds the leader lease")]
+    NotLeader,
     #[error("TFJob has no {0}")]
     MissingField(&'static str),
 }
@@ -35,6 +37,7 @@ impl Error {
             Error::DeleteJob { .. } => "delete_job",
             Error::PublishEvent { .. } => "publish_event",
             Error::MissingField(_) => "missing_field",
+            Error::NotLeader => "not_leader",
         }
     }
 }

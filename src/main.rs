@@ -1,14 +1,21 @@
-//! The `tfjob-operator` binary: flags, logging, the API client, the health endpoint and the
-//! controller, stopped by SIGTERM or Ctrl-C after in-flight reconciles finish.
+//! The `tfjob-operator` binary: flags, logging, the API client, the HTTP port, leader
+//! election and the controller, stopped by SIGTERM or Ctrl-C after in-flight reconciles
+//! finish (and then the lease is released).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt;
 use kube::client::ClientBuilder;
-use tfjob_operator::cli::{self, LogFormat};
+use tfjob_operator::cli::{self, LeaderElection, LogFormat};
 use tfjob_operator::controller::{self, Settings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tfjob_operator::http::{self, Health};
+use tfjob_operator::leader::Elector;
+use tfjob_operator::metrics::Metrics;
+use tfjob_operator::metrics::requests::CountLayer;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 fn init_logging(format: LogFormat) {
@@ -21,39 +28,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Answers `/healthz` and `/readyz` with 200 while the process runs.
-async fn serve_health(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok);
-            let request = String::from_utf8_lossy(&buf[..n.unwrap_or(0)]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let reply = match path {
-                "/healthz" | "/readyz" => {
-                    "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
-                }
-                _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 10\r\nconnection: close\r\n\r\nnot found\n",
-            };
-            let _ = stream.write_all(reply.as_bytes()).await;
-        });
-    }
-}
-
-async fn client(opts: &cli::Options) -> anyhow::Result<kube::Client> {
+async fn client(opts: &cli::Options, metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
     let config =
         kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    let builder = ClientBuilder::try_from(config)?;
+    let builder = ClientBuilder::try_from(config)?.with_layer(&CountLayer(metrics));
     if opts.kube_api_qps == 0 {
         return Ok(builder.build());
     }
     // `burst` requests per `burst / qps` seconds: the rate is qps, bursts up to `burst`.
     let per = Duration::from_secs_f64(f64::from(opts.kube_api_burst) / f64::from(opts.kube_api_qps));
     Ok(builder.with_layer(&tower::limit::RateLimitLayer::new(u64::from(opts.kube_api_burst), per)).build())
+}
+
+/// This process's name in the Lease and in its events: the pod name, else host and pid.
+fn identity() -> String {
+    std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+        format!("{}_{}", host.trim(), std::process::id())
+    })
 }
 
 #[tokio::main]
@@ -68,12 +60,14 @@ async fn main() -> anyhow::Result<()> {
         Err(msg) => anyhow::bail!(msg),
     };
     init_logging(opts.log_format);
-    let client = client(&opts).await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(opts.leader_election.is_some()));
+    let client = client(&opts, metrics.clone()).await?;
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
         .with_context(|| format!("binding {}", opts.http_addr))?;
-    info!(addr = %listener.local_addr()?, "serving /healthz and /readyz");
-    tokio::spawn(serve_health(listener));
+    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(http::serve(listener, health.clone(), metrics.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
@@ -81,16 +75,79 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => info!("SIGTERM: finishing in-flight work"),
             _ = tokio::signal::ctrl_c() => info!("interrupted: finishing in-flight work"),
         }
-    };
+    }
+    .shared();
+    let me = identity();
     let settings = Settings {
         namespace: opts.namespace.clone(),
         concurrency: opts.concurrency,
         cluster_domain: opts.cluster_domain.clone(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(me.clone()),
     };
     if opts.kube_api_qps > 0 {
         warn!(qps = opts.kube_api_qps, burst = opts.kube_api_burst, "client-side rate limit on");
     }
-    controller::run(client, settings, shutdown).await;
+    let Some(election) = opts.leader_election else {
+        metrics.set_leader(true);
+        controller::run(client, settings, metrics, health, shutdown).await;
+        return Ok(());
+    };
+    lead(client, settings, metrics, health, election, me, shutdown).await
+}
+
+/// Waits for the lease, then runs the controller until shutdown (then releases the lease) or
+/// until the lease is lost (then exits with an error, to start again as a follower).
+async fn lead(
+    client: kube::Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    election: LeaderElection,
+    me: String,
+    shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
+) -> anyhow::Result<()> {
+    let (leading_tx, mut leading) = watch::channel(false);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let elector = Elector::new(client.clone(), &election.namespace, me.clone(), election.timings);
+    info!(identity = %me, namespace = %election.namespace, lease = tfjob_operator::leader::LEASE_NAME, "waiting for the leader lease");
+    let elector = tokio::spawn(elector.run(leading_tx, async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        held = leading.wait_for(|l| *l) => if held.is_err() {
+            anyhow::bail!("leader election stopped before this process led");
+        },
+        () = shutdown.clone() => {
+            let _ = stop_tx.send(());
+            let _ = elector.await;
+            return Ok(());
+        }
+    }
+    health.set_leading(true);
+    metrics.set_leader(true);
+    let lost = {
+        let mut leading = leading.clone();
+        let (health, metrics) = (health.clone(), metrics.clone());
+        async move {
+            let _ = leading.wait_for(|l| !*l).await;
+            // Stop writing at once; in-flight reconciles then fail their next write.
+            health.set_leading(false);
+            metrics.set_leader(false);
+        }
+        .shared()
+    };
+    tokio::spawn(lost.clone());
+    let stop = {
+        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+        async move {
+            tokio::select! { () = shutdown => {}, () = lost => {} }
+        }
+    };
+    controller::run(client, settings, metrics, health.clone(), stop).await;
+    if !health.leading() {
+        anyhow::bail!("lost the leader lease; exiting so that this process starts again as a follower");
+    }
+    let _ = stop_tx.send(());
+    let _ = elector.await;
     Ok(())
 }

@@ -20,6 +20,8 @@ use tracing::{debug, info, warn};
 use crate::api::TFJob;
 use crate::apply::{Created, Writer, api_message};
 use crate::error::Error;
+use crate::http::Health;
+use crate::metrics::{self, JobCount, Metrics};
 use crate::names;
 use crate::plan::{self, Plan, PlannedEvent};
 use overlay::{Pending, Written};
@@ -59,6 +61,7 @@ struct Context {
     services: Store<Service>,
     settings: Settings,
     pending: Mutex<Pendings>,
+    metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -114,9 +117,13 @@ where
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
+/// `health` learns when the caches have synced, and gates every write: a process that no
+/// longer leads writes nothing.
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = settings.namespace.as_deref();
@@ -125,11 +132,12 @@ pub async fn run(
     let pod_stream = owned_stream(api::<Pod>(&client, ns), pod_writer);
     let svc_stream = owned_stream(api::<Service>(&client, ns), svc_writer);
     let ctx = Arc::new(Context {
-        writer: Writer::new(client.clone(), settings.instance.clone()),
+        writer: Writer::new(client.clone(), settings.instance.clone(), health.clone()),
         pods,
         services,
         settings: settings.clone(),
         pending: Mutex::default(),
+        metrics,
     });
     // Plan only from caches that have listed everything: a half-filled cache shows pods missing.
     let shutdown = shutdown.shared();
@@ -142,6 +150,7 @@ pub async fn run(
         },
         () = shutdown.clone() => return,
     }
+    health.set_synced();
     let jobs = api::<TFJob>(&client, ns);
     info!(
         namespace = ns.unwrap_or("(all)"),
@@ -153,7 +162,7 @@ pub async fn run(
         .owns_stream(svc_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(timed_reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 debug!(error = %e, "reconcile failed");
@@ -174,6 +183,13 @@ fn error_policy(job: Arc<TFJob>, err: &Error, ctx: Arc<Context>) -> Action {
     let wait = Duration::from_millis(500).saturating_mul(1 << n.min(7)).min(Duration::from_secs(60));
     warn!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), error = %err, kind = err.kind(), retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
+}
+
+async fn timed_reconcile(job: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile(job, ctx.clone()).await;
+    ctx.metrics.reconciled(started.elapsed().as_secs_f64(), result.as_ref().err().map(Error::kind));
+    result
 }
 
 async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -225,6 +241,9 @@ async fn apply(ctx: &Context, job: &TFJob, uid: &str, plan: Plan) -> Result<Acti
     let mut job = job.clone();
     if let Some(status) = &plan.status {
         let written = ctx.writer.patch_status(&job, status).await?;
+        for count in metrics::jobs::counts(job.status.as_ref(), status) {
+            ctx.metrics.job(&ns, count);
+        }
         job = written.clone();
         ctx.pending().written.wrote(written, Instant::now());
     }
@@ -289,6 +308,7 @@ async fn apply(ctx: &Context, job: &TFJob, uid: &str, plan: Plan) -> Result<Acti
             .and_then(|s| s.applied_policy.as_ref())
             .and_then(|p| p.ttl_seconds_after_finished);
         if ctx.writer.delete_job(&job).await? {
+            ctx.metrics.job(&ns, JobCount::Deleted);
             info!(job = %job.name_any(), namespace = %ns, ?ttl, "deleted the finished TFJob (ttlSecondsAfterFinished)");
             ctx.pending().written.forget(uid);
             return Ok(Action::await_change());
@@ -314,7 +334,7 @@ async fn create_all(ctx: &Context, job: &TFJob, uid: &str, plan: &Plan) -> Resul
     let mut blocked = false;
     for svc in &plan.create_services {
         let name = svc.name_any();
-        match ctx.writer.create(uid, svc).await {
+        match ctx.writer.create(uid, svc).await? {
             Ok(Created::New(s)) => {
                 ctx.pending().services.created(s, Instant::now());
                 publish(ctx, job, false, "SuccessfulCreateService", format!("Created service: {name}"))
@@ -332,7 +352,7 @@ async fn create_all(ctx: &Context, job: &TFJob, uid: &str, plan: &Plan) -> Resul
     }
     for pod in &plan.create_pods {
         let name = pod.name_any();
-        match ctx.writer.create(uid, pod).await {
+        match ctx.writer.create(uid, pod).await? {
             Ok(Created::New(p)) => {
                 ctx.pending().pods.created(p, Instant::now());
                 publish(ctx, job, false, "SuccessfulCreatePod", format!("Created pod: {name}")).await?;

@@ -1,0 +1,276 @@
+//! Leader election on a `coordination.k8s.io` Lease, as client-go does it: the decision what
+//! to do with the lease just read is pure ([`step`], [`claim`], [`release`]); [`Elector`]
+//! reads and writes the lease every retry period and reports leadership on a watch channel.
+//!
+//! A follower trusts its own clock, not the holder's: a held lease expires when its record
+//! has not changed for `leaseDurationSeconds` of local time. A leader that has not renewed
+//! within the renew deadline reports the loss, so it stops writing before another process
+//! can take over.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// The Lease's name.
+pub const LEASE_NAME: &str = "tfjob-operator";
+
+/// Leader election timings (client-go's defaults: 15 s, 10 s, 2 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timings {
+    /// How long a lease that is not renewed stays held.
+    pub lease: Duration,
+    /// How long a leader keeps leading without a successful renewal.
+    pub renew_deadline: Duration,
+    /// How often the lease is read and renewed.
+    pub retry: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a candidate does with the lease it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// No lease yet: create it, held by us.
+    Create,
+    /// We hold it: renew it.
+    Renew,
+    /// Free or expired: take it.
+    Acquire,
+    /// Someone else holds it.
+    Wait,
+}
+
+/// Decides what to do with the lease read; `unchanged_for` is how long (local clock) its
+/// record has looked the same.
+pub fn step(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration, default_lease: Duration) -> Step {
+    let Some(spec) = spec else { return Step::Create };
+    match spec.holder_identity.as_deref() {
+        Some(h) if h == me => Step::Renew,
+        None | Some("") => Step::Acquire,
+        Some(_) => {
+            let lease = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(default_lease, Duration::from_secs);
+            if unchanged_for >= lease { Step::Acquire } else { Step::Wait }
+        }
+    }
+}
+
+/// The lease record we write to create, take or renew it.
+pub fn claim(prev: Option<&LeaseSpec>, me: &str, now: Timestamp, lease: Duration) -> LeaseSpec {
+    let ours = prev.and_then(|p| p.holder_identity.as_deref()) == Some(me);
+    let transitions = prev.and_then(|p| p.lease_transitions).unwrap_or(0);
+    LeaseSpec {
+        holder_identity: Some(me.to_string()),
+        lease_duration_seconds: Some(i32::try_from(lease.as_secs().max(1)).unwrap_or(i32::MAX)),
+        acquire_time: if ours { prev.and_then(|p| p.acquire_time.clone()) } else { Some(MicroTime(now)) },
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(if ours || prev.is_none() { transitions } else { transitions + 1 }),
+        ..prev.cloned().unwrap_or_default()
+    }
+}
+
+/// The record a leader writes when it stops: no holder, so a follower takes it at once.
+pub fn release(prev: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        renew_time: Some(MicroTime(now)),
+        ..prev.clone()
+    }
+}
+
+/// Reads and writes the Lease for one candidate.
+pub struct Elector {
+    api: Api<Lease>,
+    me: String,
+    timings: Timings,
+    /// The record last read, and when (local clock) it last changed.
+    observed: Option<(Option<LeaseSpec>, Instant)>,
+}
+
+impl Elector {
+    pub fn new(client: Client, namespace: &str, me: String, timings: Timings) -> Elector {
+        Elector { api: Api::namespaced(client, namespace), me, timings, observed: None }
+    }
+
+    /// One read and, if due, one write. Returns whether we hold the lease now.
+    async fn attempt(&mut self) -> Result<bool, kube::Error> {
+        let current = self.api.get_opt(LEASE_NAME).await?;
+        let spec = current.as_ref().and_then(|l| l.spec.clone());
+        let now = Instant::now();
+        let since = match &self.observed {
+            Some((seen, at)) if *seen == spec => *at,
+            _ => now,
+        };
+        self.observed = Some((spec.clone(), since));
+        let step = step(spec.as_ref(), &self.me, now - since, self.timings.lease);
+        let new_spec = claim(spec.as_ref(), &self.me, Timestamp::now(), self.timings.lease);
+        let written = match (step, current) {
+            (Step::Wait, _) => return Ok(false),
+            (Step::Create, _) => {
+                let lease = Lease {
+                    metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
+                    spec: Some(new_spec),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            (_, Some(mut lease)) => {
+                lease.spec = Some(new_spec);
+                self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await
+            }
+            (_, None) => return Ok(false),
+        };
+        match written {
+            Ok(lease) => {
+                if step != Step::Renew {
+                    info!(identity = %self.me, lease = LEASE_NAME, "acquired the lease");
+                }
+                self.observed = Some((lease.spec, Instant::now()));
+                Ok(true)
+            }
+            // Someone else wrote first: read again next time.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Competes for the lease until `stop` resolves, sending `true` on `leading` while we hold
+    /// it. Returns when leadership is lost (after sending `false`) or, on `stop`, after
+    /// releasing a held lease.
+    pub async fn run(mut self, leading: watch::Sender<bool>, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        let mut last_renew: Option<Instant> = None;
+        let mut next = Instant::now();
+        loop {
+            let deadline = last_renew.map(|t| t + self.timings.renew_deadline);
+            let lost = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut stop => break,
+                () = lost => {
+                    warn!(identity = %self.me, "could not renew the lease before the renew deadline: stopping");
+                    let _ = leading.send(false);
+                    return;
+                }
+                held = async {
+                    tokio::time::sleep_until(next).await;
+                    self.attempt().await
+                } => {
+                    next = Instant::now() + self.timings.retry;
+                    match held {
+                        Ok(true) => {
+                            last_renew = Some(Instant::now());
+                            leading.send_if_modified(|l| !std::mem::replace(l, true));
+                        }
+                        Ok(false) if last_renew.is_some() => {
+                            warn!(identity = %self.me, "the lease is held by another process: stopping");
+                            let _ = leading.send(false);
+                            return;
+                        }
+                        Ok(false) => {}
+                        Err(e) => warn!(identity = %self.me, error = %e, "reading or writing the lease failed"),
+                    }
+                }
+            }
+        }
+        if last_renew.is_some() {
+            self.give_up().await;
+        }
+        let _ = leading.send(false);
+    }
+
+    /// Releases the lease if we still hold it.
+    async fn give_up(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await else { return };
+        let Some(spec) = lease.spec.as_ref().filter(|s| s.holder_identity.as_deref() == Some(&self.me))
+        else {
+            return;
+        };
+        lease.spec = Some(release(spec, Timestamp::now()));
+        match self.api.replace(&lease.name_any(), &PostParams::default(), &lease).await {
+            Ok(_) => info!(identity = %self.me, "released the lease"),
+            Err(e) => warn!(identity = %self.me, error = %e, "releasing the lease failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(by: Option<&str>, secs: Option<i32>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: by.map(String::from),
+            lease_duration_seconds: secs,
+            lease_transitions: Some(3),
+            acquire_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn steps() {
+        let s = Duration::from_secs;
+        let d = s(15);
+        let cases = [
+            ("no lease", None, s(0), Step::Create),
+            ("ours", Some(held(Some("me"), Some(15))), s(100), Step::Renew),
+            ("released", Some(held(None, Some(1))), s(0), Step::Acquire),
+            ("empty holder", Some(held(Some(""), Some(15))), s(0), Step::Acquire),
+            ("other, fresh", Some(held(Some("b"), Some(15))), s(14), Step::Wait),
+            ("other, expired", Some(held(Some("b"), Some(15))), s(15), Step::Acquire),
+            ("other, its own duration", Some(held(Some("b"), Some(30))), s(20), Step::Wait),
+            ("other, no duration: ours", Some(held(Some("b"), None)), s(15), Step::Acquire),
+        ];
+        for (name, spec, unchanged, want) in cases {
+            assert_eq!(step(spec.as_ref(), "me", unchanged, d), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn claims_and_releases() {
+        let now = Timestamp::from_second(100).unwrap();
+        let lease = Duration::from_secs(15);
+        let created = claim(None, "me", now, lease);
+        assert_eq!(created.holder_identity.as_deref(), Some("me"));
+        assert_eq!((created.lease_duration_seconds, created.lease_transitions), (Some(15), Some(0)));
+        assert_eq!(created.acquire_time, Some(MicroTime(now)));
+
+        let taken = claim(Some(&held(Some("b"), Some(15))), "me", now, lease);
+        assert_eq!(taken.lease_transitions, Some(4), "a new holder is a transition");
+        assert_eq!(
+            (taken.acquire_time.clone(), taken.renew_time),
+            (Some(MicroTime(now)), Some(MicroTime(now)))
+        );
+
+        let renewed = claim(Some(&held(Some("me"), Some(15))), "me", now, lease);
+        assert_eq!(renewed.lease_transitions, Some(3), "renewing is not a transition");
+        assert_eq!(renewed.acquire_time, Some(MicroTime(Timestamp::UNIX_EPOCH)), "acquired when first taken");
+
+        let released = release(&renewed, now);
+        assert_eq!(released.holder_identity, None);
+        assert_eq!(released.lease_duration_seconds, Some(1));
+        assert_eq!(step(Some(&released), "other", Duration::ZERO, lease), Step::Acquire);
+    }
+}

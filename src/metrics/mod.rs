@@ -1,0 +1,162 @@
+//! The operator's Prometheus metrics: one registry, its families, and the `/metrics` text.
+//!
+//! Kubeflow's job families keep Kubeflow's names and labels (`job_namespace`,
+//! `framework="tensorflow"`) so existing dashboards work; no label carries a pod or job name.
+
+pub mod jobs;
+pub mod requests;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub use jobs::JobCount;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The framework label of Kubeflow's job families.
+const FRAMEWORK: &str = "tensorflow";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job_namespace: String,
+    framework: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+}
+
+/// Labels of one API request: its verb, resource and HTTP status (or `error` when no
+/// response came back).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: &'static str,
+    pub resource: &'static str,
+    pub code: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_seconds: Histogram,
+    api_requests: Family<RequestLabels, Counter>,
+    leader: Gauge,
+    jobs: [Family<JobLabels, Counter>; 5],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let reconciles = Counter::default();
+        registry.register("tfjob_operator_reconciles", "Reconciles run", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "tfjob_operator_reconcile_errors",
+            "Reconciles that failed, by the kind of the failed operation",
+            reconcile_errors.clone(),
+        );
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "tfjob_operator_reconcile_duration_seconds",
+            "How long a reconcile took, its API writes included",
+            reconcile_seconds.clone(),
+        );
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "tfjob_operator_api_requests",
+            "Requests this process sent to the API server, by verb, resource and HTTP status",
+            api_requests.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "tfjob_operator_leader",
+            "1 while this process reconciles (it holds the lease, or leader election is off)",
+            leader.clone(),
+        );
+        let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
+        for (count, family) in JobCount::ALL.iter().zip(&jobs) {
+            registry.register(count.metric_name(), count.help(), family.clone());
+        }
+        Metrics { registry, reconciles, reconcile_errors, reconcile_seconds, api_requests, leader, jobs }
+    }
+
+    /// Records one reconcile, its duration and, if it failed, the failed operation's kind.
+    pub fn reconciled(&self, seconds: f64, error_kind: Option<&'static str>) {
+        self.reconciles.inc();
+        self.reconcile_seconds.observe(seconds);
+        if let Some(kind) = error_kind {
+            self.reconcile_errors.get_or_create(&ErrorLabels { kind }).inc();
+        }
+    }
+
+    /// Records one API request.
+    pub fn request(&self, labels: &RequestLabels) {
+        self.api_requests.get_or_create(labels).inc();
+    }
+
+    /// Counts a job event for a job in `namespace`.
+    pub fn job(&self, namespace: &str, count: JobCount) {
+        let labels = JobLabels { job_namespace: namespace.to_string(), framework: FRAMEWORK };
+        self.jobs[count as usize].get_or_create(&labels).inc();
+    }
+
+    /// Sets whether this process is the one reconciling.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The registry in the OpenMetrics text format (which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeflow_names_and_labels() {
+        let m = Metrics::new();
+        m.job("team-a", JobCount::Created);
+        m.job("team-a", JobCount::Created);
+        m.job("team-b", JobCount::Successful);
+        m.job("team-b", JobCount::Deleted);
+        m.reconciled(0.002, None);
+        m.reconciled(0.5, Some("patch_status"));
+        m.request(&RequestLabels { verb: "create", resource: "pods", code: "201".into() });
+        m.set_leader(true);
+        let text = m.encode();
+        for line in [
+            r#"training_operator_jobs_created_total{job_namespace="team-a",framework="tensorflow"} 2"#,
+            r#"training_operator_jobs_successful_total{job_namespace="team-b",framework="tensorflow"} 1"#,
+            r#"training_operator_jobs_deleted_total{job_namespace="team-b",framework="tensorflow"} 1"#,
+            "tfjob_operator_reconciles_total 2",
+            r#"tfjob_operator_reconcile_errors_total{kind="patch_status"} 1"#,
+            "tfjob_operator_reconcile_duration_seconds_count 2",
+            r#"tfjob_operator_api_requests_total{verb="create",resource="pods",code="201"} 1"#,
+            "tfjob_operator_leader 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains(r#"training_operator_jobs_failed_total{"#), "no sample before a failure");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
