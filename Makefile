@@ -6,7 +6,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/tfjob-operator/cargo-target-$(shell pwd | cks
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: help test crds fmt lint bins cluster run
+.PHONY: help test crds fmt lint bins cluster run deploy deploy-namespaced undeploy image
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -33,3 +33,15 @@ run: ## A local control plane running the operator with an example job whose wor
 	  $(CARGO) run --locked --quiet -p tfjob-testsupport --bin tfjob-devcluster -- --kubeconfig-out .dev/kubeconfig \
 	  --crd crds/kubeflow.org_tfjobs.yaml --operator $(CARGO_TARGET_DIR)/debug/tfjob-operator \
 	  --apply examples/tfjob-finishes.yaml --watch
+
+deploy: ## Install the operator cluster-wide on the current kubectl context (server-side apply of deploy/)
+	kubectl apply --server-side -k deploy/
+
+deploy-namespaced: ## Install the operator for its own namespace only (deploy/namespaced)
+	kubectl apply --server-side -k deploy/namespaced
+
+undeploy: ## Remove what deploy/ installed, the CRD and every TFJob included
+	kubectl delete --ignore-not-found -k deploy/
+
+image: ## Build the image tfjob-operator:dev (needs a container engine)
+	docker build -t tfjob-operator:dev .

@@ -110,6 +110,16 @@ impl Elector {
         Elector { api: Api::namespaced(client, namespace), me, timings, observed: None }
     }
 
+    /// When the lease another process holds expires, by our clock, if it is not renewed.
+    fn expiry(&self) -> Option<Instant> {
+        let (Some(spec), at) = self.observed.as_ref()? else { return None };
+        if spec.holder_identity.as_deref().is_none_or(|h| h.is_empty() || h == self.me) {
+            return None;
+        }
+        let secs = spec.lease_duration_seconds.and_then(|s| u64::try_from(s).ok());
+        Some(*at + secs.map_or(self.timings.lease, Duration::from_secs))
+    }
+
     /// One read and, if due, one write. Returns whether we hold the lease now.
     async fn attempt(&mut self) -> Result<bool, kube::Error> {
         let current = self.api.get_opt(LEASE_NAME).await?;
@@ -177,7 +187,13 @@ impl Elector {
                     tokio::time::sleep_until(next).await;
                     self.attempt().await
                 } => {
+                    // Every retry period, and at once when the holder's lease expires: a
+                    // follower takes over within lease duration + retry period of the
+                    // holder's last renewal.
                     next = Instant::now() + self.timings.retry;
+                    if let Some(expiry) = self.expiry() {
+                        next = next.min(expiry);
+                    }
                     match held {
                         Ok(true) => {
                             last_renew = Some(Instant::now());

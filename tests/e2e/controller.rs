@@ -595,17 +595,8 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
     Ok(())
 }
 
-/// Signal numbers (Linux) for the operator processes the tests stop.
-const SIGTERM: i32 = 15;
-const SIGKILL: i32 = 9;
-
 async fn http_status(port: u16, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
+    http_get(port, path).await.map(|(code, _)| code)
 }
 
 /// `kubectl -n <ns> patch tfjob <name> --type merge -p <patch> -o json`: (success, stdout, stderr).
@@ -736,22 +727,8 @@ fn delta(
 }
 
 async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
-    use futures::StreamExt;
     // Every pod uid per name, over the whole test.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
-        String,
-        std::collections::BTreeSet<String>,
-    >::new()));
-    let (seen2, pods_api) = (seen.clone(), pods(&ctx));
-    let watch = tokio::spawn(async move {
-        let mut s = std::pin::pin!(watcher::watcher(pods_api, watcher::Config::default()));
-        while let Some(Ok(ev)) = s.next().await {
-            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
-                let (name, uid) = (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default());
-                seen2.lock().map(|mut m| m.entry(name).or_default().insert(uid)).ok();
-            }
-        }
-    });
+    let uids = UidWatch::start(&ctx);
     let (pods_before, svcs_before) = (posts(&ctx, "pods").await?, posts(&ctx, "services").await?);
     let op = Operator::start(&ctx, &[])?;
     let reps = || vec![R("PS", 1, None, json!({})), R("Worker", 1, None, json!({}))];
@@ -795,14 +772,7 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
         jobs(&ctx).get("j0").await?.metadata.resource_version == rv,
         "a quiet Running job was written to"
     );
-    watch.abort();
-    let multi: Vec<(String, usize)> = seen
-        .lock()
-        .map_err(|_| anyhow::anyhow!("lock"))?
-        .iter()
-        .filter(|(_, u)| u.len() > 1)
-        .map(|(n, u)| (n.clone(), u.len()))
-        .collect();
+    let multi = uids.reused_names();
     ensure!(multi.is_empty(), "pod names with more than one uid: {multi:?}");
     // Each event once, no repeat series. A job of the batch the kill interrupted may miss an
     // event the killed process had not published yet, but never gets one twice.

@@ -6,6 +6,7 @@
 //! `cargo test --test e2e -- <substring>` runs the matching tests only.
 
 mod controller;
+mod install;
 mod smoke;
 mod support;
 
@@ -50,6 +51,7 @@ macro_rules! test {
 fn tests() -> Vec<Test> {
     let mut all = smoke::tests();
     all.extend(controller::tests());
+    all.extend(install::tests());
     all
 }
 

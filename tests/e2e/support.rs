@@ -1,6 +1,8 @@
 //! Helpers for controller tests: an operator process per test, job fixtures and waits.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -22,6 +24,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(ctx: &Ctx, extra: &[&str]) -> Result<Operator> {
+        Self::start_as(ctx, "tfjob-operator", &ctx.cluster.kubeconfig, extra)
+    }
+
+    /// An operator process logging to `<name>.log`, with its own kubeconfig.
+    pub fn start_as(ctx: &Ctx, name: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Operator> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("tfjob-e2e-op-{}", ctx.ns));
         std::fs::create_dir_all(&dir)?;
@@ -32,14 +39,13 @@ impl Operator {
             "--log-format=json".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn_with_env(
-            "tfjob-operator",
-            &bin,
-            &args,
-            &dir,
-            &[("KUBECONFIG", ctx.cluster.kubeconfig.as_os_str())],
-        )?;
-        Ok(Operator { proc, http_port: port, log: dir.join("tfjob-operator.log") })
+        let proc = Proc::spawn_with_env(name, &bin, &args, &dir, &[("KUBECONFIG", kubeconfig.as_os_str())])?;
+        Ok(Operator { proc, http_port: port, log: dir.join(format!("{name}.log")) })
+    }
+
+    /// The operator's `/metrics` text (empty if it does not answer).
+    pub async fn metrics(&self) -> String {
+        http_get(self.http_port, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
     }
 
     /// The operator's log so far (for failure messages).
@@ -49,6 +55,10 @@ impl Operator {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 }
+
+/// Signal numbers (Linux) for the operator processes the tests stop.
+pub const SIGTERM: i32 = 15;
+pub const SIGKILL: i32 = 9;
 
 pub fn jobs(ctx: &Ctx) -> Api<TFJob> {
     Api::namespaced(ctx.cluster.client.clone(), &ctx.ns)
@@ -206,4 +216,69 @@ pub async fn events(ctx: &Ctx, name: &str) -> Result<Vec<(String, i32)>> {
         .items;
     evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
     Ok(evs.into_iter().map(|e| (e.reason.unwrap_or_default(), e.count.unwrap_or(1))).collect())
+}
+
+/// `GET path` on a loopback port: the status code and the body.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// The sum of a metric's samples whose labels include every `labels` item (`key="value"`);
+/// 0 when there is none.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every uid seen per pod name in the namespace, while it lives.
+pub struct UidWatch {
+    seen: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UidWatch {
+    pub fn start(ctx: &Ctx) -> UidWatch {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let seen = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
+        let (seen2, api) = (seen.clone(), pods(ctx));
+        let task = tokio::spawn(async move {
+            let mut s = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+            while let Some(Ok(ev)) = s.next().await {
+                if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+                    let (name, uid) =
+                        (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default());
+                    seen2.lock().map(|mut m| m.entry(name).or_default().insert(uid)).ok();
+                }
+            }
+        });
+        UidWatch { seen, task }
+    }
+
+    /// The pod names seen with more than one uid, and how many.
+    pub fn reused_names(&self) -> Vec<(String, usize)> {
+        let seen = self.seen.lock().map(|m| m.clone()).unwrap_or_default();
+        seen.into_iter().filter(|(_, u)| u.len() > 1).map(|(n, u)| (n, u.len())).collect()
+    }
+
+    /// How many pod names were seen.
+    pub fn names(&self) -> usize {
+        self.seen.lock().map(|m| m.len()).unwrap_or_default()
+    }
+}
+
+impl Drop for UidWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
