@@ -6,7 +6,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/tfjob-operator/cargo-target-$(shell pwd | cks
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: help test crds fmt lint bins cluster run deploy deploy-namespaced undeploy image
+.PHONY: help test crds fmt lint bins cluster run deploy deploy-namespaced undeploy image bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,3 +45,9 @@ undeploy: ## Remove what deploy/ installed, the CRD and every TFJob included
 
 image: ## Build the image tfjob-operator:dev (needs a container engine)
 	docker build -t tfjob-operator:dev .
+
+BENCH_ARGS ?=
+bench: ## Benchmark 10, 100 and 1000 TFJobs on a local control plane with the release operator (BENCHMARKS.md); BENCH_ARGS adds flags
+	$(CARGO) build --locked --release -p tfjob-operator --bin tfjob-operator -p tfjob-testsupport --bin tfjob-bench
+	bindir=$$(hack/build-control-plane.sh) && TFJOB_BIN_DIR="$$bindir" \
+	  $(CARGO_TARGET_DIR)/release/tfjob-bench --operator $(CARGO_TARGET_DIR)/release/tfjob-operator $(BENCH_ARGS)

@@ -5,6 +5,7 @@
 //! test, so a test's panic never stops it, and the plane's processes die with this process.
 //! `cargo test --test e2e -- <substring>` runs the matching tests only.
 
+mod bench;
 mod controller;
 mod install;
 mod smoke;
@@ -52,6 +53,7 @@ fn tests() -> Vec<Test> {
     let mut all = smoke::tests();
     all.extend(controller::tests());
     all.extend(install::tests());
+    all.extend(bench::tests());
     all
 }
 

@@ -3,6 +3,7 @@
 //! [`Cluster::from_env`] starts the local plane (the default) or, with
 //! `USE_EXISTING_CLUSTER=true`, uses the current KUBECONFIG.
 
+pub mod bench;
 pub mod pki;
 pub mod plane;
 pub mod process;

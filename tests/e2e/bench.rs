@@ -1,0 +1,53 @@
+//! The benchmark's tiny run: `tfjob-bench`'s code against the suite's shared control plane and
+//! the operator already built, checking that it completes and its JSON is well-formed. The
+//! numbers themselves are for `make bench` (BENCHMARKS.md), not for a test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+use tfjob_testsupport::bench::{self, OperatorSpec, Options};
+
+use crate::{Ctx, Test, test};
+
+pub fn tests() -> Vec<Test> {
+    vec![test!(tiny_bench_run_completes_with_well_formed_json)]
+}
+
+async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> {
+    let mut opts = Options::new(OperatorSpec::Start {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_tfjob-operator")),
+        args: bench::default_operator_args(),
+        kubeconfig: ctx.cluster.kubeconfig.clone(),
+        log_dir: std::env::temp_dir().join(format!("tfjob-e2e-op-{}", ctx.ns)),
+    });
+    opts.sizes = vec![2];
+    opts.run_for = "1s".into();
+    opts.ttl = 1;
+    opts.deadline = 3;
+    opts.prefix = ctx.ns.clone();
+    opts.timeout = Duration::from_secs(120);
+    let report = bench::run(&ctx.cluster.client, &opts, |_| {}).await?;
+    let json: Value = serde_json::from_str(&report.to_json()?)?;
+    ensure!(json["operator"].as_str().is_some_and(|o| o.contains("tfjob-operator --namespace=")), "{json}");
+    let s = &json["sizes"][0];
+    ensure!(json["sizes"].as_array().map(Vec::len) == Some(1), "{json}");
+    ensure!(s["jobs"] == 2 && s["deadline_jobs"] == 1 && s["pods"] == 11 && s["services"] == 11, "{s}");
+    let num = |k: &str| s[k].as_f64().unwrap_or(-1.0);
+    ensure!(num("all_created_s") > 0.0 && num("bound_s") > 0.0 && num("ratio") > 0.0, "{s}");
+    ensure!(num("jobs_per_second") > 0.0, "{s}");
+    for (k, n) in
+        [("create_to_running", 2), ("create_to_succeeded", 2), ("deadline_lateness", 1), ("ttl_lateness", 3)]
+    {
+        ensure!(s[k]["n"] == n, "{k}: {}", s[k]);
+        for q in ["median", "p95", "p99", "max"] {
+            ensure!(s[k][q].is_f64(), "{k}.{q}: {}", s[k]);
+        }
+    }
+    ensure!(num("operator_cpu_s") > 0.0 && num("operator_peak_rss_mib") > 1.0, "{s}");
+    ensure!(s["operator_requests"]["create pods"] == 11.0, "requests: {}", s["operator_requests"]);
+    ensure!(s["operator_requests"]["create services"] == 11.0, "requests: {}", s["operator_requests"]);
+    ensure!(!report.table().is_empty());
+    Ok(())
+}
