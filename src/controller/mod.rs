@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -81,16 +81,47 @@ where
     }
 }
 
-/// A label-selected, reflected watch of the operator's pods or services, without
-/// managedFields, so memory does not grow with unrelated objects. It runs on its own task,
-/// so the cache keeps filling while every reconcile slot is busy; the controller gets the
-/// changed objects through a channel.
-fn owned_stream<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-) -> impl Stream<Item = Result<K, watcher::Error>>
+/// Keeps in a cached object only what planning reads, so the caches stay small: metadata
+/// without managedFields and annotations, and a pod's status. Specs are dropped.
+trait Slim {
+    fn slim(&mut self);
+}
+
+impl Slim for Pod {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.spec = None;
+    }
+}
+
+impl Slim for Service {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+/// The TFJob that controls an object, if one does.
+fn controller_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ObjectRef<TFJob>> {
+    let owner = meta.owner_references.as_ref()?.iter().find(|o| {
+        o.controller == Some(true) && o.kind == names::KIND && o.api_version == names::API_VERSION
+    })?;
+    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref()?))
+}
+
+/// A label-selected, reflected watch of the operator's pods or services, slimmed (see
+/// [`Slim`]), so memory does not grow with unrelated objects. It runs on its own task, so
+/// the cache keeps filling while every reconcile slot is busy; the controller gets only the
+/// owning TFJob's reference of each changed object, through a channel.
+fn owned_stream<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> impl Stream<Item = ObjectRef<TFJob>>
 where
     K: Resource<DynamicType = ()>
+        + Slim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -99,16 +130,14 @@ where
         + 'static,
 {
     let cfg = watcher::Config::default().labels(&names::operator_selector());
-    let stream = watcher(api, cfg)
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .touched_objects();
+    let stream = watcher(api, cfg).default_backoff().modify(K::slim).reflect(writer).touched_objects();
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
-            if tx.unbounded_send(item).is_err() {
+            // Watch errors are retried with backoff inside the stream.
+            let Some(owner) = item.ok().and_then(|o| controller_of(o.meta())) else { continue };
+            if tx.unbounded_send(owner).is_err() {
                 break;
             }
         }
@@ -158,8 +187,8 @@ pub async fn run(
         "starting the TFJob controller"
     );
     Controller::new(jobs, watcher::Config::default())
-        .owns_stream(pod_stream)
-        .owns_stream(svc_stream)
+        .reconcile_on(pod_stream)
+        .reconcile_on(svc_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(timed_reconcile, error_policy, ctx)
@@ -329,56 +358,115 @@ enum CreateResult {
     Refused(String),
 }
 
-/// Creates the plan's services, then its pods. Stops at the first refusal.
-async fn create_all(ctx: &Context, job: &TFJob, uid: &str, plan: &Plan) -> Result<CreateResult, Error> {
-    let mut blocked = false;
-    for svc in &plan.create_services {
-        let name = svc.name_any();
-        match ctx.writer.create(uid, svc).await? {
-            Ok(Created::New(s)) => {
-                ctx.pending().services.created(s, Instant::now());
-                publish(ctx, job, false, "SuccessfulCreateService", format!("Created service: {name}"))
-                    .await?;
-            }
-            Ok(Created::Existing(s)) => ctx.pending().services.created(s, Instant::now()),
-            Ok(Created::Terminating) => blocked = true,
-            Ok(Created::Foreign) => return foreign(ctx, job, "service", &name).await,
-            Err(e) => {
-                let msg = format!("Error creating service {name}: {}", api_message(&e));
-                publish(ctx, job, true, "FailedCreateService", msg.clone()).await?;
-                return Ok(CreateResult::Refused(msg));
-            }
+/// Creates in flight for one job.
+const CREATES_IN_FLIGHT: usize = 16;
+
+/// What one create came to.
+enum One {
+    Done,
+    Blocked,
+    Refused(String),
+}
+
+/// Creates one pod or service, records it as pending and publishes its event.
+async fn create_one<K>(ctx: &Context, job: &TFJob, uid: &str, obj: &K) -> Result<One, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Tracked,
+{
+    let name = obj.name_any();
+    let kind = K::KIND_LOWER;
+    match ctx.writer.create(uid, obj).await? {
+        Ok(Created::New(o)) => {
+            K::pending(&mut ctx.pending()).created(o, Instant::now());
+            let (reason, what) = K::CREATED;
+            publish(ctx, job, false, reason, format!("Created {what}: {name}")).await?;
+            Ok(One::Done)
+        }
+        Ok(Created::Existing(o)) => {
+            K::pending(&mut ctx.pending()).created(o, Instant::now());
+            Ok(One::Done)
+        }
+        Ok(Created::Terminating) => Ok(One::Blocked),
+        Ok(Created::Foreign) => {
+            let msg =
+                format!("{kind} {name} already exists and is not controlled by this TFJob; it is left alone");
+            publish(ctx, job, true, K::FAILED, msg.clone()).await?;
+            Ok(One::Refused(msg))
+        }
+        Err(e) => {
+            let msg = format!("Error creating {kind} {name}: {}", api_message(&e));
+            publish(ctx, job, true, K::FAILED, msg.clone()).await?;
+            Ok(One::Refused(msg))
         }
     }
-    for pod in &plan.create_pods {
-        let name = pod.name_any();
-        match ctx.writer.create(uid, pod).await? {
-            Ok(Created::New(p)) => {
-                ctx.pending().pods.created(p, Instant::now());
-                publish(ctx, job, false, "SuccessfulCreatePod", format!("Created pod: {name}")).await?;
-            }
-            Ok(Created::Existing(p)) => ctx.pending().pods.created(p, Instant::now()),
-            Ok(Created::Terminating) => blocked = true,
-            Ok(Created::Foreign) => return foreign(ctx, job, "pod", &name).await,
-            Err(e) => {
-                let msg = format!("Error creating pod {name}: {}", api_message(&e));
-                publish(ctx, job, true, "FailedCreatePod", msg.clone()).await?;
-                return Ok(CreateResult::Refused(msg));
-            }
+}
+
+/// Pods and services: where their pending creates are kept, and their events' reasons.
+trait Tracked: Sized {
+    const KIND_LOWER: &'static str;
+    /// The success reason and the noun of its note.
+    const CREATED: (&'static str, &'static str);
+    const FAILED: &'static str;
+    fn pending(p: &mut Pendings) -> &mut Pending<Self>;
+}
+
+impl Tracked for Pod {
+    const KIND_LOWER: &'static str = "pod";
+    const CREATED: (&'static str, &'static str) = ("SuccessfulCreatePod", "pod");
+    const FAILED: &'static str = "FailedCreatePod";
+    fn pending(p: &mut Pendings) -> &mut Pending<Pod> {
+        &mut p.pods
+    }
+}
+
+impl Tracked for Service {
+    const KIND_LOWER: &'static str = "service";
+    const CREATED: (&'static str, &'static str) = ("SuccessfulCreateService", "service");
+    const FAILED: &'static str = "FailedCreateService";
+    fn pending(p: &mut Pendings) -> &mut Pending<Service> {
+        &mut p.services
+    }
+}
+
+/// Creates `objs` with up to [`CREATES_IN_FLIGHT`] at once; the first refusal wins.
+async fn create_batch<K>(ctx: &Context, job: &TFJob, uid: &str, objs: &[K]) -> Result<CreateResult, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Tracked,
+{
+    // Collected first: a lazily mapped iterator here trips the compiler's Send check.
+    let creates: Vec<_> = objs.iter().map(|o| create_one(ctx, job, uid, o)).collect();
+    let results: Vec<Result<One, Error>> =
+        futures::stream::iter(creates).buffer_unordered(CREATES_IN_FLIGHT).collect().await;
+    let mut blocked = false;
+    for r in results {
+        match r? {
+            One::Done => {}
+            One::Blocked => blocked = true,
+            One::Refused(msg) => return Ok(CreateResult::Refused(msg)),
         }
     }
     Ok(if blocked { CreateResult::Blocked } else { CreateResult::Done })
 }
 
-async fn foreign(ctx: &Context, job: &TFJob, kind: &str, name: &str) -> Result<CreateResult, Error> {
-    let msg = format!("{kind} {name} already exists and is not controlled by this TFJob; it is left alone");
-    publish(
-        ctx,
-        job,
-        true,
-        if kind == "pod" { "FailedCreatePod" } else { "FailedCreateService" },
-        msg.clone(),
-    )
-    .await?;
-    Ok(CreateResult::Refused(msg))
+/// Creates the plan's services, then its pods, each batch concurrently. A refusal stops it
+/// before the pods.
+async fn create_all(ctx: &Context, job: &TFJob, uid: &str, plan: &Plan) -> Result<CreateResult, Error> {
+    let services = create_batch(ctx, job, uid, &plan.create_services).await?;
+    if let CreateResult::Refused(_) = services {
+        return Ok(services);
+    }
+    match create_batch(ctx, job, uid, &plan.create_pods).await? {
+        CreateResult::Done => Ok(services),
+        other => Ok(other),
+    }
 }
