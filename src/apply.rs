@@ -1,8 +1,14 @@
 //! Every write the operator makes to the API server, each idempotent: fixed names, a 409 on
 //! create is success only for an object this job controls, a 404 on delete is success, and
-//! status goes by server-side apply with one field manager.
+//! status goes by server-side apply with one field manager. Events go through a bounded
+//! queue to a publisher task, so creates never wait behind them.
 
 use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::warn;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -16,11 +22,31 @@ use serde::de::DeserializeOwned;
 use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::http::Health;
+use crate::metrics::Metrics;
 use crate::names;
 use crate::plan::{PlannedEvent, PodRef};
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "tfjob-operator";
+
+/// A namespaced object the writer creates (pods and services).
+pub trait Namespaced:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+{
+}
 
 /// What a create found.
 #[derive(Debug)]
@@ -35,12 +61,21 @@ pub enum Created<K> {
     Foreign,
 }
 
-/// The API writer: a client, the events' reporting instance, and the leadership gate.
+/// Events waiting for the publisher. When it is full (the API server is slower than the
+/// events come), new events are dropped and counted, as client-go's recorder does.
+const EVENT_QUEUE: usize = 8192;
+/// Events published at once.
+const EVENTS_IN_FLIGHT: usize = 8;
+
+/// The API writer: a client, the events' reporting instance, the leadership gate and the
+/// event queue.
 #[derive(Clone)]
 pub struct Writer {
     client: Client,
     instance: String,
-    health: std::sync::Arc<Health>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    events: mpsc::Sender<Event>,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -56,8 +91,18 @@ pub fn api_message(e: &kube::Error) -> String {
 }
 
 impl Writer {
-    pub fn new(client: Client, instance: Option<String>, health: std::sync::Arc<Health>) -> Writer {
-        Writer { client, instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()), health }
+    /// The writer, and its event publisher, which ends once every clone of the writer is
+    /// dropped and the queue is empty.
+    pub fn new(
+        client: Client,
+        instance: Option<String>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let publisher = tokio::spawn(publish_events(client.clone(), health.clone(), rx));
+        let instance = instance.unwrap_or_else(|| FIELD_MANAGER.into());
+        (Writer { client, instance, health, metrics, events: tx }, publisher)
     }
 
     /// Refuses every write once this process no longer leads.
@@ -74,34 +119,33 @@ impl Writer {
         self.gate()?;
         let body =
             serde_json::json!({ "apiVersion": names::API_VERSION, "kind": names::KIND, "status": status });
-        self.jobs(job)
+        let mut written = self
+            .jobs(job)
             .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
             .await
-            .map_err(|source| Error::PatchStatus { job: job.name_any(), source })
+            .map_err(|source| Error::PatchStatus { job: job.name_any(), source })?;
+        // Kept until the cache catches up: without managedFields, as the cache keeps jobs.
+        written.metadata.managed_fields = None;
+        Ok(written)
     }
 
     /// Creates a pod or service for the job with uid `owner`.
-    pub async fn create<K>(&self, owner: &str, obj: &K) -> Result<Result<Created<K>, kube::Error>, Error>
-    where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + Debug
-            + Serialize
-            + DeserializeOwned,
-    {
+    pub async fn create<K: Namespaced>(
+        &self,
+        owner: &str,
+        obj: &K,
+    ) -> Result<Result<Created<K>, kube::Error>, Error> {
         self.gate()?;
         let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
         Ok(self.create_in(&api, owner, obj).await)
     }
 
-    async fn create_in<K>(&self, api: &Api<K>, owner: &str, obj: &K) -> Result<Created<K>, kube::Error>
-    where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + Debug
-            + Serialize
-            + DeserializeOwned,
-    {
+    async fn create_in<K: Namespaced>(
+        &self,
+        api: &Api<K>,
+        owner: &str,
+        obj: &K,
+    ) -> Result<Created<K>, kube::Error> {
         match api
             .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, obj)
             .await
@@ -159,8 +203,8 @@ impl Writer {
         }
     }
 
-    /// Publishes an event about the job: one new Event object per happening, never a series
-    /// (the plan and the writes it makes decide when something happened).
+    /// Queues an event about the job: one new Event object per happening, never a series
+    /// (the plan and the writes it makes decide when something happened), stamped now.
     pub async fn publish(&self, job: &TFJob, ev: &PlannedEvent) -> Result<(), Error> {
         self.gate()?;
         let now = Timestamp::now();
@@ -189,10 +233,35 @@ impl Writer {
             reporting_instance: Some(self.instance.clone()),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        match api.create(&PostParams::default(), &event).await {
-            Ok(_) => Ok(()),
-            Err(source) => Err(Error::PublishEvent { reason: ev.reason.clone(), source }),
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.event_dropped();
+                warn!(reason = %ev.reason, job = %job.name_any(), "the event queue is full: event dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+        Ok(())
     }
+}
+
+/// Publishes queued events, [`EVENTS_IN_FLIGHT`] at once, while this process leads. A failed
+/// publish is logged; events are informational and never retried.
+async fn publish_events(client: Client, health: Arc<Health>, rx: mpsc::Receiver<Event>) {
+    let queue = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    queue
+        .for_each_concurrent(EVENTS_IN_FLIGHT, |event| {
+            let (client, health) = (client.clone(), health.clone());
+            async move {
+                if !health.leading() {
+                    return;
+                }
+                let api: Api<Event> =
+                    Api::namespaced(client, event.metadata.namespace.as_deref().unwrap_or_default());
+                if let Err(e) = api.create(&PostParams::default(), &event).await {
+                    warn!(reason = ?event.reason, error = %api_message(&e), "publishing an event failed");
+                }
+            }
+        })
+        .await;
 }

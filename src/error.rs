@@ -17,8 +17,6 @@ pub enum Error {
     DeleteService { name: String, source: kube::Error },
     #[error("deleting TFJob {job} (ttlSecondsAfterFinished): {source}")]
     DeleteJob { job: String, source: kube::Error },
-    #[error("publishing event {reason}: {source}")]
-    PublishEvent { reason: String, source: kube::Error },
     #[error("not writing: this process no longer holds the leader lease")]
     NotLeader,
     #[error("TFJob has no {0}")]
@@ -35,7 +33,6 @@ impl Error {
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteService { .. } => "delete_service",
             Error::DeleteJob { .. } => "delete_job",
-            Error::PublishEvent { .. } => "publish_event",
             Error::MissingField(_) => "missing_field",
             Error::NotLeader => "not_leader",
         }

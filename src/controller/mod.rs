@@ -18,7 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::api::TFJob;
-use crate::apply::{Created, Writer, api_message};
+use crate::apply::{Created, Namespaced, Writer, api_message};
 use crate::error::Error;
 use crate::http::Health;
 use crate::metrics::{self, JobCount, Metrics};
@@ -160,8 +160,10 @@ pub async fn run(
     let (services, svc_writer) = reflector::store();
     let pod_stream = owned_stream(api::<Pod>(&client, ns), pod_writer);
     let svc_stream = owned_stream(api::<Service>(&client, ns), svc_writer);
+    let (writer, publisher) =
+        Writer::new(client.clone(), settings.instance.clone(), health.clone(), metrics.clone());
     let ctx = Arc::new(Context {
-        writer: Writer::new(client.clone(), settings.instance.clone(), health.clone()),
+        writer,
         pods,
         services,
         settings: settings.clone(),
@@ -180,13 +182,19 @@ pub async fn run(
         () = shutdown.clone() => return,
     }
     health.set_synced();
-    let jobs = api::<TFJob>(&client, ns);
+    // TFJobs are cached without managedFields too.
+    let (job_store, job_writer) = reflector::store();
+    let jobs = watcher(api::<TFJob>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(|j: &mut TFJob| j.metadata.managed_fields = None)
+        .reflect(job_writer)
+        .touched_objects();
     info!(
         namespace = ns.unwrap_or("(all)"),
         concurrency = settings.concurrency,
         "starting the TFJob controller"
     );
-    Controller::new(jobs, watcher::Config::default())
+    Controller::for_stream(jobs, job_store)
         .reconcile_on(pod_stream)
         .reconcile_on(svc_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
@@ -198,6 +206,10 @@ pub async fn run(
             }
         })
         .await;
+    // The controller dropped the writer: the publisher ends once the queued events are out.
+    if tokio::time::timeout(Duration::from_secs(10), publisher).await.is_err() {
+        warn!("events still queued 10 s after the controller stopped were not published");
+    }
     info!("the TFJob controller stopped");
 }
 
@@ -369,15 +381,7 @@ enum One {
 }
 
 /// Creates one pod or service, records it as pending and publishes its event.
-async fn create_one<K>(ctx: &Context, job: &TFJob, uid: &str, obj: &K) -> Result<One, Error>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Tracked,
-{
+async fn create_one<K: Tracked>(ctx: &Context, job: &TFJob, uid: &str, obj: &K) -> Result<One, Error> {
     let name = obj.name_any();
     let kind = K::KIND_LOWER;
     match ctx.writer.create(uid, obj).await? {
@@ -407,7 +411,7 @@ where
 }
 
 /// Pods and services: where their pending creates are kept, and their events' reasons.
-trait Tracked: Sized {
+trait Tracked: Namespaced {
     const KIND_LOWER: &'static str;
     /// The success reason and the noun of its note.
     const CREATED: (&'static str, &'static str);
@@ -434,15 +438,12 @@ impl Tracked for Service {
 }
 
 /// Creates `objs` with up to [`CREATES_IN_FLIGHT`] at once; the first refusal wins.
-async fn create_batch<K>(ctx: &Context, job: &TFJob, uid: &str, objs: &[K]) -> Result<CreateResult, Error>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Tracked,
-{
+async fn create_batch<K: Tracked>(
+    ctx: &Context,
+    job: &TFJob,
+    uid: &str,
+    objs: &[K],
+) -> Result<CreateResult, Error> {
     // Collected first: a lazily mapped iterator here trips the compiler's Send check.
     let creates: Vec<_> = objs.iter().map(|o| create_one(ctx, job, uid, o)).collect();
     let results: Vec<Result<One, Error>> =

@@ -49,6 +49,7 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     api_requests: Family<RequestLabels, Counter>,
     leader: Gauge,
+    events_dropped: Counter,
     jobs: [Family<JobLabels, Counter>; 5],
 }
 
@@ -87,11 +88,26 @@ impl Metrics {
             "1 while this process reconciles (it holds the lease, or leader election is off)",
             leader.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "tfjob_operator_events_dropped",
+            "Events dropped because the event queue was full",
+            events_dropped.clone(),
+        );
         let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
         for (count, family) in JobCount::ALL.iter().zip(&jobs) {
             registry.register(count.metric_name(), count.help(), family.clone());
         }
-        Metrics { registry, reconciles, reconcile_errors, reconcile_seconds, api_requests, leader, jobs }
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_seconds,
+            api_requests,
+            leader,
+            events_dropped,
+            jobs,
+        }
     }
 
     /// Records one reconcile, its duration and, if it failed, the failed operation's kind.
@@ -112,6 +128,11 @@ impl Metrics {
     pub fn job(&self, namespace: &str, count: JobCount) {
         let labels = JobLabels { job_namespace: namespace.to_string(), framework: FRAMEWORK };
         self.jobs[count as usize].get_or_create(&labels).inc();
+    }
+
+    /// Counts an event dropped from a full queue.
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     /// Sets whether this process is the one reconciling.

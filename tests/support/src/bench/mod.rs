@@ -278,7 +278,7 @@ impl Running {
                 // Ready: this operator answers /readyz once its caches synced; another may not
                 // serve it, so give up waiting after a while and go on.
                 let _ = crate::wait(Duration::from_secs(30), "the operator's /readyz", || async {
-                    http_get(port, "/readyz").await.is_some_and(|(code, _)| code == 200)
+                    crate::http_get(port, "/readyz").await.is_some_and(|(code, _)| code == 200)
                 })
                 .await;
                 Ok(running)
@@ -289,7 +289,7 @@ impl Running {
     async fn requests(&self) -> BTreeMap<String, f64> {
         match self.port {
             Some(p) => {
-                footprint::requests(&http_get(p, "/metrics").await.map(|(_, b)| b).unwrap_or_default())
+                footprint::requests(&crate::http_get(p, "/metrics").await.map(|(_, b)| b).unwrap_or_default())
             }
             None => BTreeMap::new(),
         }
@@ -300,17 +300,6 @@ impl Running {
             p.stop(Duration::from_secs(20));
         }
     }
-}
-
-/// `GET path` on a loopback port: status and body.
-pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
 fn secs(d: Duration) -> f64 {
