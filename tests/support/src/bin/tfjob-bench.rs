@@ -26,6 +26,7 @@ const USAGE: &str = "tfjob-bench: N TFJobs at once against a TFJob operator, and
   --run-for D             how long workers run (default 5s)
   --ttl S --deadline S    ttlSecondsAfterFinished (10) and the deadline jobs' activeDeadlineSeconds (20)
   --in-flight N           concurrent creates by the bench (default 64)
+  --no-warmup             skip the unreported one-job run before the sizes
   --json                  print one JSON document instead of the table
 ";
 
@@ -74,6 +75,7 @@ fn parse() -> Result<Args> {
             "--deadline" => a.opts.deadline = value()?.parse()?,
             "--in-flight" => a.opts.in_flight = value()?.parse()?,
             "--json" => a.json = true,
+            "--no-warmup" => a.opts.warmup = false,
             "--help" | "-h" => {
                 print!("{USAGE}");
                 std::process::exit(0);
