@@ -511,9 +511,10 @@ async fn leader_election_hands_over_on_sigkill_and_sigterm(ctx: Ctx) -> Result<(
     let after_kill = until_leads(&ops[follower], Duration::from_secs(30)).await?;
     // The lease was renewed at most one retry period (2 s) before the kill; the follower saw
     // that renewal at most one retry period later and takes over when the lease (15 s) runs
-    // out from there: 13-17 s after the kill (0.5 s allowed for the /metrics polling).
+    // out from there: 13-17 s after the kill, plus its lease requests and our /metrics
+    // polling (1 s allowed).
     ensure!(
-        after_kill >= Duration::from_secs(12) && after_kill <= Duration::from_millis(17_500),
+        after_kill >= Duration::from_secs(12) && after_kill <= Duration::from_secs(18),
         "took over {after_kill:?} after SIGKILL (lease 15 s + retry 2 s)"
     );
     for i in 0..10 {
