@@ -1,6 +1,7 @@
 //! The controller: watches TFJobs and the pods and services this operator labels, and runs
 //! observe (caches plus pending writes), plan (pure), apply (in the plan's order).
 
+mod index;
 mod overlay;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use crate::http::Health;
 use crate::metrics::{self, JobCount, Metrics};
 use crate::names;
 use crate::plan::{self, Plan, PlannedEvent};
+use index::OwnerIndex;
 use overlay::{Pending, Written};
 
 /// How the controller runs.
@@ -59,6 +61,8 @@ struct Context {
     writer: Writer,
     pods: Store<Pod>,
     services: Store<Service>,
+    pod_index: Arc<Mutex<OwnerIndex>>,
+    service_index: Arc<Mutex<OwnerIndex>>,
     settings: Settings,
     pending: Mutex<Pendings>,
     metrics: Arc<Metrics>,
@@ -115,10 +119,15 @@ fn controller_of(
 }
 
 /// A label-selected, reflected watch of the operator's pods or services, slimmed (see
-/// [`Slim`]), so memory does not grow with unrelated objects. It runs on its own task, so
-/// the cache keeps filling while every reconcile slot is busy; the controller gets only the
-/// owning TFJob's reference of each changed object, through a channel.
-fn owned_stream<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> impl Stream<Item = ObjectRef<TFJob>>
+/// [`Slim`]), so memory does not grow with unrelated objects, and indexed by owner. It runs
+/// on its own task, so the cache keeps filling while every reconcile slot is busy; the
+/// controller gets only the owning TFJob's reference of each changed object, through a
+/// channel.
+fn owned_stream<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    index: Arc<Mutex<OwnerIndex>>,
+) -> impl Stream<Item = ObjectRef<TFJob>>
 where
     K: Resource<DynamicType = ()>
         + Slim
@@ -130,19 +139,44 @@ where
         + 'static,
 {
     let cfg = watcher::Config::default().labels(&names::operator_selector());
-    let stream = watcher(api, cfg).default_backoff().modify(K::slim).reflect(writer).touched_objects();
+    let stream = watcher(api, cfg).default_backoff().modify(K::slim).reflect(writer);
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            // Watch errors are retried with backoff inside the stream.
-            let Some(owner) = item.ok().and_then(|o| controller_of(o.meta())) else { continue };
+        // Watch errors are retried with backoff inside the stream.
+        while let Some(event) = stream.next().await {
+            let (obj, deleted) = match &event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
+                Ok(watcher::Event::Delete(o)) => (o, true),
+                _ => continue,
+            };
+            {
+                let mut ix = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if deleted { ix.deleted(obj.meta()) } else { ix.applied(obj.meta()) }
+            }
+            let Some(owner) = controller_of(obj.meta()) else { continue };
             if tx.unbounded_send(owner).is_err() {
                 break;
             }
         }
     });
     rx
+}
+
+/// The cached objects the index lists for `uid`; keys the cache no longer has are dropped.
+fn indexed<K>(store: &Store<K>, index: &Mutex<OwnerIndex>, uid: &str) -> Vec<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut ix = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = Vec::new();
+    for key in ix.owned(uid) {
+        match store.get(&ObjectRef::new(&key.1).within(&key.0)) {
+            Some(o) => out.push(o),
+            None => ix.remove(uid, &key),
+        }
+    }
+    out
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
@@ -158,14 +192,17 @@ pub async fn run(
     let ns = settings.namespace.as_deref();
     let (pods, pod_writer) = reflector::store();
     let (services, svc_writer) = reflector::store();
-    let pod_stream = owned_stream(api::<Pod>(&client, ns), pod_writer);
-    let svc_stream = owned_stream(api::<Service>(&client, ns), svc_writer);
+    let (pod_index, service_index) = (Arc::default(), Arc::default());
+    let pod_stream = owned_stream(api::<Pod>(&client, ns), pod_writer, Arc::clone(&pod_index));
+    let svc_stream = owned_stream(api::<Service>(&client, ns), svc_writer, Arc::clone(&service_index));
     let (writer, publisher) =
         Writer::new(client.clone(), settings.instance.clone(), health.clone(), metrics.clone());
     let ctx = Arc::new(Context {
         writer,
         pods,
         services,
+        pod_index,
+        service_index,
         settings: settings.clone(),
         pending: Mutex::default(),
         metrics,
@@ -245,9 +282,10 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
     let owned = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         meta.namespace.as_deref() == Some(ns.as_str()) && names::controlled_by(meta, &uid)
     };
-    let cached_pods: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| owned(&p.metadata)).collect();
+    let cached_pods: Vec<Arc<Pod>> =
+        indexed(&ctx.pods, &ctx.pod_index, &uid).into_iter().filter(|p| owned(&p.metadata)).collect();
     let cached_svcs: Vec<Arc<Service>> =
-        ctx.services.state().into_iter().filter(|s| owned(&s.metadata)).collect();
+        indexed(&ctx.services, &ctx.service_index, &uid).into_iter().filter(|s| owned(&s.metadata)).collect();
     let (pods, services) = {
         let mut p = ctx.pending();
         (
@@ -298,13 +336,7 @@ async fn apply(ctx: &Context, job: &TFJob, uid: &str, plan: Plan) -> Result<Acti
     }
     for svc in &plan.delete_services {
         ctx.writer.delete_service(&ns, svc).await?;
-        if let Some(uid) = ctx
-            .services
-            .state()
-            .iter()
-            .find(|s| s.name_any() == *svc && s.namespace().as_deref() == Some(&ns))
-            .and_then(|s| s.uid())
-        {
+        if let Some(uid) = ctx.services.get(&ObjectRef::new(svc).within(&ns)).and_then(|s| s.uid()) {
             ctx.pending().services.deleted(&uid, Instant::now());
         }
         publish(ctx, &job, false, "SuccessfulDeleteService", format!("Deleted service: {svc}")).await?;
