@@ -75,6 +75,14 @@ pub fn owner_ref(job: &TFJob) -> Option<OwnerReference> {
     })
 }
 
+/// The object's controller owner reference, if it is a TFJob.
+pub fn tfjob_controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == KIND && o.api_version == API_VERSION)
+}
+
 /// Whether the object's controller owner is the object with this uid.
 pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)

@@ -17,11 +17,7 @@ pub struct OwnerIndex {
 }
 
 fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
-    meta.owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == names::KIND && o.api_version == names::API_VERSION)
-        .map(|o| o.uid.as_str())
+    names::tfjob_controller(meta).map(|o| o.uid.as_str())
 }
 
 fn key(meta: &ObjectMeta) -> Option<Key> {

@@ -112,9 +112,7 @@ impl Slim for Service {
 fn controller_of(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ObjectRef<TFJob>> {
-    let owner = meta.owner_references.as_ref()?.iter().find(|o| {
-        o.controller == Some(true) && o.kind == names::KIND && o.api_version == names::API_VERSION
-    })?;
+    let owner = names::tfjob_controller(meta)?;
     Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref()?))
 }
 

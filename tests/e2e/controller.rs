@@ -13,10 +13,6 @@ use crate::support::*;
 use crate::{Ctx, Test, test};
 
 pub fn tests() -> Vec<Test> {
-    let serial = |mut t: Test| {
-        t.serial = true;
-        t
-    };
     vec![
         test!(seed_job_gets_pods_services_tf_config_and_status),
         test!(success_cleans_running_pods_and_success_rules),
@@ -26,9 +22,9 @@ pub fn tests() -> Vec<Test> {
         test!(refused_pod_template_gets_replica_failure_and_backs_off),
         test!(sigterm_finishes_in_flight_work_and_exits_zero),
         test!(contract_through_kubectl_patch),
-        serial(test!(active_deadline_is_exact_and_follows_patches)),
-        serial(test!(ttl_deletes_the_finished_job_and_follows_patches)),
-        serial(test!(no_duplicates_no_chatter)),
+        test!(active_deadline_is_exact_and_follows_patches).serial(),
+        test!(ttl_deletes_the_finished_job_and_follows_patches).serial(),
+        test!(no_duplicates_no_chatter).serial(),
     ]
 }
 

@@ -21,15 +21,11 @@ use crate::support::*;
 use crate::{Ctx, Test, test};
 
 pub fn tests() -> Vec<Test> {
-    let serial = |mut t: Test| {
-        t.serial = true;
-        t
-    };
     vec![
         test!(deploy_renders_and_its_pods_pass_restricted_admission),
         test!(operator_under_deploy_rbac_runs_the_lifecycle),
         test!(metrics_count_each_job_once_across_restarts),
-        serial(test!(leader_election_hands_over_on_sigkill_and_sigterm)),
+        test!(leader_election_hands_over_on_sigkill_and_sigterm).serial(),
     ]
 }
 

@@ -37,6 +37,14 @@ pub struct Test {
     pub serial: bool,
 }
 
+impl Test {
+    /// Runs alone, after the parallel tests (timing).
+    pub fn serial(mut self) -> Test {
+        self.serial = true;
+        self
+    }
+}
+
 #[macro_export]
 macro_rules! test {
     ($f:path) => {
