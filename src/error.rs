@@ -9,8 +9,6 @@ pub enum Error {
     CrdSchema(String),
     #[error("writing the status of TFJob {job}: {source}")]
     PatchStatus { job: String, source: kube::Error },
-    #[error("creating {kind} {name}: {source}")]
-    Create { kind: &'static str, name: String, source: kube::Error },
     #[error("deleting pod {name}: {source}")]
     DeletePod { name: String, source: kube::Error },
     #[error("deleting service {name}: {source}")]
@@ -29,7 +27,6 @@ impl Error {
         match self {
             Error::CrdSerialize(_) | Error::CrdSchema(_) => "crd",
             Error::PatchStatus { .. } => "patch_status",
-            Error::Create { .. } => "create",
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteService { .. } => "delete_service",
             Error::DeleteJob { .. } => "delete_job",

@@ -11,37 +11,24 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::leader::Gate;
 use crate::metrics::{self, Metrics};
 
-/// Whether this process may write, and whether it is ready.
-#[derive(Debug, Default)]
+/// Readiness: whether the caches have synced, read with the leadership gate.
+#[derive(Debug)]
 pub struct Health {
-    election: bool,
-    leading: AtomicBool,
+    gate: Gate,
     synced: AtomicBool,
 }
 
 impl Health {
-    /// `election`: whether leader election is on (off: the process always leads).
-    pub fn new(election: bool) -> Health {
-        Health { election, leading: AtomicBool::new(!election), synced: AtomicBool::new(false) }
+    pub fn new(gate: Gate) -> Health {
+        Health { gate, synced: AtomicBool::new(false) }
     }
 
     /// Ready: a follower waiting for the lease is ready; the leader once its caches synced.
     pub fn ready(&self) -> bool {
-        !self.leading() || self.synced.load(Ordering::Relaxed)
-    }
-
-    /// Whether this process holds the lease (always, without leader election).
-    pub fn leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
-    }
-
-    /// Records a change of leadership. Without leader election the process always leads.
-    pub fn set_leading(&self, leading: bool) {
-        if self.election {
-            self.leading.store(leading, Ordering::Relaxed);
-        }
+        self.gate.ready(self.synced.load(Ordering::Relaxed))
     }
 
     /// Records that the controller's caches have synced.
@@ -97,34 +84,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readiness() {
-        // (leader election, leading, synced) -> ready
-        let cases = [
-            (false, false, false, false),
-            (false, false, true, true),
-            (true, false, false, true),
-            (true, true, false, false),
-            (true, true, true, true),
-            (true, false, true, true),
-        ];
-        for (election, leading, synced, want) in cases {
-            let h = Health::new(election);
-            h.set_leading(leading);
-            if synced {
-                h.set_synced();
-            }
-            assert_eq!(h.ready(), want, "election {election}, leading {leading}, synced {synced}");
-            assert_eq!(h.leading(), leading || !election);
-        }
+    fn readiness_reads_the_gate() {
+        let gate = Gate::elected();
+        let h = Health::new(gate.clone());
+        assert!(h.ready(), "a follower is ready");
+        gate.set(true);
+        assert!(!h.ready(), "the leader, before its caches synced");
+        h.set_synced();
+        assert!(h.ready());
     }
 
     #[tokio::test]
     async fn serves_the_three_paths() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let health = Arc::new(Health::new(true));
-        health.set_leading(true);
-        tokio::spawn(serve(listener, health.clone(), Arc::new(Metrics::new())));
+        let gate = Gate::elected();
+        gate.set(true);
+        let health = Arc::new(Health::new(gate.clone()));
+        tokio::spawn(serve(listener, health.clone(), Arc::new(Metrics::new(&gate))));
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();

@@ -1,14 +1,14 @@
 //! tfjob-operator: runs Kubeflow TFJobs (`kubeflow.org/v1`) on Kubernetes.
 //!
-//! The pure core (no client, no clock, no async): [`api`] (types, CRD and its rules),
-//! [`names`] (names, labels, owner references), [`tf_config`], [`build`] (pods and services)
-//! and [`plan`] (what to do for a job at an instant). Around it: [`controller`] (watches,
-//! observe, plan, apply), [`apply`] (every API write), [`leader`] (the Lease), [`http`] and
-//! [`metrics`] (health and Prometheus) and [`cli`] (flags).
+//! The pure core (no client, no clock, no async): [`api`] (types, CRD and its rules, the
+//! validated view of a job), [`names`] (names, labels, owner references), [`tf_config`],
+//! [`objects`] (pods and services) and [`plan`] (what to do for a job at an instant). Around
+//! it: [`controller`] (the reconcile pipeline: observe, plan, apply, report), [`writer`]
+//! (every API write of the controller, behind the leadership gate), [`leader`] (the Lease and
+//! the gate), [`http`] and [`metrics`] (health and Prometheus) and [`cli`] (flags).
+//! `ARCHITECTURE.md` walks through it.
 
 pub mod api;
-pub mod apply;
-pub mod build;
 pub mod cli;
 pub mod controller;
 pub mod error;
@@ -16,7 +16,9 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod objects;
 pub mod plan;
 pub mod tf_config;
+pub mod writer;
 
 pub use error::Error;

@@ -11,11 +11,11 @@ use kube::client::ClientBuilder;
 use tfjob_operator::cli::{self, LeaderElection, LogFormat};
 use tfjob_operator::controller::{self, Settings};
 use tfjob_operator::http::{self, Health};
-use tfjob_operator::leader::Elector;
+use tfjob_operator::leader::{Elector, Gate};
 use tfjob_operator::metrics::Metrics;
 use tfjob_operator::metrics::requests::CountLayer;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 fn init_logging(format: LogFormat) {
@@ -60,8 +60,9 @@ async fn main() -> anyhow::Result<()> {
         Err(msg) => anyhow::bail!(msg),
     };
     init_logging(opts.log_format);
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(opts.leader_election.is_some()));
+    let gate = if opts.leader_election.is_some() { Gate::elected() } else { Gate::always_open() };
+    let metrics = Arc::new(Metrics::new(&gate));
+    let health = Arc::new(Health::new(gate.clone()));
     let client = client(&opts, metrics.clone()).await?;
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
@@ -87,64 +88,55 @@ async fn main() -> anyhow::Result<()> {
     if opts.kube_api_qps > 0 {
         warn!(qps = opts.kube_api_qps, burst = opts.kube_api_burst, "client-side rate limit on");
     }
+    let synced = {
+        let health = health.clone();
+        move || health.set_synced()
+    };
     let Some(election) = opts.leader_election else {
-        metrics.set_leader(true);
-        controller::run(client, settings, metrics, health, shutdown).await;
+        controller::run(client, settings, metrics, gate, synced, shutdown).await;
         return Ok(());
     };
-    lead(client, settings, metrics, health, election, me, shutdown).await
+    lead(client, settings, metrics, gate, synced, election, me, shutdown).await
 }
 
 /// Waits for the lease, then runs the controller until shutdown (then releases the lease) or
 /// until the lease is lost (then exits with an error, to start again as a follower).
+#[allow(clippy::too_many_arguments)]
 async fn lead(
     client: kube::Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    gate: Gate,
+    synced: impl FnOnce(),
     election: LeaderElection,
     me: String,
     shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) -> anyhow::Result<()> {
-    let (leading_tx, mut leading) = watch::channel(false);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let elector = Elector::new(client.clone(), &election.namespace, me.clone(), election.timings);
     info!(identity = %me, namespace = %election.namespace, lease = tfjob_operator::leader::LEASE_NAME, "waiting for the leader lease");
-    let elector = tokio::spawn(elector.run(leading_tx, async move {
+    let mut elector = tokio::spawn(elector.run(gate.clone(), async move {
         let _ = stop_rx.await;
     }));
     tokio::select! {
-        held = leading.wait_for(|l| *l) => if held.is_err() {
-            anyhow::bail!("leader election stopped before this process led");
-        },
+        () = gate.wait_until(true) => {}
+        _ = &mut elector => anyhow::bail!("leader election stopped before this process led"),
         () = shutdown.clone() => {
             let _ = stop_tx.send(());
             let _ = elector.await;
             return Ok(());
         }
     }
-    health.set_leading(true);
-    metrics.set_leader(true);
-    let lost = {
-        let mut leading = leading.clone();
-        let (health, metrics) = (health.clone(), metrics.clone());
-        async move {
-            let _ = leading.wait_for(|l| !*l).await;
-            // Stop writing at once; in-flight reconciles then fail their next write.
-            health.set_leading(false);
-            metrics.set_leader(false);
-        }
-        .shared()
-    };
-    tokio::spawn(lost.clone());
+    // The elector closes the gate when the lease is lost: writes stop at once, and the
+    // controller stops too.
     let stop = {
-        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+        let (shutdown, gate) = (shutdown.clone(), gate.clone());
         async move {
-            tokio::select! { () = shutdown => {}, () = lost => {} }
+            tokio::select! { () = shutdown => {}, () = gate.wait_until(false) => {} }
         }
     };
-    controller::run(client, settings, metrics, health.clone(), stop).await;
-    if !health.leading() {
+    controller::run(client, settings, metrics, gate.clone(), synced, stop).await;
+    if !gate.is_open() {
         anyhow::bail!("lost the leader lease; exiting so that this process starts again as a follower");
     }
     let _ = stop_tx.send(());

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::api::{ReplicaSpec, ReplicaType, TFJob};
+use crate::api::{JobView, ReplicaSpec, ReplicaType};
 use crate::names::{self, CONTAINER_NAME, DEFAULT_PORT, PORT_NAME};
 
 #[derive(Serialize)]
@@ -54,22 +54,20 @@ fn address(job: &str, ns: &str, domain: Option<&str>, rtype: ReplicaType, index:
 /// TF_CONFIG for replica `rtype`/`index`, or `None` for a job with a single replica in all
 /// (upstream's `isDistributed`), which runs without one. `domain` is the cluster domain
 /// appended to service addresses, if any.
-pub fn tf_config(job: &TFJob, rtype: ReplicaType, index: i32, domain: Option<&str>) -> Option<String> {
-    let replicas = job.spec.replicas().ok()?;
-    let total: i64 = replicas.values().map(|r| i64::from(r.count)).sum();
-    if total == 1 {
+pub fn tf_config(job: &JobView<'_>, rtype: ReplicaType, index: i32, domain: Option<&str>) -> Option<String> {
+    if job.total_replicas == 1 {
         return None;
     }
-    let name = job.metadata.name.as_deref()?;
-    let ns = job.metadata.namespace.as_deref().unwrap_or("default");
+    let (name, ns) = (job.name.as_str(), job.namespace.as_str());
+    let ns = if ns.is_empty() { "default" } else { ns };
     let addresses = |t: ReplicaType| -> Vec<String> {
-        replicas.get(&t).map_or_else(Vec::new, |r| {
+        job.replicas.get(&t).map_or_else(Vec::new, |r| {
             let port = port_of(r.spec);
             (0..r.count).map(|i| address(name, ns, domain, t, i, port)).collect()
         })
     };
     let task = Task { type_: rtype.lower(), index };
-    let json = if job.spec.effective_policy().dynamic_worker {
+    let json = if job.policy.dynamic_worker {
         let mut cluster = SparseCluster { worker: BTreeMap::new(), ps: Vec::new() };
         match rtype {
             ReplicaType::Worker => {
@@ -88,7 +86,8 @@ pub fn tf_config(job: &TFJob, rtype: ReplicaType, index: i32, domain: Option<&st
         }
         serde_json::to_string(&TfConfig { cluster, task, environment: None })
     } else {
-        let cluster: BTreeMap<&str, Vec<String>> = replicas
+        let cluster: BTreeMap<&str, Vec<String>> = job
+            .replicas
             .values()
             .filter(|r| r.count > 0)
             .map(|r| (r.rtype.lower(), addresses(r.rtype)))
@@ -101,7 +100,7 @@ pub fn tf_config(job: &TFJob, rtype: ReplicaType, index: i32, domain: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ReplicaSpec, TFJobSpec};
+    use crate::api::{ReplicaSpec, TFJob, TFJobSpec};
     use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodTemplateSpec};
     use serde_json::{Value, json};
 
@@ -135,6 +134,10 @@ mod tests {
         let mut j = TFJob::new("j", spec);
         j.metadata.namespace = Some("ns".into());
         j
+    }
+
+    fn tf_config(j: &TFJob, t: ReplicaType, i: i32, domain: Option<&str>) -> Option<String> {
+        super::tf_config(&JobView::new(j).unwrap(), t, i, domain)
     }
 
     fn parsed(j: &TFJob, t: ReplicaType, i: i32, domain: Option<&str>) -> Value {

@@ -8,11 +8,15 @@ mod replica;
 pub mod rules;
 mod status;
 mod types;
+mod view;
 
 pub use crd::{crd, crd_yaml};
 pub use policy::EffectivePolicy;
 pub use replica::{ReplicaType, Replicas, SpecError};
-pub use status::{AppliedPolicy, ConditionType, JobCondition, PodRestarts, ReplicaStatus, TFJobStatus};
+pub use status::{
+    AppliedPolicy, ConditionStatus, ConditionType, JobCondition, PodRestarts, ReplicaStatus, TFJobStatus,
+};
 pub use types::{
     CleanPodPolicy, ReplicaSpec, RestartPolicy, RunPolicy, SchedulingPolicy, SuccessPolicy, TFJob, TFJobSpec,
 };
+pub use view::JobView;

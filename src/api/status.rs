@@ -110,7 +110,7 @@ pub struct JobCondition {
     #[serde(rename = "type")]
     pub type_: ConditionType,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
+    pub status: ConditionStatus,
     /// A machine-readable reason, such as `TFJobRunning` or `DeadlineExceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -144,6 +144,51 @@ pub enum ConditionType {
     ReplicaFailure,
 }
 
+/// A condition's status. Stored as the strings `True`, `False` and `Unknown`; any other stored
+/// string reads as `Unknown`, so an unexpected value never makes the job unreadable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl Serialize for ConditionStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ConditionStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "True" => ConditionStatus::True,
+            "False" => ConditionStatus::False,
+            _ => ConditionStatus::Unknown,
+        })
+    }
+}
+
+impl JsonSchema for ConditionStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ConditionStatus".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // A plain string, as Kubeflow's CRD has it.
+        schemars::json_schema!({ "type": "string" })
+    }
+}
+
 impl TFJobStatus {
     /// The condition of this type, if present.
     pub fn condition(&self, t: ConditionType) -> Option<&JobCondition> {
@@ -152,7 +197,7 @@ impl TFJobStatus {
 
     /// Whether a condition of this type is present with status True.
     pub fn is_true(&self, t: ConditionType) -> bool {
-        self.condition(t).is_some_and(|c| c.status == "True")
+        self.condition(t).is_some_and(|c| c.status == ConditionStatus::True)
     }
 
     /// Whether the job has succeeded or failed.
@@ -163,4 +208,23 @@ impl TFJobStatus {
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_status_round_trips_and_tolerates_unknown_strings() {
+        for (text, want) in [
+            ("\"True\"", ConditionStatus::True),
+            ("\"False\"", ConditionStatus::False),
+            ("\"Unknown\"", ConditionStatus::Unknown),
+            ("\"maybe\"", ConditionStatus::Unknown),
+        ] {
+            let got: ConditionStatus = serde_json::from_str(text).unwrap();
+            assert_eq!(got, want, "{text}");
+        }
+        assert_eq!(serde_json::to_string(&ConditionStatus::False).unwrap(), "\"False\"");
+    }
 }

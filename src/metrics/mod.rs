@@ -9,11 +9,12 @@ pub mod requests;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use jobs::JobCount;
+
+use crate::leader::Gate;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -48,19 +49,20 @@ pub struct Metrics {
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_seconds: Histogram,
     api_requests: Family<RequestLabels, Counter>,
-    leader: Gauge,
     events_dropped: Counter,
     jobs: [Family<JobLabels, Counter>; 5],
 }
 
 impl Default for Metrics {
+    /// Metrics of a process without leader election.
     fn default() -> Self {
-        Self::new()
+        Self::new(&Gate::always_open())
     }
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The registry; `gate` is read as the `tfjob_operator_leader` gauge.
+    pub fn new(gate: &Gate) -> Metrics {
         let mut registry = Registry::default();
         let reconciles = Counter::default();
         registry.register("tfjob_operator_reconciles", "Reconciles run", reconciles.clone());
@@ -82,11 +84,10 @@ impl Metrics {
             "Requests this process sent to the API server, by verb, resource and HTTP status",
             api_requests.clone(),
         );
-        let leader = Gauge::default();
         registry.register(
             "tfjob_operator_leader",
             "1 while this process reconciles (it holds the lease, or leader election is off)",
-            leader.clone(),
+            gate.clone(),
         );
         let events_dropped = Counter::default();
         registry.register(
@@ -104,7 +105,6 @@ impl Metrics {
             reconcile_errors,
             reconcile_seconds,
             api_requests,
-            leader,
             events_dropped,
             jobs,
         }
@@ -135,11 +135,6 @@ impl Metrics {
         self.events_dropped.inc();
     }
 
-    /// Sets whether this process is the one reconciling.
-    pub fn set_leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
-    }
-
     /// The registry in the OpenMetrics text format (which Prometheus reads).
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -155,7 +150,7 @@ mod tests {
 
     #[test]
     fn kubeflow_names_and_labels() {
-        let m = Metrics::new();
+        let m = Metrics::default();
         m.job("team-a", JobCount::Created);
         m.job("team-a", JobCount::Created);
         m.job("team-b", JobCount::Successful);
@@ -163,7 +158,6 @@ mod tests {
         m.reconciled(0.002, None);
         m.reconciled(0.5, Some("patch_status"));
         m.request(&RequestLabels { verb: "create", resource: "pods", code: "201".into() });
-        m.set_leader(true);
         let text = m.encode();
         for line in [
             r#"training_operator_jobs_created_total{job_namespace="team-a",framework="tensorflow"} 2"#,

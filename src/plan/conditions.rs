@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{ConditionType, JobCondition, TFJobStatus};
+use crate::api::{ConditionStatus, ConditionType, JobCondition, TFJobStatus};
 
 pub const REASON_CREATED: &str = "TFJobCreated";
 pub const REASON_RUNNING: &str = "TFJobRunning";
@@ -26,7 +26,8 @@ pub fn set(
     message: String,
     now: Timestamp,
 ) -> bool {
-    if let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == type_ && c.status == "True") {
+    if let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == type_ && c.status == ConditionStatus::True)
+    {
         if c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str()) {
             return false;
         }
@@ -41,9 +42,10 @@ pub fn set(
         ConditionType::Restarting => st.conditions.retain(|c| c.type_ != ConditionType::Running),
         ConditionType::Succeeded | ConditionType::Failed => {
             for c in st.conditions.iter_mut().filter(|c| {
-                matches!(c.type_, ConditionType::Running | ConditionType::Restarting) && c.status == "True"
+                matches!(c.type_, ConditionType::Running | ConditionType::Restarting)
+                    && c.status == ConditionStatus::True
             }) {
-                c.status = "False".into();
+                c.status = ConditionStatus::False;
                 c.last_update_time = Some(Time(now));
                 c.last_transition_time = Some(Time(now));
             }
@@ -52,7 +54,7 @@ pub fn set(
     }
     st.conditions.push(JobCondition {
         type_,
-        status: "True".into(),
+        status: ConditionStatus::True,
         reason: Some(reason.into()),
         message: Some(message),
         last_update_time: Some(Time(now)),

@@ -7,14 +7,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::*;
-use crate::api::{CleanPodPolicy, ReplicaSpec, RestartPolicy, RunPolicy, TFJobSpec};
+use crate::api::{
+    CleanPodPolicy, ReplicaSpec, ReplicaType, RestartPolicy, RunPolicy, SuccessPolicy, TFJobSpec,
+};
+use crate::names;
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 
 const T0: i64 = 1_700_000_000;
 
-/// The planner with concrete slice types, so tests can pass `&[]`.
-fn plan(j: &TFJob, pods: &[Pod], services: &[Service], now: Timestamp, domain: Option<&str>) -> Plan {
-    super::plan(j, pods, services, now, domain)
+fn pod_for(j: &TFJob, rt: ReplicaType, i: i32, domain: Option<&str>) -> Option<Pod> {
+    crate::objects::pod_for(&JobView::new(j).ok()?, rt, i, domain)
+}
+
+fn service_for(j: &TFJob, rt: ReplicaType, i: i32) -> Option<Service> {
+    crate::objects::service_for(&JobView::new(j).ok()?, rt, i)
 }
 
 fn t(s: i64) -> Timestamp {
@@ -122,7 +128,7 @@ fn started(j: TFJob, pods: &[Pod]) -> TFJob {
 
 fn cond(j: &TFJob, c: ConditionType) -> Option<(String, String)> {
     let st = j.status.as_ref()?;
-    st.condition(c).map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+    st.condition(c).map(|c| (c.status.as_str().to_string(), c.reason.clone().unwrap_or_default()))
 }
 
 fn last_condition(p: &Plan) -> Option<(ConditionType, String)> {
@@ -132,6 +138,10 @@ fn last_condition(p: &Plan) -> Option<(ConditionType, String)> {
 
 fn deleted(p: &Plan) -> Vec<&str> {
     p.delete_pods.iter().map(|d| d.name.as_str()).collect()
+}
+
+fn deleted_services(p: &Plan) -> Vec<&str> {
+    p.delete_services.iter().map(|d| d.name.as_str()).collect()
 }
 
 fn created(p: &Plan) -> Vec<String> {
@@ -575,7 +585,7 @@ fn stray_pods_and_services_are_removed() {
     svcs.push(extra);
     let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), stray, evaluator], &svcs, t(1), None);
     assert_eq!(deleted(&p), ["j-worker-3", "j-evaluator-0"]);
-    assert_eq!(p.delete_services, ["j-worker-3"]);
+    assert_eq!(deleted_services(&p), ["j-worker-3"]);
 }
 
 fn finish(j: TFJob, at: i64) -> TFJob {
@@ -633,7 +643,7 @@ fn clean_pod_policy_after_success_failure_and_deadline() {
             let p = plan(&j, &pods, &services(&j), t(5), None);
             assert!(p.status.as_ref().unwrap().is_true(ConditionType::Succeeded));
             assert_eq!(deleted(&p), *want_pods, "success {policy:?}");
-            assert_eq!(p.delete_services, *want_svcs, "success {policy:?}");
+            assert_eq!(deleted_services(&p), *want_svcs, "success {policy:?}");
             // After failure: worker 0 failed instead (Never).
             let mut failing = pods.clone();
             failing[1] = terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), 1, "Error");
@@ -825,7 +835,7 @@ fn template_restart_policy_warning_once() {
         Some("Always".into());
     let p = plan(&j, &[], &[], t(0), None);
     let warn = p.events.iter().find(|e| e.reason == "SetPodTemplateRestartPolicy").unwrap();
-    assert!(warn.warning);
+    assert_eq!(warn.type_, EventType::Warning);
     assert!(warn.note.contains("Always") && warn.note.contains("Worker"));
     let j = applied(j, &p);
     assert!(!reasons(&plan(&j, &[], &[], t(1), None)).contains(&"SetPodTemplateRestartPolicy"));
@@ -837,9 +847,9 @@ fn invalid_spec_fails_once_with_a_warning() {
     j.spec.tf_replica_specs.insert("Launcher".into(), ReplicaSpec::default());
     let p = plan(&j, &[], &[], t(0), None);
     assert_eq!(last_condition(&p), Some((ConditionType::Failed, "InvalidTFJobSpec".into())));
-    assert!(
-        p.events.iter().any(|e| e.warning && e.reason == "InvalidTFJobSpec" && e.note.contains("Launcher"))
-    );
+    assert!(p.events.iter().any(|e| e.type_ == EventType::Warning
+        && e.reason == "InvalidTFJobSpec"
+        && e.note.contains("Launcher")));
     assert!(p.create_pods.is_empty());
     let j = applied(j, &p);
     assert_eq!(plan(&j, &[], &[], t(1), None), Plan::default());
@@ -896,13 +906,17 @@ fn terminal_events_are_normal_for_success_and_warnings_for_failure() {
     let pods = [pod(&j, ReplicaType::PS, 0, "Running"), pod(&j, ReplicaType::Worker, 0, "Succeeded")];
     let p = plan(&j, &pods, &services(&j), t(3), None);
     let ev = p.events.iter().find(|e| e.reason == "TFJobSucceeded").unwrap();
-    assert!(!ev.warning, "success is Normal");
+    assert_eq!(ev.type_, EventType::Normal, "success is Normal");
     let failed = [
         pod(&j, ReplicaType::PS, 0, "Running"),
         terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), 1, "Error"),
     ];
     let p = plan(&j, &failed, &services(&j), t(3), None);
-    assert!(p.events.iter().find(|e| e.reason == "TFJobFailed").unwrap().warning, "failure is a Warning");
+    assert_eq!(
+        p.events.iter().find(|e| e.reason == "TFJobFailed").unwrap().type_,
+        EventType::Warning,
+        "failure is a Warning"
+    );
 }
 
 #[test]

@@ -1,25 +1,40 @@
-//! Reading one replica type's pods: phases, restarts to count, failures and disruptions.
+//! What one replica type's pods say: phases, restarts to count, failures and disruptions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{PodRestarts, ReplicaStatus, RestartPolicy};
 use crate::names::CONTAINER_NAME;
 
-/// A pod the plan refers to by name, with the uid it saw (delete precondition).
+/// A pod or service the plan refers to by name, with the uid it saw (a delete precondition).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodRef {
+pub struct ObjectKey {
     pub name: String,
     pub uid: String,
+}
+
+impl ObjectKey {
+    pub fn of(meta: &ObjectMeta) -> ObjectKey {
+        ObjectKey { name: meta.name.clone().unwrap_or_default(), uid: meta.uid.clone().unwrap_or_default() }
+    }
+}
+
+/// How a container ended: its name, exit code and the reason the kubelet gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerExit {
+    pub name: String,
+    pub code: i32,
+    pub reason: Option<String>,
 }
 
 /// A replica failure that fails the job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
     pub pod: String,
-    /// The failed container, its exit code and the reason the kubelet gave.
-    pub container: Option<(String, i32, Option<String>)>,
+    /// The failed container.
+    pub container: Option<ContainerExit>,
     /// The pod's own reason, when no container terminated.
     pub pod_reason: Option<String>,
 }
@@ -33,9 +48,9 @@ pub struct Observed {
     /// Failures that fail the job.
     pub failures: Vec<Failure>,
     /// Failed pods to delete so they are re-created: restarts and disruptions.
-    pub to_recreate: Vec<PodRef>,
+    pub to_recreate: Vec<ObjectKey>,
     /// Pods whose index is outside `0..replicas`.
-    pub out_of_range: Vec<PodRef>,
+    pub out_of_range: Vec<ObjectKey>,
     /// Indexes that have no pod at all and have not succeeded.
     pub missing: Vec<i32>,
 }
@@ -65,15 +80,19 @@ fn in_place_restarts(pod: &Pod) -> i32 {
 }
 
 /// The failed container: the `tensorflow` container if it exited non-zero, else the first
-/// container that did; with its exit code and reason.
-pub fn failed_container(pod: &Pod) -> Option<(String, i32, Option<String>)> {
+/// container that did.
+pub fn failed_container(pod: &Pod) -> Option<ContainerExit> {
     let terminated = |c: &ContainerStatus| {
         let t = c
             .state
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
             .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
-        (t.exit_code != 0).then(|| (c.name.clone(), t.exit_code, t.reason.clone()))
+        (t.exit_code != 0).then(|| ContainerExit {
+            name: c.name.clone(),
+            code: t.exit_code,
+            reason: t.reason.clone(),
+        })
     };
     let statuses = || pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).into_iter().flatten();
     statuses()
@@ -102,13 +121,6 @@ pub fn is_retryable(exit_code: i32) -> bool {
     exit_code >= 128
 }
 
-fn pod_ref(pod: &Pod) -> PodRef {
-    PodRef {
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        uid: pod.metadata.uid.clone().unwrap_or_default(),
-    }
-}
-
 /// Observes the pods (all of this type, controlled by the job) of a replica type.
 /// `tolerate_failures` is `enableDynamicWorker` for workers: failed workers do not fail the job.
 pub fn observe(
@@ -125,7 +137,7 @@ pub fn observe(
     let mut counted = Vec::new();
     let mut present = BTreeSet::new();
     for &(pod, index) in pods {
-        let pref = pod_ref(pod);
+        let pref = ObjectKey::of(&pod.metadata);
         if index < 0 || index >= count {
             out.out_of_range.push(pref);
             continue;

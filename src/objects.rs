@@ -1,9 +1,10 @@
-//! Pure builders for a replica's pod and headless service (`pod_for`, `service_for`).
+//! Pure builders for a replica's pod and headless service (`pod_for`, `service_for`), from the
+//! job's validated view: the raw TFJob is read only for its name, namespace and uid.
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::api::{ReplicaSpec, ReplicaType, RestartPolicy, TFJob};
+use crate::api::{JobView, ReplicaSpec, ReplicaType, RestartPolicy};
 use crate::names::{self, CONTAINER_NAME, DEFAULT_PORT, PORT_NAME, ROLE_MASTER};
 use crate::tf_config;
 
@@ -15,14 +16,6 @@ pub fn pod_restart_policy(p: RestartPolicy) -> &'static str {
         RestartPolicy::OnFailure => "OnFailure",
         RestartPolicy::Never | RestartPolicy::ExitCode => "Never",
     }
-}
-
-/// Whether this replica carries the `job-role: master` label: the chief or master, or
-/// worker 0 of a job without one.
-fn is_master_role(job: &TFJob, rtype: ReplicaType, index: i32) -> bool {
-    let has_chief =
-        job.spec.tf_replica_specs.keys().any(|k| ReplicaType::parse(k).is_some_and(ReplicaType::is_chief));
-    rtype.is_chief() || (!has_chief && rtype == ReplicaType::Worker && index == 0)
 }
 
 /// The `tensorflow` container's named ports, with `tfjob-port` 2222 added when missing.
@@ -38,34 +31,38 @@ fn tensorflow_ports(container: &Container) -> Vec<ContainerPort> {
     ports
 }
 
-fn meta(job: &TFJob, rtype: ReplicaType, index: i32) -> Option<ObjectMeta> {
-    let name = job.metadata.name.as_deref()?;
+fn meta(job: &JobView<'_>, rtype: ReplicaType, index: i32) -> Option<ObjectMeta> {
+    let name = job.job.metadata.name.as_deref()?;
     Some(ObjectMeta {
         name: Some(names::replica_name(name, rtype, index)),
-        namespace: job.metadata.namespace.clone(),
+        namespace: job.job.metadata.namespace.clone(),
         labels: Some(names::replica_labels(name, rtype, index)),
-        owner_references: Some(vec![names::owner_ref(job)?]),
+        owner_references: Some(vec![names::owner_ref(job.job)?]),
         ..Default::default()
     })
 }
 
-fn replica_spec(job: &TFJob, rtype: ReplicaType) -> Option<(&ReplicaSpec, RestartPolicy)> {
-    let replicas = job.spec.replicas().ok()?;
-    let r = replicas.get(&rtype)?;
+fn replica_spec<'a>(job: &JobView<'a>, rtype: ReplicaType) -> Option<(&'a ReplicaSpec, RestartPolicy)> {
+    let r = job.replicas.get(&rtype)?;
     Some((r.spec, r.restart_policy))
 }
 
 /// The pod of replica `rtype`/`index`: the template, with the operator's name, labels (which
 /// win over the template's), owner reference, restart policy, default port and `TF_CONFIG`.
 /// `None` when the job has no name or uid, or no such replica type.
-pub fn pod_for(job: &TFJob, rtype: ReplicaType, index: i32, cluster_domain: Option<&str>) -> Option<Pod> {
+pub fn pod_for(
+    job: &JobView<'_>,
+    rtype: ReplicaType,
+    index: i32,
+    cluster_domain: Option<&str>,
+) -> Option<Pod> {
     let (spec, restart) = replica_spec(job, rtype)?;
     let template = spec.template.clone();
     let mut meta = meta(job, rtype, index)?;
     let tmeta = template.metadata.unwrap_or_default();
     let mut labels = tmeta.labels.unwrap_or_default();
     labels.extend(meta.labels.take().unwrap_or_default());
-    if is_master_role(job, rtype, index) {
+    if job.is_master_role(rtype, index) {
         labels.insert(names::LABEL_JOB_ROLE.into(), ROLE_MASTER.into());
     }
     meta.labels = Some(labels);
@@ -88,7 +85,7 @@ pub fn pod_for(job: &TFJob, rtype: ReplicaType, index: i32, cluster_domain: Opti
 
 /// The headless service of replica `rtype`/`index`: selects exactly that pod and exposes the
 /// named ports of its `tensorflow` container.
-pub fn service_for(job: &TFJob, rtype: ReplicaType, index: i32) -> Option<Service> {
+pub fn service_for(job: &JobView<'_>, rtype: ReplicaType, index: i32) -> Option<Service> {
     let (spec, _) = replica_spec(job, rtype)?;
     let meta = meta(job, rtype, index)?;
     let ports: Vec<ServicePort> = spec
@@ -122,7 +119,15 @@ pub fn service_for(job: &TFJob, rtype: ReplicaType, index: i32) -> Option<Servic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::TFJobSpec;
+    use crate::api::{TFJob, TFJobSpec};
+
+    fn pod_for(j: &TFJob, t: ReplicaType, i: i32, domain: Option<&str>) -> Option<Pod> {
+        super::pod_for(&JobView::new(j).ok()?, t, i, domain)
+    }
+
+    fn service_for(j: &TFJob, t: ReplicaType, i: i32) -> Option<Service> {
+        super::service_for(&JobView::new(j).ok()?, t, i)
+    }
     use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
     use std::collections::BTreeMap;
 

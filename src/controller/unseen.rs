@@ -1,7 +1,7 @@
-//! What the operator wrote that its caches have not shown yet: created and deleted objects
-//! and the last status it wrote. Overlaid on the caches, so a reconcile that runs before the
-//! watch catches up neither creates, deletes nor announces anything twice. Pure: the caller
-//! passes the time.
+//! Unseen writes: what the operator wrote that its caches have not shown yet (created and
+//! deleted objects, and the last status it wrote). Overlaid on the caches, so a reconcile that
+//! runs before the watch catches up neither creates, deletes nor announces anything twice.
+//! Pure: the caller passes the time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,21 +11,31 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
+use k8s_openapi::api::core::v1::{Pod, Service};
+
 use crate::api::TFJob;
 
-/// How long an entry may wait for the cache before it is dropped anyway.
-pub const TTL: Duration = Duration::from_secs(60);
+/// How long an unseen write may wait for the cache before it is dropped anyway.
+pub const UNSEEN_WRITE_EXPIRY: Duration = Duration::from_secs(60);
+
+/// Every unseen write of the process.
+#[derive(Debug, Default)]
+pub struct UnseenWrites {
+    pub pods: UnseenObjects<Pod>,
+    pub services: UnseenObjects<Service>,
+    pub status: UnseenStatus,
+}
 
 /// Objects of one kind created or deleted by the operator.
 #[derive(Debug)]
-pub struct Pending<K> {
+pub struct UnseenObjects<K> {
     created: HashMap<(String, String), (K, Instant)>,
     deleted: HashMap<String, Instant>,
 }
 
-impl<K> Default for Pending<K> {
+impl<K> Default for UnseenObjects<K> {
     fn default() -> Self {
-        Pending { created: HashMap::new(), deleted: HashMap::new() }
+        UnseenObjects { created: HashMap::new(), deleted: HashMap::new() }
     }
 }
 
@@ -33,7 +43,7 @@ fn key<K: Resource>(o: &K) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-impl<K: Resource + Clone> Pending<K> {
+impl<K: Resource + Clone> UnseenObjects<K> {
     /// Remembers an object the API server confirmed created (with its uid).
     pub fn created(&mut self, obj: K, now: Instant) {
         self.created.insert(key(&obj), (obj, now));
@@ -44,14 +54,14 @@ impl<K: Resource + Clone> Pending<K> {
         self.deleted.insert(uid.to_string(), now);
     }
 
-    /// The cached objects with the pending writes applied: created objects the cache lacks are
+    /// The cached objects with the unseen writes applied: created objects the cache lacks are
     /// added (replacing a stale cached object of the same name), and deleted objects the cache
     /// still shows as live are shown terminating. Entries the cache has caught up with, or
-    /// older than [`TTL`], are forgotten.
-    /// `mine` picks the pending creations that belong with `cached` (the same job's).
+    /// older than [`UNSEEN_WRITE_EXPIRY`], are forgotten.
+    /// `mine` picks the unseen creations that belong with `cached` (the same job's).
     pub fn view(&mut self, cached: &[Arc<K>], now: Instant, mine: impl Fn(&K) -> bool) -> Vec<K> {
-        self.created.retain(|_, (_, at)| now.duration_since(*at) < TTL);
-        self.deleted.retain(|_, at| now.duration_since(*at) < TTL);
+        self.created.retain(|_, (_, at)| now.duration_since(*at) < UNSEEN_WRITE_EXPIRY);
+        self.deleted.retain(|_, at| now.duration_since(*at) < UNSEEN_WRITE_EXPIRY);
         let mut out: Vec<K> = Vec::with_capacity(cached.len());
         for o in cached {
             let k = key(o.as_ref());
@@ -78,7 +88,7 @@ impl<K: Resource + Clone> Pending<K> {
 
 /// The last status the operator wrote per job, newer than the cache until it catches up.
 #[derive(Debug, Default)]
-pub struct Written {
+pub struct UnseenStatus {
     jobs: HashMap<String, (Arc<TFJob>, Instant)>,
 }
 
@@ -86,7 +96,7 @@ fn rv(job: &TFJob) -> Option<u64> {
     job.metadata.resource_version.as_deref()?.parse().ok()
 }
 
-impl Written {
+impl UnseenStatus {
     /// Remembers the object the status write returned.
     pub fn wrote(&mut self, job: TFJob, now: Instant) {
         if let Some(uid) = job.uid() {
@@ -99,7 +109,7 @@ impl Written {
         let Some(uid) = cached.uid() else { return cached };
         let Some((mine, at)) = self.jobs.get(&uid) else { return cached };
         match (rv(mine), rv(&cached)) {
-            (Some(m), Some(c)) if m > c && now.duration_since(*at) < TTL => mine.clone(),
+            (Some(m), Some(c)) if m > c && now.duration_since(*at) < UNSEEN_WRITE_EXPIRY => mine.clone(),
             _ => {
                 self.jobs.remove(&uid);
                 cached
@@ -116,7 +126,6 @@ impl Written {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::Pod;
 
     fn pod(name: &str, uid: &str) -> Pod {
         let mut p = Pod::default();
@@ -138,7 +147,7 @@ mod tests {
     #[test]
     fn created_objects_show_until_the_cache_has_them() {
         let t0 = Instant::now();
-        let mut p = Pending::default();
+        let mut p = UnseenObjects::default();
         p.created(pod("a", "u1"), t0);
         assert_eq!(names(&p.view(&[], t0, |_| true)), [("a".into(), "u1".into(), false)]);
         // The cache shows an older pod of that name (being replaced): ours wins.
@@ -159,14 +168,14 @@ mod tests {
     #[test]
     fn deleted_objects_show_terminating_and_entries_expire() {
         let t0 = Instant::now();
-        let mut p = Pending::default();
+        let mut p = UnseenObjects::default();
         p.deleted("u1", t0);
         let cached = [Arc::new(pod("a", "u1")), Arc::new(pod("b", "u2"))];
         assert_eq!(
             names(&p.view(&cached, t0, |_| true)),
             [("a".into(), "u1".into(), true), ("b".into(), "u2".into(), false)]
         );
-        let later = t0 + TTL + Duration::from_secs(1);
+        let later = t0 + UNSEEN_WRITE_EXPIRY + Duration::from_secs(1);
         assert_eq!(
             names(&p.view(&cached, later, |_| true)),
             [("a".into(), "u1".into(), false), ("b".into(), "u2".into(), false)]
@@ -179,7 +188,7 @@ mod tests {
     #[test]
     fn written_status_wins_until_the_cache_is_as_new() {
         let t0 = Instant::now();
-        let mut w = Written::default();
+        let mut w = UnseenStatus::default();
         let mut cached = TFJob::new("j", Default::default());
         cached.metadata.uid = Some("u".into());
         cached.metadata.resource_version = Some("10".into());

@@ -1,11 +1,19 @@
 //! Leader election on a `coordination.k8s.io` Lease, as client-go does it: the decision what
 //! to do with the lease just read is pure ([`step`], [`claim`], [`release`]); [`Elector`]
-//! reads and writes the lease every retry period and reports leadership on a watch channel.
+//! reads and writes the lease every retry period and opens or closes the [`Gate`].
 //!
 //! A follower trusts its own clock, not the holder's: a held lease expires when its record
 //! has not changed for `leaseDurationSeconds` of local time. A leader that has not renewed
-//! within the renew deadline reports the loss, so it stops writing before another process
+//! within the renew deadline closes the gate, so it stops writing before another process
 //! can take over.
+//!
+//! Hand-written on purpose: kube-runtime 5 has no lease module, and kube-lease-manager
+//! decides expiry from the holder's `renewTime` against the local wall clock, which is unsafe
+//! under clock skew between nodes.
+
+mod gate;
+
+pub use gate::Gate;
 
 use std::time::Duration;
 
@@ -14,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -161,10 +168,10 @@ impl Elector {
         }
     }
 
-    /// Competes for the lease until `stop` resolves, sending `true` on `leading` while we hold
-    /// it. Returns when leadership is lost (after sending `false`) or, on `stop`, after
-    /// releasing a held lease.
-    pub async fn run(mut self, leading: watch::Sender<bool>, stop: impl Future<Output = ()>) {
+    /// Competes for the lease until `stop` resolves, keeping `gate` open while we hold it.
+    /// Returns when leadership is lost (after closing the gate) or, on `stop`, after releasing
+    /// a held lease.
+    pub async fn run(mut self, gate: Gate, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         let mut last_renew: Option<Instant> = None;
         let mut next = Instant::now();
@@ -180,7 +187,7 @@ impl Elector {
                 () = &mut stop => break,
                 () = lost => {
                     warn!(identity = %self.me, "could not renew the lease before the renew deadline: stopping");
-                    let _ = leading.send(false);
+                    gate.set(false);
                     return;
                 }
                 held = async {
@@ -197,11 +204,11 @@ impl Elector {
                     match held {
                         Ok(true) => {
                             last_renew = Some(Instant::now());
-                            leading.send_if_modified(|l| !std::mem::replace(l, true));
+                            gate.set(true);
                         }
                         Ok(false) if last_renew.is_some() => {
                             warn!(identity = %self.me, "the lease is held by another process: stopping");
-                            let _ = leading.send(false);
+                            gate.set(false);
                             return;
                         }
                         Ok(false) => {}
@@ -210,10 +217,11 @@ impl Elector {
                 }
             }
         }
+        // Closed before the release: from here on nothing is written under the lease.
+        gate.set(false);
         if last_renew.is_some() {
             self.give_up().await;
         }
-        let _ = leading.send(false);
     }
 
     /// Releases the lease if we still hold it.

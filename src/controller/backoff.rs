@@ -1,0 +1,157 @@
+//! Backoff, pure: how long a job waits after its creates were refused and after a failed
+//! reconcile, and the per-job records of both. The caller passes the time.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The first wait after a refused create.
+pub const CREATE_BACKOFF_FIRST: Duration = Duration::from_secs(5);
+/// Create attempts after refusals wait [`CREATE_BACKOFF_FIRST`], doubling to at most this.
+pub const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A create blocked by an object of the same name still terminating is retried after this.
+pub const BLOCKED_RETRY: Duration = Duration::from_secs(1);
+/// The first wait after a failed reconcile is twice this.
+const ERROR_BACKOFF_UNIT: Duration = Duration::from_millis(500);
+/// Failed reconciles wait at most this.
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The wait after the `refusals`-th refusal in a row (1-based): 5 s, 10 s, 20 s, 40 s, 60 s.
+pub fn create_delay(refusals: u32) -> Duration {
+    CREATE_BACKOFF_FIRST.saturating_mul(1 << refusals.saturating_sub(1).min(4)).min(CREATE_BACKOFF_MAX)
+}
+
+/// The wait after the `errors`-th failed reconcile in a row (1-based): 1 s, 2 s, ... 60 s.
+pub fn error_delay(errors: u32) -> Duration {
+    ERROR_BACKOFF_UNIT.saturating_mul(1 << errors.min(7)).min(ERROR_BACKOFF_MAX)
+}
+
+/// A job's refused creates: how many in a row, and when the next attempt may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateBackoff {
+    pub refusals: u32,
+    pub until: Instant,
+}
+
+impl CreateBackoff {
+    /// The record after one more refusal at `now`.
+    pub fn after_refusal(prev: Option<CreateBackoff>, now: Instant) -> CreateBackoff {
+        let refusals = prev.map_or(0, |b| b.refusals).saturating_add(1);
+        CreateBackoff { refusals, until: now + create_delay(refusals) }
+    }
+}
+
+/// What a reconcile does to its job's create backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateBackoffChange {
+    /// Nothing was attempted: keep the record.
+    Keep,
+    /// Every create went through: forget the refusals.
+    Clear,
+    /// A create was refused: this is the new record.
+    Set(CreateBackoff),
+}
+
+/// The backoff records of every job, by uid.
+#[derive(Debug, Default)]
+pub struct Backoffs {
+    creates: HashMap<String, CreateBackoff>,
+    errors: HashMap<String, u32>,
+}
+
+impl Backoffs {
+    /// The job's create backoff record, if its last creates were refused.
+    pub fn create(&self, uid: &str) -> Option<CreateBackoff> {
+        self.creates.get(uid).copied()
+    }
+
+    /// Until when the job's creates must wait, if they must at `now`.
+    pub fn creates_wait_until(&self, uid: &str, now: Instant) -> Option<Instant> {
+        self.creates.get(uid).map(|b| b.until).filter(|until| *until > now)
+    }
+
+    pub fn change_create(&mut self, uid: &str, change: CreateBackoffChange) {
+        match change {
+            CreateBackoffChange::Keep => {}
+            CreateBackoffChange::Clear => {
+                self.creates.remove(uid);
+            }
+            CreateBackoffChange::Set(b) => {
+                self.creates.insert(uid.to_string(), b);
+            }
+        }
+    }
+
+    /// Counts a failed reconcile of the job and returns how long to wait before the next.
+    pub fn failed(&mut self, uid: &str) -> Duration {
+        let n = self.errors.entry(uid.to_string()).or_default();
+        *n = n.saturating_add(1);
+        error_delay(*n)
+    }
+
+    /// A reconcile of the job succeeded: its error count starts again.
+    pub fn succeeded(&mut self, uid: &str) {
+        self.errors.remove(uid);
+    }
+
+    /// Forgets the job (it is being deleted).
+    pub fn forget(&mut self, uid: &str) {
+        self.creates.remove(uid);
+        self.errors.remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn create_delays_double_to_a_minute() {
+        let want = [(0, 5), (1, 5), (2, 10), (3, 20), (4, 40), (5, 60), (6, 60), (u32::MAX, 60)];
+        for (n, secs) in want {
+            assert_eq!(create_delay(n), S(secs), "refusal {n}");
+        }
+    }
+
+    #[test]
+    fn error_delays_double_to_a_minute() {
+        let ms = Duration::from_millis;
+        let want = [(0, ms(500)), (1, S(1)), (2, S(2)), (3, S(4)), (6, S(32)), (7, S(60)), (u32::MAX, S(60))];
+        for (n, d) in want {
+            assert_eq!(error_delay(n), d, "error {n}");
+        }
+    }
+
+    #[test]
+    fn create_backoff_records() {
+        let t0 = Instant::now();
+        let mut b = Backoffs::default();
+        assert_eq!(b.creates_wait_until("u", t0), None);
+        let first = CreateBackoff::after_refusal(b.create("u"), t0);
+        assert_eq!(first, CreateBackoff { refusals: 1, until: t0 + S(5) });
+        b.change_create("u", CreateBackoffChange::Set(first));
+        assert_eq!(b.creates_wait_until("u", t0), Some(t0 + S(5)));
+        assert_eq!(b.creates_wait_until("u", t0 + S(5)), None, "due at the instant itself");
+        assert_eq!(b.creates_wait_until("other", t0), None);
+        let second = CreateBackoff::after_refusal(b.create("u"), t0 + S(5));
+        assert_eq!(second, CreateBackoff { refusals: 2, until: t0 + S(15) });
+        b.change_create("u", CreateBackoffChange::Keep);
+        assert_eq!(b.create("u"), Some(first), "Keep keeps");
+        b.change_create("u", CreateBackoffChange::Clear);
+        assert_eq!(b.create("u"), None);
+    }
+
+    #[test]
+    fn error_counts_per_job() {
+        let mut b = Backoffs::default();
+        assert_eq!(b.failed("u"), S(1));
+        assert_eq!(b.failed("u"), S(2));
+        assert_eq!(b.failed("v"), S(1), "per job");
+        b.succeeded("u");
+        assert_eq!(b.failed("u"), S(1), "a success starts again");
+        b.change_create("u", CreateBackoffChange::Set(CreateBackoff::after_refusal(None, Instant::now())));
+        b.forget("u");
+        assert_eq!((b.create("u"), b.failed("u")), (None, S(1)), "forgotten");
+    }
+}

@@ -1,0 +1,298 @@
+//! The write layer without a cluster: a mock API server (tower-test) sees every request that
+//! applying a plan makes, checks it and answers it, in order. The event queue is inspected
+//! instead of published, so "events before deletes" is checked at the moment of each request.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock;
+
+use super::Now;
+use super::apply::{Applied, Applier, CreateStep};
+use super::unseen::UnseenWrites;
+use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatus};
+use crate::error::Error;
+use crate::leader::Gate;
+use crate::metrics::Metrics;
+use crate::objects::{pod_for, service_for};
+use crate::plan::{ObjectKey, Plan, PlannedEvent};
+use crate::writer::Writer;
+use crate::writer::events::{self, Publisher};
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+/// The apply task: what apply returned and the unseen writes it recorded.
+type ApplyTask = tokio::task::JoinHandle<(Result<Applied, Error>, UnseenWrites)>;
+
+fn job() -> TFJob {
+    let mut spec = TFJobSpec::default();
+    let template =
+        serde_json::from_value(json!({"spec": {"containers": [{"name": "tensorflow", "image": "tf"}]}}))
+            .expect("template");
+    spec.tf_replica_specs
+        .insert("Worker".into(), ReplicaSpec { replicas: Some(2), template, restart_policy: None });
+    let mut j = TFJob::new("j", spec);
+    j.metadata.namespace = Some("ns".into());
+    j.metadata.uid = Some("uid-j".into());
+    j.metadata.resource_version = Some("10".into());
+    j
+}
+
+fn pod(i: i32) -> Pod {
+    let j = job();
+    pod_for(&JobView::new(&j).expect("view"), ReplicaType::Worker, i, None).expect("pod")
+}
+
+fn service(i: i32) -> Service {
+    let j = job();
+    service_for(&JobView::new(&j).expect("view"), ReplicaType::Worker, i).expect("service")
+}
+
+fn now() -> Now {
+    Now { wall: Timestamp::from_second(1_700_000_000).expect("time"), mono: Instant::now() }
+}
+
+/// Runs `plan` through a writer whose client is the mock; returns the handle that serves the
+/// requests, the event queue's receiving end, and the apply task.
+fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (queue, publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
+    let writer = Writer::new(client, gate, queue);
+    let task = tokio::spawn(async move {
+        let unseen = Mutex::default();
+        let applied =
+            Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, now()).await;
+        (applied, unseen.into_inner().expect("lock"))
+    });
+    (handle, Arc::new(Mutex::new(publisher)), task)
+}
+
+/// The next request: its method, path (without the query) and JSON body, and its responder.
+async fn next(handle: &mut Handle) -> (Method, String, Value, mock::SendResponse<Response<Body>>) {
+    let (req, send) = handle.next_request().await.expect("a request");
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let bytes = req.into_body().collect_bytes().await.expect("body");
+    let body =
+        if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+    (method, path, body, send)
+}
+
+fn respond(send: mock::SendResponse<Response<Body>>, code: u16, body: Value) {
+    let response = Response::builder()
+        .status(StatusCode::from_u16(code).expect("code"))
+        .body(Body::from(serde_json::to_vec(&body).expect("json")))
+        .expect("response");
+    send.send_response(response);
+}
+
+fn status_body(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("{reason} (test)"), "reason": reason, "code": code})
+}
+
+/// `obj` as stored: with a uid and resourceVersion.
+fn stored(mut obj: Value, uid: &str) -> Value {
+    obj["metadata"]["uid"] = json!(uid);
+    obj["metadata"]["resourceVersion"] = json!("11");
+    obj
+}
+
+fn queued_reasons(p: &Arc<Mutex<Publisher>>, into: &mut Vec<String>) -> Vec<String> {
+    into.extend(p.lock().expect("lock").drain().into_iter().filter_map(|e| e.reason));
+    into.clone()
+}
+
+fn written_status() -> TFJobStatus {
+    serde_json::from_value(
+        json!({"conditions": [{"type": "Created", "status": "True", "reason": "TFJobCreated"}]}),
+    )
+    .expect("status")
+}
+
+#[tokio::test]
+async fn writes_go_in_the_plans_order_with_their_preconditions() {
+    let plan = Plan {
+        status: Some(written_status()),
+        events: vec![PlannedEvent::normal("TFJobCreated", "created")],
+        delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
+        delete_services: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-s1".into() }],
+        create_services: vec![service(0)],
+        create_pods: vec![pod(0)],
+        delete_job: true,
+        requeue_at: None,
+    };
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let mut seen = Vec::new();
+
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::PATCH, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j/status"));
+    assert_eq!(
+        body["status"],
+        serde_json::to_value(written_status()).expect("json"),
+        "the planned status, whole"
+    );
+    assert!(queued_reasons(&events, &mut seen).is_empty(), "no event before the status write");
+    let mut written = serde_json::to_value(job()).expect("json");
+    written["status"] = serde_json::to_value(written_status()).expect("json");
+    written["metadata"]["resourceVersion"] = json!("12");
+    respond(send, 200, written);
+
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/pods/j-worker-1"));
+    assert_eq!(body["preconditions"], json!({"uid": "uid-p1"}), "the uid the plan saw");
+    assert_eq!(queued_reasons(&events, &mut seen), ["TFJobCreated"], "events before deletes");
+    respond(send, 200, status_body(200, "Success"));
+
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/services/j-worker-1"));
+    assert_eq!(body["preconditions"], json!({"uid": "uid-s1"}));
+    assert_eq!(queued_reasons(&events, &mut seen), ["TFJobCreated", "SuccessfulDeletePod"]);
+    respond(send, 404, status_body(404, "NotFound"));
+
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"), "services before pods");
+    assert_eq!(body["metadata"]["name"], "j-worker-0");
+    assert_eq!(
+        queued_reasons(&events, &mut seen),
+        ["TFJobCreated", "SuccessfulDeletePod", "SuccessfulDeleteService"],
+        "a 404 on delete is success, and deletes before creates"
+    );
+    respond(send, 201, stored(body, "uid-s0"));
+
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"));
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-j");
+    respond(send, 201, stored(body, "uid-p0"));
+
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::DELETE, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"),
+        "the TTL deletion last"
+    );
+    assert_eq!(
+        body["preconditions"],
+        json!({"uid": "uid-j", "resourceVersion": "12"}),
+        "the version the status write returned"
+    );
+    assert_eq!(body["propagationPolicy"], "Background");
+    respond(send, 200, status_body(200, "Success"));
+
+    let (applied, unseen) = task.await.expect("task");
+    let applied = applied.expect("applied");
+    assert!(applied.job_deleted);
+    assert_eq!(applied.creates, CreateStep::Done);
+    assert_eq!(applied.job.metadata.resource_version.as_deref(), Some("12"));
+    assert_eq!(applied.status_written_over, Some(None));
+    assert_eq!(
+        queued_reasons(&events, &mut seen)[3..],
+        ["SuccessfulCreateService", "SuccessfulCreatePod"],
+        "one event per created object"
+    );
+    let mut unseen = unseen;
+    let shown = unseen.pods.view(&[], Instant::now(), |_| true);
+    assert_eq!(shown.len(), 1, "the created pod is overlaid until the cache shows it");
+    assert!(h.next_request().await.is_none(), "nothing more was sent");
+}
+
+/// Serves one create answered 409 and then the GET of what is there; returns the outcome.
+async fn create_conflict(found: Value) -> (CreateStep, Vec<String>) {
+    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"));
+    respond(send, 409, status_body(409, "AlreadyExists"));
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::GET, "/api/v1/namespaces/ns/pods/j-worker-0"),
+        "409: read what is there"
+    );
+    respond(send, 200, found);
+    let (applied, _) = task.await.expect("task");
+    let mut seen = Vec::new();
+    (applied.expect("applied").creates, queued_reasons(&events, &mut seen))
+}
+
+#[tokio::test]
+async fn a_409_from_our_own_object_is_success() {
+    let ours = stored(serde_json::to_value(pod(0)).expect("json"), "uid-p0");
+    let (creates, events) = create_conflict(ours).await;
+    assert_eq!(creates, CreateStep::Done);
+    assert!(events.is_empty(), "no second SuccessfulCreatePod for an object created before: {events:?}");
+}
+
+#[tokio::test]
+async fn a_409_from_a_foreign_object_is_refused_and_left_alone() {
+    let mut foreign = stored(serde_json::to_value(pod(0)).expect("json"), "uid-x");
+    foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-job");
+    let (creates, events) = create_conflict(foreign).await;
+    let CreateStep::Refused(msg) = creates else { panic!("want a refusal, got {creates:?}") };
+    assert!(msg.contains("not controlled by this TFJob"), "{msg}");
+    assert_eq!(events, ["FailedCreatePod"]);
+}
+
+#[tokio::test]
+async fn a_409_from_a_terminating_object_waits() {
+    let mut terminating = stored(serde_json::to_value(pod(0)).expect("json"), "uid-old");
+    terminating["metadata"]["ownerReferences"][0]["uid"] = json!("an-earlier-job");
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let (creates, events) = create_conflict(terminating).await;
+    assert_eq!(creates, CreateStep::Blocked);
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_refused_create_carries_the_api_servers_message() {
+    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (_, _, _, send) = next(&mut h).await;
+    respond(send, 422, status_body(422, "Invalid"));
+    let (applied, _) = task.await.expect("task");
+    let creates = applied.expect("applied").creates;
+    assert_eq!(creates, CreateStep::Refused("Error creating pod j-worker-0: Invalid (test)".into()));
+    assert_eq!(queued_reasons(&events, &mut Vec::new()), ["FailedCreatePod"]);
+}
+
+#[tokio::test]
+async fn a_closed_gate_writes_nothing() {
+    let plan = Plan {
+        status: Some(written_status()),
+        events: vec![PlannedEvent::normal("TFJobCreated", "created")],
+        delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
+        create_pods: vec![pod(0)],
+        ..Default::default()
+    };
+    for plan in [
+        plan.clone(),
+        Plan { status: None, ..plan.clone() },
+        Plan { create_pods: vec![pod(0)], ..Default::default() },
+    ] {
+        let (mut h, events, task) = start(plan, Gate::elected());
+        let (applied, _) = task.await.expect("task");
+        assert!(matches!(applied, Err(Error::NotLeader)), "{applied:?}");
+        assert!(h.next_request().await.is_none(), "no request reached the API server");
+        assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event queued");
+    }
+}
+
+#[tokio::test]
+async fn creates_wait_out_their_backoff() {
+    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (queue, _publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
+    let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
+    let unseen = Mutex::default();
+    let until = Instant::now() + std::time::Duration::from_secs(5);
+    let applied =
+        Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, Some(until), now()).await;
+    assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
+    drop(writer);
+    assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");
+}

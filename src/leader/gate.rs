@@ -1,0 +1,147 @@
+//! The leadership gate: the one owner of "this process may write now". The elector opens and
+//! closes it; the writer checks it before every write; `/readyz` and the
+//! `tfjob_operator_leader` gauge read it.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use tokio::sync::watch;
+
+use crate::error::Error;
+
+/// Whether this process leads. Cheap to clone; every clone is the same gate.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Leader election is on: the gate opens only while the lease is held.
+    elected: bool,
+    open: watch::Sender<bool>,
+}
+
+impl Gate {
+    /// Without leader election: open for the life of the process.
+    pub fn always_open() -> Gate {
+        Gate { inner: Arc::new(Inner { elected: false, open: watch::Sender::new(true) }) }
+    }
+
+    /// With leader election: closed until the elector reports the lease held.
+    pub fn elected() -> Gate {
+        Gate { inner: Arc::new(Inner { elected: true, open: watch::Sender::new(false) }) }
+    }
+
+    /// Whether this process leads (always, without leader election).
+    pub fn is_open(&self) -> bool {
+        *self.inner.open.borrow()
+    }
+
+    /// Records a change of leadership (the elector's call). Without leader election the gate
+    /// stays open.
+    pub fn set(&self, leading: bool) {
+        if self.inner.elected {
+            self.inner.open.send_if_modified(|open| std::mem::replace(open, leading) != leading);
+        }
+    }
+
+    /// Resolves once the gate is `open` (at once if it already is).
+    pub async fn wait_until(&self, open: bool) {
+        let mut rx = self.inner.open.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|o| *o == open).await;
+    }
+
+    /// `Ok` while this process leads; every write asks first.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.is_open() { Ok(()) } else { Err(Error::NotLeader) }
+    }
+
+    /// Readiness for `/readyz`: a follower waiting for the lease is ready (it has nothing to
+    /// sync); the leader once its caches have synced.
+    pub fn ready(&self, synced: bool) -> bool {
+        ready(self.is_open(), synced)
+    }
+}
+
+/// The readiness rule: not leading, or leading with synced caches.
+pub fn ready(leading: bool, synced: bool) -> bool {
+    !leading || synced
+}
+
+/// The gate is the `tfjob_operator_leader` gauge: 1 while open.
+impl EncodeMetric for Gate {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&i64::from(self.is_open()))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_and_closes_only_under_election() {
+        let g = Gate::elected();
+        assert!(!g.is_open() && matches!(g.check(), Err(Error::NotLeader)));
+        let clone = g.clone();
+        clone.set(true);
+        assert!(g.is_open() && g.check().is_ok(), "one gate, shared by its clones");
+        g.set(false);
+        assert!(!clone.is_open());
+
+        let always = Gate::always_open();
+        assert!(always.check().is_ok());
+        always.set(false);
+        assert!(always.is_open(), "without election the gate never closes");
+    }
+
+    #[tokio::test]
+    async fn waits_for_changes() {
+        let g = Gate::elected();
+        let waiter = tokio::spawn({
+            let g = g.clone();
+            async move { g.wait_until(true).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        g.set(true);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        g.wait_until(true).await;
+    }
+
+    #[test]
+    fn readiness() {
+        // (leading, synced) -> ready
+        for (leading, synced, want) in
+            [(false, false, true), (false, true, true), (true, false, false), (true, true, true)]
+        {
+            assert_eq!(ready(leading, synced), want, "leading {leading}, synced {synced}");
+            let g = Gate::elected();
+            g.set(leading);
+            assert_eq!(g.ready(synced), want);
+        }
+        assert!(!Gate::always_open().ready(false), "without election: ready once synced");
+    }
+
+    #[test]
+    fn is_the_leader_gauge() {
+        let g = Gate::elected();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("tfjob_operator_leader", "leads", g.clone());
+        let text = |r: &prometheus_client::registry::Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, r).unwrap();
+            out
+        };
+        assert!(text(&registry).lines().any(|l| l == "tfjob_operator_leader 0"));
+        g.set(true);
+        assert!(text(&registry).lines().any(|l| l == "tfjob_operator_leader 1"));
+    }
+}

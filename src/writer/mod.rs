@@ -1,0 +1,182 @@
+//! Every write the controller makes to the API server (the Lease's writes are in
+//! [`crate::leader`]), each idempotent and each asking the leadership gate first: fixed
+//! names; a 409 on create is success only for an object this job controls; deletes carry the
+//! uid seen as a precondition and take a 404 as success; status goes by server-side apply
+//! with one field manager. Events go through the queue of [`events`].
+
+pub mod events;
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{TFJob, TFJobStatus};
+use crate::error::Error;
+use crate::leader::Gate;
+use crate::names;
+use crate::plan::{ObjectKey, PlannedEvent};
+use events::EventQueue;
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "tfjob-operator";
+
+/// A namespaced object the writer creates (pods and services).
+pub trait Namespaced:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+{
+}
+
+/// What a create came to.
+#[derive(Debug)]
+pub enum Created<K> {
+    /// Created now.
+    New(K),
+    /// Already there and controlled by this job (a create the cache had not shown yet).
+    Existing(K),
+    /// An object of the same name is being deleted (an earlier one's): wait for it to go.
+    Terminating,
+    /// An object of the same name exists and is not this job's: never adopted.
+    Foreign,
+    /// The request failed: the API server's answer or the transport error.
+    Failed(kube::Error),
+}
+
+/// The API writer: a client, the leadership gate and the event queue.
+#[derive(Clone)]
+pub struct Writer {
+    client: Client,
+    gate: Gate,
+    events: EventQueue,
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// The API server's message for a failed request.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Delete options with the uid the plan saw as a precondition.
+fn with_uid(uid: &str) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+        ..Default::default()
+    }
+}
+
+impl Writer {
+    pub fn new(client: Client, gate: Gate, events: EventQueue) -> Writer {
+        Writer { client, gate, events }
+    }
+
+    /// The leadership gate every write asks.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn jobs(&self, job: &TFJob) -> Api<TFJob> {
+        Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default())
+    }
+
+    /// Writes the job's whole status (server-side apply, forced, one field manager) and
+    /// returns the stored object, without managedFields as the cache keeps jobs.
+    pub async fn patch_status(&self, job: &TFJob, status: &TFJobStatus) -> Result<TFJob, Error> {
+        self.gate.check()?;
+        let body =
+            serde_json::json!({ "apiVersion": names::API_VERSION, "kind": names::KIND, "status": status });
+        let mut written = self
+            .jobs(job)
+            .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await
+            .map_err(|source| Error::PatchStatus { job: job.name_any(), source })?;
+        written.metadata.managed_fields = None;
+        Ok(written)
+    }
+
+    /// Creates a pod or service for the job with uid `owner`. `Err` only when this process
+    /// does not lead; every answer of the API server is a [`Created`].
+    pub async fn create<K: Namespaced>(&self, owner: &str, obj: &K) -> Result<Created<K>, Error> {
+        self.gate.check()?;
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        Ok(match api.create(&pp, obj).await {
+            Ok(o) => Created::New(o),
+            Err(e) if is_status(&e, 409) => match api.get_opt(&obj.name_any()).await {
+                Ok(Some(found)) if names::controlled_by(found.meta(), owner) => Created::Existing(found),
+                Ok(Some(found)) if found.meta().deletion_timestamp.is_some() => Created::Terminating,
+                Ok(Some(_)) => Created::Foreign,
+                Ok(None) => Created::Terminating, // gone between the two calls: try again
+                Err(e) => Created::Failed(e),
+            },
+            Err(e) => Created::Failed(e),
+        })
+    }
+
+    /// Deletes a pod, only if it still has the uid the plan saw. Gone is success.
+    pub async fn delete_pod(&self, namespace: &str, pod: &ObjectKey) -> Result<(), Error> {
+        self.gate.check()?;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(&pod.name, &with_uid(&pod.uid)).await {
+            Ok(_) => Ok(()),
+            // 404: already gone; 409: the precondition failed, so that pod is gone too.
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(source) => Err(Error::DeletePod { name: pod.name.clone(), source }),
+        }
+    }
+
+    /// Deletes a service, only if it still has the uid the plan saw. Gone is success.
+    pub async fn delete_service(&self, namespace: &str, svc: &ObjectKey) -> Result<(), Error> {
+        self.gate.check()?;
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(&svc.name, &with_uid(&svc.uid)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(source) => Err(Error::DeleteService { name: svc.name.clone(), source }),
+        }
+    }
+
+    /// Deletes the TFJob for its TTL, only if it is still the version the plan saw: a patch
+    /// that lands first (a longer TTL) wins. Returns whether it was deleted.
+    pub async fn delete_job(&self, job: &TFJob) -> Result<bool, Error> {
+        self.gate.check()?;
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: job.uid(), resource_version: job.resource_version() }),
+            ..DeleteParams::background()
+        };
+        match self.jobs(job).delete(&job.name_any(), &dp).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
+            Err(source) => Err(Error::DeleteJob { job: job.name_any(), source }),
+        }
+    }
+
+    /// Queues an event about the job, stamped `now`: one new Event object per happening.
+    pub fn publish(&self, job: &TFJob, ev: &PlannedEvent, now: Timestamp) -> Result<(), Error> {
+        self.gate.check()?;
+        self.events.push(job, ev, now);
+        Ok(())
+    }
+}
