@@ -14,11 +14,11 @@ use super::types::CleanPodPolicy;
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TFJobStatus {
-    /// The job's conditions, oldest first; a condition that changes status moves to the end.
-    /// A job gets `Created`, then `Running` or `Restarting` (each replaces the other), then
-    /// `Succeeded` or `Failed`, which are final and exclusive; when the job finishes,
-    /// `Running` or `Restarting` turns `False`. `ReplicaFailure` is present while pods or
-    /// services cannot be created. `type` lists what each type means.
+    /// The job's conditions, in the order they were added. A job gets `Created`, then
+    /// `Running` or `Restarting` (each replaces the other), then `Succeeded` or `Failed`,
+    /// which are final and exclusive; when the job finishes, `Running` or `Restarting` turns
+    /// `False`. `ReplicaFailure` is present while pods or services cannot be created. `type`
+    /// lists what each type means.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<JobCondition>,
 
