@@ -109,3 +109,143 @@ fn schema_enums_bounds_and_metadata() {
     assert_eq!(columns, ["State", "Deadline", "Expires", "Workers", "PS", "Age"]);
     assert_eq!(crd.pointer("/spec/scope"), Some(&json!("Namespaced")));
 }
+
+/// Where a description joins two parts of one sentence with a line break, or is not trimmed:
+/// a description is paragraphs split by exactly "\n\n", each a line of text or lines of which
+/// every one after the first is a list item ("- ").
+fn broken_lines(description: &str) -> Option<String> {
+    if description.trim() != description {
+        return Some("surrounding whitespace".into());
+    }
+    for paragraph in description.split("\n\n") {
+        for (i, line) in paragraph.split('\n').enumerate() {
+            if line.is_empty() || line.trim() != line {
+                return Some(format!("blank or indented line {line:?}"));
+            }
+            if i > 0 && !line.starts_with("- ") {
+                return Some(format!("a line break inside a sentence, before {line:?}"));
+            }
+        }
+    }
+    None
+}
+
+/// Checks the descriptions of our schema nodes below `node` (at `path`); the pod template's
+/// schema is Kubernetes', and so are map values that are not objects of ours (Quantity).
+fn check_descriptions(node: &Value, path: &str, visited: &mut BTreeSet<String>, problems: &mut Vec<String>) {
+    let description = node.get("description").and_then(Value::as_str).unwrap_or_default();
+    if let Some(why) = broken_lines(description) {
+        problems.push(format!("{path}: {why}"));
+    }
+    if let Some(values) = node.get("enum").and_then(Value::as_array) {
+        for value in values.iter().filter_map(Value::as_str) {
+            let mention = if value.is_empty() { "\"\"".to_string() } else { format!("`{value}`") };
+            if !description.contains(&mention) {
+                problems.push(format!("{path}: the enum value {mention} is not described"));
+            }
+        }
+        if !description.to_lowercase().contains("default") {
+            problems.push(format!("{path}: an enum field that does not say its default"));
+        }
+    }
+    if path.ends_with(".template") {
+        return;
+    }
+    for (name, child) in node.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        let child_path = format!("{path}.{name}");
+        if child.get("description").and_then(Value::as_str).unwrap_or_default().trim().is_empty() {
+            problems.push(format!("{child_path}: no description"));
+        }
+        visited.insert(child_path.clone());
+        check_descriptions(child, &child_path, visited, problems);
+    }
+    for (keyword, suffix) in [("additionalProperties", ".*"), ("items", "[]")] {
+        if let Some(child) = node.get(keyword).filter(|c| c.get("properties").is_some()) {
+            check_descriptions(child, &format!("{path}{suffix}"), visited, problems);
+        }
+    }
+}
+
+/// `kubectl explain` shows these descriptions to users: each of our fields says what it
+/// does, as flowing text; an enum field names every value and its default. Checked on the
+/// generator's output and on the committed file.
+#[test]
+fn field_descriptions_read_well() {
+    let generated = serde_json::to_value(api::crd().unwrap()).unwrap();
+    let committed = std::fs::read_to_string("crds/kubeflow.org_tfjobs.yaml").unwrap_or_default();
+    let committed: Value = serde_saphyr::from_str(&committed).expect("the committed CRD parses");
+    for (which, crd) in [("generated", generated), ("committed", committed)] {
+        check_field_descriptions(&crd).unwrap_or_else(|e| panic!("the {which} CRD: {e}"));
+    }
+}
+
+fn check_field_descriptions(crd: &Value) -> Result<(), String> {
+    let root = crd.pointer("/spec/versions/0/schema/openAPIV3Schema").ok_or("the CRD has no schema")?;
+    let mut visited = BTreeSet::new();
+    let mut problems = Vec::new();
+    for top in ["spec", "status"] {
+        let node = &root["properties"][top];
+        visited.insert(top.to_string());
+        check_descriptions(node, top, &mut visited, &mut problems);
+    }
+    let with_defaults = [
+        "spec.cleanPodPolicy",
+        "spec.successPolicy",
+        "spec.enableDynamicWorker",
+        "spec.ttlSecondsAfterFinished",
+        "spec.activeDeadlineSeconds",
+        "spec.backoffLimit",
+        "spec.runPolicy.cleanPodPolicy",
+        "spec.runPolicy.ttlSecondsAfterFinished",
+        "spec.runPolicy.activeDeadlineSeconds",
+        "spec.runPolicy.backoffLimit",
+        "spec.runPolicy.suspend",
+        "spec.runPolicy.managedBy",
+        "spec.runPolicy.schedulingPolicy",
+        "spec.tfReplicaSpecs.*.replicas",
+        "spec.tfReplicaSpecs.*.restartPolicy",
+        "status.appliedPolicy.cleanPodPolicy",
+    ];
+    for path in with_defaults {
+        let pointer = format!("/properties/{}/description", path.replace('.', "/properties/"))
+            .replace("/properties/*/", "/additionalProperties/");
+        let description = root.pointer(&pointer).and_then(Value::as_str).unwrap_or_default();
+        if !description.to_lowercase().contains("default") {
+            problems.push(format!("{path}: does not say its default"));
+        }
+    }
+    // Kubeflow's training-operator defaults cleanPodPolicy to None: both places say ours differs.
+    for path in ["cleanPodPolicy", "runPolicy/properties/cleanPodPolicy"] {
+        let description = root
+            .pointer(&format!("/properties/spec/properties/{path}/description"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !description.contains("training-operator defaults to `None`") {
+            problems.push(format!("spec.{path}: does not say that Kubeflow defaults to `None`"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!("descriptions to fix:\n{}", problems.join("\n")));
+    }
+
+    // The walk reached every level of our types, and stopped at the pod template.
+    for path in [
+        "spec.runPolicy.schedulingPolicy.queue",
+        "spec.tfReplicaSpecs.*.restartPolicy",
+        "spec.tfReplicaSpecs.*.template",
+        "status.conditions[].type",
+        "status.replicaStatuses.Worker.countedRestarts[].uid",
+        "status.appliedPolicy.cleanPodPolicy",
+    ] {
+        if !visited.contains(path) {
+            return Err(format!("the walk missed {path}"));
+        }
+    }
+    if visited.iter().any(|p| p.contains(".template.")) {
+        return Err("the walk went into the pod template".into());
+    }
+    if visited.len() < 70 {
+        return Err(format!("only {} fields checked", visited.len()));
+    }
+    Ok(())
+}

@@ -9,18 +9,23 @@ use serde::{Deserialize, Serialize};
 use super::replica::ReplicaType;
 use super::types::CleanPodPolicy;
 
-/// What the operator observed and decided for a TFJob.
+/// What the operator observed and decided for a TFJob. Written only by the operator, through
+/// the status subresource.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TFJobStatus {
-    /// The job's conditions, oldest first: `Created`, then `Running` or `Restarting`, then
-    /// `Succeeded` or `Failed`, which are final and exclusive.
+    /// The job's conditions, in the order they were added. A job gets `Created`, then
+    /// `Running` or `Restarting` (each replaces the other), then `Succeeded` or `Failed`,
+    /// which are final and exclusive; when the job finishes, `Running` or `Restarting` turns
+    /// `False`. `ReplicaFailure` is present while pods or services cannot be created. `type`
+    /// lists what each type means.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<JobCondition>,
 
-    /// Per replica type (always the canonical key: `PS`, `Worker`, `Chief`, `Master`,
-    /// `Evaluator`), the pods by phase and the restarts made. After the job finishes they keep
-    /// the counts of that moment.
+    /// Per replica type, the pods by phase and the restarts made, under the canonical key
+    /// (`PS`, `Worker`, `Chief`, `Master` or `Evaluator`, whatever the letter case in
+    /// `spec.tfReplicaSpecs`). Updated while the job runs; once it has finished they keep the
+    /// counts of that moment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 5))]
     pub replica_statuses: BTreeMap<ReplicaType, ReplicaStatus>,
@@ -29,7 +34,8 @@ pub struct TFJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
 
-    /// When the job succeeded or failed; `ttlSecondsAfterFinished` counts from here.
+    /// When the job succeeded or failed; `ttlSecondsAfterFinished` counts from here. Absent
+    /// while the job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
@@ -37,16 +43,21 @@ pub struct TFJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reconcile_time: Option<Time>,
 
-    /// The run policy the operator last acted on, after precedence (`spec` over
-    /// `spec.runPolicy`) and defaults.
+    /// The run policy the operator acts on: the updatable run-policy fields after precedence
+    /// (a field directly under `spec` wins over the same field under `spec.runPolicy`) and
+    /// defaults. A change of an effective value gets one Normal event: `CleanPodPolicyUpdated`,
+    /// `TTLUpdated` or `DeadlineUpdated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_policy: Option<AppliedPolicy>,
 
-    /// When the job fails for `activeDeadlineSeconds` if it is still running then.
+    /// When the job fails with reason `DeadlineExceeded` if it is still running then:
+    /// `startTime` plus the effective `activeDeadlineSeconds`. Absent when there is no
+    /// deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
 
-    /// When the finished job is deleted for `ttlSecondsAfterFinished`.
+    /// When the finished TFJob is deleted: `completionTime` plus the effective
+    /// `ttlSecondsAfterFinished`. Absent while the job runs and when there is no TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<Time>,
 }
@@ -55,39 +66,46 @@ pub struct TFJobStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedPolicy {
-    /// The effective `cleanPodPolicy`.
+    /// The effective `cleanPodPolicy`: `Running` (the default, when neither
+    /// `spec.cleanPodPolicy` nor `spec.runPolicy.cleanPodPolicy` is set), `All` or `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean_pod_policy: Option<CleanPodPolicy>,
-    /// The effective `ttlSecondsAfterFinished`; absent when unset.
+    /// The effective `ttlSecondsAfterFinished`; absent when unset (the default: the finished
+    /// TFJob is kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds_after_finished: Option<i32>,
-    /// The effective `activeDeadlineSeconds`; absent when unset.
+    /// The effective `activeDeadlineSeconds`; absent when unset (the default: no deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_deadline_seconds: Option<i64>,
 }
 
-/// The pods of one replica type.
+/// The pods of this replica type: how many run, have succeeded and have failed, and the
+/// restarts made.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
-    /// Pods running (and not being deleted). Always written, so the entry is never empty.
+    /// Pods running (in phase Running and not being deleted). Always written, 0 included, so
+    /// the entry is never empty.
     #[serde(default)]
     pub active: i32,
-    /// Replicas that have succeeded, including those whose pods are gone since.
+    /// Replicas that have succeeded, including those whose pods are gone since. Absent
+    /// when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub succeeded: i32,
-    /// Pods that failed and will not be restarted.
+    /// Pods that failed and are not re-created (`restartPolicy` `Never`, or `ExitCode` with
+    /// a failure that is not retried). Absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed: i32,
     /// Restarts counted against `backoffLimit`: containers restarted in place and pods
-    /// re-created after a failure.
+    /// re-created after a failure. Absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: i32,
-    /// The replica indexes that have succeeded; they are not run again.
+    /// The replica indexes that have succeeded, in ascending order; they are not run again,
+    /// even when their pods are gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub succeeded_indexes: Vec<i32>,
-    /// Bookkeeping for `restarts`: per live pod, the restarts already counted, so no restart
-    /// is counted twice across reconciles or operator restarts.
+    /// Bookkeeping for `restarts`: per live pod, the restarts already counted, so that no
+    /// restart is counted twice across reconciles or operator restarts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted_restarts: Vec<PodRestarts>,
 }
@@ -98,7 +116,8 @@ pub struct ReplicaStatus {
 pub struct PodRestarts {
     /// The pod's uid.
     pub uid: String,
-    /// Restarts counted for it: its containers' restarts, plus one if it was re-created.
+    /// Restarts counted for it: its containers' restarts in place, plus one if it failed and
+    /// is re-created.
     pub count: i32,
 }
 
@@ -106,21 +125,34 @@ pub struct PodRestarts {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobCondition {
-    /// The condition type.
+    /// The condition type; every condition has one (there is no default):
+    /// - `Created`: the operator has accepted the job.
+    /// - `Running`: the `Chief` or `Master` (or, without one, at least one worker) is
+    ///   running.
+    /// - `Restarting`: failed replicas are being restarted; `Running` replaces it once they
+    ///   run again.
+    /// - `Succeeded`: the job has succeeded (final).
+    /// - `Failed`: the job has failed (final); the reason says why.
+    /// - `ReplicaFailure`: pods or services cannot be created (reason `FailedCreatePod`,
+    ///   with the API server's message); removed once they are.
+    /// - `Suspended`: not used yet, since suspending a job is not supported.
     #[serde(rename = "type")]
     pub type_: ConditionType,
-    /// `True`, `False` or `Unknown`.
+    /// Whether the condition holds: `True` or `False`. Kubernetes conditions may also be
+    /// `Unknown`, which this operator never writes.
     pub status: ConditionStatus,
-    /// A machine-readable reason, such as `TFJobRunning` or `DeadlineExceeded`.
+    /// A machine-readable reason: `TFJobCreated`, `TFJobRunning`, `TFJobRestarting`,
+    /// `TFJobSucceeded`, `TFJobFailed` (a replica failed), `BackoffLimitExceeded`,
+    /// `DeadlineExceeded`, `InvalidTFJobSpec` or `FailedCreatePod`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// A human-readable message.
+    /// A human-readable message, such as `TFJob mnist is running.`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// When the condition was last written.
+    /// When the condition was last written: added, or its status, reason or message changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
-    /// When the condition last changed status.
+    /// When the condition last changed status: it was added, or turned `False`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
 }

@@ -73,63 +73,76 @@ pub struct TFJobSpec {
     /// each written in any letter case (`Ps` and `PS` are the same type, and naming one type
     /// twice is refused). The job needs a `Chief` or a `Master` (at most one of them, with
     /// exactly 1 replica), or a `Worker` with at least one replica. Every pod template must
-    /// have a container named `tensorflow`, and every container an image.
-    /// Cannot be changed after the job is created.
+    /// have a container named `tensorflow`, and every container an image. Required; cannot
+    /// be changed after the job is created.
     pub tf_replica_specs: BTreeMap<String, ReplicaSpec>,
 
-    /// When the job counts as succeeded. Empty (the default): when the `Chief` or `Master`
-    /// succeeds, or, without one, when worker 0 succeeds. `AllWorkers`: when every worker
-    /// has succeeded. Cannot be changed after the job is created.
+    /// When the job counts as succeeded:
+    /// - `""` (the default, also when unset): when the `Chief` or `Master` succeeds or, in a
+    ///   job without one, when worker 0 succeeds.
+    /// - `AllWorkers`: in a job without a `Chief` or `Master`, when every worker has
+    ///   succeeded; a `Chief` or `Master` still decides alone.
+    ///
+    /// Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_policy: Option<SuccessPolicy>,
 
-    /// When true, a worker's TF_CONFIG lists only the parameter servers and that worker
+    /// When true, a worker's `TF_CONFIG` lists only the parameter servers and that worker
     /// itself, and worker failures do not fail the job, so workers may come and go.
     /// Defaults to false. Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_dynamic_worker: Option<bool>,
 
-    /// Which pods to delete once the job has finished: `Running` (the default) deletes
-    /// pods still running or pending (parameter servers and evaluators never exit on their
-    /// own), `All` deletes every pod, `None` keeps them all. Each deleted pod's service goes
-    /// with it. May be changed at any time, also after the job has finished; the new value
-    /// is acted on at once. Set here it wins over `runPolicy.cleanPodPolicy`; remove it to
-    /// fall back to that. Kubeflow's training-operator defaults to `None`; this operator
-    /// keeps the original tf-operator default, `Running`.
+    /// Which pods to delete once the job has finished (succeeded or failed):
+    /// - `Running` (the default): the pods still running or pending, such as parameter
+    ///   servers and evaluators, which never exit on their own; pods that succeeded or
+    ///   failed are kept.
+    /// - `All`: every pod.
+    /// - `None`: none; pods and services are all kept.
+    ///
+    /// A pod's headless service is deleted with it and kept while the pod is kept. May be
+    /// changed at any time, also after the job has finished: the new value is acted on at
+    /// once (changing `None` to `All` deletes what remains). Set here, it wins over
+    /// `runPolicy.cleanPodPolicy`; remove it to fall back to that. Kubeflow's
+    /// training-operator defaults to `None`; this operator keeps the original tf-operator
+    /// default, `Running`, so set `None` to keep every pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean_pod_policy: Option<CleanPodPolicy>,
 
     /// Seconds after the job finished (its `status.completionTime`) at which the TFJob is
-    /// deleted, together with its pods and services. Unset (the default) keeps it forever.
-    /// May be changed at any time, also after the job has finished; the new expiry is
-    /// acted on at once. Set here it wins over `runPolicy.ttlSecondsAfterFinished`.
+    /// deleted, together with its pods and services; 0 deletes it as soon as it finishes.
+    /// Unset (the default): the TFJob is kept until you delete it. May be changed at any
+    /// time, also after the job has finished; the new expiry (`status.expires`) is acted on
+    /// at once. Set here, it wins over `runPolicy.ttlSecondsAfterFinished`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
 
     /// Seconds after the job started (its `status.startTime`) at which a job that is still
     /// running is failed with reason `DeadlineExceeded`, whatever its replicas' restart
-    /// policies. Unset (the default): no deadline. May be changed while the job runs:
-    /// shortened into the past, the job fails at once; removed, it never fails for time.
-    /// Set here it wins over `runPolicy.activeDeadlineSeconds`.
+    /// policies; at least 1. Unset (the default): no deadline. May be changed while the job
+    /// runs, and the new deadline (`status.deadline`) is acted on at once: shortened into
+    /// the past, the job fails at once; removed, it never fails for time. Set here, it wins
+    /// over `runPolicy.activeDeadlineSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
 
     /// How many restarts the job may make before it is failed with reason
-    /// `BackoffLimitExceeded`: `N` allows N restarts (N+1 runs), as in a batch/v1 Job.
-    /// Every restart counts: containers restarted in place (`OnFailure`, `Always`) and pods
-    /// re-created (`ExitCode`, or `OnFailure` after the pod itself failed). Pods lost to
-    /// eviction or deletion by others do not count. Unset (the default): unlimited.
-    /// Set here it wins over `runPolicy.backoffLimit`. Cannot be changed after the job is
-    /// created.
+    /// `BackoffLimitExceeded`: `N` allows N restarts (N+1 runs), as in a batch/v1 Job, so 0
+    /// fails the job at its first restart. Every restart counts: containers restarted in
+    /// place (`OnFailure`, `Always`) and pods re-created (`ExitCode`, or `OnFailure` and
+    /// `Always` after the pod itself failed). Pods lost to eviction or deletion by others do
+    /// not count. Unset (the default): unlimited. Set here, it wins over
+    /// `runPolicy.backoffLimit`. Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub backoff_limit: Option<i32>,
 
-    /// Kubeflow's run policy, for manifests written for Kubeflow's training-operator. A
-    /// field set directly under `spec` wins over the same field here; both places may be
-    /// set, and removing the one under `spec` falls back to the one here.
+    /// Kubeflow's run policy, for manifests written for Kubeflow's training-operator. Its
+    /// fields mean the same as the fields of the same name directly under `spec`. A field
+    /// set directly under `spec` wins over the same field here; both places may be set, and
+    /// removing the one under `spec` falls back to the one here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_policy: Option<RunPolicy>,
 }
@@ -139,61 +152,94 @@ pub struct TFJobSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunPolicy {
-    /// Which pods to delete once the job has finished: `Running` (the default), `All` or
-    /// `None`. May be changed at any time. `spec.cleanPodPolicy` wins when set.
+    /// Which pods to delete once the job has finished (succeeded or failed):
+    /// - `Running` (the default): the pods still running or pending, such as parameter
+    ///   servers and evaluators, which never exit on their own; pods that succeeded or
+    ///   failed are kept.
+    /// - `All`: every pod.
+    /// - `None`: none; pods and services are all kept.
+    ///
+    /// A pod's headless service is deleted with it and kept while the pod is kept. May be
+    /// changed at any time, also after the job has finished: the new value is acted on at
+    /// once. `spec.cleanPodPolicy` wins when set. Kubeflow's training-operator defaults to
+    /// `None`; this operator keeps the original tf-operator default, `Running`, so set
+    /// `None` to keep every pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean_pod_policy: Option<CleanPodPolicy>,
 
-    /// Seconds after the job finished at which the TFJob is deleted. Unset: never.
-    /// May be changed at any time. `spec.ttlSecondsAfterFinished` wins when set.
+    /// Seconds after the job finished (its `status.completionTime`) at which the TFJob is
+    /// deleted, together with its pods and services; 0 deletes it as soon as it finishes.
+    /// Unset (the default): the TFJob is kept until you delete it. May be changed at any
+    /// time, also after the job has finished; the new expiry is acted on at once.
+    /// `spec.ttlSecondsAfterFinished` wins when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
 
-    /// Seconds after the job started at which a running job is failed with reason
-    /// `DeadlineExceeded`. Unset: no deadline. May be changed while the job runs.
-    /// `spec.activeDeadlineSeconds` wins when set.
+    /// Seconds after the job started (its `status.startTime`) at which a job that is still
+    /// running is failed with reason `DeadlineExceeded`; at least 1. Unset (the default): no
+    /// deadline. May be changed while the job runs, and the new deadline is acted on at
+    /// once. `spec.activeDeadlineSeconds` wins when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
 
-    /// How many restarts the job may make before it fails (`N` allows N restarts).
-    /// Unset: unlimited. `spec.backoffLimit` wins when set. Cannot be changed.
+    /// How many restarts the job may make before it is failed with reason
+    /// `BackoffLimitExceeded`: `N` allows N restarts (N+1 runs), so 0 fails the job at its
+    /// first restart. Containers restarted in place and pods re-created after a failure
+    /// count; pods lost to eviction or deletion by others do not. Unset (the default):
+    /// unlimited. `spec.backoffLimit` wins when set. Cannot be changed after the job is
+    /// created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub backoff_limit: Option<i32>,
 
-    /// Gang scheduling. Not supported yet by this operator: a job that sets it is refused.
+    /// Gang scheduling: Kubeflow's settings for starting all the job's pods together through
+    /// a gang scheduler such as Volcano. Not supported yet by this operator: the API server
+    /// refuses a TFJob that sets it, even empty. Leave it unset (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling_policy: Option<SchedulingPolicy>,
 
-    /// Suspends the job. Not supported yet by this operator: `true` is refused.
+    /// Whether the job is suspended. Only `false` (the default, also when unset) is
+    /// accepted: suspending is not supported yet by this operator, and the API server
+    /// refuses `true`. Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
 
-    /// The controller that runs this job. Empty or `kubeflow.org/training-operator` mean this
-    /// operator; any other value is not supported yet and is refused. Cannot be changed.
+    /// The controller that runs this job. Empty (the default, also when unset) and
+    /// `kubeflow.org/training-operator` both mean this operator; handing the job to another
+    /// controller is not supported yet, so the API server refuses any other value. Cannot be
+    /// changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_by: Option<String>,
 }
 
-/// Gang-scheduling settings, as Kubeflow defines them. Not supported yet by this operator.
+/// Gang-scheduling settings, as Kubeflow defines them. Not supported yet by this operator:
+/// a TFJob that sets `spec.runPolicy.schedulingPolicy` is refused.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SchedulingPolicy {
-    /// The least number of pods that must be schedulable together.
+    /// In Kubeflow: the least number of pods that must be schedulable together for the job
+    /// to start. Not supported yet by this operator: a TFJob with a `schedulingPolicy` is
+    /// refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_available: Option<i32>,
-    /// The scheduler queue.
+    /// In Kubeflow: the gang scheduler's queue for the job. Not supported yet by this
+    /// operator: a TFJob with a `schedulingPolicy` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
-    /// The least resources the gang needs.
+    /// In Kubeflow: the least resources (by resource name, such as `cpu` or
+    /// `nvidia.com/gpu`) that must be free before the gang is scheduled. Not supported yet
+    /// by this operator: a TFJob with a `schedulingPolicy` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_resources: Option<BTreeMap<String, Quantity>>,
-    /// The priority class of the gang.
+    /// In Kubeflow: the name of the PriorityClass of the gang. Not supported yet by this
+    /// operator: a TFJob with a `schedulingPolicy` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class: Option<String>,
-    /// How long to wait for the gang to be scheduled.
+    /// In Kubeflow: how many seconds the gang scheduler waits for the whole gang to be
+    /// scheduled. Not supported yet by this operator: a TFJob with a `schedulingPolicy` is
+    /// refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_timeout_seconds: Option<i32>,
 }
@@ -202,27 +248,43 @@ pub struct SchedulingPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSpec {
-    /// How many pods of this type to run. Defaults to 1; 0 runs none.
+    /// How many pods of this type to run, with indexes 0 to replicas-1 (pod and service
+    /// `<job>-<type>-<index>`). Defaults to 1; 0 runs none. A `Chief` or `Master` must have
+    /// exactly 1. Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
 
-    /// The pod template. It needs a container named `tensorflow`, which gets the `TF_CONFIG`
-    /// environment variable and, when it has none, a port `tfjob-port` (2222). The pod's
-    /// own `restartPolicy` is replaced by this replica's `restartPolicy`.
+    /// The pod template of this replica type. It needs a container named `tensorflow`,
+    /// which gets the `TF_CONFIG` environment variable (unless the job has a single replica
+    /// in all) and, when it has none, a port `tfjob-port` (2222); every container needs an
+    /// image. The pod's own `restartPolicy` is replaced as this replica's `restartPolicy`
+    /// says. Cannot be changed after the job is created.
     pub template: PodTemplateSpec,
 
-    /// What to do when a pod of this type fails. `Never` (the default): the job fails.
-    /// `OnFailure` and `Always`: the container restarts in place, and a pod that fails as a
-    /// whole is re-created. `ExitCode`: the pod is re-created when the `tensorflow`
-    /// container's exit code is 128 or more (killed by a signal, such as 137 for SIGKILL or
-    /// OOM), and the job fails on codes 1 to 127. Restarts count against `backoffLimit`.
-    /// Pods evicted or deleted by others are re-created under every policy.
+    /// What to do when a pod of this type fails:
+    /// - `Never` (the default): the job fails.
+    /// - `OnFailure`: the kubelet restarts a failed container in place, and a pod that fails
+    ///   as a whole is re-created.
+    /// - `Always`: the kubelet restarts the container in place whenever it exits, even
+    ///   successfully, so the replica never succeeds; a pod that fails as a whole is
+    ///   re-created.
+    /// - `ExitCode`: the pod is re-created when the `tensorflow` container's exit code is
+    ///   128 or more (killed by a signal, such as 137 for SIGKILL or out of memory); any
+    ///   other failure, such as exit codes 1 to 127, fails the job.
+    ///
+    /// Every restart, in place or by re-creation, counts against `backoffLimit`. Pods
+    /// evicted, preempted or deleted by others are re-created under every policy and do not
+    /// count. The pod's own `restartPolicy` becomes `Always` or `OnFailure` for those two,
+    /// `Never` for `Never` and `ExitCode`. Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
 }
 
-/// What to do when a replica's pod fails.
+// The three enums below have no doc comment on purpose: for an optional enum field, kube puts
+// the enum's own description over the field's, so the values are documented on each field.
+
+// What to do when a replica's pod fails (`ReplicaSpec::restart_policy`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum RestartPolicy {
     /// Restart the container in place, whatever its exit status.
@@ -235,7 +297,7 @@ pub enum RestartPolicy {
     ExitCode,
 }
 
-/// Which pods to delete once the job has finished.
+// Which pods to delete once the job has finished (`TFJobSpec::clean_pod_policy`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum CleanPodPolicy {
     /// Delete every pod.
@@ -246,7 +308,7 @@ pub enum CleanPodPolicy {
     None,
 }
 
-/// When a job without a chief counts as succeeded.
+// When a job without a chief counts as succeeded (`TFJobSpec::success_policy`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum SuccessPolicy {
     /// When worker 0 succeeds.
