@@ -50,15 +50,7 @@ fn identity() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match cli::parse(&args, |k| std::env::var(k).ok()) {
-        Ok(o) => o,
-        Err(msg) if msg.starts_with("tfjob-operator:") => {
-            print!("{msg}");
-            return Ok(());
-        }
-        Err(msg) => anyhow::bail!(msg),
-    };
+    let opts = cli::Options::from_process();
     init_logging(opts.log_format);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(opts.leader_election.is_some()));
