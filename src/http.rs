@@ -1,14 +1,15 @@
-//! The operator's one HTTP port: `/healthz`, `/readyz` and `/metrics`, and the readiness state
-//! behind `/readyz`.
-//!
-//! A deliberately small HTTP/1.1 responder: every answer closes the connection, and requests
-//! are read only up to their request line.
+//! The operator's one HTTP port: `/healthz`, `/readyz` and `/metrics` (served by axum), and
+//! the readiness state behind `/readyz`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::leader::Gate;
@@ -16,14 +17,14 @@ use crate::metrics::{self, Metrics};
 
 /// Readiness: whether the caches have synced, read with the leadership gate.
 #[derive(Debug)]
-pub struct Health {
+pub struct Readiness {
     gate: Gate,
     synced: AtomicBool,
 }
 
-impl Health {
-    pub fn new(gate: Gate) -> Health {
-        Health { gate, synced: AtomicBool::new(false) }
+impl Readiness {
+    pub fn new(gate: Gate) -> Readiness {
+        Readiness { gate, synced: AtomicBool::new(false) }
     }
 
     /// Ready: a follower waiting for the lease is ready; the leader once its caches synced.
@@ -37,61 +38,85 @@ impl Health {
     }
 }
 
-/// The response to a request line's path.
-fn respond(path: &str, health: &Health, metrics: &Metrics) -> (u16, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    match path.split('?').next().unwrap_or("") {
-        "/healthz" => (200, TEXT, "ok\n".into()),
-        "/readyz" if health.ready() => (200, TEXT, "ok\n".into()),
-        "/readyz" => (503, TEXT, "leader: caches not synced yet\n".into()),
-        "/metrics" => (200, metrics::CONTENT_TYPE, metrics.encode()),
-        _ => (404, TEXT, "not found\n".into()),
+/// What the handlers read.
+#[derive(Clone)]
+struct Served {
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+}
+
+/// `/healthz`: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `/readyz`: [`Readiness::ready`].
+async fn readyz(State(s): State<Served>) -> (StatusCode, &'static str) {
+    if s.readiness.ready() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "leader: caches not synced yet\n")
     }
 }
 
+/// `/metrics`: the registry in the OpenMetrics text format.
+async fn encode_metrics(State(s): State<Served>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], s.metrics.encode())
+}
+
+/// Any other path.
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// The three paths; 404 for any other.
+fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(encode_metrics))
+        .fallback(not_found)
+        .with_state(Served { readiness, metrics })
+}
+
 /// Serves the port until the process ends.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let (health, metrics) = (health.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (code, content_type, body) = respond(path, &health, &metrics);
-            let reason = match code {
-                200 => "OK",
-                503 => "Service Unavailable",
-                _ => "Not Found",
-            };
-            let head = format!(
-                "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-        });
+pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, metrics: Arc<Metrics>) {
+    if let Err(e) = axum::serve(listener, router(readiness, metrics)).await {
+        tracing::error!(error = %e, "the HTTP port stopped");
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[test]
     fn readiness_reads_the_gate() {
         let gate = Gate::elected();
-        let h = Health::new(gate.clone());
+        let h = Readiness::new(gate.clone());
         assert!(h.ready(), "a follower is ready");
         gate.set(true);
         assert!(!h.ready(), "the leader, before its caches synced");
         h.set_synced();
         assert!(h.ready());
+    }
+
+    /// The answer to `request`, sent in `parts` writes, read until the server closes.
+    async fn exchange(addr: std::net::SocketAddr, parts: &[&str]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for part in parts {
+            s.write_all(part.as_bytes()).await.unwrap();
+            s.flush().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut out = String::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_string(&mut out))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        out
     }
 
     #[tokio::test]
@@ -100,23 +125,26 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let gate = Gate::elected();
         gate.set(true);
-        let health = Arc::new(Health::new(gate.clone()));
-        tokio::spawn(serve(listener, health.clone(), Arc::new(Metrics::new(&gate))));
+        let readiness = Arc::new(Readiness::new(gate.clone()));
+        tokio::spawn(serve(listener, readiness.clone(), Arc::new(Metrics::new(&gate))));
         let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
+            exchange(addr, &[&format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")]).await
         };
-        assert!(get("/healthz").await.starts_with("HTTP/1.1 200 OK\r\n"));
+        let ok = get("/healthz").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nok\n"), "{ok}");
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503 "), "leader before its caches synced");
-        health.set_synced();
+        readiness.set_synced();
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(get("/readyz?verbose").await.starts_with("HTTP/1.1 200 OK\r\n"), "a query is ignored");
         let m = get("/metrics").await;
         assert!(m.contains("content-type: application/openmetrics-text"), "{m}");
         assert!(m.contains("\r\n\r\n# HELP tfjob_operator_reconciles "), "{m}");
         assert!(m.ends_with("# EOF\n"), "{m}");
         assert!(get("/nope").await.starts_with("HTTP/1.1 404 "));
+        // A request line and headers that arrive in two writes.
+        let split =
+            exchange(addr, &["GET /heal", "thz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"]).await;
+        assert!(split.starts_with("HTTP/1.1 200 OK\r\n"), "{split}");
     }
 }

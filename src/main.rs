@@ -10,7 +10,7 @@ use futures::FutureExt;
 use kube::client::ClientBuilder;
 use tfjob_operator::cli::{self, LeaderElection, LogFormat};
 use tfjob_operator::controller::{self, Settings};
-use tfjob_operator::http::{self, Health};
+use tfjob_operator::http::{self, Readiness};
 use tfjob_operator::leader::{Elector, Gate};
 use tfjob_operator::metrics::Metrics;
 use tfjob_operator::metrics::requests::CountLayer;
@@ -50,25 +50,17 @@ fn identity() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match cli::parse(&args, |k| std::env::var(k).ok()) {
-        Ok(o) => o,
-        Err(msg) if msg.starts_with("tfjob-operator:") => {
-            print!("{msg}");
-            return Ok(());
-        }
-        Err(msg) => anyhow::bail!(msg),
-    };
+    let opts = cli::Options::from_process();
     init_logging(opts.log_format);
     let gate = if opts.leader_election.is_some() { Gate::elected() } else { Gate::always_open() };
     let metrics = Arc::new(Metrics::new(&gate));
-    let health = Arc::new(Health::new(gate.clone()));
+    let readiness = Arc::new(Readiness::new(gate.clone()));
     let client = client(&opts, metrics.clone()).await?;
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
         .with_context(|| format!("binding {}", opts.http_addr))?;
     info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
-    tokio::spawn(http::serve(listener, health.clone(), metrics.clone()));
+    tokio::spawn(http::serve(listener, readiness.clone(), metrics.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
@@ -89,8 +81,8 @@ async fn main() -> anyhow::Result<()> {
         warn!(qps = opts.kube_api_qps, burst = opts.kube_api_burst, "client-side rate limit on");
     }
     let synced = {
-        let health = health.clone();
-        move || health.set_synced()
+        let readiness = readiness.clone();
+        move || readiness.set_synced()
     };
     let Some(election) = opts.leader_election else {
         controller::run(client, settings, metrics, gate, synced, shutdown).await;

@@ -23,7 +23,7 @@ pub fn crd() -> Result<CustomResourceDefinition, Error> {
     let schema = value
         .pointer_mut("/spec/versions/0/schema/openAPIV3Schema")
         .ok_or_else(|| Error::CrdSchema("the derived CRD has no openAPIV3Schema".into()))?;
-    rules::install(schema).map_err(Error::CrdSchema)?;
+    rules::add_to_schema(schema).map_err(Error::CrdSchema)?;
     let stops = reflow_descriptions(schema, &mut Vec::new());
     if stops != KUBERNETES_BELOW.len() {
         return Err(Error::CrdSchema(format!(

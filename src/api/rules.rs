@@ -184,7 +184,7 @@ fn node<'a>(schema: &'a mut Value, path: &[&str]) -> Result<&'a mut Value, Strin
 }
 
 /// Adds the bounds and CEL rules to the generated `openAPIV3Schema`.
-pub fn install(schema: &mut Value) -> Result<(), String> {
+pub fn add_to_schema(schema: &mut Value) -> Result<(), String> {
     for (path, keyword, value) in bounds() {
         let n = node(schema, path)?;
         n.as_object_mut().ok_or("schema node is not an object")?.insert(keyword.into(), value);

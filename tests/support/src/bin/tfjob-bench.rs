@@ -6,29 +6,72 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clap::{ArgAction, Parser};
 use tfjob_testsupport::bench::{self, OperatorSpec, Options};
 use tfjob_testsupport::{Cluster, ControlPlane, PlaneOptions, bin_dir, client_for};
 
-const USAGE: &str = "tfjob-bench: N TFJobs at once against a TFJob operator, and the bound
+/// N TFJobs at once against a TFJob operator, and the bound.
+#[derive(Debug, Parser)]
+#[command(name = "tfjob-bench", long_about = None, args_override_self = true)]
+struct Flags {
+    /// Numbers of jobs, one run each (default 10,100,1000)
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = size, action = ArgAction::Set)]
+    sizes: Option<Vec<usize>>,
+    /// The operator binary to start per size (default: tfjob-operator next to this binary)
+    #[arg(long, value_name = "PATH")]
+    operator: Option<PathBuf>,
+    /// Its arguments (repeatable; {namespace} and {port} are replaced; default:
+    /// --namespace={namespace} --http-addr=127.0.0.1:{port} --log-format=json)
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    operator_arg: Vec<String>,
+    /// Measure an operator that is already running (watching every namespace)
+    #[arg(long)]
+    no_operator: bool,
+    /// With --no-operator: its pid, for CPU and RSS from /proc
+    #[arg(long, value_name = "PID")]
+    operator_pid: Option<u32>,
+    /// With --no-operator: its /metrics port on 127.0.0.1
+    #[arg(long, value_name = "P")]
+    metrics_port: Option<u16>,
+    /// Use this cluster instead of starting a local control plane
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Kwok nodes of the local plane, 1000 pods each
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    nodes: u32,
+    /// kube-controller-manager and kube-scheduler QPS
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    component_qps: u32,
+    /// Worker replicas per job (default 4)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    workers: Option<i32>,
+    /// PS replicas per job (default 1)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    ps: Option<i32>,
+    /// How long workers run (default 5s)
+    #[arg(long, value_name = "D")]
+    run_for: Option<String>,
+    /// ttlSecondsAfterFinished of every job (default 10)
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    ttl: Option<i64>,
+    /// activeDeadlineSeconds of the deadline jobs (default 20)
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    deadline: Option<i64>,
+    /// Concurrent creates by the bench (default 64)
+    #[arg(long, value_name = "N")]
+    in_flight: Option<usize>,
+    /// Skip the unreported one-job run before the sizes
+    #[arg(long)]
+    no_warmup: bool,
+    /// Print one JSON document instead of the table
+    #[arg(long)]
+    json: bool,
+}
 
-  --sizes 10,100,1000     numbers of jobs, one run each
-  --operator PATH         the operator binary to start per size (default: tfjob-operator
-                          next to this binary's target directory, release build)
-  --operator-arg ARG      its arguments (repeatable; {namespace} and {port} are replaced;
-                          default: --namespace={namespace} --http-addr=127.0.0.1:{port} --log-format=json)
-  --no-operator           measure an operator that is already running (watching every namespace)
-  --operator-pid PID      with --no-operator: its pid, for CPU and RSS from /proc
-  --metrics-port P        with --no-operator: its /metrics port on 127.0.0.1
-  --kubeconfig PATH       use this cluster instead of starting a local control plane
-  --nodes N               kwok nodes of the local plane (default 12, 1000 pods each)
-  --component-qps N       kube-controller-manager and kube-scheduler QPS (default 1000)
-  --workers N --ps N      replicas per job (default 4 and 1)
-  --run-for D             how long workers run (default 5s)
-  --ttl S --deadline S    ttlSecondsAfterFinished (10) and the deadline jobs' activeDeadlineSeconds (20)
-  --in-flight N           concurrent creates by the bench (default 64)
-  --no-warmup             skip the unreported one-job run before the sizes
-  --json                  print one JSON document instead of the table
-";
+/// One of `--sizes`, spaces around it allowed.
+fn size(s: &str) -> Result<usize, String> {
+    s.trim().parse().map_err(|e| format!("{s:?}: {e}"))
+}
 
 struct Args {
     opts: Options,
@@ -39,65 +82,57 @@ struct Args {
 }
 
 fn parse() -> Result<Args> {
-    let exe = std::env::current_exe()?;
-    // <target>/release/tfjob-bench -> <target>/release/tfjob-operator
-    let default_bin = exe.with_file_name("tfjob-operator");
-    let mut bin = default_bin;
-    let mut op_args: Vec<String> = Vec::new();
-    let mut external = false;
-    let (mut pid, mut metrics_port) = (None, None);
-    let mut a = Args {
-        opts: Options::new(OperatorSpec::External { pid: None, metrics_port: None }),
-        json: false,
-        kubeconfig: None,
-        nodes: 12,
-        component_qps: 1000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--sizes" => {
-                a.opts.sizes = value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?
-            }
-            "--operator" => bin = value()?.into(),
-            "--operator-arg" => op_args.push(value()?),
-            "--no-operator" => external = true,
-            "--operator-pid" => pid = Some(value()?.parse()?),
-            "--metrics-port" => metrics_port = Some(value()?.parse()?),
-            "--kubeconfig" => a.kubeconfig = Some(value()?.into()),
-            "--nodes" => a.nodes = value()?.parse()?,
-            "--component-qps" => a.component_qps = value()?.parse()?,
-            "--workers" => a.opts.workers = value()?.parse()?,
-            "--ps" => a.opts.ps = value()?.parse()?,
-            "--run-for" => a.opts.run_for = value()?,
-            "--ttl" => a.opts.ttl = value()?.parse()?,
-            "--deadline" => a.opts.deadline = value()?.parse()?,
-            "--in-flight" => a.opts.in_flight = value()?.parse()?,
-            "--json" => a.json = true,
-            "--no-warmup" => a.opts.warmup = false,
-            "--help" | "-h" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown flag {other}\n\n{USAGE}"),
-        }
+    let flags = Flags::parse();
+    let mut opts = Options::new(OperatorSpec::External { pid: None, metrics_port: None });
+    if let Some(sizes) = flags.sizes {
+        opts.sizes = sizes;
     }
-    if external {
-        a.opts.operator = OperatorSpec::External { pid, metrics_port };
+    if let Some(workers) = flags.workers {
+        opts.workers = workers;
+    }
+    if let Some(ps) = flags.ps {
+        opts.ps = ps;
+    }
+    if let Some(run_for) = flags.run_for {
+        opts.run_for = run_for;
+    }
+    if let Some(ttl) = flags.ttl {
+        opts.ttl = ttl;
+    }
+    if let Some(deadline) = flags.deadline {
+        opts.deadline = deadline;
+    }
+    if let Some(in_flight) = flags.in_flight {
+        opts.in_flight = in_flight;
+    }
+    opts.warmup = !flags.no_warmup;
+    if flags.no_operator {
+        opts.operator = OperatorSpec::External { pid: flags.operator_pid, metrics_port: flags.metrics_port };
     } else {
+        // <target>/release/tfjob-bench -> <target>/release/tfjob-operator
+        let bin = match flags.operator {
+            Some(bin) => bin,
+            None => std::env::current_exe()?.with_file_name("tfjob-operator"),
+        };
         if !bin.exists() {
             bail!(
                 "no operator binary at {} (cargo build --release --bin tfjob-operator, or --operator)",
                 bin.display()
             );
         }
-        let args = if op_args.is_empty() { bench::default_operator_args() } else { op_args };
+        let args =
+            if flags.operator_arg.is_empty() { bench::default_operator_args() } else { flags.operator_arg };
         // The kubeconfig is filled in once the cluster is known.
-        a.opts.operator =
+        opts.operator =
             OperatorSpec::Start { bin, args, kubeconfig: PathBuf::new(), log_dir: PathBuf::new() };
     }
-    Ok(a)
+    Ok(Args {
+        opts,
+        json: flags.json,
+        kubeconfig: flags.kubeconfig,
+        nodes: flags.nodes,
+        component_qps: flags.component_qps,
+    })
 }
 
 #[tokio::main]

@@ -1,13 +1,10 @@
-//! `make cluster` / `make run`: a local control plane in the foreground until Ctrl-C.
-//!
-//! Flags: `--nodes N` (default 4), `--kubeconfig-out PATH` (default `.dev/kubeconfig`),
-//! `--crd PATH` (install this CRD once the plane is up), `--operator PATH` (run this operator
-//! binary against the plane, its log in `.dev/operator.log`), `--apply PATH` (then apply
-//! this manifest with the plane's kubectl; repeatable), `--watch` (print every TFJob change).
+//! `make cluster` / `make run`: a local control plane in the foreground until Ctrl-C; its
+//! flags are in `tfjob-devcluster --help`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use std::time::Duration;
 
@@ -17,46 +14,34 @@ use tfjob_testsupport::process::Proc;
 use tfjob_testsupport::{Cluster, ControlPlane, PlaneOptions, bin_dir, client_for, wait};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// A local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+/// kwok) in the foreground until Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "tfjob-devcluster", long_about = None, args_override_self = true)]
 struct Args {
+    /// Kwok nodes
+    #[arg(long, value_name = "N", default_value_t = 4)]
     nodes: u32,
+    /// Where the plane's kubeconfig is copied (and removed from at the end)
+    #[arg(long, value_name = "PATH", default_value = ".dev/kubeconfig")]
     kubeconfig_out: PathBuf,
+    /// Install this CRD once the plane is up
+    #[arg(long, value_name = "PATH")]
     crd: Option<PathBuf>,
+    /// Run this operator binary against the plane (its log: operator.log beside the kubeconfig)
+    #[arg(long, value_name = "PATH")]
     operator: Option<PathBuf>,
+    /// Then apply this manifest with the plane's kubectl (repeatable)
+    #[arg(long, value_name = "PATH")]
     apply: Vec<PathBuf>,
+    /// Print every TFJob change
+    #[arg(long)]
     watch: bool,
-}
-
-fn args() -> Result<Args> {
-    let mut a = Args {
-        nodes: 4,
-        kubeconfig_out: PathBuf::from(".dev/kubeconfig"),
-        crd: None,
-        operator: None,
-        apply: vec![],
-        watch: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--nodes" => a.nodes = value()?.parse()?,
-            "--kubeconfig-out" => a.kubeconfig_out = value()?.into(),
-            "--crd" => a.crd = Some(value()?.into()),
-            "--operator" => a.operator = Some(value()?.into()),
-            "--apply" => a.apply.push(value()?.into()),
-            "--watch" => a.watch = true,
-            other => bail!(
-                "unknown flag {other}; flags: --nodes N --kubeconfig-out PATH --crd PATH --operator PATH \
-                 --apply PATH --watch"
-            ),
-        }
-    }
-    Ok(a)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = args()?;
+    let args = Args::parse();
     let bins = bin_dir()?;
     eprintln!(
         "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ({} nodes)...",
