@@ -82,6 +82,7 @@ where
 }
 
 /// A response body that fails once its request's deadline passes.
+#[derive(Debug)]
 pub struct DeadlineBody<B> {
     inner: Pin<Box<B>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
