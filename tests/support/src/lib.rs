@@ -160,6 +160,25 @@ pub fn stage_names() -> Vec<String> {
         .collect()
 }
 
+/// Puts a pod spec on kwok nodes: the node selector and toleration every test pod carries, so
+/// on a user's cluster it lands on a kwok node, never a real one.
+pub fn place_on_kwok(spec: &mut serde_json::Value) {
+    spec["nodeSelector"] = serde_json::json!({"type": "kwok"});
+    spec["tolerations"] =
+        serde_json::json!([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]);
+}
+
+/// The pod spec of a TFJob replica in the tests and the benchmark: one `tensorflow` container
+/// on a kwok node, stopped without a grace period.
+pub fn kwok_pod_spec() -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "containers": [{"name": "tensorflow", "image": "tensorflow/tensorflow:2.16.1"}],
+        "terminationGracePeriodSeconds": 0
+    });
+    place_on_kwok(&mut spec);
+    spec
+}
+
 /// Polls `ready` every 200 ms until it is true or `timeout` passes.
 pub async fn wait<F, Fut>(timeout: Duration, what: &str, mut ready: F) -> Result<()>
 where
