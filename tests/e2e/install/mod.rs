@@ -4,6 +4,7 @@
 
 mod deploy;
 mod leader;
+mod rbac;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
     let mut all = deploy::tests();
+    all.extend(rbac::tests());
     all.extend(leader::tests());
     all
 }
