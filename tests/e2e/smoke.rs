@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{example, pods, wait_for, wait_gone, watch_state};
+use crate::support::{WAIT, example, pods, wait_for, wait_gone, watch_state};
 use crate::{Ctx, Test, test};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
@@ -199,7 +199,7 @@ async fn pods_meet_the_fate_their_annotations_choose(ctx: Ctx) -> Result<()> {
         api.create(&PostParams::default(), &plain_pod(name, annotations, restart, tf_container())?).await?;
     }
 
-    let t = Duration::from_secs(60);
+    let t = WAIT;
     let ok = wait_for(&api, "succeeds", t, "Succeeded", |p| phase(p) == "Succeeded").await?;
     for c in ["tensorflow", "sidecar"] {
         let code = container(&ok, c).and_then(|s| s.state.as_ref()?.terminated.as_ref()).map(|t| t.exit_code);
@@ -253,7 +253,7 @@ async fn deleted_pod_terminates_then_disappears(ctx: Ctx) -> Result<()> {
         spec.termination_grace_period_seconds = Some(30);
     }
     api.create(&PostParams::default(), &pod).await?;
-    wait_for(&api, "doomed", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await?;
+    wait_for(&api, "doomed", WAIT, "Running", |p| phase(p) == "Running").await?;
     let t0 = Instant::now();
     api.delete("doomed", &DeleteParams::default()).await?;
     let terminating = api.get_opt("doomed").await?.context("gone at once")?;

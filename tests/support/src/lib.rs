@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
 pub use plane::{ControlPlane, PlaneOptions, client_for, free_port, port_in_use};
@@ -121,12 +122,13 @@ impl Cluster {
         api.patch(&crd.name_any(), &PatchParams::apply("tfjob-e2e").force(), &Patch::Apply(crd))
             .await
             .context("applying the CRD")?;
-        wait(Duration::from_secs(60), "the CRD to be Established", || async {
-            api.get(&crd.name_any()).await.ok().and_then(|c| c.status).is_some_and(|s| {
-                s.conditions.iter().flatten().any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        })
-        .await
+        let name = crd.name_any();
+        let established = await_condition(api, &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(60), established)
+            .await
+            .context("timed out after 60s waiting for the CRD to be Established")?
+            .context("watching the CRD")?;
+        Ok(())
     }
 
     /// Creates a namespace and waits for its `default` ServiceAccount, as pods need on a real cluster.
