@@ -72,8 +72,11 @@ enum Outcome {
 }
 
 async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
-    let ns = format!("e2e-{}-{n}", t.name.rsplit("::").next().unwrap_or("t").replace('_', "-"));
-    let ns: String = ns.chars().take(60).collect::<String>().trim_end_matches('-').to_string();
+    // The test's name, shortened to keep the namespace within 63 characters; the number keeps
+    // it unique (install tests use it to prefix cluster-scoped names).
+    let short: String =
+        t.name.rsplit("::").next().unwrap_or("t").replace('_', "-").chars().take(50).collect();
+    let ns = format!("e2e-{}-{n}", short.trim_end_matches('-'));
     if let Err(e) = cluster.namespace(&ns).await {
         return Outcome::Failed(format!("setup: {e:#}"));
     }
