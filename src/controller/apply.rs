@@ -145,6 +145,7 @@ impl Applier<'_> {
                 Some(until) => CreateStep::Waiting { until },
                 None => self.create_all(job, plan, now).await?,
             };
+            crate::fault_point::reached("after-creates", &job.name_any());
         }
         if plan.delete_job && self.writer.delete_job(job).await? {
             self.unseen().status.forget(&job.uid().unwrap_or_default());

@@ -235,7 +235,14 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         let b = ctx.backoffs();
         (b.create(&uid), b.creates_wait_until(&uid, now.mono))
     };
-    let applied = ctx.applier().apply_plan(&job, &plan, wait_until, now).await?;
+    let applied = match ctx.applier().apply_plan(&job, &plan, wait_until, now).await {
+        Err(Error::JobGone { .. }) => {
+            // Deleted since the cache showed it (a TTL deletion, a user's): nothing to do.
+            ctx.forget(&uid);
+            return Ok(Action::await_change());
+        }
+        other => other?,
+    };
 
     let report = report::report(&plan, &applied, backoff, now);
     let ns = job.namespace().unwrap_or_default();

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::Now;
 use super::apply::{Applied, CreateStep};
-use super::backoff::{BLOCKED_RETRY, CreateBackoff, CreateBackoffChange};
+use super::backoff::{BLOCKED_RETRY, CREATE_BACKOFF_MAX, CreateBackoff, CreateBackoffChange};
 use crate::api::TFJobStatus;
 use crate::metrics::{self, JobCount};
 use crate::plan::{self, Plan};
@@ -52,7 +52,14 @@ pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, no
     let mut soonest = |d: Duration| requeue_after = Some(requeue_after.map_or(d, |r| r.min(d)));
     let (mut follow_up_status, mut create_backoff) = (None, CreateBackoffChange::Keep);
     match &applied.creates {
-        CreateStep::NoneNeeded | CreateStep::NamespaceGone => {}
+        CreateStep::NoneNeeded => {}
+        CreateStep::NamespaceGone => {
+            // Nothing more can be created there; the namespace's deletion takes the job too.
+            // Held back like a refusal at its longest, without counting as one or reporting.
+            let refusals = backoff.map_or(0, |b| b.refusals);
+            create_backoff =
+                CreateBackoffChange::Set(CreateBackoff { refusals, until: now.mono + CREATE_BACKOFF_MAX });
+        }
         CreateStep::Waiting { until } => soonest(until.saturating_duration_since(now.mono)),
         CreateStep::Done => create_backoff = CreateBackoffChange::Clear,
         CreateStep::Blocked => soonest(BLOCKED_RETRY),

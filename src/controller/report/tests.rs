@@ -95,6 +95,14 @@ fn requeue_is_the_soonest_of_plan_backoff_and_blocked() {
             CreateBackoffChange::Keep,
         ),
         (
+            "the namespace is going: held back, silently",
+            Plan::default(),
+            CreateStep::NamespaceGone,
+            prev,
+            None,
+            CreateBackoffChange::Set(CreateBackoff { refusals: 2, until: n.mono + S(60) }),
+        ),
+        (
             "first refusal: 5 s",
             plan_at(30),
             CreateStep::Refused("no".into()),
