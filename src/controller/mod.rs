@@ -162,7 +162,13 @@ pub async fn run(
         let ctx = ctx.clone();
         move |job: &TFJob| ctx.forget(&job.uid().unwrap_or_default())
     };
-    let jobs = observe::job_triggers(job_events, job_store.clone(), ctx.metrics.clone(), forget);
+    let jobs = observe::job_triggers(
+        job_events,
+        job_store.clone(),
+        ctx.metrics.clone(),
+        ctx.writer.gate().clone(),
+        forget,
+    );
     info!(
         namespace = ns.unwrap_or("(all)"),
         concurrency = settings.concurrency,
