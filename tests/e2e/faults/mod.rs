@@ -91,15 +91,7 @@ async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Re
     .await
     .with_context(|| op.log_tail())?;
     let recovery = back.elapsed().as_secs_f64();
-    if component == "etcd" {
-        // kwok (the kubelet's stand-in) drops a stage whose status patch failed while etcd was
-        // down and never retries it, leaving that pod where it was; touching the pods makes it
-        // evaluate their stages again. The operator has no part in this.
-        for wait in [5, 10] {
-            tokio::time::sleep(Duration::from_secs(wait)).await;
-            nudge_kwok(ctx, wait).await?;
-        }
-    }
+    nudge_kwok_after_outage(ctx).await?;
     fleet.check_outcomes(ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
     // The fault landed: requests that got no answer, or 5xx answers (the API server without
     // etcd), while it lasted.
@@ -118,6 +110,28 @@ async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Re
         down.as_secs_f64()
     );
     Ok((rate, recovery))
+}
+
+/// The plane's own components after an outage: any that exited is started again, and kwok
+/// (the kubelet's stand-in, which drops a stage whose status patch failed while the API server
+/// or etcd was away and does not retry it) is restarted so it plays every pod's stage afresh;
+/// 5 and 15 s later the unfinished pods are touched as well. The operator has no part in this:
+/// a kubelet retries its status updates.
+async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<()> {
+    let plane = plane(ctx)?;
+    let revived = plane.revive()?;
+    if !revived.is_empty() {
+        println!("    plane components that had exited, started again: {revived:?}");
+    }
+    if !revived.iter().any(|n| n == "kwok") {
+        plane.kill("kwok")?;
+        plane.restart("kwok")?;
+    }
+    for wait in [5, 10] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        nudge_kwok(ctx, wait).await?;
+    }
+    Ok(())
 }
 
 /// Annotates every pod of the namespace that has not finished, so kwok looks at it again.
@@ -209,6 +223,7 @@ async fn forced_410_gone_relists_and_loses_nothing(ctx: Ctx) -> Result<()> {
     )
     .await
     .with_context(|| op.log_tail())?;
+    nudge_kwok_after_outage(&ctx).await?;
     fleet.check_outcomes(&ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
     fleet.check_counters(&ctx, &[op.metrics().await])?;
     check_idle(&op, 0.5).await?;

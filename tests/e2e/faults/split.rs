@@ -26,6 +26,7 @@ fn leads(metrics: &str) -> bool {
 /// Event it reports is dated after it woke, and every job ends as it should) and steps down
 /// (exits non-zero).
 pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -> Result<()> {
+    super::plane(&ctx)?.revive()?;
     let kc = ctx.cluster.kubeconfig.clone();
     let lease = format!("--leader-election-namespace={}", ctx.ns);
     let flags = [
@@ -115,6 +116,7 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
 /// test-only fault point, compiled in with the `fault-points` feature, stops the reconcile
 /// there and logs it); a new process carries the job to success with every pod created once.
 pub async fn killed_between_creates_and_status_write(ctx: Ctx) -> Result<()> {
+    super::plane(&ctx)?.revive()?;
     let kc = ctx.cluster.kubeconfig.clone();
     let uids = PodUids::start(&ctx);
     let posts_before = apiserver_posts_by_code(&ctx, "pods").await?;
@@ -174,6 +176,7 @@ pub async fn killed_between_creates_and_status_write(ctx: Ctx) -> Result<()> {
 /// A TFJob deleted while its creates are in flight leaves no pod behind; then the namespace is
 /// deleted under running jobs: creates stop, nothing loops, the operator goes idle.
 pub async fn namespace_and_job_deleted_under_running_work(ctx: Ctx) -> Result<()> {
+    super::plane(&ctx)?.revive()?;
     let op = Operator::start(&ctx, &[])?;
     create(&ctx, job("big", &[replica("Worker", 60)], json!({}))).await?;
     tfjob_testsupport::wait(WAIT, "big's first pods", || async {

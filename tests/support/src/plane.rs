@@ -398,6 +398,17 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Starts again every component that has exited (some do when the API server or etcd is
+    /// away long enough); returns their names.
+    pub fn revive(&self) -> Result<Vec<String>> {
+        let exited: Vec<String> =
+            self.procs().iter_mut().filter_map(|p| p.exited().map(|_| p.name.clone())).collect();
+        for name in &exited {
+            self.restart(name)?;
+        }
+        Ok(exited)
+    }
+
     /// etcd's client URL (for its HTTP/JSON gateway: `/v3/kv/range`, `/v3/kv/compaction`).
     pub fn etcd_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.etcd_port)
