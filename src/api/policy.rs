@@ -32,6 +32,34 @@ impl TFJobSpec {
     }
 }
 
+impl TFJobSpec {
+    /// Whether `runPolicy.suspend` is true.
+    pub fn is_suspended(&self) -> bool {
+        self.run_policy.as_ref().and_then(|rp| rp.suspend) == Some(true)
+    }
+
+    /// The `runPolicy.managedBy` value when it names another controller than this operator
+    /// (empty and `kubeflow.org/training-operator` are this operator).
+    pub fn managed_elsewhere(&self) -> Option<&str> {
+        let by = self.run_policy.as_ref()?.managed_by.as_deref()?;
+        (!by.is_empty() && by != super::rules::MANAGED_BY_US).then_some(by)
+    }
+
+    /// The run-policy fields set directly under `spec` (the seed's shape), which Kubeflow's
+    /// TFJob type, and so Kueue's MultiKueue copy, does not have.
+    pub fn seed_shaped_fields(&self) -> Vec<&'static str> {
+        [
+            ("cleanPodPolicy", self.clean_pod_policy.is_some()),
+            ("ttlSecondsAfterFinished", self.ttl_seconds_after_finished.is_some()),
+            ("activeDeadlineSeconds", self.active_deadline_seconds.is_some()),
+            ("backoffLimit", self.backoff_limit.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
