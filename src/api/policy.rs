@@ -80,6 +80,22 @@ mod tests {
     }
 
     #[test]
+    fn suspend_managed_by_and_seed_shaped_fields() {
+        let with_rp = |rp: RunPolicy| TFJobSpec { run_policy: Some(rp), ..Default::default() };
+        let by = |v: &str| with_rp(RunPolicy { managed_by: Some(v.into()), ..Default::default() });
+        assert_eq!(TFJobSpec::default().managed_elsewhere(), None);
+        assert_eq!(by("").managed_elsewhere(), None);
+        assert_eq!(by("kubeflow.org/training-operator").managed_elsewhere(), None);
+        assert_eq!(by("kueue.x-k8s.io/multikueue").managed_elsewhere(), Some("kueue.x-k8s.io/multikueue"));
+        assert!(!TFJobSpec::default().is_suspended());
+        assert!(!with_rp(RunPolicy { suspend: Some(false), ..Default::default() }).is_suspended());
+        assert!(with_rp(RunPolicy { suspend: Some(true), ..Default::default() }).is_suspended());
+        let flat = spec((Some(CleanPodPolicy::All), None, Some(5), None), Some(RunPolicy::default()));
+        assert_eq!(flat.seed_shaped_fields(), ["cleanPodPolicy", "activeDeadlineSeconds"]);
+        assert!(spec((None, None, None, None), None).seed_shaped_fields().is_empty());
+    }
+
+    #[test]
     fn precedence_and_defaults() {
         let rp = RunPolicy {
             clean_pod_policy: Some(CleanPodPolicy::None),
