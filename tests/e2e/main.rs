@@ -10,6 +10,7 @@ mod controller;
 mod install;
 mod smoke;
 mod support;
+mod suspend;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +60,7 @@ fn tests() -> Vec<Test> {
     let mut all = smoke::tests();
     all.extend(controller::tests());
     all.extend(install::tests());
+    all.extend(suspend::tests());
     all.extend(bench::tests());
     all
 }
