@@ -8,6 +8,7 @@
 mod bench;
 mod controller;
 mod install;
+mod replica_keys;
 mod smoke;
 mod support;
 mod suspend;
@@ -61,6 +62,7 @@ fn tests() -> Vec<Test> {
     all.extend(controller::tests());
     all.extend(install::tests());
     all.extend(suspend::tests());
+    all.extend(replica_keys::tests());
     all.extend(bench::tests());
     all
 }

@@ -86,7 +86,10 @@ async fn created_suspended_then_resumed_with_kueue_style_templates(ctx: Ctx) -> 
         start >= resumed_at - SignedDuration::from_secs(1) && start <= Timestamp::now(),
         "startTime {start} is not the resume ({resumed_at})"
     );
-    ensure!(st.deadline.as_ref().map(|d| d.0) == Some(start + SignedDuration::from_secs(10)), "deadline {st:?}");
+    ensure!(
+        st.deadline.as_ref().map(|d| d.0) == Some(start + SignedDuration::from_secs(10)),
+        "deadline {st:?}"
+    );
     let pod = eventually_pod(&ctx, "s-worker-0").await?;
     let (meta, spec) = (&pod.metadata, pod.spec.clone().unwrap_or_default());
     ensure!(
