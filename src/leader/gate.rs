@@ -21,11 +21,13 @@ pub struct Gate {
 struct Inner {
     /// Leader election is on: the gate opens only while the lease is held.
     elected: bool,
-    open: watch::Sender<bool>,
-    /// Under election, the instant the last renewal stops vouching for the lease (the renew
-    /// deadline after it). Checked on every read of the gate, so a process that was paused
-    /// past it (SIGSTOP, a stalled VM) writes nothing even before its elector wakes up.
-    valid_until: Mutex<Option<Instant>>,
+    /// Whether the elector holds the lease, and under election the instant its last renewal
+    /// stops vouching for the lease (the renew deadline after it). Read on every check, so a
+    /// process that was paused past it (SIGSTOP, a stalled VM) writes nothing even before its
+    /// elector wakes up. One lock, never held while taking another.
+    state: Mutex<(bool, Option<Instant>)>,
+    /// Wakes those waiting for a change (never read for the state itself).
+    changed: watch::Sender<bool>,
 }
 
 impl Gate {
@@ -34,8 +36,8 @@ impl Gate {
         Gate {
             inner: Arc::new(Inner {
                 elected: false,
-                open: watch::Sender::new(true),
-                valid_until: Mutex::new(None),
+                state: Mutex::new((true, None)),
+                changed: watch::Sender::new(true),
             }),
         }
     }
@@ -45,8 +47,8 @@ impl Gate {
         Gate {
             inner: Arc::new(Inner {
                 elected: true,
-                open: watch::Sender::new(false),
-                valid_until: Mutex::new(None),
+                state: Mutex::new((false, None)),
+                changed: watch::Sender::new(false),
             }),
         }
     }
@@ -54,19 +56,20 @@ impl Gate {
     /// Whether this process leads (always, without leader election): the elector says so
     /// and its last renewal still vouches for the lease.
     pub fn is_open(&self) -> bool {
-        *self.inner.open.borrow() && open_at(*self.valid_until(), Instant::now())
+        let (open, until) = *self.state();
+        open && open_at(until, Instant::now())
     }
 
-    fn valid_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.inner.valid_until.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> std::sync::MutexGuard<'_, (bool, Option<Instant>)> {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records a renewal of the lease (the elector's call): the gate opens and stays open
     /// until `until` unless renewed again.
     pub fn renewed(&self, until: Instant) {
         if self.inner.elected {
-            *self.valid_until() = Some(until);
-            self.set(true);
+            *self.state() = (true, Some(until));
+            self.inner.changed.send_replace(true);
         }
     }
 
@@ -74,13 +77,14 @@ impl Gate {
     /// stays open.
     pub fn set(&self, leading: bool) {
         if self.inner.elected {
-            self.inner.open.send_if_modified(|open| std::mem::replace(open, leading) != leading);
+            self.state().0 = leading;
+            self.inner.changed.send_replace(leading);
         }
     }
 
-    /// Resolves once the gate is `open` (at once if it already is).
+    /// Resolves once the elector has reported the gate `open` (at once if it already has).
     pub async fn wait_until(&self, open: bool) {
-        let mut rx = self.inner.open.subscribe();
+        let mut rx = self.inner.changed.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
         let _ = rx.wait_for(|o| *o == open).await;
     }

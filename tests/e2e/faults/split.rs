@@ -39,7 +39,17 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
     tfjob_testsupport::wait(WAIT, "op-a to lead", || async { leads(&a.metrics().await) })
         .await
         .with_context(|| a.log_tail())?;
-    let b = Operator::launch(&ctx, "op-b", &kc, Some(&ctx.ns), &flags, &[("POD_NAME", "op-b")])?;
+    let b = Operator::launch(
+        &ctx,
+        "op-b",
+        &kc,
+        Some(&ctx.ns),
+        &flags,
+        &[
+            ("POD_NAME", "op-b"),
+            ("RUST_LOG", "info,kube=warn,kube_client::client::builder=off,tfjob_operator=debug"),
+        ],
+    )?;
     tfjob_testsupport::wait(WAIT, "op-b to answer", || async { b.http_status("/readyz").await == Some(200) })
         .await?;
     // Writes to anything but the Lease.
@@ -74,7 +84,10 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
         .context("op-a did not step down within 10 s of waking")?;
     ensure!(!status.success(), "op-a exited {status}, want a failure (it lost the lease)");
     ensure!(a.log_text().contains("stopping"), "op-a did not say why it stopped: {}", a.log_tail());
-    fleet.check_outcomes(&ctx, &uids, SETTLE).await.with_context(|| b.log_tail())?;
+    fleet
+        .check_outcomes(&ctx, &uids, SETTLE)
+        .await
+        .with_context(|| format!("{}\n{}", b.log_tail(), b.stacks()))?;
     let events: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
     let late: Vec<String> = events
         .list(&ListParams::default())

@@ -54,6 +54,29 @@ impl Operator {
         Ok(Operator { proc, http_port: port, log: dir.join(format!("{name}.log")) })
     }
 
+    /// Every thread's stack, for a failure that looks like a hang (gdb, where installed).
+    pub fn stacks(&self) -> String {
+        let out = std::process::Command::new("timeout")
+            .args([
+                "60",
+                "gdb",
+                "-p",
+                &self.proc.pid().to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt 25",
+            ])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => format!("(no stacks: {e})"),
+        }
+    }
+
     /// The whole log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
