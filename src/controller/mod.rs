@@ -204,8 +204,14 @@ fn error_policy(job: Arc<TFJob>, err: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(wait)
 }
 
-/// A reconcile in its span (every log line carries the job's namespace and name), timed.
+/// A reconcile in its span (every log line carries the job's namespace and name), timed. A
+/// job whose `runPolicy.managedBy` names another controller (Kueue's MultiKueue) is left
+/// entirely alone: no pods, status, events, metrics or TTL.
 async fn timed_reconcile(job: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if let Some(by) = job.spec.managed_elsewhere() {
+        debug!(job = %job.name_any(), managed_by = by, "managed by another controller: left alone");
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let span =
         info_span!("reconcile", namespace = %job.namespace().unwrap_or_default(), job = %job.name_any());

@@ -9,8 +9,10 @@ mod bench;
 mod controller;
 mod faults;
 mod install;
+mod replica_keys;
 mod smoke;
 mod support;
+mod suspend;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -71,6 +73,8 @@ fn tests() -> Vec<Test> {
     let mut all = smoke::tests();
     all.extend(controller::tests());
     all.extend(install::tests());
+    all.extend(suspend::tests());
+    all.extend(replica_keys::tests());
     all.extend(bench::tests());
     all.extend(faults::tests());
     all

@@ -33,6 +33,8 @@ async fn deploy_renders_least_privilege_rbac_and_a_namespaced_variant(ctx: Ctx) 
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     .into();
     ensure!(kinds == want, "rendered kinds {kinds:?}");
@@ -93,6 +95,7 @@ async fn deploy_pods_pass_restricted_admission(ctx: Ctx) -> Result<()> {
     tfjob_testsupport::place_on_kwok(&mut deployment["spec"]["template"]["spec"]);
     let rest: Vec<&Value> = docs
         .iter()
+        .filter(|d| !kind(d).starts_with("ValidatingAdmissionPolicy"))
         .filter(|d| !matches!(kind(d), "Namespace" | "CustomResourceDefinition" | "Deployment"))
         .collect();
     apply(&ctx, &rest)?;
