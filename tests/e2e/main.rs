@@ -8,6 +8,8 @@
 mod bench;
 mod controller;
 mod install;
+mod kueue;
+mod kueue_env;
 mod smoke;
 mod support;
 
@@ -34,6 +36,8 @@ pub struct Test {
     pub name: &'static str,
     pub run: fn(Ctx) -> TestFuture,
     pub local_only: bool,
+    /// Why a `local_only` test is skipped on an existing cluster.
+    pub skip_reason: &'static str,
     pub serial: bool,
 }
 
@@ -41,6 +45,13 @@ impl Test {
     /// Runs alone, after the parallel tests (timing).
     pub fn serial(mut self) -> Test {
         self.serial = true;
+        self
+    }
+
+    /// Needs Kueue, which the suite starts on its local plane only (see `kueue_env`).
+    pub fn kueue(mut self) -> Test {
+        self.local_only = true;
+        self.skip_reason = "needs Kueue, which the suite starts on its local control plane only";
         self
     }
 }
@@ -52,6 +63,7 @@ macro_rules! test {
             name: concat!(module_path!(), "::", stringify!($f)),
             run: |ctx| Box::pin($f(ctx)),
             local_only: false,
+            skip_reason: "needs the local control plane",
             serial: false,
         }
     };
@@ -62,6 +74,7 @@ fn tests() -> Vec<Test> {
     all.extend(controller::tests());
     all.extend(install::tests());
     all.extend(bench::tests());
+    all.extend(kueue::tests());
     all
 }
 
@@ -76,7 +89,7 @@ enum Outcome {
 
 async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
     if t.local_only && cluster.plane.is_none() {
-        return Outcome::Skipped("needs the local control plane");
+        return Outcome::Skipped(t.skip_reason);
     }
     let ns = format!("e2e-{}-{n}", t.name.rsplit("::").next().unwrap_or("t").replace('_', "-"));
     let ns: String = ns.chars().take(60).collect::<String>().trim_end_matches('-').to_string();
@@ -148,6 +161,10 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
         let t0 = Instant::now();
         let outcome = run_one(cluster.clone(), t, n).await;
         report(t.name, outcome, t0.elapsed());
+    }
+    if let Err(e) = kueue_env::shutdown().await {
+        failed += 1;
+        println!("test kueue shutdown ... FAILED\n    {e:#}");
     }
     drop(cluster);
     eprintln!("e2e: done in {:.1}s", started.elapsed().as_secs_f64());

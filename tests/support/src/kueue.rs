@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -114,7 +116,8 @@ fn wanted(path: &str) -> bool {
 /// called by URL on `base` and scoped to namespaces with [`NAMESPACE_LABEL`].
 pub fn webhook_configs(module: &Path, base: &str, ca_bundle: &str) -> Result<(Value, Value)> {
     let file = module.join("config/components/webhook/manifests.yaml");
-    let docs = yaml_docs(&std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?)?;
+    let docs =
+        yaml_docs(&std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?)?;
     let mut found = (None, None);
     for mut doc in docs {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
@@ -151,7 +154,10 @@ pub fn webhook_configs(module: &Path, base: &str, ca_bundle: &str) -> Result<(Va
             for (name, c) in [("mutating", &m), ("validating", &v)] {
                 let n = c["webhooks"].as_array().map_or(0, Vec::len);
                 if n < 2 || !c.to_string().contains("-kubeflow-org-v1-tfjob") {
-                    bail!("{}: the {name} configuration has {n} webhooks and none for TFJobs", file.display());
+                    bail!(
+                        "{}: the {name} configuration has {n} webhooks and none for TFJobs",
+                        file.display()
+                    );
                 }
             }
             Ok((m, v))
@@ -209,7 +215,12 @@ impl Kueue {
     /// Installs Kueue's CRDs, certificate and webhooks on the plane `client` talks to and
     /// starts `<kueue_dir>/kueue` with `kubeconfig`; returns once `/readyz` answers 200.
     /// Logs and files go to `work_dir`.
-    pub async fn start(client: &Client, kubeconfig: &Path, kueue_dir: &Path, work_dir: &Path) -> Result<Kueue> {
+    pub async fn start(
+        client: &Client,
+        kubeconfig: &Path,
+        kueue_dir: &Path,
+        work_dir: &Path,
+    ) -> Result<Kueue> {
         let t0 = Instant::now();
         let module = kueue_dir.join("module");
         std::fs::create_dir_all(work_dir)?;
@@ -224,8 +235,12 @@ impl Kueue {
         let ca_bundle = certs.ca_bundle();
 
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        apply(&namespaces, NAMESPACE, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
-            .await?;
+        apply(
+            &namespaces,
+            NAMESPACE,
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+        )
+        .await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
         apply(&secrets, SECRET, &certs.secret(SECRET, NAMESPACE)).await?;
 

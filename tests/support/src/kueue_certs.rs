@@ -29,7 +29,8 @@ pub struct WebhookCerts {
 impl WebhookCerts {
     /// A fresh CA and a server certificate for `dns_name` and 127.0.0.1.
     pub fn generate(dns_name: &str) -> Result<WebhookCerts> {
-        let rsa_key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).context("generating the RSA CA key")?;
+        let rsa_key =
+            rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).context("generating the RSA CA key")?;
         let ca_key = rsa_key.to_pkcs1_pem(LineEnding::LF).context("encoding the CA key")?.to_string();
         let pkcs8 = rsa_key.to_pkcs8_pem(LineEnding::LF).context("encoding the CA key")?;
         let signer = KeyPair::from_pem_and_sign_algo(&pkcs8, &PKCS_RSA_SHA256)?;
