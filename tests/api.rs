@@ -62,6 +62,7 @@ fn every_spec_field_is_updatable_or_immutable() {
     assert_eq!(spec, classified, "a new spec field must be added to MUTABLE_FIELDS or IMMUTABLE_SPEC_FIELDS");
     let classified: BTreeSet<String> = rules::MUTABLE_FIELDS
         .iter()
+        .chain(&rules::MUTABLE_RUN_POLICY_FIELDS)
         .chain(&rules::IMMUTABLE_RUN_POLICY_FIELDS)
         .map(|s| s.to_string())
         .collect();

@@ -81,6 +81,11 @@ fn valid_jobs_are_accepted() {
         ),
         ("managedBy empty", with(seed(), "/spec/runPolicy/managedBy", json!(""))),
         (
+            "managedBy MultiKueue",
+            with(seed(), "/spec/runPolicy/managedBy", json!("kueue.x-k8s.io/multikueue")),
+        ),
+        ("created suspended", with(seed(), "/spec/runPolicy/suspend", json!(true))),
+        (
             "both places set",
             with(
                 with(seed(), "/spec/runPolicy/backoffLimit", json!(2)),
@@ -191,19 +196,14 @@ fn invalid_jobs_are_refused_with_their_message() {
             "metadata.name is too long: every pod and service name <name>-<replica type>-<index> must be at most 63 characters",
         ),
         (
-            "suspend",
-            with(seed(), "/spec/runPolicy/suspend", json!(true)),
-            "spec.runPolicy.suspend: true is not supported yet by this operator",
-        ),
-        (
             "scheduling policy",
             with(seed(), "/spec/runPolicy/schedulingPolicy", json!({"minAvailable": 2})),
             "spec.runPolicy.schedulingPolicy (gang scheduling) is not supported yet by this operator",
         ),
         (
             "managedBy another",
-            with(seed(), "/spec/runPolicy/managedBy", json!("kueue.x-k8s.io/multikueue")),
-            "spec.runPolicy.managedBy is not supported yet by this operator: leave it empty or set kubeflow.org/training-operator",
+            with(seed(), "/spec/runPolicy/managedBy", json!("example.com/other")),
+            "spec.runPolicy.managedBy must be empty, kubeflow.org/training-operator (this operator runs the job) or kueue.x-k8s.io/multikueue (Kueue's MultiKueue runs it in another cluster)",
         ),
     ];
     for (name, job, want) in cases {
@@ -229,6 +229,8 @@ fn allowed_updates_in_either_place_are_accepted() {
             with(seed.clone(), "/spec/runPolicy/ttlSecondsAfterFinished", json!(5)),
         ),
         ("empty runPolicy added", with(seed.clone(), "/spec/runPolicy", json!({}))),
+        ("suspended", with(seed.clone(), "/spec/runPolicy/suspend", json!(true))),
+        ("suspend false added", with(seed.clone(), "/spec/runPolicy/suspend", json!(false))),
     ];
     for (name, new) in cases {
         assert_eq!(refusals(&new, Some(&seed)), Vec::<String>::new(), "{name}");
@@ -318,7 +320,6 @@ fn forbidden_updates_are_refused_naming_the_contract() {
         (&seed, with(seed.clone(), "/spec/successPolicy", json!("AllWorkers")), "spec.successPolicy"),
         (&seed, with(seed.clone(), "/spec/successPolicy", json!("")), "spec.successPolicy"),
         (&seed, with(seed.clone(), "/spec/enableDynamicWorker", json!(false)), "spec.enableDynamicWorker"),
-        (&seed, with(seed.clone(), "/spec/runPolicy/suspend", json!(false)), "spec.runPolicy.suspend"),
         (&seed, with(seed.clone(), "/spec/runPolicy/managedBy", json!("")), "spec.runPolicy.managedBy"),
         (
             &kubeflow,
@@ -334,4 +335,124 @@ fn forbidden_updates_are_refused_naming_the_contract() {
         assert!(got.contains(&want), "{field}: want {want:?}, got {got:?}");
     }
     assert!(CONTRACT.contains("metadata.labels, metadata.annotations, activeDeadlineSeconds, ttlSecondsAfterFinished and cleanPodPolicy"));
+}
+
+fn suspended(v: Value, on: bool) -> Value {
+    with(v, "/spec/runPolicy/suspend", json!(on))
+}
+
+/// A seed job whose Worker template carries Kueue-style scheduling directives.
+fn admitted(v: Value) -> Value {
+    let w = "/spec/tfReplicaSpecs/Worker/template";
+    let v = with(v, &format!("{w}/metadata/labels/kueue.x-k8s.io~1podset"), json!("worker"));
+    let v = with(v, &format!("{w}/metadata/annotations/note"), json!("x"));
+    let v = with(v, &format!("{w}/spec/nodeSelector"), json!({"pool": "a"}));
+    let v = with(v, &format!("{w}/spec/tolerations"), json!([{"key": "pool", "operator": "Exists"}]));
+    with(v, &format!("{w}/spec/schedulingGates"), json!([{"name": "kueue.x-k8s.io/topology"}]))
+}
+
+#[test]
+fn scheduling_directives_may_change_while_suspended() {
+    let w = "/spec/tfReplicaSpecs/Worker/template";
+    let plain = seed();
+    let directives = admitted(seed());
+    // (stored suspend, updated suspend): Kueue admits (true → false), stops (false → true),
+    // or a user edits a job that stays suspended (true → true).
+    for (old_on, new_on) in [(true, false), (false, true), (true, true)] {
+        let pairs = [
+            ("added", plain.clone(), directives.clone()),
+            ("removed", directives.clone(), plain.clone()),
+            (
+                "changed",
+                directives.clone(),
+                with(
+                    with(directives.clone(), &format!("{w}/spec/nodeSelector/pool"), json!("b")),
+                    &format!("{w}/metadata/labels/kueue.x-k8s.io~1podset"),
+                    json!("other"),
+                ),
+            ),
+        ];
+        for (name, old, new) in pairs {
+            let (old, new) = (suspended(old, old_on), suspended(new, new_on));
+            assert_eq!(
+                refusals(&new, Some(&old)),
+                Vec::<String>::new(),
+                "{name}, suspend {old_on} → {new_on}"
+            );
+        }
+        for (field, value) in [
+            ("metadata/labels/a", json!("b")),
+            ("metadata/annotations/a", json!("b")),
+            ("spec/nodeSelector", json!({"pool": "a"})),
+            ("spec/tolerations", json!([{"key": "t", "operator": "Exists", "effect": "NoSchedule"}])),
+            ("spec/schedulingGates", json!([{"name": "g"}])),
+        ] {
+            let (old, new) = (
+                suspended(plain.clone(), old_on),
+                suspended(with(plain.clone(), &format!("{w}/{field}"), value), new_on),
+            );
+            assert_eq!(
+                refusals(&new, Some(&old)),
+                Vec::<String>::new(),
+                "{field} added, suspend {old_on} → {new_on}"
+            );
+            assert_eq!(
+                refusals(&old, Some(&new)),
+                Vec::<String>::new(),
+                "{field} removed, suspend {new_on} → {old_on}"
+            );
+        }
+    }
+}
+
+#[test]
+fn everything_else_stays_fixed_while_suspended() {
+    let w = "/spec/tfReplicaSpecs/Worker/template";
+    let want = format!("spec.tfReplicaSpecs cannot be changed: {CONTRACT}");
+    let running = admitted(seed());
+    // Running before and after: the scheduling directives themselves are fixed.
+    for (name, new) in [
+        ("label added", with(running.clone(), &format!("{w}/metadata/labels/a"), json!("b"))),
+        ("nodeSelector changed", with(running.clone(), &format!("{w}/spec/nodeSelector/pool"), json!("b"))),
+        ("tolerations removed", without(running.clone(), &format!("{w}/spec/tolerations"))),
+        ("schedulingGates removed", without(running.clone(), &format!("{w}/spec/schedulingGates"))),
+        ("annotation removed", without(running.clone(), &format!("{w}/metadata/annotations"))),
+        (
+            "suspend false written, label added",
+            suspended(with(running.clone(), &format!("{w}/metadata/labels/a"), json!("b")), false),
+        ),
+    ] {
+        let got = refusals(&new, Some(&running));
+        assert!(got.contains(&want), "running, {name}: got {got:?}");
+    }
+    // Suspended: every other part of a replica is fixed.
+    let old = suspended(seed(), true);
+    for (name, new) in [
+        ("replicas", with(old.clone(), "/spec/tfReplicaSpecs/Worker/replicas", json!(2))),
+        ("restartPolicy", with(old.clone(), "/spec/tfReplicaSpecs/Worker/restartPolicy", json!("Never"))),
+        (
+            "a replica type added",
+            with(
+                old.clone(),
+                "/spec/tfReplicaSpecs/Evaluator",
+                old["spec"]["tfReplicaSpecs"]["Worker"].clone(),
+            ),
+        ),
+        ("a replica type removed", without(old.clone(), "/spec/tfReplicaSpecs/Ps")),
+        ("image", {
+            let mut v = old.clone();
+            *v.pointer_mut(&format!("{w}/spec/containers/0/image")).unwrap() = json!("other");
+            v
+        }),
+        ("affinity added", with(old.clone(), &format!("{w}/spec/affinity"), json!({"nodeAffinity": {}}))),
+        ("priorityClassName", with(old.clone(), &format!("{w}/spec/priorityClassName"), json!("high"))),
+        ("imagePullSecrets removed", without(old.clone(), &format!("{w}/spec/imagePullSecrets"))),
+        ("template name", with(old.clone(), &format!("{w}/metadata/name"), json!("x"))),
+        ("template finalizers", with(old.clone(), &format!("{w}/metadata/finalizers"), json!(["x"]))),
+    ] {
+        for new_on in [true, false] {
+            let got = refusals(&suspended(new.clone(), new_on), Some(&old));
+            assert!(got.contains(&want), "suspended → {new_on}, {name}: got {got:?}");
+        }
+    }
 }

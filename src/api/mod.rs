@@ -2,6 +2,7 @@
 //!
 //! Nothing here talks to the API server; the CRD's validation rules live in [`rules`].
 
+pub mod contract;
 mod crd;
 mod policy;
 mod replica;

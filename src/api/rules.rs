@@ -1,11 +1,15 @@
 //! The CRD's validation: CEL rules and schema bounds the API server enforces, in one table.
 //!
-//! The seed's update contract lives here: only `metadata.labels`, `metadata.annotations` and
-//! the three updatable run-policy fields may change. Transition rules do not fire on a field
-//! that is added or removed, so each immutable field is guarded by a rule on its parent
-//! (`spec`, which always exists) that compares presence as well as value.
+//! The seed's update contract lives here: only `metadata.labels`, `metadata.annotations`,
+//! the three updatable run-policy fields and `runPolicy.suspend` may change, plus, while the
+//! job is suspended, the scheduling directives of the pod templates ([`super::contract`]).
+//! Transition rules do not fire on a field that is added or removed, so each immutable field
+//! is guarded by a rule on its parent (`spec`, which always exists) that compares presence as
+//! well as value.
 
 use serde_json::{Value, json};
+
+use super::contract;
 
 /// The `spec` (and `spec.runPolicy`) fields a user may change on an existing TFJob.
 pub const MUTABLE_FIELDS: [&str; 3] = ["activeDeadlineSeconds", "ttlSecondsAfterFinished", "cleanPodPolicy"];
@@ -14,14 +18,23 @@ pub const MUTABLE_FIELDS: [&str; 3] = ["activeDeadlineSeconds", "ttlSecondsAfter
 pub const IMMUTABLE_SPEC_FIELDS: [&str; 4] =
     ["tfReplicaSpecs", "successPolicy", "enableDynamicWorker", "backoffLimit"];
 
+/// The fields only under `spec.runPolicy` that a user (or Kueue) may change at any time.
+pub const MUTABLE_RUN_POLICY_FIELDS: [&str; 1] = ["suspend"];
+
 /// The fields under `spec.runPolicy` that are fixed once the job exists.
-pub const IMMUTABLE_RUN_POLICY_FIELDS: [&str; 4] =
-    ["backoffLimit", "schedulingPolicy", "suspend", "managedBy"];
+pub const IMMUTABLE_RUN_POLICY_FIELDS: [&str; 3] = ["backoffLimit", "schedulingPolicy", "managedBy"];
+
+/// The `managedBy` values accepted: this operator (also empty or unset) and Kueue's
+/// MultiKueue, which runs the job in another cluster.
+pub const MANAGED_BY_US: &str = "kubeflow.org/training-operator";
+pub const MANAGED_BY_MULTIKUEUE: &str = "kueue.x-k8s.io/multikueue";
 
 /// What the refusal of a forbidden update says may change.
 pub const CONTRACT: &str = "only metadata.labels, metadata.annotations, activeDeadlineSeconds, \
-ttlSecondsAfterFinished and cleanPodPolicy (directly under spec or under spec.runPolicy) may be \
-changed on an existing TFJob";
+ttlSecondsAfterFinished and cleanPodPolicy (directly under spec or under spec.runPolicy) and \
+spec.runPolicy.suspend may be changed on an existing TFJob, and, while the job is suspended (before \
+or after the update), each replica template's metadata.labels, metadata.annotations, \
+spec.nodeSelector, spec.tolerations and spec.schedulingGates";
 
 /// Upper bound on containers per pod template, so that rules iterating them stay within the
 /// API server's CEL cost budget.
@@ -108,22 +121,21 @@ pub fn rules() -> Vec<SchemaRule> {
         ),
         rule(
             &["spec", "runPolicy"],
-            "!has(self.suspend) || !self.suspend",
-            "spec.runPolicy.suspend: true is not supported yet by this operator",
-        ),
-        rule(
-            &["spec", "runPolicy"],
             "!has(self.schedulingPolicy)",
             "spec.runPolicy.schedulingPolicy (gang scheduling) is not supported yet by this operator",
         ),
         rule(
             &["spec", "runPolicy"],
-            "!has(self.managedBy) || self.managedBy in ['', 'kubeflow.org/training-operator']",
-            "spec.runPolicy.managedBy is not supported yet by this operator: leave it empty or set \
-             kubeflow.org/training-operator",
+            format!(
+                "!has(self.managedBy) || self.managedBy in ['', '{MANAGED_BY_US}', '{MANAGED_BY_MULTIKUEUE}']"
+            ),
+            format!(
+                "spec.runPolicy.managedBy must be empty, {MANAGED_BY_US} (this operator runs the job) or \
+                 {MANAGED_BY_MULTIKUEUE} (Kueue's MultiKueue runs it in another cluster)"
+            ),
         ),
     ];
-    for field in IMMUTABLE_SPEC_FIELDS {
+    for field in IMMUTABLE_SPEC_FIELDS.into_iter().filter(|f| *f != "tfReplicaSpecs") {
         let present = |o: &str| format!("has({o}.{field})");
         out.push(SchemaRule {
             path: &["spec"],
@@ -189,7 +201,14 @@ pub fn add_to_schema(schema: &mut Value) -> Result<(), String> {
         let n = node(schema, path)?;
         n.as_object_mut().ok_or("schema node is not an object")?.insert(keyword.into(), value);
     }
-    for r in rules() {
+    let replica = node(schema, &["spec", "tfReplicaSpecs", "*"])?;
+    let replica_specs = SchemaRule {
+        path: &["spec"],
+        rule: contract::replica_specs_rule(replica)?,
+        message: format!("spec.tfReplicaSpecs cannot be changed: {CONTRACT}"),
+        field_path: Some(".tfReplicaSpecs".into()),
+    };
+    for r in rules().into_iter().chain([replica_specs]) {
         let n = node(schema, r.path)?.as_object_mut().ok_or("schema node is not an object")?;
         let list = n.entry("x-kubernetes-validations").or_insert_with(|| json!([]));
         let mut entry = json!({ "rule": r.rule, "message": r.message });

@@ -17,8 +17,9 @@ pub struct TFJobStatus {
     /// The job's conditions, in the order they were added. A job gets `Created`, then
     /// `Running` or `Restarting` (each replaces the other), then `Succeeded` or `Failed`,
     /// which are final and exclusive; when the job finishes, `Running` or `Restarting` turns
-    /// `False`. `ReplicaFailure` is present while pods or services cannot be created. `type`
-    /// lists what each type means.
+    /// `False`. `ReplicaFailure` is present while pods or services cannot be created.
+    /// `Suspended` is `True` while the job is suspended (`Running` is then `False`) and turns
+    /// `False` when it is resumed. `type` lists what each type means.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<JobCondition>,
 
@@ -30,7 +31,9 @@ pub struct TFJobStatus {
     #[schemars(extend("maxProperties" = 5))]
     pub replica_statuses: BTreeMap<ReplicaType, ReplicaStatus>,
 
-    /// When the operator first acted on the job; `activeDeadlineSeconds` counts from here.
+    /// When the operator first acted on the job, or when it was last resumed after being
+    /// suspended; `activeDeadlineSeconds` counts from here. Absent while a job created
+    /// suspended waits for its first resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
 
@@ -52,7 +55,7 @@ pub struct TFJobStatus {
 
     /// When the job fails with reason `DeadlineExceeded` if it is still running then:
     /// `startTime` plus the effective `activeDeadlineSeconds`. Absent when there is no
-    /// deadline.
+    /// deadline and while the job is suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
 
@@ -85,7 +88,7 @@ pub struct AppliedPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
     /// Pods running (in phase Running and not being deleted). Always written, 0 included, so
-    /// the entry is never empty.
+    /// the entry is never empty; 0 for every type from the moment the job is suspended.
     #[serde(default)]
     pub active: i32,
     /// Replicas that have succeeded, including those whose pods are gone since. Absent
@@ -135,7 +138,8 @@ pub struct JobCondition {
     /// - `Failed`: the job has failed (final); the reason says why.
     /// - `ReplicaFailure`: pods or services cannot be created (reason `FailedCreatePod`,
     ///   with the API server's message); removed once they are.
-    /// - `Suspended`: not used yet, since suspending a job is not supported.
+    /// - `Suspended`: `True` (reason `TFJobSuspended`) while `runPolicy.suspend` holds the
+    ///   job without pods; `False` (reason `TFJobResumed`) once it is resumed.
     #[serde(rename = "type")]
     pub type_: ConditionType,
     /// Whether the condition holds: `True` or `False`. Kubernetes conditions may also be
@@ -143,7 +147,8 @@ pub struct JobCondition {
     pub status: ConditionStatus,
     /// A machine-readable reason: `TFJobCreated`, `TFJobRunning`, `TFJobRestarting`,
     /// `TFJobSucceeded`, `TFJobFailed` (a replica failed), `BackoffLimitExceeded`,
-    /// `DeadlineExceeded`, `InvalidTFJobSpec` or `FailedCreatePod`.
+    /// `DeadlineExceeded`, `InvalidTFJobSpec`, `FailedCreatePod`, `TFJobSuspended` or
+    /// `TFJobResumed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// A human-readable message, such as `TFJob mnist is running.`
@@ -170,7 +175,7 @@ pub enum ConditionType {
     Succeeded,
     /// The job has failed (final).
     Failed,
-    /// The job is suspended (not supported yet).
+    /// The job is suspended: it has no pods until it is resumed.
     Suspended,
     /// Pods or services cannot be created; cleared once creation succeeds.
     ReplicaFailure,

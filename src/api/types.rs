@@ -73,8 +73,11 @@ pub struct TFJobSpec {
     /// each written in any letter case (`Ps` and `PS` are the same type, and naming one type
     /// twice is refused). The job needs a `Chief` or a `Master` (at most one of them, with
     /// exactly 1 replica), or a `Worker` with at least one replica. Every pod template must
-    /// have a container named `tensorflow`, and every container an image. Required; cannot
-    /// be changed after the job is created.
+    /// have a container named `tensorflow`, and every container an image. Kueue counts a
+    /// replica type only when its key is spelled exactly `Chief`, `Master`, `PS`, `Worker`
+    /// or `Evaluator`: use these spellings for a job queued by Kueue. Required; cannot be
+    /// changed after the job is created, except the pod templates' scheduling directives
+    /// while the job is suspended (see `template`).
     pub tf_replica_specs: BTreeMap<String, ReplicaSpec>,
 
     /// When the job counts as succeeded:
@@ -200,16 +203,30 @@ pub struct RunPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling_policy: Option<SchedulingPolicy>,
 
-    /// Whether the job is suspended. Only `false` (the default, also when unset) is
-    /// accepted: suspending is not supported yet by this operator, and the API server
-    /// refuses `true`. Cannot be changed after the job is created.
+    /// Whether the job is suspended; `false` by default (also when unset). A job created
+    /// suspended gets no pods and no services, only the conditions `Created` and `Suspended`,
+    /// and no `startTime`. Setting it to `true` on a running job deletes all its pods and
+    /// services (whatever `cleanPodPolicy` says; these deletions are not failures and do not
+    /// count against `backoffLimit`), sets every `replicaStatuses[*].active` to 0 and
+    /// `Running` to `False`, and stops the deadline. Setting it back to `false` resumes the
+    /// job: `startTime` becomes the time of the resume, so `activeDeadlineSeconds` counts from
+    /// there, and pods are created from the pod templates as they are then; replicas that
+    /// already succeeded are not run again. May be changed at any time (Kueue does so to
+    /// admit and preempt the job); on a finished job it changes nothing. While the job is
+    /// suspended, the templates' labels, annotations, `nodeSelector`, `tolerations` and
+    /// `schedulingGates` may be changed too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
 
-    /// The controller that runs this job. Empty (the default, also when unset) and
-    /// `kubeflow.org/training-operator` both mean this operator; handing the job to another
-    /// controller is not supported yet, so the API server refuses any other value. Cannot be
-    /// changed after the job is created.
+    /// The controller that runs this job:
+    /// - `kubeflow.org/training-operator`, or empty (the default, also when unset): this
+    ///   operator.
+    /// - `kueue.x-k8s.io/multikueue`: Kueue's MultiKueue runs the job in another cluster and
+    ///   copies its status back; this operator leaves the job entirely alone (no pods, status,
+    ///   events, metrics or TTL). Kueue's copy keeps only Kubeflow's fields, so the run-policy
+    ///   fields written directly under `spec` are lost there: write them under `runPolicy`.
+    ///
+    /// The API server refuses any other value. Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_by: Option<String>,
 }
@@ -259,7 +276,11 @@ pub struct ReplicaSpec {
     /// which gets the `TF_CONFIG` environment variable (unless the job has a single replica
     /// in all) and, when it has none, a port `tfjob-port` (2222); every container needs an
     /// image. The pod's own `restartPolicy` is replaced as this replica's `restartPolicy`
-    /// says. Cannot be changed after the job is created.
+    /// says. Cannot be changed after the job is created, except while the job is suspended
+    /// (`runPolicy.suspend` true before or after the update): then its `metadata.labels`,
+    /// `metadata.annotations`, `spec.nodeSelector`, `spec.tolerations` and
+    /// `spec.schedulingGates` may be changed, added or removed, as Kueue does when it admits
+    /// the job to a flavor; pods created after the resume carry them.
     pub template: PodTemplateSpec,
 
     /// What to do when a pod of this type fails:
