@@ -153,11 +153,14 @@ async fn four_jobs_share_quota_for_two(ctx: Ctx) -> Result<()> {
 /// Marks a running pod to succeed now (kwok's stage reads the annotations).
 async fn finish_pod(ctx: &Ctx, name: &str) -> Result<()> {
     let end = Instant::now() + T;
-    while !pods(ctx)
-        .get_opt(name)
-        .await?
-        .is_some_and(|p| p.status.and_then(|s| s.phase).as_deref() == Some("Running"))
-    {
+    loop {
+        let pod = pods(ctx).get_opt(name).await?;
+        if pod
+            .as_ref()
+            .is_some_and(|p| live(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        {
+            break;
+        }
         ensure!(Instant::now() < end, "{name} never ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
