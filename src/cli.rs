@@ -28,6 +28,9 @@ pub struct Options {
     pub cluster_domain: Option<String>,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
+    /// How long any API request but a watch may take, its response included; under leader
+    /// election at most the renew deadline.
+    pub request_timeout: Duration,
     /// Leader election: off (`None`) or its Lease's namespace and timings.
     pub leader_election: Option<LeaderElection>,
 }
@@ -83,6 +86,17 @@ struct Flags {
     /// Log format
     #[arg(long, value_name = "F", env = "TFJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// How long an API request (but a watch) may take, its response included; under leader
+    /// election at most the renew deadline
+    #[arg(
+        long,
+        value_name = "D",
+        env = "TFJOB_REQUEST_TIMEOUT",
+        value_parser = parse_duration,
+        default_value = "10s"
+    )]
+    request_timeout: Duration,
 
     /// Only the holder of the Lease tfjob-operator reconciles
     #[arg(
@@ -186,6 +200,9 @@ impl Options {
                 "leader election needs lease duration > renew deadline > retry period > 0",
             ));
         }
+        if flags.request_timeout.is_zero() {
+            return Err(command.error(ErrorKind::ValueValidation, "--request-timeout must be more than 0"));
+        }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let leader_election = flags.leader_elect.then(|| LeaderElection {
             namespace: non_empty(flags.leader_election_namespace)
@@ -202,6 +219,10 @@ impl Options {
             cluster_domain: non_empty(flags.cluster_domain.or_else(|| env("CUSTOM_CLUSTER_DOMAIN"))),
             http_addr: flags.http_addr,
             log_format: flags.log_format,
+            request_timeout: match &leader_election {
+                Some(le) => flags.request_timeout.min(le.timings.renew_deadline),
+                None => flags.request_timeout,
+            },
             leader_election,
         })
     }
@@ -264,7 +285,7 @@ mod tests {
             assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(want.as_str()), "--{long}");
             n += 1;
         }
-        assert_eq!(n, 12);
+        assert_eq!(n, 13);
         let help = command().render_help().to_string();
         assert!(help.contains("[env: TFJOB_LEADER_ELECTION_RETRY_PERIOD]"), "{help}");
     }
@@ -279,8 +300,25 @@ mod tests {
         assert_eq!(o.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(o.log_format, LogFormat::Text);
         assert_eq!(o.leader_election, None);
+        assert_eq!(o.request_timeout, Duration::from_secs(10));
         let le = parse("--leader-elect", no_env).unwrap().leader_election.unwrap();
         assert_eq!(le.timings, Timings::default(), "the help's default durations are the elector's");
+    }
+
+    #[test]
+    fn request_timeout_is_bounded_by_the_renew_deadline() {
+        let s = Duration::from_secs;
+        let cases = [
+            ("--request-timeout 30s", s(30)),
+            ("--request-timeout 30s --leader-elect", s(10)),
+            ("--request-timeout 3s --leader-elect", s(3)),
+            ("--leader-elect --leader-election-renew-deadline 5s --leader-election-retry-period 1s", s(5)),
+        ];
+        for (args, want) in cases {
+            assert_eq!(parse(args, no_env).unwrap().request_timeout, want, "{args}");
+        }
+        assert_eq!(parse("", env_of(&[("TFJOB_REQUEST_TIMEOUT", "2s")])).unwrap().request_timeout, s(2));
+        assert!(parse("--request-timeout 0", no_env).is_err());
     }
 
     #[test]

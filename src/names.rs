@@ -31,6 +31,9 @@ pub const DEFAULT_PORT: i32 = 2222;
 /// The environment variable that describes the cluster to TensorFlow.
 pub const TF_CONFIG: &str = "TF_CONFIG";
 
+/// Kueue's label naming the LocalQueue a job is queued in.
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+
 /// The API version and kind of the owner references the operator sets.
 pub const API_VERSION: &str = "kubeflow.org/v1";
 pub const KIND: &str = "TFJob";

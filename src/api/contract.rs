@@ -24,6 +24,12 @@ fn properties(node: &Value) -> Vec<String> {
 
 /// `path` below a replica is the same in the update as in the stored job: present in both
 /// with equal values, or absent in both. Every segment may be absent.
+///
+/// The values are compared wrapped in one-element lists. The API server estimates the cost
+/// of `a == b` from the largest size `a` and `b` could have, and a pod spec's strings and
+/// lists have no bound in the schema, so comparing them bare is estimated above the CRD's
+/// whole budget (over 100 times); a one-element list has size 1. The comparison itself is
+/// the same and, on objects bounded by the request size, cheap.
 fn same(path: &[&str]) -> String {
     let has = |o: &str| {
         (1..=path.len())
@@ -32,7 +38,9 @@ fn same(path: &[&str]) -> String {
             .join(" && ")
     };
     let (new, old, p) = (has("self"), has("oldSelf"), path.join("."));
-    format!("({new}) == ({old}) && (!({new}) || self.tfReplicaSpecs[k].{p} == oldSelf.tfReplicaSpecs[k].{p})")
+    format!(
+        "({new}) == ({old}) && (!({new}) || [self.tfReplicaSpecs[k].{p}] == [oldSelf.tfReplicaSpecs[k].{p}])"
+    )
 }
 
 /// The CEL rule on `spec` that keeps `tfReplicaSpecs` fixed, with the suspended-job

@@ -32,6 +32,34 @@ impl TFJobSpec {
     }
 }
 
+impl TFJobSpec {
+    /// Whether `runPolicy.suspend` is true.
+    pub fn is_suspended(&self) -> bool {
+        self.run_policy.as_ref().and_then(|rp| rp.suspend) == Some(true)
+    }
+
+    /// The `runPolicy.managedBy` value when it names another controller than this operator
+    /// (empty and `kubeflow.org/training-operator` are this operator).
+    pub fn managed_elsewhere(&self) -> Option<&str> {
+        let by = self.run_policy.as_ref()?.managed_by.as_deref()?;
+        (!by.is_empty() && by != super::rules::MANAGED_BY_US).then_some(by)
+    }
+
+    /// The run-policy fields set directly under `spec` (the seed's shape), which Kubeflow's
+    /// TFJob type, and so Kueue's MultiKueue copy, does not have.
+    pub fn seed_shaped_fields(&self) -> Vec<&'static str> {
+        [
+            ("cleanPodPolicy", self.clean_pod_policy.is_some()),
+            ("ttlSecondsAfterFinished", self.ttl_seconds_after_finished.is_some()),
+            ("activeDeadlineSeconds", self.active_deadline_seconds.is_some()),
+            ("backoffLimit", self.backoff_limit.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +77,22 @@ mod tests {
             run_policy: rp,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn suspend_managed_by_and_seed_shaped_fields() {
+        let with_rp = |rp: RunPolicy| TFJobSpec { run_policy: Some(rp), ..Default::default() };
+        let by = |v: &str| with_rp(RunPolicy { managed_by: Some(v.into()), ..Default::default() });
+        assert_eq!(TFJobSpec::default().managed_elsewhere(), None);
+        assert_eq!(by("").managed_elsewhere(), None);
+        assert_eq!(by("kubeflow.org/training-operator").managed_elsewhere(), None);
+        assert_eq!(by("kueue.x-k8s.io/multikueue").managed_elsewhere(), Some("kueue.x-k8s.io/multikueue"));
+        assert!(!TFJobSpec::default().is_suspended());
+        assert!(!with_rp(RunPolicy { suspend: Some(false), ..Default::default() }).is_suspended());
+        assert!(with_rp(RunPolicy { suspend: Some(true), ..Default::default() }).is_suspended());
+        let flat = spec((Some(CleanPodPolicy::All), None, Some(5), None), Some(RunPolicy::default()));
+        assert_eq!(flat.seed_shaped_fields(), ["cleanPodPolicy", "activeDeadlineSeconds"]);
+        assert!(spec((None, None, None, None), None).seed_shaped_fields().is_empty());
     }
 
     #[test]

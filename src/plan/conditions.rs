@@ -14,6 +14,8 @@ pub const REASON_DEADLINE: &str = "DeadlineExceeded";
 pub const REASON_BACKOFF: &str = "BackoffLimitExceeded";
 pub const REASON_INVALID: &str = "InvalidTFJobSpec";
 pub const REASON_FAILED_CREATE: &str = "FailedCreatePod";
+pub const REASON_SUSPENDED: &str = "TFJobSuspended";
+pub const REASON_RESUMED: &str = "TFJobResumed";
 
 /// Sets a condition. Nothing changes when it already holds with the same status, reason and
 /// message; a new status replaces the old condition at the end of the list. Setting Running
@@ -63,6 +65,27 @@ pub fn set(
     true
 }
 
+/// Turns a condition that holds (status True) False, with a new reason and message. Returns
+/// whether it held.
+pub fn set_false(
+    st: &mut TFJobStatus,
+    type_: ConditionType,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> bool {
+    let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == type_ && c.status == ConditionStatus::True)
+    else {
+        return false;
+    };
+    c.status = ConditionStatus::False;
+    c.reason = Some(reason.into());
+    c.message = Some(message);
+    c.last_update_time = Some(Time(now));
+    c.last_transition_time = Some(Time(now));
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +119,23 @@ mod tests {
         assert_eq!(running.last_transition_time, Some(Time(ts(6))));
         assert_eq!(st.condition(Failed).unwrap().reason.as_deref(), Some("DeadlineExceeded"));
         assert!(st.is_finished());
+    }
+
+    #[test]
+    fn set_false_turns_only_a_holding_condition() {
+        use ConditionType::*;
+        let mut st = TFJobStatus::default();
+        assert!(!set_false(&mut st, Suspended, REASON_RESUMED, "r".into(), ts(1)), "absent: nothing to turn");
+        set(&mut st, Suspended, REASON_SUSPENDED, "s".into(), ts(2));
+        assert!(set_false(&mut st, Suspended, REASON_RESUMED, "r".into(), ts(3)));
+        assert!(!set_false(&mut st, Suspended, REASON_RESUMED, "r".into(), ts(4)), "already False");
+        let c = st.condition(Suspended).unwrap();
+        assert_eq!(
+            (c.status, c.reason.as_deref(), c.last_transition_time.clone()),
+            (ConditionStatus::False, Some(REASON_RESUMED), Some(Time(ts(3))))
+        );
+        assert!(set(&mut st, Suspended, REASON_SUSPENDED, "s".into(), ts(5)), "suspended again");
+        assert_eq!(types(&st), [(Suspended, "True")]);
     }
 
     #[test]

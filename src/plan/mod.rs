@@ -2,13 +2,14 @@
 //!
 //! No client, no clock, no async. [`plan`] returns a [`Plan`] whose parts are applied in
 //! order: status (a job that finishes is marked finished, with `completionTime`, before any
-//! of its pods is touched), then events, then deletes, then creates, then the TTL deletion of
-//! the job.
+//! of its pods is touched; a job that is suspended shows `active: 0` before its pods go), then
+//! events, then deletes, then creates, then the TTL deletion of the job.
 
 mod active;
 mod cleanup;
 mod conditions;
 mod replica_state;
+mod suspend;
 #[cfg(test)]
 mod tests;
 
@@ -181,11 +182,16 @@ pub fn plan(
                 ),
             ));
         }
+        p.events.extend(suspend::kueue_warnings(job));
     }
 
     if !old.is_finished() {
         match JobView::new(job) {
+            Ok(view) if job.spec.is_suspended() => {
+                suspend::plan_suspended(&view, &mut st, &mut p, &pods, &services, now);
+            }
             Ok(view) => {
+                suspend::resume(&view.name, &mut st, &mut p, now);
                 let planner = ActivePlanner { job: &view, full_name: &full_name, now, cluster_domain };
                 planner.plan(&mut st, &mut p, &pods, &services);
             }

@@ -982,3 +982,189 @@ fn terminating_pods_are_not_active_and_no_empty_restart_records() {
         rs.counted_restarts
     );
 }
+
+fn suspend(mut j: TFJob, on: bool) -> TFJob {
+    j.spec.run_policy.get_or_insert_with(Default::default).suspend = Some(on);
+    j
+}
+
+fn active(j: &TFJob) -> Vec<(ReplicaType, i32)> {
+    j.status.as_ref().unwrap().replica_statuses.iter().map(|(t, r)| (*t, r.active)).collect()
+}
+
+#[test]
+fn job_created_suspended_gets_no_pods_and_no_clock() {
+    let mut j = suspend(ps_worker(None), true);
+    j.spec.active_deadline_seconds = Some(5);
+    j.spec.ttl_seconds_after_finished = Some(0);
+    let p = plan(&j, &[], &[], t(0), None);
+    assert!(p.create_pods.is_empty() && p.create_services.is_empty());
+    assert_eq!(reasons(&p), ["TFJobCreated", "TFJobSuspended"]);
+    assert_eq!(p.events[1].note, "TFJob j is suspended.");
+    assert_eq!((p.requeue_at, p.delete_job), (None, false));
+    let j = applied(j, &p);
+    let st = j.status.as_ref().unwrap();
+    assert_eq!(
+        st.conditions.iter().map(|c| (c.type_, c.status.as_str())).collect::<Vec<_>>(),
+        [(ConditionType::Created, "True"), (ConditionType::Suspended, "True")]
+    );
+    assert_eq!(
+        st.condition(ConditionType::Suspended).unwrap().message.as_deref(),
+        Some("TFJob j is suspended.")
+    );
+    assert_eq!((&st.start_time, &st.deadline), (&None, &None));
+    assert_eq!(active(&j), [(ReplicaType::PS, 0), (ReplicaType::Worker, 0)]);
+    // Long past the deadline it would have had: nothing happens, no event repeats.
+    let again = plan(&j, &[], &[], t(3600), None);
+    assert_eq!(again, Plan::default());
+}
+
+#[test]
+fn resume_creates_pods_from_the_templates_as_they_are_now() {
+    let mut j = suspend(ps_worker(None), true);
+    j.spec.active_deadline_seconds = Some(50);
+    let mut j = suspend(applied(j.clone(), &plan(&j, &[], &[], t(0), None)), false);
+    let w = j.spec.tf_replica_specs.get_mut("Worker").unwrap();
+    let spec = w.template.spec.as_mut().unwrap();
+    spec.node_selector = Some([("pool".to_string(), "a".to_string())].into());
+    w.template.metadata.get_or_insert_with(Default::default).labels =
+        Some([("kueue.x-k8s.io/podset".to_string(), "worker".to_string())].into());
+    let p = plan(&j, &[], &[], t(100), None);
+    assert_eq!(reasons(&p), ["TFJobResumed"]);
+    assert_eq!(p.events[0].note, "TFJob j is resumed.");
+    assert_eq!(created(&p), ["j-ps-0", "j-worker-0", "j-worker-1"]);
+    let worker = &p.create_pods[1];
+    assert_eq!(worker.spec.as_ref().unwrap().node_selector.as_ref().unwrap()["pool"], "a");
+    assert_eq!(worker.metadata.labels.as_ref().unwrap()["kueue.x-k8s.io/podset"], "worker");
+    assert_eq!(p.create_services.len(), 3);
+    let st = p.status.as_ref().unwrap();
+    assert_eq!(
+        cond(&applied(j.clone(), &p), ConditionType::Suspended),
+        Some(("False".into(), "TFJobResumed".into()))
+    );
+    assert_eq!(st.start_time, Some(Time(t(100))), "the deadline counts from the resume");
+    assert_eq!(st.deadline, Some(Time(t(150))));
+    assert_eq!(p.requeue_at, Some(t(150)));
+    // The next reconcile does not announce the resume again.
+    let j = applied(j, &p);
+    let pods: Vec<Pod> = p
+        .create_pods
+        .iter()
+        .map(|c| {
+            pod(
+                &j,
+                names::replica_of(&c.metadata).unwrap().0,
+                names::replica_of(&c.metadata).unwrap().1,
+                "Running",
+            )
+        })
+        .collect();
+    let p = plan(&j, &pods, &services(&j), t(101), None);
+    assert_eq!(reasons(&p), ["TFJobRunning"]);
+}
+
+#[test]
+fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once() {
+    use ReplicaType::*;
+    let mut j = ps_worker(Some(RestartPolicy::OnFailure));
+    j.spec.active_deadline_seconds = Some(30);
+    j.spec.clean_pod_policy = Some(CleanPodPolicy::None);
+    j.spec.backoff_limit = Some(0);
+    let pods = vec![pod(&j, PS, 0, "Running"), pod(&j, Worker, 0, "Running"), pod(&j, Worker, 1, "Running")];
+    let j = started(j, &pods);
+    assert_eq!(cond(&j, ConditionType::Running), Some(("True".into(), "TFJobRunning".into())));
+    // Worker 1 succeeds in the moment the job is suspended: the suspend records it.
+    let pods =
+        vec![pod(&j, PS, 0, "Running"), pod(&j, Worker, 0, "Running"), pod(&j, Worker, 1, "Succeeded")];
+    let j = suspend(j, true);
+    let p = plan(&j, &pods, &services(&j), t(10), None);
+    assert_eq!(deleted(&p), ["j-ps-0", "j-worker-0", "j-worker-1"], "whatever cleanPodPolicy says");
+    assert_eq!(deleted_services(&p), ["j-ps-0", "j-worker-0", "j-worker-1"]);
+    assert!(p.create_pods.is_empty() && p.create_services.is_empty());
+    assert_eq!(reasons(&p), ["TFJobSuspended"]);
+    assert_eq!(p.requeue_at, None, "the deadline stops");
+    let j = applied(j, &p);
+    let st = j.status.clone().unwrap();
+    assert_eq!(active(&j), [(PS, 0), (Worker, 0)]);
+    assert_eq!(st.replica_statuses[&Worker].succeeded_indexes, [1]);
+    assert_eq!(st.replica_statuses.values().map(|r| r.restarts + r.failed).sum::<i32>(), 0);
+    assert_eq!(cond(&j, ConditionType::Running), Some(("False".into(), "TFJobSuspended".into())));
+    assert_eq!(cond(&j, ConditionType::Suspended), Some(("True".into(), "TFJobSuspended".into())));
+    assert_eq!((st.deadline.as_ref(), st.completion_time.as_ref()), (None, None));
+    // While the pods terminate, and then fail as they are killed: no failure, no restart,
+    // no second event, even with backoffLimit 0 and long past the old deadline.
+    let dying: Vec<Pod> = pods.iter().cloned().map(deleting).collect();
+    assert_eq!(plan(&j, &dying, &[], t(11), None), Plan::default());
+    let killed: Vec<Pod> = dying.iter().cloned().map(|p| terminated(p, 137, "Error")).collect();
+    let p = plan(&j, &killed, &[], t(500), None);
+    assert_eq!((p.status.as_ref(), reasons(&p), deleted(&p)), (None, vec![], vec![]));
+    // Resumed with the pods gone: worker 1 is not run again.
+    let p = plan(&suspend(j.clone(), false), &[], &[], t(600), None);
+    assert_eq!(created(&p), ["j-ps-0", "j-worker-0"]);
+    let st = p.status.unwrap();
+    assert_eq!((st.start_time, st.deadline), (Some(Time(t(600))), Some(Time(t(630)))));
+    assert_eq!(st.replica_statuses[&Worker].succeeded_indexes, [1]);
+}
+
+#[test]
+fn suspending_a_finished_job_changes_nothing() {
+    use ReplicaType::*;
+    let j = ps_worker(None);
+    let j = started(j.clone(), &[pod(&j, PS, 0, "Running"), pod(&j, Worker, 0, "Running")]);
+    let done =
+        [pod(&j, PS, 0, "Succeeded"), pod(&j, Worker, 0, "Succeeded"), pod(&j, Worker, 1, "Succeeded")];
+    let j = applied(j.clone(), &plan(&j, &done, &services(&j), t(5), None));
+    assert!(j.status.as_ref().unwrap().is_finished());
+    let p = plan(&suspend(j, true), &done, &[], t(6), None);
+    assert_eq!((p.status, p.events, p.delete_pods), (None, vec![], vec![]));
+}
+
+#[test]
+fn kueue_warnings_on_creation() {
+    let queued = |mut j: TFJob| {
+        j.metadata.labels = Some([(names::KUEUE_QUEUE_LABEL.to_string(), "q".to_string())].into());
+        j
+    };
+    let multikueue = |mut j: TFJob| {
+        j.spec.run_policy.get_or_insert_with(Default::default).managed_by =
+            Some("kueue.x-k8s.io/multikueue".into());
+        j
+    };
+    let flat = |mut j: TFJob| {
+        j.spec.backoff_limit = Some(1);
+        j.spec.ttl_seconds_after_finished = Some(5);
+        j
+    };
+    let odd = || job(&[("Ps", 1, None), ("worker", 2, None)]);
+    let cases: [(&str, TFJob, &[&str]); 7] = [
+        ("queued, canonical keys", queued(ps_worker(None)), &[]),
+        ("queued, other spellings", queued(odd()), &["ReplicaKeyNotSeenByKueue"]),
+        ("not queued, other spellings", odd(), &[]),
+        ("queued, fields under spec", queued(flat(ps_worker(None))), &["FieldsLostByMultiKueue"]),
+        ("MultiKueue, fields under spec", multikueue(flat(ps_worker(None))), &["FieldsLostByMultiKueue"]),
+        ("not queued, fields under spec", flat(ps_worker(None)), &[]),
+        ("queued, both", queued(flat(odd())), &["ReplicaKeyNotSeenByKueue", "FieldsLostByMultiKueue"]),
+    ];
+    for (name, j, want) in cases {
+        let p = plan(&j, &[], &[], t(0), None);
+        let warned: Vec<&PlannedEvent> = p.events.iter().filter(|e| e.type_ == EventType::Warning).collect();
+        assert_eq!(warned.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), want, "{name}");
+        let again = plan(&applied(j, &p), &[], &[], t(1), None);
+        assert!(again.events.iter().all(|e| e.type_ != EventType::Warning), "{name}: warned twice");
+    }
+    let p = plan(&queued(flat(odd())), &[], &[], t(0), None);
+    let notes: Vec<&str> = p.events.iter().map(|e| e.note.as_str()).collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("the pods of Ps, worker are not counted against the quota of queue q")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n
+                .starts_with("spec.ttlSecondsAfterFinished, spec.backoffLimit are set directly under spec")),
+        "{notes:?}"
+    );
+}

@@ -89,7 +89,8 @@ async fn four_jobs_share_quota_for_two(ctx: Ctx) -> Result<()> {
     let op = Operator::start(&ctx, &[])?;
     let names = ["q-a", "q-b", "q-c", "q-d"];
     for n in names {
-        let created = create(&ctx, queued(n, &[R("Worker", 1, None, succeed("4s"))], "1", json!({}))).await?;
+        let created =
+            create(&ctx, queued(n, &[replica("Worker", 1).fate(succeed("4s"))], "1", json!({}))).await?;
         ensure!(
             suspended_in_spec(&serde_json::to_value(&created)?),
             "{n}: Kueue's webhook did not suspend it"
@@ -170,7 +171,7 @@ async fn finish_pod(ctx: &Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn replica(j: &Value, field: &str) -> i64 {
+fn workers(j: &Value, field: &str) -> i64 {
     j.pointer(&format!("/status/replicaStatuses/Worker/{field}")).and_then(Value::as_i64).unwrap_or(0)
 }
 
@@ -186,22 +187,24 @@ async fn preemption_frees_quota_at_once_and_keeps_succeeded_workers(ctx: Ctx) ->
     let op = Operator::start(&ctx, &[])?;
     let uids = UidWatch::start(&ctx);
     let timeline = Timeline::start(&ctx, "low");
-    create(&ctx, with_priority(queued("low", &[R("Worker", 2, None, json!({}))], "1", json!({})), LOW))
-        .await?;
+    create(&ctx, with_priority(queued("low", &[replica("Worker", 2)], "1", json!({})), LOW)).await?;
     wait_job(&ctx, "low", T, "both workers active", |j| {
-        serde_json::to_value(j).is_ok_and(|v| replica(&v, "active") == 2)
+        serde_json::to_value(j).is_ok_and(|v| workers(&v, "active") == 2)
     })
     .await
     .with_context(|| op.log_tail())?;
     finish_pod(&ctx, "low-worker-1").await?;
     wait_job(&ctx, "low", T, "worker 1 succeeded", |j| {
-        serde_json::to_value(j).is_ok_and(|v| replica(&v, "succeeded") == 1)
+        serde_json::to_value(j).is_ok_and(|v| workers(&v, "succeeded") == 1)
     })
     .await?;
 
     let t_high = Instant::now();
-    create(&ctx, with_priority(queued("high", &[R("Worker", 1, None, succeed("3s"))], "1", json!({})), HIGH))
-        .await?;
+    create(
+        &ctx,
+        with_priority(queued("high", &[replica("Worker", 1).fate(succeed("3s"))], "1", json!({})), HIGH),
+    )
+    .await?;
     let (t_suspend, _) = timeline.wait(t_high, T, "Kueue's suspend patch", suspended_in_spec).await?;
     let (t_zero, j) = timeline
         .wait(t_suspend, Duration::from_secs(10), "active 0 after the suspend", |j| {
@@ -223,16 +226,19 @@ async fn preemption_frees_quota_at_once_and_keeps_succeeded_workers(ctx: Ctx) ->
     );
     wait_pods_of(&ctx, "low", Duration::from_secs(5)).await?;
 
-    wait_job(&ctx, "high", T, "high Succeeded", |j| is(j, tfjob_operator::api::ConditionType::Succeeded))
-        .await?;
+    wait_job(&ctx, "high", T, "high Succeeded", |j| {
+        has_condition(j, tfjob_operator::api::ConditionType::Succeeded)
+    })
+    .await?;
     let (_, j) = timeline.wait(t_zero, T, "low re-admitted", |j| !suspended_in_spec(j)).await?;
-    ensure!(replica(&j, "succeeded") == 1, "the done worker was forgotten: {}", summary(Some(&j)));
+    ensure!(workers(&j, "succeeded") == 1, "the done worker was forgotten: {}", summary(Some(&j)));
     finish_pod(&ctx, "low-worker-0").await?;
-    let j =
-        wait_job(&ctx, "low", T, "low Succeeded", |j| is(j, tfjob_operator::api::ConditionType::Succeeded))
-            .await?;
+    let j = wait_job(&ctx, "low", T, "low Succeeded", |j| {
+        has_condition(j, tfjob_operator::api::ConditionType::Succeeded)
+    })
+    .await?;
     let j = serde_json::to_value(&j)?;
-    ensure!(replica(&j, "succeeded") == 2, "{}", summary(Some(&j)));
+    ensure!(workers(&j, "succeeded") == 2, "{}", summary(Some(&j)));
     let reused = uids.reused_names();
     ensure!(reused == [("low-worker-0".to_string(), 2)], "pods created again: {reused:?}");
     workloads_finished(&ctx, 2).await?;
@@ -268,13 +274,14 @@ async fn deadline_counts_from_the_last_admission(ctx: Ctx) -> Result<()> {
     let timeline = Timeline::start(&ctx, "slow");
     let t0 = Instant::now();
     let spec = json!({"runPolicy": {"activeDeadlineSeconds": DEADLINE}});
-    create(&ctx, with_priority(queued("slow", &[R("Worker", 1, None, json!({}))], "1", spec), LOW)).await?;
+    create(&ctx, with_priority(queued("slow", &[replica("Worker", 1)], "1", spec), LOW)).await?;
     let (t_first, _) = timeline.wait(t0, T, "the first admission", |j| !suspended_in_spec(j)).await?;
-    wait_job(&ctx, "slow", T, "Running", |j| is(j, tfjob_operator::api::ConditionType::Running)).await?;
+    wait_job(&ctx, "slow", T, "Running", |j| has_condition(j, tfjob_operator::api::ConditionType::Running))
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     create(
         &ctx,
-        with_priority(queued("urgent", &[R("Worker", 1, None, succeed("9s"))], "1", json!({})), HIGH),
+        with_priority(queued("urgent", &[replica("Worker", 1).fate(succeed("9s"))], "1", json!({})), HIGH),
     )
     .await?;
     let (t_susp, _) = timeline
@@ -310,7 +317,7 @@ async fn multikueue_managed_job_is_left_alone(ctx: Ctx) -> Result<()> {
     queue(&ctx, "1").await?;
     let op = Operator::start(&ctx, &[])?;
     let spec = json!({"runPolicy": {"managedBy": "kueue.x-k8s.io/multikueue"}});
-    create(&ctx, queued("elsewhere", &[R("Worker", 1, None, succeed("1s"))], "1", spec)).await?;
+    create(&ctx, queued("elsewhere", &[replica("Worker", 1).fate(succeed("1s"))], "1", spec)).await?;
     let end = Instant::now() + Duration::from_secs(8);
     while Instant::now() < end {
         let j = get(&ctx, "elsewhere").await?;
@@ -341,13 +348,15 @@ async fn sdk_queue_label_runs_the_same(ctx: Ctx) -> Result<()> {
     queue(&ctx, "2").await?;
     let op = Operator::start(&ctx, &[])?;
     let mut j =
-        queued("sdk", &[R("PS", 1, None, json!({})), R("Worker", 2, None, succeed("3s"))], "500m", json!({}));
+        queued("sdk", &[replica("PS", 1), replica("Worker", 2).fate(succeed("3s"))], "500m", json!({}));
     j["spec"]["runPolicy"] = json!({"cleanPodPolicy": "Running"});
     let created = serde_json::to_value(create(&ctx, j).await?)?;
     ensure!(suspended_in_spec(&created), "not suspended by Kueue's webhook: {}", created["spec"]);
-    wait_job(&ctx, "sdk", T, "Succeeded", |j| is(j, tfjob_operator::api::ConditionType::Succeeded))
-        .await
-        .with_context(|| op.log_tail())?;
+    wait_job(&ctx, "sdk", T, "Succeeded", |j| {
+        has_condition(j, tfjob_operator::api::ConditionType::Succeeded)
+    })
+    .await
+    .with_context(|| op.log_tail())?;
     let wls = workloads_finished(&ctx, 1).await?;
     let podsets: Vec<(String, i64)> = wls[0]["spec"]["podSets"]
         .as_array()
@@ -373,8 +382,7 @@ async fn sdk_queue_label_runs_the_same(ctx: Ctx) -> Result<()> {
 async fn replica_keys_kueue_cannot_read_are_answered(ctx: Ctx) -> Result<()> {
     queue(&ctx, "1").await?;
     let op = Operator::start(&ctx, &[])?;
-    let j =
-        queued("odd", &[R("Ps", 1, None, json!({})), R("worker", 1, None, succeed("2s"))], "1", json!({}));
+    let j = queued("odd", &[replica("Ps", 1), replica("worker", 1).fate(succeed("2s"))], "1", json!({}));
     let refused = match create(&ctx, j).await {
         Err(e) => {
             let msg = format!("{e:#}");

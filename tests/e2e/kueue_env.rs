@@ -16,7 +16,7 @@ use tfjob_testsupport::kueue::{Kueue, NAMESPACE_LABEL, kueue_dir};
 use tokio::sync::OnceCell;
 
 use crate::Ctx;
-use crate::support::{R, job};
+use crate::support::{Replica, job};
 
 /// The queue name every test's LocalQueue has.
 pub const QUEUE: &str = "queue";
@@ -198,7 +198,7 @@ pub fn condition(obj: &Value, type_: &str) -> bool {
 }
 
 /// A queued TFJob: [`job`] with the queue label and `cpu` requested by every pod.
-pub fn queued(name: &str, replicas: &[R<'_>], cpu: &str, spec_extra: Value) -> Value {
+pub fn queued(name: &str, replicas: &[Replica], cpu: &str, spec_extra: Value) -> Value {
     let mut j = job(name, replicas, spec_extra);
     j["metadata"]["labels"] = json!({QUEUE_LABEL: QUEUE});
     if let Some(specs) = j["spec"]["tfReplicaSpecs"].as_object_mut() {

@@ -10,8 +10,10 @@ mod controller;
 mod install;
 mod kueue;
 mod kueue_env;
+mod replica_keys;
 mod smoke;
 mod support;
+mod suspend;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use futures::StreamExt;
 use tfjob_testsupport::Cluster;
 
 /// What a test gets: the cluster and its own namespace.
@@ -30,15 +33,13 @@ pub struct Ctx {
 
 type TestFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
-/// One test. `local_only` tests start or stop plane processes and are skipped on an existing
-/// cluster; `serial` tests run alone (timing).
+/// One test. `serial` tests run alone (timing); a test with `local_only` (the reason) is
+/// skipped on an existing cluster.
 pub struct Test {
     pub name: &'static str,
     pub run: fn(Ctx) -> TestFuture,
-    pub local_only: bool,
-    /// Why a `local_only` test is skipped on an existing cluster.
-    pub skip_reason: &'static str,
     pub serial: bool,
+    pub local_only: Option<&'static str>,
 }
 
 impl Test {
@@ -50,8 +51,7 @@ impl Test {
 
     /// Needs Kueue, which the suite starts on its local plane only (see `kueue_env`).
     pub fn kueue(mut self) -> Test {
-        self.local_only = true;
-        self.skip_reason = "needs Kueue, which the suite starts on its local control plane only";
+        self.local_only = Some("needs Kueue, which the suite starts on its local control plane only");
         self
     }
 }
@@ -62,9 +62,8 @@ macro_rules! test {
         $crate::Test {
             name: concat!(module_path!(), "::", stringify!($f)),
             run: |ctx| Box::pin($f(ctx)),
-            local_only: false,
-            skip_reason: "needs the local control plane",
             serial: false,
+            local_only: None,
         }
     };
 }
@@ -73,6 +72,8 @@ fn tests() -> Vec<Test> {
     let mut all = smoke::tests();
     all.extend(controller::tests());
     all.extend(install::tests());
+    all.extend(suspend::tests());
+    all.extend(replica_keys::tests());
     all.extend(bench::tests());
     all.extend(kueue::tests());
     all
@@ -88,21 +89,29 @@ enum Outcome {
 }
 
 async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
-    if t.local_only && cluster.plane.is_none() {
-        return Outcome::Skipped(t.skip_reason);
+    if let (Some(why), None) = (t.local_only, &cluster.plane) {
+        return Outcome::Skipped(why);
     }
-    let ns = format!("e2e-{}-{n}", t.name.rsplit("::").next().unwrap_or("t").replace('_', "-"));
-    let ns: String = ns.chars().take(60).collect::<String>().trim_end_matches('-').to_string();
+    // The test's name, shortened to keep the namespace within 63 characters; the number keeps
+    // it unique (install tests use it to prefix cluster-scoped names).
+    let short: String =
+        t.name.rsplit("::").next().unwrap_or("t").replace('_', "-").chars().take(50).collect();
+    let ns = format!("e2e-{}-{n}", short.trim_end_matches('-'));
     if let Err(e) = cluster.namespace(&ns).await {
         return Outcome::Failed(format!("setup: {e:#}"));
     }
     let ctx = Ctx { cluster: cluster.clone(), ns: ns.clone() };
-    let handle = tokio::spawn((t.run)(ctx));
-    let outcome = match tokio::time::timeout(TEST_TIMEOUT, handle).await {
+    let mut handle = tokio::spawn((t.run)(ctx));
+    let outcome = match tokio::time::timeout(TEST_TIMEOUT, &mut handle).await {
         Ok(Ok(Ok(()))) => Outcome::Passed,
         Ok(Ok(Err(e))) => Outcome::Failed(format!("{e:#}")),
         Ok(Err(join)) => Outcome::Failed(format!("panicked: {join}")),
-        Err(_) => Outcome::Failed(format!("timed out after {TEST_TIMEOUT:?}")),
+        Err(_) => {
+            // Stop it: its operator processes stop as the task drops them.
+            handle.abort();
+            let _ = handle.await;
+            Outcome::Failed(format!("timed out after {TEST_TIMEOUT:?}"))
+        }
     };
     cluster.delete_namespace(&ns).await;
     outcome
@@ -142,24 +151,22 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
             println!("test {name} ... skipped: {why}");
         }
     };
-    let mut n = 0;
-    for chunk in parallel.chunks(PARALLEL) {
-        let runs = chunk.iter().map(|t| {
-            n += 1;
-            let (cluster, n) = (cluster.clone(), n);
-            async move {
-                let t0 = Instant::now();
-                (t.name, run_one(cluster, t, n).await, t0.elapsed())
-            }
-        });
-        for (name, outcome, took) in futures::future::join_all(runs).await {
-            report(name, outcome, took);
+    // PARALLEL tests running at all times, each reported as it finishes; then the serial ones.
+    let runs = parallel.iter().enumerate().map(|(i, t)| {
+        let cluster = cluster.clone();
+        async move {
+            let t0 = Instant::now();
+            (t.name, run_one(cluster, t, i + 1).await, t0.elapsed())
         }
+    });
+    let mut finished = futures::stream::iter(runs).buffer_unordered(PARALLEL);
+    while let Some((name, outcome, took)) = finished.next().await {
+        report(name, outcome, took);
     }
-    for t in serial {
-        n += 1;
+    drop(finished);
+    for (i, t) in serial.iter().enumerate() {
         let t0 = Instant::now();
-        let outcome = run_one(cluster.clone(), t, n).await;
+        let outcome = run_one(cluster.clone(), t, parallel.len() + i + 1).await;
         report(t.name, outcome, t0.elapsed());
     }
     if let Err(e) = kueue_env::shutdown().await {
