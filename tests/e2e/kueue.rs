@@ -21,17 +21,16 @@ pub fn tests() -> Vec<Test> {
         test!(deadline_counts_from_the_last_admission).kueue().serial(),
         test!(multikueue_managed_job_is_left_alone).kueue(),
         test!(sdk_queue_label_runs_the_same).kueue(),
-        test!(replica_keys_kueue_cannot_read_are_answered).kueue(),
     ]
 }
 
 const T: Duration = Duration::from_secs(90);
 
-async fn get(ctx: &Ctx, name: &str) -> Result<Value> {
+pub async fn get(ctx: &Ctx, name: &str) -> Result<Value> {
     Ok(serde_json::to_value(jobs(ctx).get(name).await?)?)
 }
 
-fn job_of(p: &Pod) -> String {
+pub fn job_of(p: &Pod) -> String {
     p.metadata
         .labels
         .as_ref()
@@ -40,7 +39,7 @@ fn job_of(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
-fn live(p: &Pod) -> bool {
+pub fn live(p: &Pod) -> bool {
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
     p.metadata.deletion_timestamp.is_none() && (phase == "Pending" || phase == "Running")
 }
@@ -375,56 +374,4 @@ async fn sdk_queue_label_runs_the_same(ctx: Ctx) -> Result<()> {
     }
     drop_queue(&ctx).await;
     Ok(())
-}
-
-/// Kueue reads only `Chief`, `Master`, `PS`, `Worker` and `Evaluator`: a queued job keyed
-/// `Ps` and `worker` would escape its quota. The API refuses it, or the operator warns.
-async fn replica_keys_kueue_cannot_read_are_answered(ctx: Ctx) -> Result<()> {
-    queue(&ctx, "1").await?;
-    let op = Operator::start(&ctx, &[])?;
-    let j = queued("odd", &[replica("Ps", 1), replica("worker", 1).fate(succeed("2s"))], "1", json!({}));
-    let refused = match create(&ctx, j).await {
-        Err(e) => {
-            let msg = format!("{e:#}");
-            ensure!(msg.contains("Ps") || msg.contains("worker"), "refused without naming the key: {msg}");
-            eprintln!("e2e: kueue replica keys: refused at create: {msg}");
-            true
-        }
-        Ok(_) => false,
-    };
-    if !refused {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let warned =
-                warnings(&ctx, "odd").await?.into_iter().find(|m| m.to_lowercase().contains("kueue"));
-            if let Some(m) = warned {
-                eprintln!("e2e: kueue replica keys: Warning: {m}");
-                break;
-            }
-            ensure!(Instant::now() < end, "no Warning about Kueue for keys Ps/worker\n{}", op.log_tail());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let wls: Vec<Value> =
-            workloads(&ctx).list(&ListParams::default()).await?.items.into_iter().map(|w| w.data).collect();
-        eprintln!(
-            "e2e: kueue replica keys: Kueue's Workloads: {:?}",
-            wls.iter().map(|w| &w["spec"]["podSets"]).collect::<Vec<_>>()
-        );
-    }
-    drop_queue(&ctx).await;
-    Ok(())
-}
-
-/// Messages of the Warning events about `name`.
-async fn warnings(ctx: &Ctx, name: &str) -> Result<Vec<String>> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Event> =
-        kube::Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
-    Ok(api
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.message)
-        .collect())
 }

@@ -10,6 +10,7 @@ mod controller;
 mod install;
 mod kueue;
 mod kueue_env;
+mod kueue_keys;
 mod replica_keys;
 mod smoke;
 mod support;
@@ -76,6 +77,7 @@ fn tests() -> Vec<Test> {
     all.extend(replica_keys::tests());
     all.extend(bench::tests());
     all.extend(kueue::tests());
+    all.extend(kueue_keys::tests());
     all
 }
 
