@@ -32,11 +32,16 @@ pub const HIGH: &str = "tfjob-e2e-high";
 static KUEUE: OnceCell<Mutex<Option<Kueue>>> = OnceCell::const_new();
 
 fn kueue_api(ctx: &Ctx, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
+    kueue_api_on(&ctx.cluster.client, kind, plural, ns)
+}
+
+/// Kueue's `kind` (v1beta2) on the plane `client` talks to.
+pub fn kueue_api_on(client: &kube::Client, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("kueue.x-k8s.io", "v1beta2", kind);
     let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
     match ns {
-        Some(ns) => Api::namespaced_with(ctx.cluster.client.clone(), ns, &ar),
-        None => Api::all_with(ctx.cluster.client.clone(), &ar),
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
     }
 }
 
@@ -44,7 +49,8 @@ pub fn workloads(ctx: &Ctx) -> Api<DynamicObject> {
     kueue_api(ctx, "Workload", "workloads", Some(&ctx.ns))
 }
 
-async fn apply(api: &Api<DynamicObject>, obj: Value) -> Result<()> {
+/// Server-side apply of a Kueue object.
+pub async fn apply(api: &Api<DynamicObject>, obj: Value) -> Result<()> {
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let obj: DynamicObject = serde_json::from_value(obj)?;
     api.patch(&name, &PatchParams::apply("tfjob-e2e").force(), &Patch::Apply(&obj))

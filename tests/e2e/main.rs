@@ -11,6 +11,7 @@ mod install;
 mod kueue;
 mod kueue_env;
 mod kueue_keys;
+mod multikueue;
 mod replica_keys;
 mod smoke;
 mod support;
@@ -78,6 +79,7 @@ fn tests() -> Vec<Test> {
     all.extend(bench::tests());
     all.extend(kueue::tests());
     all.extend(kueue_keys::tests());
+    all.extend(multikueue::tests());
     all
 }
 
