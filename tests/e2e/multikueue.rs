@@ -98,11 +98,13 @@ async fn multikueue_runs_the_job_on_the_worker(ctx: Ctx) -> Result<()> {
         manager_queue(&mgr, &ctx.ns, &std::fs::read_to_string(&ctx.cluster.kubeconfig)?).await?;
 
         let on_mgr: Api<TFJob> = Api::namespaced(client.clone(), &ctx.ns);
+        // A seed-shaped field directly under spec: not in the Go type MultiKueue copies through.
+        let seed_field = json!({"activeDeadlineSeconds": 600});
         let job: TFJob = serde_json::from_value(queued(
             "remote",
             &[replica("Worker", 1).fate(succeed("3s"))],
             "1",
-            json!({}),
+            seed_field,
         ))?;
         let created = serde_json::to_value(on_mgr.create(&PostParams::default(), &job).await?)?;
         let managed_by = created.pointer("/spec/runPolicy/managedBy").cloned();
@@ -123,6 +125,20 @@ async fn multikueue_runs_the_job_on_the_worker(ctx: Ctx) -> Result<()> {
         ensure!(
             labels.contains_key("kueue.x-k8s.io/prebuilt-workload-name"),
             "worker copy labels {labels:?}"
+        );
+        let copy = serde_json::to_value(&j)?;
+        ensure!(
+            created["spec"]["activeDeadlineSeconds"] == 600,
+            "the manager's job lost it: {}",
+            created["spec"]
+        );
+        ensure!(
+            copy["spec"]["activeDeadlineSeconds"].is_null(),
+            "the worker's copy kept it: {}",
+            copy["spec"]
+        );
+        eprintln!(
+            "e2e: multikueue: spec.activeDeadlineSeconds is on the manager's job, not on the worker's copy"
         );
         // Its status is copied back to the manager.
         eventually(T, "the manager's job to show Succeeded", || async {
