@@ -18,7 +18,7 @@ test: ## Everything CI runs: rustfmt, clippy -D warnings, unit, API and e2e test
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	bindir=$$(hack/build-control-plane.sh) && kueuedir=$$(hack/build-kueue.sh) && \
 	  TFJOB_BIN_DIR="$$bindir" TFJOB_KUEUE_DIR="$$kueuedir" TFJOB_E2E_STATE="$(E2E_STATE)" \
-	  $(CARGO) test --locked --no-fail-fast --workspace --tests
+	  $(CARGO) test --locked --no-fail-fast --workspace --tests --features tfjob-operator/fault-points
 	hack/check-plane-stopped.sh "$(E2E_STATE)"
 
 bins: ## Build (once, cached under ~/.cache/tfjob-operator) the control-plane binaries and Kueue; prints their directories

@@ -6,19 +6,19 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
 use tracing::info;
 
 use super::Now;
+use super::backoff::slow_start;
 use super::unseen::{UnseenObjects, UnseenWrites};
 use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::plan::{Plan, PlannedEvent};
 use crate::writer::{Created, Namespaced, Writer};
 
-/// Creates of one job in flight at once.
+/// Creates of one job in flight at once (the largest slow-start batch).
 pub const CREATES_IN_FLIGHT: usize = 16;
 
 /// Where apply writes: the writer, and the record of writes the caches have not shown.
@@ -145,6 +145,7 @@ impl Applier<'_> {
                 Some(until) => CreateStep::Waiting { until },
                 None => self.create_all(job, plan, now).await?,
             };
+            crate::fault_point::reached("after-creates", &job.name_any());
         }
         if plan.delete_job && self.writer.delete_job(job).await? {
             self.unseen().status.forget(&job.uid().unwrap_or_default());
@@ -168,27 +169,29 @@ impl Applier<'_> {
         }
     }
 
-    /// Creates `objs` with up to [`CREATES_IN_FLIGHT`] at once; the first refusal wins.
+    /// Creates `objs` in slow-start batches (1, 2, 4, ... up to [`CREATES_IN_FLIGHT`], each
+    /// batch at once), stopping after the first batch with a refusal: a template the API
+    /// server refuses costs one create, not one per replica.
     async fn create_batch<K: OwnedKind>(
         &self,
         job: &TFJob,
         objs: &[K],
         now: Now,
     ) -> Result<CreateStep, Error> {
-        if objs.is_empty() {
-            return Ok(CreateStep::Done);
-        }
-        // Collected first: a lazily mapped iterator here trips the compiler's Send check.
-        let creates: Vec<_> = objs.iter().map(|o| self.create_one(job, o, now)).collect();
-        let results: Vec<Result<CreateOutcome, Error>> =
-            futures::stream::iter(creates).buffer_unordered(CREATES_IN_FLIGHT).collect().await;
         let mut step = CreateStep::Done;
-        for r in results {
-            match r? {
-                CreateOutcome::Done => {}
-                CreateOutcome::Blocked => step = CreateStep::Blocked,
-                CreateOutcome::Refused(msg) => return Ok(CreateStep::Refused(msg)),
-                CreateOutcome::NamespaceGone => return Ok(CreateStep::NamespaceGone),
+        let mut rest = objs;
+        for size in slow_start(objs.len(), CREATES_IN_FLIGHT) {
+            let (batch, tail) = rest.split_at(size);
+            rest = tail;
+            // Collected first: a lazily mapped iterator here trips the compiler's Send check.
+            let creates: Vec<_> = batch.iter().map(|o| self.create_one(job, o, now)).collect();
+            for r in futures::future::join_all(creates).await {
+                match r? {
+                    CreateOutcome::Done => {}
+                    CreateOutcome::Blocked => step = CreateStep::Blocked,
+                    CreateOutcome::Refused(msg) => return Ok(CreateStep::Refused(msg)),
+                    CreateOutcome::NamespaceGone => return Ok(CreateStep::NamespaceGone),
+                }
             }
         }
         Ok(step)

@@ -162,7 +162,13 @@ pub async fn run(
         let ctx = ctx.clone();
         move |job: &TFJob| ctx.forget(&job.uid().unwrap_or_default())
     };
-    let jobs = observe::job_triggers(job_events, job_store.clone(), ctx.metrics.clone(), forget);
+    let jobs = observe::job_triggers(
+        job_events,
+        job_store.clone(),
+        ctx.metrics.clone(),
+        ctx.writer.gate().clone(),
+        forget,
+    );
     info!(
         namespace = ns.unwrap_or("(all)"),
         concurrency = settings.concurrency,
@@ -241,7 +247,14 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         let b = ctx.backoffs();
         (b.create(&uid), b.creates_wait_until(&uid, now.mono))
     };
-    let applied = ctx.applier().apply_plan(&job, &plan, wait_until, now).await?;
+    let applied = match ctx.applier().apply_plan(&job, &plan, wait_until, now).await {
+        Err(Error::JobGone { .. }) => {
+            // Deleted since the cache showed it (a TTL deletion, a user's): nothing to do.
+            ctx.forget(&uid);
+            return Ok(Action::await_change());
+        }
+        other => other?,
+    };
 
     let report = report::report(&plan, &applied, backoff, now);
     let ns = job.namespace().unwrap_or_default();

@@ -42,7 +42,10 @@ impl ActivePlanner<'_> {
                 .collect();
             let old = st.replica_statuses.get(&t).cloned().unwrap_or_default();
             let tolerate = policy.dynamic_worker && t == ReplicaType::Worker;
-            observed.insert(t, replica_state::observe(r.count, r.restart_policy, tolerate, &of_type, &old));
+            observed.insert(
+                t,
+                replica_state::observe(r.count, r.restart_policy, tolerate, &of_type, &old, start.0),
+            );
         }
         st.replica_statuses = observed.iter().map(|(t, o)| (*t, o.status.clone())).collect();
 

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{PodRestarts, ReplicaStatus, RestartPolicy};
 use crate::names::CONTAINER_NAME;
@@ -121,14 +122,26 @@ pub fn is_retryable(exit_code: i32) -> bool {
     exit_code >= 128
 }
 
+/// Whether the pod's deletion was requested at or before `t`: its `deletionTimestamp` minus
+/// its grace period.
+fn deleted_by(pod: &Pod, t: Timestamp) -> bool {
+    let Some(at) = &pod.metadata.deletion_timestamp else { return false };
+    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+    at.0.checked_sub(SignedDuration::from_secs(grace)).is_ok_and(|requested| requested <= t)
+}
+
 /// Observes the pods (all of this type, controlled by the job) of a replica type.
 /// `tolerate_failures` is `enableDynamicWorker` for workers: failed workers do not fail the job.
+/// `run_start` is the job's `startTime`: a pod whose deletion was requested by then belongs
+/// to a run that a suspend ended, and its end (often Failed, killed by the deletion) is
+/// neither a failure nor a restart.
 pub fn observe(
     count: i32,
     restart: RestartPolicy,
     tolerate_failures: bool,
     pods: &[(&Pod, i32)],
     old: &ReplicaStatus,
+    run_start: Timestamp,
 ) -> Observed {
     let ledger: BTreeMap<&str, i32> =
         old.counted_restarts.iter().map(|p| (p.uid.as_str(), p.count)).collect();
@@ -150,7 +163,7 @@ pub fn observe(
                 succeeded.insert(index);
             }
             "Failed" if is_disrupted(pod) && !terminating => out.to_recreate.push(pref.clone()),
-            "Failed" if is_disrupted(pod) => {}
+            "Failed" if is_disrupted(pod) || deleted_by(pod, run_start) => {}
             "Failed" => {
                 let retry = match restart {
                     RestartPolicy::Never => false,

@@ -1098,8 +1098,24 @@ fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once()
     let killed: Vec<Pod> = dying.iter().cloned().map(|p| terminated(p, 137, "Error")).collect();
     let p = plan(&j, &killed, &[], t(500), None);
     assert_eq!((p.status.as_ref(), reasons(&p), deleted(&p)), (None, vec![], vec![]));
+    // Resumed while the killed pods still terminate: their ends count as nothing, and their
+    // indexes wait for them to go.
+    let resumed = suspend(j.clone(), false);
+    let p = plan(&resumed, &killed, &[], t(600), None);
+    assert_eq!(reasons(&p), ["TFJobResumed"]);
+    assert!(p.create_pods.is_empty(), "created {:?} before the old pods went", created(&p));
+    let st = p.status.as_ref().unwrap();
+    assert!(!st.is_finished(), "{st:?}");
+    assert_eq!(st.replica_statuses.values().map(|r| r.restarts + r.failed).sum::<i32>(), 0);
+    // A pod of the resumed run that fails while being deleted still counts (OnFailure: a
+    // restart, past backoffLimit 0).
+    let later = applied(resumed.clone(), &p);
+    let mut own = deleting(terminated(pod(&j, PS, 0, "Failed"), 1, "Error"));
+    own.metadata.deletion_timestamp = Some(Time(t(601)));
+    let p2 = plan(&later, &[own], &[], t(602), None);
+    assert_eq!(last_condition(&p2), Some((ConditionType::Failed, "BackoffLimitExceeded".into())));
     // Resumed with the pods gone: worker 1 is not run again.
-    let p = plan(&suspend(j.clone(), false), &[], &[], t(600), None);
+    let p = plan(&resumed, &[], &[], t(600), None);
     assert_eq!(created(&p), ["j-ps-0", "j-worker-0"]);
     let st = p.status.unwrap();
     assert_eq!((st.start_time, st.deadline), (Some(Time(t(600))), Some(Time(t(630)))));

@@ -148,9 +148,10 @@ impl Writer {
             .jobs(job)
             .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
             .await
-            .map_err(|source| match is_status(&source, 409) {
-                true => Error::StaleStatus { job: job.name_any() },
-                false => Error::PatchStatus { job: job.name_any(), source },
+            .map_err(|source| match source {
+                e if is_status(&e, 409) => Error::StaleStatus { job: job.name_any() },
+                e if is_status(&e, 404) => Error::JobGone { job: job.name_any() },
+                source => Error::PatchStatus { job: job.name_any(), source },
             })?;
         written.metadata.managed_fields = None;
         Ok(written)

@@ -7,6 +7,7 @@
 
 mod bench;
 mod controller;
+mod faults;
 mod install;
 mod kueue;
 mod kueue_env;
@@ -35,8 +36,8 @@ pub struct Ctx {
 
 type TestFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
-/// One test. `serial` tests run alone (timing); a test with `local_only` (the reason) is
-/// skipped on an existing cluster.
+/// One test. `serial` tests run alone (timing, faults); a test with `local_only` (the
+/// reason) needs the local plane and is skipped on an existing cluster.
 pub struct Test {
     pub name: &'static str,
     pub run: fn(Ctx) -> TestFuture,
@@ -54,6 +55,13 @@ impl Test {
     /// Needs Kueue, which the suite starts on its local plane only (see `kueue_env`).
     pub fn kueue(mut self) -> Test {
         self.local_only = Some("needs Kueue, which the suite starts on its local control plane only");
+        self
+    }
+
+    /// Injects faults into the local plane: runs alone, and only on the local plane.
+    pub fn fault(mut self) -> Test {
+        self.serial = true;
+        self.local_only = Some("it stops and starts control-plane processes: local plane only");
         self
     }
 }
@@ -77,6 +85,7 @@ fn tests() -> Vec<Test> {
     all.extend(suspend::tests());
     all.extend(replica_keys::tests());
     all.extend(bench::tests());
+    all.extend(faults::tests());
     all.extend(kueue::tests());
     all.extend(kueue_keys::tests());
     all.extend(multikueue::tests());

@@ -41,9 +41,9 @@ fn admission(fate: Value) -> Value {
     let mut annotations = fate;
     annotations["example.com/admitted"] = json!("yes");
     let mut tolerations = kwok_pod_spec()["tolerations"].clone();
-    tolerations
-        .as_array_mut()
-        .map(|t| t.push(json!({"key": "example.com/flavor", "operator": "Exists", "effect": "NoSchedule"})));
+    if let Some(t) = tolerations.as_array_mut() {
+        t.push(json!({"key": "example.com/flavor", "operator": "Exists", "effect": "NoSchedule"}));
+    }
     json!({
         "metadata": {"labels": {"kueue.x-k8s.io/podset": "worker"}, "annotations": annotations},
         "spec": {"nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": tolerations}
