@@ -238,7 +238,7 @@ async fn preemption_frees_quota_at_once_and_keeps_succeeded_workers(ctx: Ctx) ->
     .await?;
     let j = serde_json::to_value(&j)?;
     ensure!(workers(&j, "succeeded") == 2, "{}", summary(Some(&j)));
-    let reused = uids.reused_names();
+    let reused = uids.reused_names()?;
     ensure!(reused == [("low-worker-0".to_string(), 2)], "pods created again: {reused:?}");
     workloads_finished(&ctx, 2).await?;
     drop_queue(&ctx).await;

@@ -183,7 +183,7 @@ async fn suspending_a_running_job_frees_it_at_once_and_resume_skips_succeeded_wo
         .await
         .with_context(|| op.log_tail())?;
     ensure!(has_condition(&j, ConditionType::Succeeded), "not Succeeded: {:?}", j.status);
-    let reused = uids.reused_names();
+    let reused = uids.reused_names()?;
     ensure!(!reused.iter().any(|(n, _)| n == "r-worker-1"), "worker 1 ran again: {reused:?}");
     ensure!(reused.iter().any(|(n, _)| n == "r-worker-0"), "worker 0 was not re-created: {reused:?}");
     for reason in ["TFJobSuspended", "TFJobResumed"] {
