@@ -222,7 +222,12 @@ struct Counting {
 }
 
 impl Counting {
+    /// Counts what the job's status shows; a job another controller runs (MultiKueue copies
+    /// its status here from the worker cluster) is not this operator's to count.
     fn observed(&mut self, job: &TFJob, first_list: bool) {
+        if job.spec.managed_elsewhere().is_some() {
+            return;
+        }
         let moved = self.counter.observed(&job.uid().unwrap_or_default(), job.status.as_ref(), first_list);
         if self.gate.is_open() {
             for c in moved {
@@ -265,5 +270,43 @@ pub fn owned(caches: &Caches, unseen: &Mutex<UnseenWrites>, job: &TFJob, now: In
     Observed {
         pods: u.pods.view(&cached_pods, now, |o| owned(&o.metadata)),
         services: u.services.view(&cached_svcs, now, |o| owned(&o.metadata)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConditionType, RunPolicy, TFJobSpec, TFJobStatus};
+    use crate::plan::{self, REASON_CREATED};
+
+    fn job(uid: &str, managed_by: Option<&str>) -> TFJob {
+        let spec = TFJobSpec {
+            run_policy: Some(RunPolicy { managed_by: managed_by.map(String::from), ..Default::default() }),
+            ..Default::default()
+        };
+        let mut j = TFJob::new(uid, spec);
+        j.metadata.namespace = Some("ns".into());
+        j.metadata.uid = Some(uid.into());
+        let mut st = TFJobStatus::default();
+        plan::set(
+            &mut st,
+            ConditionType::Created,
+            REASON_CREATED,
+            "c".into(),
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        );
+        j.status = Some(st);
+        j
+    }
+
+    #[test]
+    fn jobs_run_elsewhere_are_not_counted() {
+        let gate = Gate::always_open();
+        let metrics = Arc::new(Metrics::new(&gate));
+        let mut counting = Counting { counter: JobCounter::default(), gate, metrics: metrics.clone() };
+        counting.observed(&job("remote", Some("kueue.x-k8s.io/multikueue")), false);
+        assert!(!metrics.encode().contains("training_operator_jobs_created_total{"), "{}", metrics.encode());
+        counting.observed(&job("local", Some("kubeflow.org/training-operator")), false);
+        assert!(metrics.encode().contains("training_operator_jobs_created_total{"), "{}", metrics.encode());
     }
 }
