@@ -102,12 +102,15 @@ impl Applier<'_> {
     }
 
     /// Executes `plan` for `job` in order. `creates_wait_until` is set while the job's create
-    /// backoff runs: the plan's creates are then not sent.
+    /// backoff runs: the plan's creates are then not sent. `verify_job`: the job cache may be
+    /// stale (its watch is down or re-listing), so the job's existence is checked before
+    /// anything is created for it.
     pub async fn apply_plan(
         &self,
         job: &TFJob,
         plan: &Plan,
         creates_wait_until: Option<Instant>,
+        verify_job: bool,
         now: Now,
     ) -> Result<Applied, Error> {
         let ns = job.namespace().unwrap_or_default();
@@ -141,6 +144,9 @@ impl Applier<'_> {
             self.event(job, PlannedEvent::normal("SuccessfulDeleteService", note), now)?;
         }
         if !plan.create_pods.is_empty() || !plan.create_services.is_empty() {
+            if creates_wait_until.is_none() && verify_job && !self.writer.job_exists(job).await? {
+                return Err(Error::JobGone { job: job.name_any() });
+            }
             applied.creates = match creates_wait_until {
                 Some(until) => CreateStep::Waiting { until },
                 None => self.create_all(job, plan, now).await?,
@@ -148,7 +154,7 @@ impl Applier<'_> {
             crate::fault_point::reached("after-creates", &job.name_any());
         }
         if plan.delete_job && self.writer.delete_job(job).await? {
-            self.unseen().status.forget(&job.uid().unwrap_or_default());
+            self.unseen().status.gone(&job.uid().unwrap_or_default(), now.mono);
             let ttl = job.status.as_ref().and_then(|s| s.applied_policy.as_ref()?.ttl_seconds_after_finished);
             info!(?ttl, "deleted the finished TFJob (ttlSecondsAfterFinished)");
             applied.job_deleted = true;

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub const CREATE_BACKOFF_FIRST: Duration = Duration::from_secs(5);
 /// Create attempts after refusals wait [`CREATE_BACKOFF_FIRST`], doubling to at most this.
 pub const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Creates in a namespace found terminating are held back this long, then tried again.
+pub const NAMESPACE_GONE_HOLD: Duration = Duration::from_secs(30);
 /// A create blocked by an object of the same name still terminating is retried after this.
 pub const BLOCKED_RETRY: Duration = Duration::from_secs(1);
 /// The first wait after a failed reconcile is twice this.

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::Now;
 use super::apply::{Applied, CreateStep};
-use super::backoff::{BLOCKED_RETRY, CREATE_BACKOFF_MAX, CreateBackoff, CreateBackoffChange};
+use super::backoff::{BLOCKED_RETRY, CreateBackoff, CreateBackoffChange, NAMESPACE_GONE_HOLD};
 use crate::api::TFJobStatus;
 use crate::metrics::JobCount;
 use crate::plan::{self, Plan};
@@ -52,10 +52,12 @@ pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, no
         CreateStep::NoneNeeded => {}
         CreateStep::NamespaceGone => {
             // Nothing more can be created there; the namespace's deletion takes the job too.
-            // Held back like a refusal at its longest, without counting as one or reporting.
+            // Held back without counting as a refusal or being reported, and tried again
+            // after the hold-back (should the namespace stay after all).
             let refusals = backoff.map_or(0, |b| b.refusals);
             create_backoff =
-                CreateBackoffChange::Set(CreateBackoff { refusals, until: now.mono + CREATE_BACKOFF_MAX });
+                CreateBackoffChange::Set(CreateBackoff { refusals, until: now.mono + NAMESPACE_GONE_HOLD });
+            soonest(NAMESPACE_GONE_HOLD);
         }
         CreateStep::Waiting { until } => soonest(until.saturating_duration_since(now.mono)),
         CreateStep::Done => create_backoff = CreateBackoffChange::Clear,

@@ -67,7 +67,7 @@ fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
         let applied =
-            Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, now()).await;
+            Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, false, now()).await;
         (applied, unseen.into_inner().expect("lock"))
     });
     (handle, Arc::new(Mutex::new(publisher)), task)
@@ -335,6 +335,24 @@ async fn a_status_planned_from_an_old_version_is_refused_and_nothing_follows() {
 }
 
 #[tokio::test]
+async fn from_a_stale_job_cache_nothing_is_created_for_a_job_that_is_gone() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (queue, _publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
+    let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
+    let task = tokio::spawn(async move {
+        let unseen = Mutex::default();
+        let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+        Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, true, now()).await
+    });
+    let (m, path, _, send) = next(&mut handle).await;
+    assert_eq!((m, path.as_str()), (Method::GET, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"));
+    respond(send, 404, status_body(404, "NotFound"));
+    let applied = task.await.expect("task");
+    assert!(matches!(applied, Err(Error::JobGone { .. })), "{applied:?}");
+    assert!(handle.next_request().await.is_none(), "no create for a job that is gone");
+}
+
+#[tokio::test]
 async fn creates_wait_out_their_backoff() {
     let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -342,8 +360,9 @@ async fn creates_wait_out_their_backoff() {
     let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
     let unseen = Mutex::default();
     let until = Instant::now() + std::time::Duration::from_secs(5);
-    let applied =
-        Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, Some(until), now()).await;
+    let applied = Applier { writer: &writer, unseen: &unseen }
+        .apply_plan(&job(), &plan, Some(until), false, now())
+        .await;
     assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
     drop(writer);
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");

@@ -95,12 +95,12 @@ fn requeue_is_the_soonest_of_plan_backoff_and_blocked() {
             CreateBackoffChange::Keep,
         ),
         (
-            "the namespace is going: held back, silently",
+            "the namespace is going: held back silently, then tried again",
             Plan::default(),
             CreateStep::NamespaceGone,
             prev,
-            None,
-            CreateBackoffChange::Set(CreateBackoff { refusals: 2, until: n.mono + S(60) }),
+            Some(S(30)),
+            CreateBackoffChange::Set(CreateBackoff { refusals: 2, until: n.mono + S(30) }),
         ),
         (
             "first refusal: 5 s",
