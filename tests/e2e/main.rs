@@ -85,10 +85,11 @@ fn tests() -> Vec<Test> {
     all.extend(suspend::tests());
     all.extend(replica_keys::tests());
     all.extend(bench::tests());
-    all.extend(faults::tests());
     all.extend(kueue::tests());
     all.extend(kueue_keys::tests());
     all.extend(multikueue::tests());
+    // Last: serial tests run in this order, and the faults leave a plane that was restarted.
+    all.extend(faults::tests());
     all
 }
 
