@@ -16,13 +16,14 @@ E2E_STATE := $(CARGO_TARGET_DIR)/e2e-plane.state
 test: ## Everything CI runs: rustfmt, clippy -D warnings, unit, API and e2e tests on a local control plane
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	bindir=$$(hack/build-control-plane.sh) && \
-	  TFJOB_BIN_DIR="$$bindir" TFJOB_E2E_STATE="$(E2E_STATE)" $(CARGO) test --locked --no-fail-fast --workspace --tests \
-	  --features tfjob-operator/fault-points
+	bindir=$$(hack/build-control-plane.sh) && kueuedir=$$(hack/build-kueue.sh) && \
+	  TFJOB_BIN_DIR="$$bindir" TFJOB_KUEUE_DIR="$$kueuedir" TFJOB_E2E_STATE="$(E2E_STATE)" \
+	  $(CARGO) test --locked --no-fail-fast --workspace --tests --features tfjob-operator/fault-points
 	hack/check-plane-stopped.sh "$(E2E_STATE)"
 
-bins: ## Build (once, cached under ~/.cache/tfjob-operator) the control-plane binaries; prints their directory
+bins: ## Build (once, cached under ~/.cache/tfjob-operator) the control-plane binaries and Kueue; prints their directories
 	@hack/build-control-plane.sh
+	@hack/build-kueue.sh
 
 cluster: ## Run a local control plane in the foreground (kubeconfig in .dev/kubeconfig) until Ctrl-C
 	bindir=$$(hack/build-control-plane.sh) && TFJOB_BIN_DIR="$$bindir" \

@@ -9,6 +9,10 @@ mod bench;
 mod controller;
 mod faults;
 mod install;
+mod kueue;
+mod kueue_env;
+mod kueue_keys;
+mod multikueue;
 mod replica_keys;
 mod smoke;
 mod support;
@@ -32,14 +36,13 @@ pub struct Ctx {
 
 type TestFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
-/// One test. `serial` tests run alone (timing, faults); `local_only` tests stop and start
-/// control-plane processes, so they need the local plane and are skipped on an existing
-/// cluster.
+/// One test. `serial` tests run alone (timing, faults); a test with `local_only` (the
+/// reason) needs the local plane and is skipped on an existing cluster.
 pub struct Test {
     pub name: &'static str,
     pub run: fn(Ctx) -> TestFuture,
     pub serial: bool,
-    pub local_only: bool,
+    pub local_only: Option<&'static str>,
 }
 
 impl Test {
@@ -49,10 +52,16 @@ impl Test {
         self
     }
 
+    /// Needs Kueue, which the suite starts on its local plane only (see `kueue_env`).
+    pub fn kueue(mut self) -> Test {
+        self.local_only = Some("needs Kueue, which the suite starts on its local control plane only");
+        self
+    }
+
     /// Injects faults into the local plane: runs alone, and only on the local plane.
     pub fn fault(mut self) -> Test {
         self.serial = true;
-        self.local_only = true;
+        self.local_only = Some("it stops and starts control-plane processes: local plane only");
         self
     }
 }
@@ -64,7 +73,7 @@ macro_rules! test {
             name: concat!(module_path!(), "::", stringify!($f)),
             run: |ctx| Box::pin($f(ctx)),
             serial: false,
-            local_only: false,
+            local_only: None,
         }
     };
 }
@@ -76,6 +85,10 @@ fn tests() -> Vec<Test> {
     all.extend(suspend::tests());
     all.extend(replica_keys::tests());
     all.extend(bench::tests());
+    all.extend(kueue::tests());
+    all.extend(kueue_keys::tests());
+    all.extend(multikueue::tests());
+    // Last: serial tests run in this order, and the faults leave a plane that was restarted.
     all.extend(faults::tests());
     all
 }
@@ -90,8 +103,8 @@ enum Outcome {
 }
 
 async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
-    if t.local_only && cluster.plane.is_none() {
-        return Outcome::Skipped("it stops and starts control-plane processes: local plane only");
+    if let (Some(why), None) = (t.local_only, &cluster.plane) {
+        return Outcome::Skipped(why);
     }
     // The test's name, shortened to keep the namespace within 63 characters; the number keeps
     // it unique (install tests use it to prefix cluster-scoped names).
@@ -169,6 +182,10 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
         let t0 = Instant::now();
         let outcome = run_one(cluster.clone(), t, parallel.len() + i + 1).await;
         report(t.name, outcome, t0.elapsed());
+    }
+    if let Err(e) = kueue_env::shutdown().await {
+        failed += 1;
+        println!("test kueue shutdown ... FAILED\n    {e:#}");
     }
     drop(cluster);
     eprintln!("e2e: done in {:.1}s", started.elapsed().as_secs_f64());

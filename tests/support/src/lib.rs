@@ -4,6 +4,8 @@
 //! `USE_EXISTING_CLUSTER=true`, uses the current KUBECONFIG.
 
 pub mod bench;
+pub mod kueue;
+mod kueue_certs;
 pub mod pki;
 pub mod plane;
 pub mod process;
