@@ -30,6 +30,9 @@ pub struct Options {
     pub startup_deadline_seconds: Option<i64>,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
+    /// How long any API request but a watch may take, its response included; under leader
+    /// election at most the renew deadline.
+    pub request_timeout: Duration,
     /// Leader election: off (`None`) or its Lease's namespace and timings.
     pub leader_election: Option<LeaderElection>,
 }
@@ -90,6 +93,17 @@ struct Flags {
     /// Log format
     #[arg(long, value_name = "F", env = "TFJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// How long an API request (but a watch) may take, its response included; under leader
+    /// election at most the renew deadline
+    #[arg(
+        long,
+        value_name = "D",
+        env = "TFJOB_REQUEST_TIMEOUT",
+        value_parser = parse_duration,
+        default_value = "10s"
+    )]
+    request_timeout: Duration,
 
     /// Only the holder of the Lease tfjob-operator reconciles
     #[arg(
@@ -193,6 +207,9 @@ impl Options {
                 "leader election needs lease duration > renew deadline > retry period > 0",
             ));
         }
+        if flags.request_timeout.is_zero() {
+            return Err(command.error(ErrorKind::ValueValidation, "--request-timeout must be more than 0"));
+        }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let leader_election = flags.leader_elect.then(|| LeaderElection {
             namespace: non_empty(flags.leader_election_namespace)
@@ -210,6 +227,10 @@ impl Options {
             startup_deadline_seconds: flags.startup_deadline_seconds,
             http_addr: flags.http_addr,
             log_format: flags.log_format,
+            request_timeout: match &leader_election {
+                Some(le) => flags.request_timeout.min(le.timings.renew_deadline),
+                None => flags.request_timeout,
+            },
             leader_election,
         })
     }
@@ -292,8 +313,25 @@ mod tests {
         assert_eq!(o.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(o.log_format, LogFormat::Text);
         assert_eq!(o.leader_election, None);
+        assert_eq!(o.request_timeout, Duration::from_secs(10));
         let le = parse("--leader-elect", no_env).unwrap().leader_election.unwrap();
         assert_eq!(le.timings, Timings::default(), "the help's default durations are the elector's");
+    }
+
+    #[test]
+    fn request_timeout_is_bounded_by_the_renew_deadline() {
+        let s = Duration::from_secs;
+        let cases = [
+            ("--request-timeout 30s", s(30)),
+            ("--request-timeout 30s --leader-elect", s(10)),
+            ("--request-timeout 3s --leader-elect", s(3)),
+            ("--leader-elect --leader-election-renew-deadline 5s --leader-election-retry-period 1s", s(5)),
+        ];
+        for (args, want) in cases {
+            assert_eq!(parse(args, no_env).unwrap().request_timeout, want, "{args}");
+        }
+        assert_eq!(parse("", env_of(&[("TFJOB_REQUEST_TIMEOUT", "2s")])).unwrap().request_timeout, s(2));
+        assert!(parse("--request-timeout 0", no_env).is_err());
     }
 
     #[test]

@@ -9,6 +9,10 @@ pub enum Error {
     CrdSchema(String),
     #[error("writing the status of TFJob {job}: {source}")]
     PatchStatus { job: String, source: kube::Error },
+    #[error("not writing the status of TFJob {job}: it changed since it was read; planning again")]
+    StaleStatus { job: String },
+    #[error("creating {kind} {name} (will be retried): {source}")]
+    Create { kind: String, name: String, source: kube::Error },
     #[error("deleting pod {name}: {source}")]
     DeletePod { name: String, source: kube::Error },
     #[error("deleting service {name}: {source}")]
@@ -27,6 +31,8 @@ impl Error {
         match self {
             Error::CrdSerialize(_) | Error::CrdSchema(_) => "crd",
             Error::PatchStatus { .. } => "patch_status",
+            Error::StaleStatus { .. } => "stale_status",
+            Error::Create { .. } => "create",
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteService { .. } => "delete_service",
             Error::DeleteJob { .. } => "delete_job",

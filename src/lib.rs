@@ -5,7 +5,8 @@
 //! [`objects`] (pods and services) and [`plan`] (what to do for a job at an instant). Around
 //! it: [`controller`] (the reconcile pipeline: observe, plan, apply, report), [`writer`]
 //! (every API write of the controller, behind the leadership gate), [`leader`] (the Lease and
-//! the gate), [`http`] and [`metrics`] (health and Prometheus) and [`cli`] (flags).
+//! the gate), [`transport`] (the client's deadline and gate layers), [`http`] and [`metrics`]
+//! (health and Prometheus) and [`cli`] (flags).
 //! `ARCHITECTURE.md` walks through it.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod names;
 pub mod objects;
 pub mod plan;
 pub mod tf_config;
+pub mod transport;
 pub mod writer;
 
 pub use error::Error;

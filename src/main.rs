@@ -14,6 +14,7 @@ use tfjob_operator::http::{self, Readiness};
 use tfjob_operator::leader::{Elector, Gate};
 use tfjob_operator::metrics::Metrics;
 use tfjob_operator::metrics::requests::CountLayer;
+use tfjob_operator::transport::{DeadlineLayer, GateLayer};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -28,10 +29,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn client(opts: &cli::Options, metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
-    let config =
+/// The API client: kube's stack without its retry layer (a failed request returns to the
+/// reconcile, which backs off), then, outermost last: every request but a watch bounded in
+/// time, every attempt counted, every write but the Lease's held at the gate, and the
+/// optional rate limit.
+async fn client(opts: &cli::Options, metrics: Arc<Metrics>, gate: &Gate) -> anyhow::Result<kube::Client> {
+    let mut config =
         kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    let builder = ClientBuilder::try_from(config)?.with_layer(&CountLayer(metrics));
+    config.default_retry = false;
+    let builder = ClientBuilder::try_from(config)?
+        .with_layer(&DeadlineLayer(opts.request_timeout))
+        .with_layer(&CountLayer(metrics))
+        .with_layer(&GateLayer(gate.clone()));
     if opts.kube_api_qps == 0 {
         return Ok(builder.build());
     }
@@ -55,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let gate = if opts.leader_election.is_some() { Gate::elected() } else { Gate::always_open() };
     let metrics = Arc::new(Metrics::new(&gate));
     let readiness = Arc::new(Readiness::new(gate.clone()));
-    let client = client(&opts, metrics.clone()).await?;
+    let client = client(&opts, metrics.clone(), &gate).await?;
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
         .with_context(|| format!("binding {}", opts.http_addr))?;

@@ -16,7 +16,7 @@ use super::unseen::{UnseenObjects, UnseenWrites};
 use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::plan::{Plan, PlannedEvent};
-use crate::writer::{Created, Namespaced, Writer, api_message};
+use crate::writer::{Created, Namespaced, Writer};
 
 /// Creates of one job in flight at once.
 pub const CREATES_IN_FLIGHT: usize = 16;
@@ -38,8 +38,10 @@ pub enum CreateStep {
     Done,
     /// An object of the same name is still terminating: try again shortly.
     Blocked,
-    /// The API server refused a create (or the request failed), with its message.
+    /// The API server refused a create, with its message.
     Refused(String),
+    /// The namespace is being deleted: nothing more is created, nothing is reported.
+    NamespaceGone,
 }
 
 /// What applying a plan did.
@@ -59,6 +61,7 @@ enum CreateOutcome {
     Done,
     Blocked,
     Refused(String),
+    NamespaceGone,
 }
 
 /// Pods and services: their kind's name in events and where their unseen creates are kept.
@@ -156,7 +159,7 @@ impl Applier<'_> {
     /// before the pods.
     async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
         let services = self.create_batch(job, &plan.create_services, now).await?;
-        if let CreateStep::Refused(_) = services {
+        if let CreateStep::Refused(_) | CreateStep::NamespaceGone = services {
             return Ok(services);
         }
         match self.create_batch(job, &plan.create_pods, now).await? {
@@ -179,15 +182,16 @@ impl Applier<'_> {
         let creates: Vec<_> = objs.iter().map(|o| self.create_one(job, o, now)).collect();
         let results: Vec<Result<CreateOutcome, Error>> =
             futures::stream::iter(creates).buffer_unordered(CREATES_IN_FLIGHT).collect().await;
-        let mut blocked = false;
+        let mut step = CreateStep::Done;
         for r in results {
             match r? {
                 CreateOutcome::Done => {}
-                CreateOutcome::Blocked => blocked = true,
+                CreateOutcome::Blocked => step = CreateStep::Blocked,
                 CreateOutcome::Refused(msg) => return Ok(CreateStep::Refused(msg)),
+                CreateOutcome::NamespaceGone => return Ok(CreateStep::NamespaceGone),
             }
         }
-        Ok(if blocked { CreateStep::Blocked } else { CreateStep::Done })
+        Ok(step)
     }
 
     /// Creates one pod or service, records it as unseen and publishes its event.
@@ -214,11 +218,12 @@ impl Applier<'_> {
                 self.event(job, PlannedEvent::warning(&format!("FailedCreate{kind}"), msg.clone()), now)?;
                 Ok(CreateOutcome::Refused(msg))
             }
-            Created::Failed(e) => {
-                let msg = format!("Error creating {noun} {name}: {}", api_message(&e));
+            Created::Refused(message) => {
+                let msg = format!("Error creating {noun} {name}: {message}");
                 self.event(job, PlannedEvent::warning(&format!("FailedCreate{kind}"), msg.clone()), now)?;
                 Ok(CreateOutcome::Refused(msg))
             }
+            Created::NamespaceGone => Ok(CreateOutcome::NamespaceGone),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! An index of cached pods or services by the uid of the TFJob that controls them (pure), so
-//! a reconcile finds a job's objects without scanning every cached object.
+//! a reconcile finds a job's objects without scanning every cached object. A re-list builds a
+//! new index beside the old one; [`OwnerIndex::replace`] swaps them and says which jobs' objects
+//! changed, so those jobs are reconciled against the new cache and no entry is lost meanwhile.
 
+#[cfg(test)]
+use std::collections::BTreeMap;
 use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -10,40 +14,47 @@ use crate::names;
 /// Namespace and name of a cached object.
 pub type Key = (String, String);
 
-/// Controller uid -> the keys of the objects it controls.
-#[derive(Debug, Default)]
+/// The TFJob that controls objects: its namespace and name.
+pub type Owner = (String, String);
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Owned {
+    owner: Owner,
+    keys: BTreeSet<Key>,
+}
+
+/// Controller uid -> the job and the keys of the objects it controls.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct OwnerIndex {
-    by_owner: HashMap<String, BTreeSet<Key>>,
+    by_owner: HashMap<String, Owned>,
 }
 
-fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
-    names::tfjob_controller(meta).map(|o| o.uid.as_str())
-}
-
-fn key(meta: &ObjectMeta) -> Option<Key> {
-    Some((meta.namespace.clone()?, meta.name.clone()?))
+/// The controlling TFJob's uid and (namespace, name), and the object's key.
+fn entry(meta: &ObjectMeta) -> Option<(&str, Owner, Key)> {
+    let owner = names::tfjob_controller(meta)?;
+    let ns = meta.namespace.clone()?;
+    Some((owner.uid.as_str(), (ns.clone(), owner.name.clone()), (ns, meta.name.clone()?)))
 }
 
 impl OwnerIndex {
     /// An object was added or changed.
     pub fn applied(&mut self, meta: &ObjectMeta) {
-        if let (Some(uid), Some(k)) = (controller_uid(meta), key(meta)) {
-            self.by_owner.entry(uid.to_string()).or_default().insert(k);
+        if let Some((uid, owner, k)) = entry(meta) {
+            let owned = self
+                .by_owner
+                .entry(uid.to_string())
+                .or_insert_with(|| Owned { owner, keys: BTreeSet::new() });
+            owned.keys.insert(k);
         }
     }
 
     /// An object was deleted.
     pub fn deleted(&mut self, meta: &ObjectMeta) {
-        if let (Some(uid), Some(k)) = (controller_uid(meta), key(meta)) {
-            self.remove(uid, &k);
-        }
-    }
-
-    /// Drops a key the cache no longer has (a deletion missed across a re-list).
-    pub fn remove(&mut self, uid: &str, k: &Key) {
-        if let Some(set) = self.by_owner.get_mut(uid) {
-            set.remove(k);
-            if set.is_empty() {
+        if let Some((uid, _, k)) = entry(meta)
+            && let Some(owned) = self.by_owner.get_mut(uid)
+        {
+            owned.keys.remove(&k);
+            if owned.keys.is_empty() {
                 self.by_owner.remove(uid);
             }
         }
@@ -51,13 +62,38 @@ impl OwnerIndex {
 
     /// The keys of the objects `uid` controls.
     pub fn owned(&self, uid: &str) -> Vec<Key> {
-        self.by_owner.get(uid).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.by_owner.get(uid).map(|o| o.keys.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Replaces this index with `new` (built from a complete list) and returns the jobs
+    /// whose set of objects differs between the two: objects that appeared or went away
+    /// while the watch was down.
+    pub fn replace(&mut self, new: OwnerIndex) -> BTreeSet<Owner> {
+        let mut changed = BTreeSet::new();
+        for (uid, old) in &self.by_owner {
+            if new.by_owner.get(uid).is_none_or(|n| n.keys != old.keys) {
+                changed.insert(old.owner.clone());
+            }
+        }
+        for (uid, n) in &new.by_owner {
+            if !self.by_owner.contains_key(uid) {
+                changed.insert(n.owner.clone());
+            }
+        }
+        *self = new;
+        changed
     }
 
     /// How many owners have entries.
     #[cfg(test)]
     pub fn owners(&self) -> usize {
         self.by_owner.len()
+    }
+
+    /// Every owner with its object count.
+    #[cfg(test)]
+    pub fn counts(&self) -> BTreeMap<Owner, usize> {
+        self.by_owner.values().map(|o| (o.owner.clone(), o.keys.len())).collect()
     }
 }
 
@@ -74,7 +110,7 @@ mod tests {
                 vec![OwnerReference {
                     api_version: if kind == "TFJob" { "kubeflow.org/v1".into() } else { "v1".into() },
                     kind: kind.into(),
-                    name: "j".into(),
+                    name: format!("job-{uid}"),
                     uid: uid.into(),
                     controller: Some(controller),
                     block_owner_deletion: None,
@@ -88,8 +124,12 @@ mod tests {
         ("ns".into(), name.into())
     }
 
+    fn owner(uid: &str) -> Owner {
+        ("ns".into(), format!("job-{uid}"))
+    }
+
     #[test]
-    fn follows_adds_deletes_and_missed_deletes() {
+    fn follows_adds_and_deletes() {
         let mut ix = OwnerIndex::default();
         ix.applied(&meta("a", Some(("TFJob", "u1", true))));
         ix.applied(&meta("a", Some(("TFJob", "u1", true))));
@@ -102,10 +142,29 @@ mod tests {
         assert_eq!(ix.owned("u2"), [k("c")]);
         ix.deleted(&meta("a", Some(("TFJob", "u1", true))));
         assert_eq!(ix.owned("u1"), [k("b")]);
-        ix.remove("u1", &k("b"));
+        ix.deleted(&meta("b", Some(("TFJob", "u1", true))));
         assert!(ix.owned("u1").is_empty());
         ix.deleted(&meta("c", Some(("TFJob", "u2", true))));
         assert_eq!(ix.owners(), 0, "owners with nothing left are dropped");
         assert!(ix.owned("missing").is_empty());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_index_and_names_the_jobs_that_changed() {
+        let mut old = OwnerIndex::default();
+        for (name, uid) in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("c0", "c"), ("d0", "d")] {
+            old.applied(&meta(name, Some(("TFJob", uid, true))));
+        }
+        let mut new = OwnerIndex::default();
+        // a: unchanged; b: gained b1; c: lost c0 (gone entirely); d: lost nothing but d0 came
+        // back; e: new.
+        for (name, uid) in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("b1", "b"), ("d0", "d"), ("e0", "e")] {
+            new.applied(&meta(name, Some(("TFJob", uid, true))));
+        }
+        let changed = old.replace(new.clone());
+        assert_eq!(changed, BTreeSet::from([owner("b"), owner("c"), owner("e")]));
+        assert_eq!(old, new, "the new index is kept whole");
+        assert_eq!(old.counts()[&owner("b")], 2);
+        assert!(old.replace(new).is_empty(), "nothing changed");
     }
 }

@@ -79,6 +79,12 @@ impl Context {
         self.backoffs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Drops a job's bookkeeping (it is being deleted or gone).
+    fn forget(&self, uid: &str) {
+        self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.forget(uid);
+        self.backoffs().forget(uid);
+    }
+
     fn applier(&self) -> Applier<'_> {
         Applier { writer: &self.writer, unseen: &self.unseen }
     }
@@ -109,9 +115,20 @@ pub async fn run(
     let (pods, pod_writer) = reflector::store();
     let (services, svc_writer) = reflector::store();
     let (pod_index, service_index) = (Arc::default(), Arc::default());
-    let pod_stream = observe::owned_stream(api::<Pod>(&client, ns), pod_writer, Arc::clone(&pod_index));
-    let svc_stream =
-        observe::owned_stream(api::<Service>(&client, ns), svc_writer, Arc::clone(&service_index));
+    let pod_stream = observe::owned_stream(
+        api::<Pod>(&client, ns),
+        pod_writer,
+        Arc::clone(&pod_index),
+        metrics.clone(),
+        "pods",
+    );
+    let svc_stream = observe::owned_stream(
+        api::<Service>(&client, ns),
+        svc_writer,
+        Arc::clone(&service_index),
+        metrics.clone(),
+        "services",
+    );
     let instance = settings.instance.clone().unwrap_or_else(|| crate::writer::FIELD_MANAGER.into());
     let (queue, publisher) = events::queue(instance, metrics.clone());
     let publisher = tokio::spawn(publisher.run(client.clone(), gate.clone()));
@@ -139,11 +156,15 @@ pub async fn run(
     synced();
     // TFJobs are cached without managedFields too.
     let (job_store, job_writer) = reflector::store();
-    let jobs = watcher(api::<TFJob>(&client, ns), watcher::Config::default())
+    let job_events = watcher(api::<TFJob>(&client, ns), watcher::Config::default())
         .default_backoff()
         .modify(|j: &mut TFJob| j.metadata.managed_fields = None)
-        .reflect(job_writer)
-        .touched_objects();
+        .reflect(job_writer);
+    let forget = {
+        let ctx = ctx.clone();
+        move |job: &TFJob| ctx.forget(&job.uid().unwrap_or_default())
+    };
+    let jobs = observe::job_triggers(job_events, job_store.clone(), ctx.metrics.clone(), forget);
     info!(
         namespace = ns.unwrap_or("(all)"),
         concurrency = settings.concurrency,
@@ -190,8 +211,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
     let job = observe::job(&ctx.unseen, cached, now.mono);
     let uid = job.uid().ok_or(Error::MissingField("metadata.uid"))?;
     if job.metadata.deletion_timestamp.is_some() {
-        ctx.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.forget(&uid);
-        ctx.backoffs().forget(&uid);
+        ctx.forget(&uid);
         return Ok(Action::await_change());
     }
     let observed = observe::owned(&ctx.caches, &ctx.unseen, &job, now.mono);

@@ -3,6 +3,7 @@
 //! last written TFJob, and its pods and services from the caches with the unseen writes
 //! overlaid.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -14,9 +15,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
-use super::index::OwnerIndex;
+use tracing::warn;
+
+use super::index::{Owner, OwnerIndex};
 use super::unseen::UnseenWrites;
 use crate::api::TFJob;
+use crate::metrics::Metrics;
 use crate::names;
 
 /// Keeps in a cached object only what planning reads, so the caches stay small: metadata
@@ -56,21 +60,24 @@ pub struct Observed {
     pub services: Vec<Service>,
 }
 
-/// The TFJob that controls an object, if one does.
-fn controller_of(meta: &ObjectMeta) -> Option<ObjectRef<TFJob>> {
-    let owner = names::tfjob_controller(meta)?;
-    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref()?))
-}
-
 /// A label-selected, reflected watch of the operator's pods or services, slimmed (see
 /// [`Slim`]), so memory does not grow with unrelated objects, and indexed by owner. It runs
 /// on its own task, so the cache keeps filling while every reconcile slot is busy; the
 /// controller gets only the owning TFJob's reference of each changed object, through a
 /// channel.
+///
+/// A re-list (after a 410 Gone or an API server restart) fills a new store beside the old
+/// one, which reconciles keep reading until the list is complete. Meanwhile no trigger is
+/// sent and the owner index stays whole; when the list is complete, the new index replaces
+/// the old and every job whose objects changed (appeared, went away, or have a new version)
+/// is triggered once, to be planned against the new cache. Watch failures are logged at warn
+/// and counted in `tfjob_operator_watch_restarts_total{resource}`.
 pub fn owned_stream<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     index: Arc<Mutex<OwnerIndex>>,
+    metrics: Arc<Metrics>,
+    resource: &'static str,
 ) -> impl Stream<Item = ObjectRef<TFJob>>
 where
     K: Resource<DynamicType = ()>
@@ -82,45 +89,129 @@ where
         + Sync
         + 'static,
 {
+    let store = writer.as_reader();
     let cfg = watcher::Config::default().labels(&names::operator_selector());
     let stream = watcher(api, cfg).default_backoff().modify(K::slim).reflect(writer);
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        // Watch errors are retried with backoff inside the stream.
+        let mut relist: Option<(OwnerIndex, BTreeSet<Owner>)> = None;
+        let mut lists = 0u64;
         while let Some(event) = stream.next().await {
-            let (obj, deleted) = match &event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
-                Ok(watcher::Event::Delete(o)) => (o, true),
-                _ => continue,
-            };
-            {
-                let mut ix = index.lock().unwrap_or_else(PoisonError::into_inner);
-                if deleted { ix.deleted(obj.meta()) } else { ix.applied(obj.meta()) }
+            let mut triggers: Vec<Owner> = Vec::new();
+            match event {
+                Err(e) => {
+                    metrics.watch_restarted(resource);
+                    warn!(resource, error = %e, "the watch failed; it restarts with backoff");
+                }
+                Ok(watcher::Event::Init) => {
+                    lists += 1;
+                    if lists > 1 {
+                        warn!(
+                            resource,
+                            "re-listing: reconciles read the previous list until this one is complete"
+                        );
+                    }
+                    relist = Some(Default::default());
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    let (new, changed) = relist.get_or_insert_with(Default::default);
+                    new.applied(o.meta());
+                    // The store still shows the previous list: a missing or other version is
+                    // a change the watch did not see.
+                    let before = store.get(&ObjectRef::from_obj(&o)).and_then(|c| c.resource_version());
+                    if before != o.resource_version()
+                        && let Some(owner) = owner_of(o.meta())
+                    {
+                        changed.insert(owner);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let (new, mut changed) = relist.take().unwrap_or_default();
+                    changed.extend(index.lock().unwrap_or_else(PoisonError::into_inner).replace(new));
+                    triggers.extend(changed);
+                }
+                Ok(watcher::Event::Apply(o)) => {
+                    index.lock().unwrap_or_else(PoisonError::into_inner).applied(o.meta());
+                    triggers.extend(owner_of(o.meta()));
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    index.lock().unwrap_or_else(PoisonError::into_inner).deleted(o.meta());
+                    triggers.extend(owner_of(o.meta()));
+                }
             }
-            let Some(owner) = controller_of(obj.meta()) else { continue };
-            if tx.unbounded_send(owner).is_err() {
-                break;
+            for (ns, name) in triggers {
+                if tx.unbounded_send(ObjectRef::new(&name).within(&ns)).is_err() {
+                    return;
+                }
             }
         }
     });
     rx
 }
 
-/// The cached objects the index lists for `uid`; keys the cache no longer has are dropped.
+/// The (namespace, name) of the TFJob that controls an object, if one does.
+fn owner_of(meta: &ObjectMeta) -> Option<Owner> {
+    let owner = names::tfjob_controller(meta)?;
+    Some((meta.namespace.clone()?, owner.name.clone()))
+}
+
+/// The TFJob watch as the controller's trigger stream: every changed job, and after a re-list
+/// every listed job, once the new list is complete (a job created while the watch was down
+/// is then found). `deleted` is called for each job the watch sees deleted, to drop its
+/// bookkeeping. Failures are logged at warn and counted.
+pub fn job_triggers(
+    stream: impl Stream<Item = Result<watcher::Event<TFJob>, watcher::Error>> + Send + 'static,
+    store: Store<TFJob>,
+    metrics: Arc<Metrics>,
+    deleted: impl Fn(&TFJob) + Send + 'static,
+) -> impl Stream<Item = Result<TFJob, watcher::Error>> + Send {
+    let mut listed: Option<Vec<ObjectRef<TFJob>>> = None;
+    let mut lists = 0u64;
+    stream.flat_map(move |event| {
+        let out: Vec<Result<TFJob, watcher::Error>> = match event {
+            Err(e) => {
+                metrics.watch_restarted("tfjobs");
+                warn!(resource = "tfjobs", error = %e, "the watch failed; it restarts with backoff");
+                vec![Err(e)]
+            }
+            Ok(watcher::Event::Init) => {
+                lists += 1;
+                if lists > 1 {
+                    warn!(resource = "tfjobs", "re-listing TFJobs");
+                }
+                listed = Some(Vec::new());
+                vec![]
+            }
+            Ok(watcher::Event::InitApply(j)) => {
+                listed.get_or_insert_with(Vec::new).push(ObjectRef::from_obj(&j));
+                vec![]
+            }
+            Ok(watcher::Event::InitDone) => listed
+                .take()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| store.get(r))
+                .map(|j| Ok(TFJob::clone(&j)))
+                .collect(),
+            Ok(watcher::Event::Apply(j)) => vec![Ok(j)],
+            Ok(watcher::Event::Delete(j)) => {
+                deleted(&j);
+                vec![]
+            }
+        };
+        futures::stream::iter(out)
+    })
+}
+
+/// The cached objects the index lists for `uid` (an entry the store lacks for a moment, while
+/// the watch task catches up, is skipped).
 fn cached_owned_by<K>(store: &Store<K>, index: &Mutex<OwnerIndex>, uid: &str) -> Vec<Arc<K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    let mut ix = index.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut out = Vec::new();
-    for key in ix.owned(uid) {
-        match store.get(&ObjectRef::new(&key.1).within(&key.0)) {
-            Some(o) => out.push(o),
-            None => ix.remove(uid, &key),
-        }
-    }
-    out
+    let keys = index.lock().unwrap_or_else(PoisonError::into_inner).owned(uid);
+    keys.iter().filter_map(|(ns, name)| store.get(&ObjectRef::new(name).within(ns))).collect()
 }
 
 /// The newer of the cached job and the one this process last wrote.

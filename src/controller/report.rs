@@ -52,7 +52,7 @@ pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, no
     let mut soonest = |d: Duration| requeue_after = Some(requeue_after.map_or(d, |r| r.min(d)));
     let (mut follow_up_status, mut create_backoff) = (None, CreateBackoffChange::Keep);
     match &applied.creates {
-        CreateStep::NoneNeeded => {}
+        CreateStep::NoneNeeded | CreateStep::NamespaceGone => {}
         CreateStep::Waiting { until } => soonest(until.saturating_duration_since(now.mono)),
         CreateStep::Done => create_backoff = CreateBackoffChange::Clear,
         CreateStep::Blocked => soonest(BLOCKED_RETRY),

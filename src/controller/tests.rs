@@ -137,6 +137,7 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         serde_json::to_value(written_status()).expect("json"),
         "the planned status, whole"
     );
+    assert_eq!(body["metadata"]["resourceVersion"], "10", "fenced: the version it was planned from");
     assert!(queued_reasons(&events, &mut seen).is_empty(), "no event before the status write");
     let mut written = serde_json::to_value(job()).expect("json");
     written["status"] = serde_json::to_value(written_status()).expect("json");
@@ -280,6 +281,24 @@ async fn a_closed_gate_writes_nothing() {
         assert!(h.next_request().await.is_none(), "no request reached the API server");
         assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event queued");
     }
+}
+
+#[tokio::test]
+async fn a_status_planned_from_an_old_version_is_refused_and_nothing_follows() {
+    let plan = Plan {
+        status: Some(written_status()),
+        events: vec![PlannedEvent::normal("TFJobCreated", "created")],
+        create_pods: vec![pod(0)],
+        ..Default::default()
+    };
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, _, body, send) = next(&mut h).await;
+    assert_eq!((m, &body["metadata"]["resourceVersion"]), (Method::PATCH, &json!("10")));
+    respond(send, 409, status_body(409, "Conflict"));
+    let (applied, _) = task.await.expect("task");
+    assert!(matches!(applied, Err(Error::StaleStatus { .. })), "{applied:?}");
+    assert!(h.next_request().await.is_none(), "no event, delete or create after a refused status");
+    assert!(queued_reasons(&events, &mut Vec::new()).is_empty());
 }
 
 #[tokio::test]

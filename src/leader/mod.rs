@@ -103,6 +103,21 @@ pub fn release(prev: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     }
 }
 
+/// How long one read-and-write of the lease may take: a leader's by its renew deadline, a
+/// follower's by the retry period.
+pub fn attempt_bound(timings: Timings, leading: bool) -> Duration {
+    if leading { timings.renew_deadline } else { timings.retry }
+}
+
+/// Why an attempt on the lease failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 /// Reads and writes the Lease for one candidate.
 pub struct Elector {
     api: Api<Lease>,
@@ -128,7 +143,7 @@ impl Elector {
     }
 
     /// One read and, if due, one write. Returns whether we hold the lease now.
-    async fn attempt(&mut self) -> Result<bool, kube::Error> {
+    async fn attempt(&mut self) -> Result<bool, AttemptError> {
         let current = self.api.get_opt(LEASE_NAME).await?;
         let spec = current.as_ref().and_then(|l| l.spec.clone());
         let now = Instant::now();
@@ -164,7 +179,7 @@ impl Elector {
             }
             // Someone else wrote first: read again next time.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -192,7 +207,10 @@ impl Elector {
                 }
                 held = async {
                     tokio::time::sleep_until(next).await;
-                    self.attempt().await
+                    // A hung request must not outlive the role: a leader's is bounded by its
+                    // renew deadline, a follower's by the retry period, so it tries again.
+                    let bound = attempt_bound(self.timings, last_renew.is_some());
+                    tokio::time::timeout(bound, self.attempt()).await.unwrap_or(Err(AttemptError::TimedOut(bound)))
                 } => {
                     // Every retry period, and at once when the holder's lease expires: a
                     // follower takes over within lease duration + retry period of the
@@ -226,6 +244,13 @@ impl Elector {
 
     /// Releases the lease if we still hold it.
     async fn give_up(&self) {
+        let bound = self.timings.renew_deadline;
+        if tokio::time::timeout(bound, self.release_held()).await.is_err() {
+            warn!(identity = %self.me, "releasing the lease timed out");
+        }
+    }
+
+    async fn release_held(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await else { return };
         let Some(spec) = lease.spec.as_ref().filter(|s| s.holder_identity.as_deref() == Some(&self.me))
         else {
@@ -270,6 +295,13 @@ mod tests {
         for (name, spec, unchanged, want) in cases {
             assert_eq!(step(spec.as_ref(), "me", unchanged, d), want, "{name}");
         }
+    }
+
+    #[test]
+    fn attempts_are_bounded_by_role() {
+        let t = Timings::default();
+        assert_eq!(attempt_bound(t, true), t.renew_deadline);
+        assert_eq!(attempt_bound(t, false), t.retry);
     }
 
     #[test]

@@ -29,6 +29,11 @@ struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
 }
@@ -50,6 +55,7 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     api_requests: Family<RequestLabels, Counter>,
     events_dropped: Counter,
+    watch_restarts: Family<WatchLabels, Counter>,
     jobs: [Family<JobLabels, Counter>; 5],
 }
 
@@ -95,6 +101,12 @@ impl Metrics {
             "Events dropped because the event queue was full",
             events_dropped.clone(),
         );
+        let watch_restarts = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "tfjob_operator_watch_restarts",
+            "Watches that failed and restarted (with backoff; after a 410 Gone with a re-list), by resource",
+            watch_restarts.clone(),
+        );
         let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
         for (count, family) in JobCount::ALL.iter().zip(&jobs) {
             registry.register(count.metric_name(), count.help(), family.clone());
@@ -106,6 +118,7 @@ impl Metrics {
             reconcile_seconds,
             api_requests,
             events_dropped,
+            watch_restarts,
             jobs,
         }
     }
@@ -128,6 +141,11 @@ impl Metrics {
     pub fn job(&self, namespace: &str, count: JobCount) {
         let labels = JobLabels { job_namespace: namespace.to_string(), framework: FRAMEWORK };
         self.jobs[count as usize].get_or_create(&labels).inc();
+    }
+
+    /// Counts a failed watch of `resource` (it restarts with backoff).
+    pub fn watch_restarted(&self, resource: &'static str) {
+        self.watch_restarts.get_or_create(&WatchLabels { resource }).inc();
     }
 
     /// Counts an event dropped from a full queue.
@@ -158,6 +176,7 @@ mod tests {
         m.reconciled(0.002, None);
         m.reconciled(0.5, Some("patch_status"));
         m.request(&RequestLabels { verb: "create", resource: "pods", code: "201".into() });
+        m.watch_restarted("pods");
         let text = m.encode();
         for line in [
             r#"training_operator_jobs_created_total{job_namespace="team-a",framework="tensorflow"} 2"#,
@@ -168,6 +187,7 @@ mod tests {
             "tfjob_operator_reconcile_duration_seconds_count 2",
             r#"tfjob_operator_api_requests_total{verb="create",resource="pods",code="201"} 1"#,
             "tfjob_operator_leader 1",
+            r#"tfjob_operator_watch_restarts_total{resource="pods"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

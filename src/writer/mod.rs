@@ -55,8 +55,36 @@ pub enum Created<K> {
     Terminating,
     /// An object of the same name exists and is not this job's: never adopted.
     Foreign,
-    /// The request failed: the API server's answer or the transport error.
-    Failed(kube::Error),
+    /// The API server refused the object (400, 403, 422): the user's to fix; its message.
+    Refused(String),
+    /// The namespace is being deleted or is gone: nothing more is created in it.
+    NamespaceGone,
+}
+
+/// How a failed create is treated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateFailure {
+    /// An answer that refuses the object: reported to the user.
+    Refused(String),
+    /// The namespace is terminating or gone: creates stop, silently.
+    NamespaceGone,
+    /// Anything else (no answer, a timeout, 429, 5xx): retried with backoff, logged, never
+    /// reported to the user as their fault.
+    Transient,
+}
+
+/// Splits a failed create: only answers that refuse the object are the user's to see.
+pub fn classify_create_error(e: &kube::Error) -> CreateFailure {
+    let kube::Error::Api(s) = e else { return CreateFailure::Transient };
+    let terminating =
+        s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+            || s.message.contains("because it is being terminated");
+    match s.code {
+        403 if terminating => CreateFailure::NamespaceGone,
+        404 => CreateFailure::NamespaceGone,
+        400 | 403 | 422 => CreateFailure::Refused(s.message.clone()),
+        _ => CreateFailure::Transient,
+    }
 }
 
 /// The API writer: a client, the leadership gate and the event queue.
@@ -103,36 +131,59 @@ impl Writer {
 
     /// Writes the job's whole status (server-side apply, forced, one field manager) and
     /// returns the stored object, without managedFields as the cache keeps jobs.
+    ///
+    /// Fenced: the write carries the resourceVersion of the job it was planned from, so it is
+    /// refused ([`Error::StaleStatus`]) when the stored job changed since (another writer, a
+    /// new leader, a user's patch); the job is then planned again from fresh state. A stale
+    /// process can never erase what another wrote.
     pub async fn patch_status(&self, job: &TFJob, status: &TFJobStatus) -> Result<TFJob, Error> {
         self.gate.check()?;
-        let body =
-            serde_json::json!({ "apiVersion": names::API_VERSION, "kind": names::KIND, "status": status });
+        let body = serde_json::json!({
+            "apiVersion": names::API_VERSION,
+            "kind": names::KIND,
+            "metadata": { "resourceVersion": job.resource_version() },
+            "status": status,
+        });
         let mut written = self
             .jobs(job)
             .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
             .await
-            .map_err(|source| Error::PatchStatus { job: job.name_any(), source })?;
+            .map_err(|source| match is_status(&source, 409) {
+                true => Error::StaleStatus { job: job.name_any() },
+                false => Error::PatchStatus { job: job.name_any(), source },
+            })?;
         written.metadata.managed_fields = None;
         Ok(written)
     }
 
-    /// Creates a pod or service for the job with uid `owner`. `Err` only when this process
-    /// does not lead; every answer of the API server is a [`Created`].
+    /// Creates a pod or service for the job with uid `owner`. `Err` when this process does
+    /// not lead, or for a transient failure ([`CreateFailure::Transient`]).
     pub async fn create<K: Namespaced>(&self, owner: &str, obj: &K) -> Result<Created<K>, Error> {
         self.gate.check()?;
         let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
         let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        Ok(match api.create(&pp, obj).await {
-            Ok(o) => Created::New(o),
+        let failed = |source: kube::Error| -> Result<Created<K>, Error> {
+            match classify_create_error(&source) {
+                CreateFailure::Refused(message) => Ok(Created::Refused(message)),
+                CreateFailure::NamespaceGone => Ok(Created::NamespaceGone),
+                CreateFailure::Transient => {
+                    Err(Error::Create { kind: K::kind(&()).into_owned(), name: obj.name_any(), source })
+                }
+            }
+        };
+        match api.create(&pp, obj).await {
+            Ok(o) => Ok(Created::New(o)),
             Err(e) if is_status(&e, 409) => match api.get_opt(&obj.name_any()).await {
-                Ok(Some(found)) if names::controlled_by(found.meta(), owner) => Created::Existing(found),
-                Ok(Some(found)) if found.meta().deletion_timestamp.is_some() => Created::Terminating,
-                Ok(Some(_)) => Created::Foreign,
-                Ok(None) => Created::Terminating, // gone between the two calls: try again
-                Err(e) => Created::Failed(e),
+                Ok(Some(found)) if names::controlled_by(found.meta(), owner) => Ok(Created::Existing(found)),
+                Ok(Some(found)) if found.meta().deletion_timestamp.is_some() => Ok(Created::Terminating),
+                Ok(Some(_)) => Ok(Created::Foreign),
+                Ok(None) => Ok(Created::Terminating), // gone between the two calls: try again
+                Err(source) => {
+                    Err(Error::Create { kind: K::kind(&()).into_owned(), name: obj.name_any(), source })
+                }
             },
-            Err(e) => Created::Failed(e),
-        })
+            Err(e) => failed(e),
+        }
     }
 
     /// Deletes a pod, only if it still has the uid the plan saw. Gone is success.
@@ -178,5 +229,49 @@ impl Writer {
         self.gate.check()?;
         self.events.push(job, ev, now);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::{Status, response::StatusDetails};
+
+    fn api(code: u16, message: &str, cause: Option<&str>) -> kube::Error {
+        let mut s = Status::failure(message, "Reason").with_code(code);
+        s.details = cause.map(|c| {
+            serde_json::from_value::<StatusDetails>(serde_json::json!({"causes": [{"reason": c}]}))
+                .expect("details")
+        });
+        kube::Error::Api(Box::new(s))
+    }
+
+    #[test]
+    fn only_refusals_of_the_object_are_the_users() {
+        use CreateFailure::*;
+        let cases = [
+            ("invalid", api(422, "spec.volumes: not found", None), Refused("spec.volumes: not found".into())),
+            ("bad request", api(400, "bad quantity", None), Refused("bad quantity".into())),
+            ("quota", api(403, "exceeded quota: q", None), Refused("exceeded quota: q".into())),
+            (
+                "terminating namespace (cause)",
+                api(403, "forbidden", Some("NamespaceTerminating")),
+                NamespaceGone,
+            ),
+            (
+                "terminating namespace (message)",
+                api(403, "unable to create new content in namespace x because it is being terminated", None),
+                NamespaceGone,
+            ),
+            ("namespace gone", api(404, "namespaces \"x\" not found", None), NamespaceGone),
+            ("throttled", api(429, "too many requests", None), Transient),
+            ("server error", api(500, "etcdserver: request timed out", None), Transient),
+            ("unavailable", api(503, "unavailable", None), Transient),
+            ("unauthorized", api(401, "Unauthorized", None), Transient),
+            ("no answer", kube::Error::Service("connection refused".into()), Transient),
+        ];
+        for (name, e, want) in cases {
+            assert_eq!(classify_create_error(&e), want, "{name}");
+        }
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use futures::StreamExt;
 use tfjob_testsupport::Cluster;
 
 /// What a test gets: the cluster and its own namespace.
@@ -28,12 +29,10 @@ pub struct Ctx {
 
 type TestFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
-/// One test. `local_only` tests start or stop plane processes and are skipped on an existing
-/// cluster; `serial` tests run alone (timing).
+/// One test. `serial` tests run alone (timing).
 pub struct Test {
     pub name: &'static str,
     pub run: fn(Ctx) -> TestFuture,
-    pub local_only: bool,
     pub serial: bool,
 }
 
@@ -51,7 +50,6 @@ macro_rules! test {
         $crate::Test {
             name: concat!(module_path!(), "::", stringify!($f)),
             run: |ctx| Box::pin($f(ctx)),
-            local_only: false,
             serial: false,
         }
     };
@@ -71,31 +69,35 @@ const PARALLEL: usize = 4;
 enum Outcome {
     Passed,
     Failed(String),
-    Skipped(&'static str),
 }
 
 async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
-    if t.local_only && cluster.plane.is_none() {
-        return Outcome::Skipped("needs the local control plane");
-    }
-    let ns = format!("e2e-{}-{n}", t.name.rsplit("::").next().unwrap_or("t").replace('_', "-"));
-    let ns: String = ns.chars().take(60).collect::<String>().trim_end_matches('-').to_string();
+    // The test's name, shortened to keep the namespace within 63 characters; the number keeps
+    // it unique (install tests use it to prefix cluster-scoped names).
+    let short: String =
+        t.name.rsplit("::").next().unwrap_or("t").replace('_', "-").chars().take(50).collect();
+    let ns = format!("e2e-{}-{n}", short.trim_end_matches('-'));
     if let Err(e) = cluster.namespace(&ns).await {
         return Outcome::Failed(format!("setup: {e:#}"));
     }
     let ctx = Ctx { cluster: cluster.clone(), ns: ns.clone() };
-    let handle = tokio::spawn((t.run)(ctx));
-    let outcome = match tokio::time::timeout(TEST_TIMEOUT, handle).await {
+    let mut handle = tokio::spawn((t.run)(ctx));
+    let outcome = match tokio::time::timeout(TEST_TIMEOUT, &mut handle).await {
         Ok(Ok(Ok(()))) => Outcome::Passed,
         Ok(Ok(Err(e))) => Outcome::Failed(format!("{e:#}")),
         Ok(Err(join)) => Outcome::Failed(format!("panicked: {join}")),
-        Err(_) => Outcome::Failed(format!("timed out after {TEST_TIMEOUT:?}")),
+        Err(_) => {
+            // Stop it: its operator processes stop as the task drops them.
+            handle.abort();
+            let _ = handle.await;
+            Outcome::Failed(format!("timed out after {TEST_TIMEOUT:?}"))
+        }
     };
     cluster.delete_namespace(&ns).await;
     outcome
 }
 
-async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
+async fn run(filter: Option<String>) -> Result<(usize, usize)> {
     let started = Instant::now();
     let cluster = Arc::new(Cluster::from_env().await?);
     if let (Some(plane), Some(path)) = (&cluster.plane, std::env::var_os("TFJOB_E2E_STATE")) {
@@ -110,7 +112,7 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
     let all: Vec<Test> =
         tests().into_iter().filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f))).collect();
     let (serial, parallel): (Vec<&Test>, Vec<&Test>) = all.iter().partition(|t| t.serial);
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let (mut passed, mut failed) = (0, 0);
     let mut report = |name: &str, outcome: Outcome, took: Duration| match outcome {
         Outcome::Passed => {
             passed += 1;
@@ -124,34 +126,28 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
                 why.replace('\n', "\n    ")
             );
         }
-        Outcome::Skipped(why) => {
-            skipped += 1;
-            println!("test {name} ... skipped: {why}");
-        }
     };
-    let mut n = 0;
-    for chunk in parallel.chunks(PARALLEL) {
-        let runs = chunk.iter().map(|t| {
-            n += 1;
-            let (cluster, n) = (cluster.clone(), n);
-            async move {
-                let t0 = Instant::now();
-                (t.name, run_one(cluster, t, n).await, t0.elapsed())
-            }
-        });
-        for (name, outcome, took) in futures::future::join_all(runs).await {
-            report(name, outcome, took);
+    // PARALLEL tests running at all times, each reported as it finishes; then the serial ones.
+    let runs = parallel.iter().enumerate().map(|(i, t)| {
+        let cluster = cluster.clone();
+        async move {
+            let t0 = Instant::now();
+            (t.name, run_one(cluster, t, i + 1).await, t0.elapsed())
         }
+    });
+    let mut finished = futures::stream::iter(runs).buffer_unordered(PARALLEL);
+    while let Some((name, outcome, took)) = finished.next().await {
+        report(name, outcome, took);
     }
-    for t in serial {
-        n += 1;
+    drop(finished);
+    for (i, t) in serial.iter().enumerate() {
         let t0 = Instant::now();
-        let outcome = run_one(cluster.clone(), t, n).await;
+        let outcome = run_one(cluster.clone(), t, parallel.len() + i + 1).await;
         report(t.name, outcome, t0.elapsed());
     }
     drop(cluster);
     eprintln!("e2e: done in {:.1}s", started.elapsed().as_secs_f64());
-    Ok((passed, failed, skipped))
+    Ok((passed, failed))
 }
 
 fn main() -> ExitCode {
@@ -187,8 +183,8 @@ fn main() -> ExitCode {
             println!("0 passed, 1 failed");
             ExitCode::FAILURE
         }
-        Some(Ok((passed, failed, skipped))) => {
-            println!("\ne2e: {passed} passed, {failed} failed, {skipped} skipped");
+        Some(Ok((passed, failed))) => {
+            println!("\ne2e: {passed} passed, {failed} failed");
             if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::support::{WAIT, example, pods, wait_for, wait_gone, watch_state};
+use crate::{Ctx, Test, test};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -11,9 +13,6 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 use tfjob_operator::api::rules::CONTRACT;
-use tfjob_testsupport::wait;
-
-use crate::{Ctx, Test, test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -32,19 +31,6 @@ fn tfjobs(ctx: &Ctx) -> Api<DynamicObject> {
         &ctx.ns,
         &ApiResource::from_gvk_with_plural(&gvk, "tfjobs"),
     )
-}
-
-fn example(name: &str) -> Result<Value> {
-    let path = tfjob_testsupport::repo_root().join("examples").join(name);
-    Ok(serde_saphyr::from_str(&std::fs::read_to_string(&path)?)?)
-}
-
-/// The kwok node selector and toleration every test pod carries, so on a user's cluster it
-/// lands on a kwok node, never a real one.
-pub fn on_kwok(spec: &mut Value) {
-    spec["nodeSelector"] = json!({"type": "kwok"});
-    spec["tolerations"] =
-        json!([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]);
 }
 
 async fn crd_is_established_with_its_rules(ctx: Ctx) -> Result<()> {
@@ -171,31 +157,12 @@ async fn seed_job_round_trips_and_the_update_contract_holds(ctx: Ctx) -> Result<
 fn plain_pod(name: &str, annotations: Value, restart: &str, containers: Value) -> Result<Pod> {
     let mut spec =
         json!({"restartPolicy": restart, "containers": containers, "terminationGracePeriodSeconds": 0});
-    on_kwok(&mut spec);
+    tfjob_testsupport::place_on_kwok(&mut spec);
     Ok(serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}, "spec": spec}))?)
 }
 
 fn tf_container() -> Value {
     json!([{"name": "tensorflow", "image": "tf"}, {"name": "sidecar", "image": "side"}])
-}
-
-async fn wait_pod(
-    api: &Api<Pod>,
-    name: &str,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&Pod) -> bool,
-) -> Result<Pod> {
-    let end = Instant::now() + timeout;
-    let mut last = None;
-    while Instant::now() < end {
-        last = api.get_opt(name).await?;
-        if let Some(p) = last.as_ref().filter(|p| pred(p)) {
-            return Ok(p.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("{name}: timed out waiting for {what}; last seen: {:?}", last.and_then(|p| p.status))
 }
 
 fn phase(p: &Pod) -> &str {
@@ -207,7 +174,7 @@ fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v
 }
 
 async fn pods_meet_the_fate_their_annotations_choose(ctx: Ctx) -> Result<()> {
-    let api: Api<Pod> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
+    let api = pods(&ctx);
     let fates = [
         ("runs", json!({}), "Never"),
         ("succeeds", json!({"kwok.test/outcome": "succeed", "kwok.test/run-for": "3s"}), "Never"),
@@ -232,8 +199,8 @@ async fn pods_meet_the_fate_their_annotations_choose(ctx: Ctx) -> Result<()> {
         api.create(&PostParams::default(), &plain_pod(name, annotations, restart, tf_container())?).await?;
     }
 
-    let t = Duration::from_secs(60);
-    let ok = wait_pod(&api, "succeeds", t, "Succeeded", |p| phase(p) == "Succeeded").await?;
+    let t = WAIT;
+    let ok = wait_for(&api, "succeeds", t, "Succeeded", |p| phase(p) == "Succeeded").await?;
     for c in ["tensorflow", "sidecar"] {
         let code = container(&ok, c).and_then(|s| s.state.as_ref()?.terminated.as_ref()).map(|t| t.exit_code);
         ensure!(code == Some(0), "succeeds/{c}: exit code {code:?}");
@@ -247,12 +214,12 @@ async fn pods_meet_the_fate_their_annotations_choose(ctx: Ctx) -> Result<()> {
     let ran = finished.duration_since(started).as_secs_f64();
     ensure!((3.0..6.0).contains(&ran), "succeeds ran {ran}s, want 3s from startTime");
 
-    let failed = wait_pod(&api, "fails", t, "Failed", |p| phase(p) == "Failed").await?;
+    let failed = wait_for(&api, "fails", t, "Failed", |p| phase(p) == "Failed").await?;
     let term = container(&failed, "tensorflow")
         .and_then(|s| s.state.as_ref()?.terminated.clone())
         .context("terminated")?;
     ensure!(term.exit_code == 137 && term.reason.as_deref() == Some("OOMKilled"), "fails: {term:?}");
-    let side = wait_pod(&api, "sidecar-fails", t, "Failed", |p| phase(p) == "Failed").await?;
+    let side = wait_for(&api, "sidecar-fails", t, "Failed", |p| phase(p) == "Failed").await?;
     let code = |c| {
         container(&side, c)
             .and_then(|s| s.state.as_ref()?.terminated.as_ref())
@@ -261,7 +228,7 @@ async fn pods_meet_the_fate_their_annotations_choose(ctx: Ctx) -> Result<()> {
     ensure!(code("sidecar") == Some((1, Some("Error".into()))), "sidecar: {:?}", code("sidecar"));
     ensure!(code("tensorflow").map(|c| c.0) == Some(0), "tensorflow: {:?}", code("tensorflow"));
 
-    let crash = wait_pod(&api, "crashes", t, "restarted twice in place", |p| {
+    let crash = wait_for(&api, "crashes", t, "restarted twice in place", |p| {
         container(p, "tensorflow").is_some_and(|c| c.restart_count >= 2)
     })
     .await?;
@@ -280,21 +247,18 @@ async fn pods_meet_the_fate_their_annotations_choose(ctx: Ctx) -> Result<()> {
 }
 
 async fn deleted_pod_terminates_then_disappears(ctx: Ctx) -> Result<()> {
-    let api: Api<Pod> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
+    let api = pods(&ctx);
     let mut pod = plain_pod("doomed", json!({}), "Never", tf_container())?;
     if let Some(spec) = pod.spec.as_mut() {
         spec.termination_grace_period_seconds = Some(30);
     }
     api.create(&PostParams::default(), &pod).await?;
-    wait_pod(&api, "doomed", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await?;
+    wait_for(&api, "doomed", WAIT, "Running", |p| phase(p) == "Running").await?;
     let t0 = Instant::now();
     api.delete("doomed", &DeleteParams::default()).await?;
     let terminating = api.get_opt("doomed").await?.context("gone at once")?;
     ensure!(terminating.metadata.deletion_timestamp.is_some(), "not terminating");
-    wait(Duration::from_secs(30), "the pod to disappear", || async {
-        api.get_opt("doomed").await.is_ok_and(|p| p.is_none())
-    })
-    .await?;
+    wait_gone(&api, "doomed", Duration::from_secs(30)).await?;
     let took = t0.elapsed().as_secs_f64();
     ensure!((0.5..5.0).contains(&took), "terminating for {took:.1}s, want about a second");
     Ok(())
@@ -305,7 +269,7 @@ async fn garbage_collector_deletes_what_a_tfjob_owns(ctx: Ctx) -> Result<()> {
     let obj: DynamicObject = serde_json::from_value(example("tfjob-kubeflow.yaml")?)?;
     let job = api.create(&PostParams::default(), &obj).await?;
     let uid = job.metadata.uid.clone().context("uid")?;
-    let pods: Api<Pod> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
+    let pods = pods(&ctx);
     let mut pod = plain_pod("owned", json!({}), "Never", tf_container())?;
     pod.metadata.owner_references =
         Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
@@ -319,12 +283,10 @@ async fn garbage_collector_deletes_what_a_tfjob_owns(ctx: Ctx) -> Result<()> {
     pods.create(&PostParams::default(), &pod).await?;
     api.delete("tfjob-test", &DeleteParams::background()).await?;
     // The garbage collector learns of a new CRD's kind at its next discovery resync (30 s).
-    let r = wait(Duration::from_secs(120), "the owned pod to be collected", || async {
-        pods.get_opt("owned").await.is_ok_and(|p| p.is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
+    watch_state(&pods, "owned", Duration::from_secs(120), "the owned pod to be collected", |p| {
+        p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
     })
-    .await;
-    if r.is_err() {
-        bail!("the garbage collector did not delete the pod owned by the deleted TFJob");
-    }
+    .await
+    .context("the garbage collector did not delete the pod owned by the deleted TFJob")?;
     Ok(())
 }

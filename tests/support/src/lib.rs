@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
 pub use plane::{ControlPlane, KWOK_TAINT, PlaneOptions, client_for, free_port, kwok_node, port_in_use};
@@ -121,12 +122,13 @@ impl Cluster {
         api.patch(&crd.name_any(), &PatchParams::apply("tfjob-e2e").force(), &Patch::Apply(crd))
             .await
             .context("applying the CRD")?;
-        wait(Duration::from_secs(60), "the CRD to be Established", || async {
-            api.get(&crd.name_any()).await.ok().and_then(|c| c.status).is_some_and(|s| {
-                s.conditions.iter().flatten().any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        })
-        .await
+        let name = crd.name_any();
+        let established = await_condition(api, &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(60), established)
+            .await
+            .context("timed out after 60s waiting for the CRD to be Established")?
+            .context("watching the CRD")?;
+        Ok(())
     }
 
     /// Creates a namespace and waits for its `default` ServiceAccount, as pods need on a real cluster.
@@ -158,6 +160,25 @@ pub fn stage_names() -> Vec<String> {
         .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
         .filter_map(|v| v.pointer("/metadata/name").and_then(|n| n.as_str()).map(String::from))
         .collect()
+}
+
+/// Puts a pod spec on kwok nodes: the node selector and toleration every test pod carries, so
+/// on a user's cluster it lands on a kwok node, never a real one.
+pub fn place_on_kwok(spec: &mut serde_json::Value) {
+    spec["nodeSelector"] = serde_json::json!({"type": "kwok"});
+    spec["tolerations"] =
+        serde_json::json!([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]);
+}
+
+/// The pod spec of a TFJob replica in the tests and the benchmark: one `tensorflow` container
+/// on a kwok node, stopped without a grace period.
+pub fn kwok_pod_spec() -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "containers": [{"name": "tensorflow", "image": "tensorflow/tensorflow:2.16.1"}],
+        "terminationGracePeriodSeconds": 0
+    });
+    place_on_kwok(&mut spec);
+    spec
 }
 
 /// Polls `ready` every 200 ms until it is true or `timeout` passes.

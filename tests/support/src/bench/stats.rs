@@ -1,5 +1,6 @@
 //! Summary statistics of latency samples (pure).
 
+use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
 /// Median, tail percentiles (nearest rank) and maximum of a set of samples, in seconds.
@@ -34,6 +35,11 @@ impl Stats {
         }
         format!("{:.2}/{:.2}/{:.2}/{:.2}", self.median, self.p95, self.p99, self.max)
     }
+}
+
+/// How many seconds `actual` came after `expected` (negative: before).
+pub fn lateness(actual: Timestamp, expected: Timestamp) -> f64 {
+    actual.duration_since(expected).as_secs_f64()
 }
 
 #[cfg(test)]

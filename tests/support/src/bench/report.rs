@@ -1,0 +1,107 @@
+//! What a benchmark run reports: per size, and as a whole (JSON and the human table).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Stats;
+
+/// One size's results. Times in seconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeReport {
+    pub jobs: usize,
+    pub deadline_jobs: usize,
+    pub pods: usize,
+    pub services: usize,
+    /// From the first TFJob create until every pod and service exists.
+    pub all_created_s: f64,
+    /// The same pods and services created directly, 64 in flight.
+    pub bound_s: f64,
+    /// all_created_s / bound_s.
+    pub ratio: f64,
+    pub create_to_running: Stats,
+    pub create_to_succeeded: Stats,
+    /// Jobs / (first create until the last job succeeded).
+    pub jobs_per_second: f64,
+    /// Failed condition's arrival past the published deadline.
+    pub deadline_lateness: Stats,
+    /// Deletion's arrival past the published expiry.
+    pub ttl_lateness: Stats,
+    pub operator_cpu_s: Option<f64>,
+    pub operator_peak_rss_mib: Option<f64>,
+    /// The operator's API requests during the size, by `"<verb> <resource>"`.
+    pub operator_requests: BTreeMap<String, f64>,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub operator: String,
+    pub jobs_shape: String,
+    pub sizes: Vec<SizeReport>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut out = format!("operator: {}\njobs: {}\n\n", self.operator, self.jobs_shape);
+        out.push_str(&format!(
+            "{:>5} {:>6} {:>9} {:>8} {:>7} {:>6} {:>23} {:>23} {:>11} {:>11} {:>7} {:>8}\n",
+            "jobs",
+            "pods",
+            "created s",
+            "bound s",
+            "ratio",
+            "jobs/s",
+            "to Running p50/95/99/max",
+            "to Succeeded p50/95/99/max",
+            "deadline late",
+            "ttl late",
+            "cpu s",
+            "peak MiB"
+        ));
+        for s in &self.sizes {
+            let late =
+                |st: &Stats| if st.n == 0 { "-".into() } else { format!("{:.2}/{:.2}", st.median, st.max) };
+            out.push_str(&format!(
+                "{:>5} {:>6} {:>9.2} {:>8.2} {:>7} {:>6.1} {:>23} {:>23} {:>11} {:>11} {:>7} {:>8}\n",
+                s.jobs,
+                s.pods,
+                s.all_created_s,
+                s.bound_s,
+                format!("{:.2}", s.ratio),
+                s.jobs_per_second,
+                s.create_to_running.short(),
+                s.create_to_succeeded.short(),
+                late(&s.deadline_lateness),
+                late(&s.ttl_lateness),
+                s.operator_cpu_s.map_or("-".into(), |c| format!("{c:.1}")),
+                s.operator_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
+            ));
+        }
+        if let (Some(first), Some(last)) = (self.sizes.first(), self.sizes.last())
+            && last.jobs > first.jobs
+        {
+            let growth = |a: f64, b: f64| if a > 0.0 { format!("x{:.1}", b / a) } else { "-".into() };
+            out.push_str(&format!(
+                "\ngrowth {} -> {} jobs (x{:.0}): creation time {}, operator CPU {}, peak RSS {}\n",
+                first.jobs,
+                last.jobs,
+                last.jobs as f64 / first.jobs as f64,
+                growth(first.all_created_s, last.all_created_s),
+                growth(first.operator_cpu_s.unwrap_or(0.0), last.operator_cpu_s.unwrap_or(0.0)),
+                growth(first.operator_peak_rss_mib.unwrap_or(0.0), last.operator_peak_rss_mib.unwrap_or(0.0)),
+            ));
+        }
+        for s in &self.sizes {
+            let reqs: Vec<String> = s.operator_requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out.push_str(&format!("requests at {} jobs: {}\n", s.jobs, reqs.join(", ")));
+        }
+        out
+    }
+}

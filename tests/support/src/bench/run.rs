@@ -1,0 +1,258 @@
+//! One benchmark run: per size, the operator's run (measured from watches), then the bound
+//! (the same pods and services created directly, in `bound`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, PostParams};
+use serde_json::Value;
+
+use super::bound::bound;
+use super::record::{Recorder, tfjob_resource};
+use super::stats::lateness;
+use super::{OperatorSpec, Options, Report, SizeReport, Stats, batch_job, deadline_job, footprint};
+use crate::process::Proc;
+
+pub(super) async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    crate::wait(Duration::from_secs(60), "the default ServiceAccount", || async {
+        sas.get_opt("default").await.ok().flatten().is_some()
+    })
+    .await
+}
+
+pub(super) async fn delete_namespace(client: &Client, name: &str, timeout: Duration) -> Result<()> {
+    let api = Api::<Namespace>::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::background()).await;
+    crate::wait(timeout, &format!("namespace {name} to be gone"), || async {
+        api.get_opt(name).await.is_ok_and(|n| n.is_none())
+    })
+    .await
+}
+
+/// The running operator of one size.
+struct Running {
+    proc: Option<Proc>,
+    pid: Option<u32>,
+    port: Option<u16>,
+}
+
+impl Running {
+    async fn start(spec: &OperatorSpec, ns: &str) -> Result<Running> {
+        match spec {
+            OperatorSpec::External { pid, metrics_port } => {
+                Ok(Running { proc: None, pid: *pid, port: *metrics_port })
+            }
+            OperatorSpec::Start { bin, args, kubeconfig, log_dir } => {
+                let port = crate::free_port()?;
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| a.replace("{namespace}", ns).replace("{port}", &port.to_string()))
+                    .collect();
+                std::fs::create_dir_all(log_dir)?;
+                let proc = Proc::spawn_with_env(
+                    &format!("operator-{ns}"),
+                    bin,
+                    &args,
+                    log_dir,
+                    &[("KUBECONFIG", kubeconfig.as_os_str())],
+                )?;
+                let pid = Some(proc.pid());
+                let running = Running { proc: Some(proc), pid, port: Some(port) };
+                // Ready: this operator answers /readyz once its caches synced; another may not
+                // serve it, so give up waiting after a while and go on.
+                let _ = crate::wait(Duration::from_secs(30), "the operator's /readyz", || async {
+                    crate::http_get(port, "/readyz").await.is_some_and(|(code, _)| code == 200)
+                })
+                .await;
+                Ok(running)
+            }
+        }
+    }
+
+    async fn requests(&self) -> BTreeMap<String, f64> {
+        match self.port {
+            Some(p) => {
+                footprint::requests(&crate::http_get(p, "/metrics").await.map(|(_, b)| b).unwrap_or_default())
+            }
+            None => BTreeMap::new(),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(p) = &mut self.proc {
+            p.stop(Duration::from_secs(20));
+        }
+    }
+}
+
+pub(super) fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Runs every size in turn.
+pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Result<Report> {
+    let operator = match &opts.operator {
+        OperatorSpec::Start { bin, args, .. } => format!("{} {}", bin.display(), args.join(" ")),
+        OperatorSpec::External { pid, .. } => format!("already running (pid {pid:?})"),
+    };
+    let jobs_shape = format!(
+        "{} PS (running until cleaned up) + {} Workers (succeed after {}), runPolicy.cleanPodPolicy Running, ttlSecondsAfterFinished {}; plus one job in ten with activeDeadlineSeconds {} and one running worker",
+        opts.ps, opts.workers, opts.run_for, opts.ttl, opts.deadline
+    );
+    if opts.warmup {
+        progress("warm-up: one job, not reported");
+        let warm = Options {
+            prefix: format!("{}-warmup", opts.prefix),
+            run_for: "1s".into(),
+            ttl: 1,
+            deadline: 2,
+            ..opts.clone()
+        };
+        tokio::time::timeout(opts.timeout, run_operator(client, &warm, 1))
+            .await
+            .context("warm-up: not done in time")??;
+    }
+    let mut sizes = Vec::new();
+    for &n in &opts.sizes {
+        progress(&format!("size {n}: operator run"));
+        let mut size = tokio::time::timeout(opts.timeout, run_operator(client, opts, n))
+            .await
+            .with_context(|| format!("size {n}: not done within {:?}", opts.timeout))??;
+        progress(&format!("size {n}: bound run"));
+        size.0.bound_s = bound(client, opts, n, &size.1).await?;
+        size.0.ratio = if size.0.bound_s > 0.0 { size.0.all_created_s / size.0.bound_s } else { 0.0 };
+        sizes.push(size.0);
+    }
+    Ok(Report { operator, jobs_shape, sizes })
+}
+/// The pods and services the operator created, to replay for the bound.
+pub(super) struct Created {
+    pub(super) pods: Vec<Pod>,
+    pub(super) services: Vec<Service>,
+}
+
+async fn run_operator(client: &Client, opts: &Options, n: usize) -> Result<(SizeReport, Created)> {
+    let ns = format!("{}-{n}", opts.prefix);
+    create_namespace(client, &ns).await?;
+    let recorder = Recorder::start(client, &ns);
+    let mut op = Running::start(&opts.operator, &ns).await?;
+    let (cpu0, req0) = (op.pid.and_then(footprint::cpu_seconds), op.requests().await);
+    let deadline_jobs = (n / 10).max(1);
+    let mut jobs: Vec<(String, Value)> =
+        (0..n).map(|i| (format!("j-{i}"), batch_job(&format!("j-{i}"), opts))).collect();
+    jobs.extend((0..deadline_jobs).map(|i| (format!("late-{i}"), deadline_job(&format!("late-{i}"), opts))));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &tfjob_resource());
+    let t0 = Instant::now();
+    let created_at: BTreeMap<String, Instant> =
+        futures::stream::iter(jobs.into_iter().map(|(name, body)| {
+            let api = api.clone();
+            async move {
+                let obj: DynamicObject = serde_json::from_value(body)?;
+                let at = Instant::now();
+                api.create(&PostParams::default(), &obj)
+                    .await
+                    .with_context(|| format!("creating TFJob {name}"))?;
+                Ok::<_, anyhow::Error>((name, at))
+            }
+        }))
+        .buffer_unordered(opts.in_flight)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let per_job = (opts.ps + opts.workers) as usize;
+    let want = n * per_job + deadline_jobs;
+    // Every pod and service exists.
+    let all_created = loop {
+        {
+            let seen = recorder.seen();
+            if seen.pods.len() >= want && seen.services.len() >= want {
+                let last =
+                    seen.pods.values().map(|(t, _)| *t).chain(seen.services.values().map(|(t, _)| *t)).max();
+                break last.map_or(0.0, |l| secs(l - t0));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Every job finished and deleted for its TTL.
+    loop {
+        {
+            let seen = recorder.seen();
+            let done = created_at.keys().all(|j| seen.jobs.get(j).is_some_and(|s| s.deleted.is_some()));
+            if done {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (cpu1, peak) = (op.pid.and_then(footprint::cpu_seconds), op.pid.and_then(footprint::peak_rss_mib));
+    let requests = footprint::delta(&op.requests().await, &req0);
+    op.stop();
+    let (report, created) = {
+        let seen = recorder.seen();
+        let batch = |name: &&String| name.starts_with("j-");
+        let mut running = Vec::new();
+        let mut succeeded = Vec::new();
+        let mut deadline_late = Vec::new();
+        let mut ttl_late = Vec::new();
+        let mut last_success = t0;
+        for (name, at) in &created_at {
+            let Some(s) = seen.jobs.get(name) else { continue };
+            if batch(&name) {
+                if let Some(r) = s.running {
+                    running.push(secs(r.saturating_duration_since(*at)));
+                }
+                if let Some(done) = s.succeeded {
+                    succeeded.push(secs(done.saturating_duration_since(*at)));
+                    last_success = last_success.max(done);
+                }
+            } else if let (Some(f), Some(d)) = (s.failed, s.deadline) {
+                deadline_late.push(lateness(f, d));
+            }
+            if let (Some(del), Some(e)) = (s.deleted, s.expires) {
+                ttl_late.push(lateness(del, e));
+            }
+        }
+        if succeeded.len() < n {
+            bail!("size {n}: {} of {n} jobs were seen to succeed", succeeded.len());
+        }
+        let report = SizeReport {
+            jobs: n,
+            deadline_jobs,
+            pods: want,
+            services: want,
+            all_created_s: all_created,
+            bound_s: 0.0,
+            ratio: 0.0,
+            create_to_running: Stats::of(&running),
+            create_to_succeeded: Stats::of(&succeeded),
+            jobs_per_second: n as f64 / secs(last_success - t0).max(1e-9),
+            deadline_lateness: Stats::of(&deadline_late),
+            ttl_lateness: Stats::of(&ttl_late),
+            operator_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+            operator_peak_rss_mib: peak,
+            operator_requests: requests,
+        };
+        let created = Created {
+            pods: seen.pods.values().map(|(_, p)| p.clone()).collect(),
+            services: seen.services.values().map(|(_, s)| s.clone()).collect(),
+        };
+        (report, created)
+    };
+    drop(recorder);
+    delete_namespace(client, &ns, Duration::from_secs(600)).await?;
+    Ok((report, created))
+}
