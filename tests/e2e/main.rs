@@ -9,6 +9,7 @@ mod bench;
 mod controller;
 mod install;
 mod smoke;
+mod stuck;
 mod support;
 
 use std::future::Future;
@@ -60,6 +61,7 @@ fn tests() -> Vec<Test> {
     all.extend(controller::tests());
     all.extend(install::tests());
     all.extend(bench::tests());
+    all.extend(stuck::tests());
     all
 }
 
