@@ -49,7 +49,7 @@ impl ActivePlanner<'_> {
         }
         st.replica_statuses = observed.iter().map(|(t, o)| (*t, o.status.clone())).collect();
 
-        let stuck = diagnosis::diagnose(pods);
+        let stuck = diagnosis::diagnose(pods, now);
         let unstarted = startup::unstarted(replicas, &observed, pods);
         startup::track(st, self.startup.0, self.startup.1, unstarted, now);
         let outcome = self.outcome(st, &observed).or_else(|| {

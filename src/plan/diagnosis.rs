@@ -42,6 +42,24 @@ pub struct Stuck {
     pub message: String,
     /// When the grace ends: the pod's creation plus [`GRACE`].
     pub due: Timestamp,
+    /// For a crash-looping container running again: when it has run for [`GRACE`] and the
+    /// diagnosis ends.
+    pub until: Option<Timestamp>,
+}
+
+/// Why a pod has not started: the reason, the message, and (for a crash loop running again)
+/// until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Why {
+    pub reason: String,
+    pub message: String,
+    pub until: Option<Timestamp>,
+}
+
+impl Why {
+    fn new(reason: &str, message: &str) -> Why {
+        Why { reason: reason.into(), message: bounded(message, MESSAGE_MAX), until: None }
+    }
 }
 
 impl Stuck {
@@ -66,9 +84,28 @@ fn containers(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
         .chain(s.and_then(|s| s.container_statuses.as_ref()).into_iter().flatten())
 }
 
-/// Why `pod` has not started, if its status says: a container waiting for a reason of
-/// [`WAITING_REASONS`] (with the container's name), else the scheduler's `Unschedulable`.
-pub fn why(pod: &Pod) -> Option<(String, String)> {
+/// A container running again after a failure, for less than [`GRACE`] at `now`: a crash loop
+/// between two back-offs, so the diagnosis does not come and go with every restart.
+fn running_again(c: &ContainerStatus, now: Timestamp) -> Option<Why> {
+    let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref()?.0;
+    let last = c.last_state.as_ref()?.terminated.as_ref()?;
+    let until = started.checked_add(GRACE).ok()?;
+    (c.restart_count > 0 && last.exit_code != 0 && now < until).then(|| Why {
+        until: Some(until),
+        ..Why::new(
+            "CrashLoopBackOff",
+            &format!(
+                "container {}: restarted {} time(s), exited with code {} last; running again since {started}",
+                c.name, c.restart_count, last.exit_code
+            ),
+        )
+    })
+}
+
+/// Why `pod` has not started, if its status says at `now`: a container waiting for a reason of
+/// [`WAITING_REASONS`] (with the container's name), a crash-looping container running again
+/// for less than the grace, else the scheduler's `Unschedulable`.
+pub fn why(pod: &Pod, now: Timestamp) -> Option<Why> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -80,24 +117,23 @@ pub fn why(pod: &Pod) -> Option<(String, String)> {
         let w = c.state.as_ref()?.waiting.as_ref()?;
         let reason = w.reason.as_deref().filter(|r| WAITING_REASONS.contains(r))?;
         let msg = w.message.as_deref().unwrap_or_default();
-        Some((reason.to_string(), bounded(&format!("container {}: {msg}", c.name), MESSAGE_MAX)))
+        Some(Why::new(reason, &format!("container {}: {msg}", c.name)))
     });
-    waiting.or_else(|| {
+    waiting.or_else(|| containers(pod).find_map(|c| running_again(c, now))).or_else(|| {
         let c = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled")?;
-        (c.status == "False" && c.reason.as_deref() == Some("Unschedulable")).then(|| {
-            ("Unschedulable".to_string(), bounded(c.message.as_deref().unwrap_or_default(), MESSAGE_MAX))
-        })
+        (c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+            .then(|| Why::new("Unschedulable", c.message.as_deref().unwrap_or_default()))
     })
 }
 
-/// Diagnoses the job's pods. A pod without a creation time is not diagnosed.
-pub fn diagnose(pods: &[&Pod]) -> Diagnosis {
+/// Diagnoses the job's pods at `now`. A pod without a creation time is not diagnosed.
+pub fn diagnose(pods: &[&Pod], now: Timestamp) -> Diagnosis {
     let mut out: Vec<Stuck> = pods
         .iter()
         .filter_map(|pod| {
             let (rtype, index) = names::replica_of(&pod.metadata)?;
             let created = pod.metadata.creation_timestamp.as_ref()?.0;
-            let (reason, message) = why(pod)?;
+            let Why { reason, message, until } = why(pod, now)?;
             Some(Stuck {
                 rtype,
                 index,
@@ -105,6 +141,7 @@ pub fn diagnose(pods: &[&Pod]) -> Diagnosis {
                 reason,
                 message,
                 due: created.checked_add(GRACE).ok()?,
+                until,
             })
         })
         .collect();
@@ -118,9 +155,10 @@ impl Diagnosis {
         self.pods.iter().filter(move |s| s.due <= now)
     }
 
-    /// The next instant a pod's grace ends, after `now`.
+    /// The next instant the diagnosis changes by time alone, after `now`: a pod's grace ends,
+    /// or a crash-looping container has run long enough.
     pub fn next_due(&self, now: Timestamp) -> Option<Timestamp> {
-        self.pods.iter().map(|s| s.due).filter(|&d| d > now).min()
+        self.pods.iter().flat_map(|s| [Some(s.due), s.until]).flatten().filter(|&d| d > now).min()
     }
 
     /// The condition message: the first stuck pod, and how many more there are.

@@ -157,7 +157,7 @@ fn reasons(p: &Plan) -> Vec<&str> {
 #[test]
 fn why_a_pod_has_not_started() {
     let j = job(None);
-    let w = |s| diagnosis::why(&pod(&j, ReplicaType::Worker, 0, s));
+    let w = |s| diagnosis::why(&pod(&j, ReplicaType::Worker, 0, s), t(100)).map(|w| (w.reason, w.message));
     // (case, pod state, want reason and message)
     type Want = Option<(&'static str, &'static str)>;
     let cases: [(&str, S, Want); 8] = [
@@ -192,7 +192,7 @@ fn why_a_pod_has_not_started() {
     }
     let mut long = pod(&j, ReplicaType::Worker, 0, S::Unschedulable);
     long.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].message = Some("é".repeat(2000));
-    let (_, m) = diagnosis::why(&long).unwrap();
+    let m = diagnosis::why(&long, t(100)).unwrap().message;
     assert!(m.len() <= diagnosis::MESSAGE_MAX + '…'.len_utf8(), "bounded: {}", m.len());
 }
 
@@ -441,4 +441,49 @@ fn failure_details_survive_cleanup() {
     );
     assert!(msg.len() < 700, "the termination message is bounded: {}", msg.len());
     assert_eq!(p.delete_pods.len(), 3, "and the pods go");
+}
+
+/// Worker 1 crash-looping, running again since `since` after its second failure.
+fn running_again(j: &TFJob, since: i64) -> Vec<Pod> {
+    let mut all = pods(j, S::Running);
+    let s = all[2].status.as_mut().unwrap();
+    s.container_statuses = Some(vec![ContainerStatus {
+        name: "tensorflow".into(),
+        restart_count: 2,
+        state: Some(ContainerState {
+            running: Some(k8s_openapi::api::core::v1::ContainerStateRunning {
+                started_at: Some(Time(t(since))),
+            }),
+            ..Default::default()
+        }),
+        last_state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated { exit_code: 1, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    all
+}
+
+#[test]
+fn a_crash_loop_stays_diagnosed_between_back_offs() {
+    let j0 = job(None);
+    let mut j = applied(j0.clone(), &run(&j0, &[], 0, None));
+    j.spec.tf_replica_specs.values_mut().for_each(|r| r.restart_policy = Some(RestartPolicy::OnFailure));
+    let p = run(&j, &pods(&j, S::Waiting("CrashLoopBackOff")), 35, None);
+    assert_eq!(p.events.iter().filter(|e| e.reason == diagnosis::EVENT_REASON).count(), 1);
+    let j = applied(j, &p);
+    // Running again since t(40): still a crash loop until it has run for the grace.
+    let p = run(&j, &running_again(&j, 40), 45, None);
+    assert!(p.events.iter().all(|e| e.reason != diagnosis::EVENT_REASON), "the same diagnosis: no event");
+    assert_eq!(p.requeue_at, Some(t(70)), "looks again when the grace of running ends");
+    let j = applied(j, &p);
+    let st = status(&j);
+    let c = st.condition(ConditionType::PodsNotStarted).unwrap();
+    assert_eq!(c.reason.as_deref(), Some("CrashLoopBackOff"));
+    assert!(c.message.as_deref().unwrap().contains("restarted 2 time(s), exited with code 1 last"), "{c:?}");
+    assert_eq!(c.last_transition_time, Some(Time(t(35))), "held throughout");
+    // Up for the grace: cleared.
+    let p = run(&j, &running_again(&j, 40), 70, None);
+    assert!(p.status.unwrap().condition(ConditionType::PodsNotStarted).is_none());
 }

@@ -50,9 +50,9 @@ async fn unschedulable_then_labelled(ctx: &Ctx, nodes: &Api<Node>, node: &str) -
     let _op = Operator::start(ctx, &[])?;
     let mut j =
         select_nodes(one_worker("unsched", "Never", json!({}), json!({})), "tfjob.test/pool", &ctx.ns);
-    j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["tolerations"].as_array_mut().map(|t| {
-        t.push(json!({"key": "tfjob.test/dedicated", "operator": "Exists", "effect": "NoSchedule"}))
-    });
+    if let Some(t) = j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["tolerations"].as_array_mut() {
+        t.push(json!({"key": "tfjob.test/dedicated", "operator": "Exists", "effect": "NoSchedule"}));
+    }
     create(ctx, j).await?;
     let pod = wait_for(&pods(ctx), "unsched-worker-0", WAIT, "the pod", |_| true).await?;
     let (at, j) = wait_diagnosis(ctx, "unsched", "Unschedulable", GRACE * 2).await?;
