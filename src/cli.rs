@@ -293,7 +293,7 @@ mod tests {
             assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(want.as_str()), "--{long}");
             n += 1;
         }
-        assert_eq!(n, 13);
+        assert_eq!(n, 14);
         let help = command().render_help().to_string();
         assert!(help.contains("[env: TFJOB_LEADER_ELECTION_RETRY_PERIOD]"), "{help}");
     }
