@@ -11,6 +11,12 @@ pub enum Error {
     PatchStatus { job: String, source: kube::Error },
     #[error("not writing the status of TFJob {job}: it changed since it was read; planning again")]
     StaleStatus { job: String },
+    #[error("reading TFJob {job}: {source}")]
+    ReadJob { job: String, source: kube::Error },
+    #[error("the reconcile took longer than {0:?} and was abandoned")]
+    ReconcileTimeout(std::time::Duration),
+    #[error("TFJob {job} is gone")]
+    JobGone { job: String },
     #[error("creating {kind} {name} (will be retried): {source}")]
     Create { kind: String, name: String, source: kube::Error },
     #[error("deleting pod {name}: {source}")]
@@ -33,6 +39,9 @@ impl Error {
             Error::PatchStatus { .. } => "patch_status",
             Error::StaleStatus { .. } => "stale_status",
             Error::Create { .. } => "create",
+            Error::JobGone { .. } => "job_gone",
+            Error::ReadJob { .. } => "read_job",
+            Error::ReconcileTimeout(_) => "reconcile_timeout",
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteService { .. } => "delete_service",
             Error::DeleteJob { .. } => "delete_job",

@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod error;
+pub mod fault_point;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -6,19 +6,19 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
 use tracing::info;
 
 use super::Now;
+use super::backoff::slow_start;
 use super::unseen::{UnseenObjects, UnseenWrites};
 use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::plan::{Plan, PlannedEvent};
 use crate::writer::{Created, Namespaced, Writer};
 
-/// Creates of one job in flight at once.
+/// Creates of one job in flight at once (the largest slow-start batch).
 pub const CREATES_IN_FLIGHT: usize = 16;
 
 /// Where apply writes: the writer, and the record of writes the caches have not shown.
@@ -102,12 +102,15 @@ impl Applier<'_> {
     }
 
     /// Executes `plan` for `job` in order. `creates_wait_until` is set while the job's create
-    /// backoff runs: the plan's creates are then not sent.
+    /// backoff runs: the plan's creates are then not sent. `verify_job`: the job cache may be
+    /// stale (its watch is down or re-listing), so the job's existence is checked before
+    /// anything is created for it.
     pub async fn apply_plan(
         &self,
         job: &TFJob,
         plan: &Plan,
         creates_wait_until: Option<Instant>,
+        verify_job: bool,
         now: Now,
     ) -> Result<Applied, Error> {
         let ns = job.namespace().unwrap_or_default();
@@ -141,13 +144,17 @@ impl Applier<'_> {
             self.event(job, PlannedEvent::normal("SuccessfulDeleteService", note), now)?;
         }
         if !plan.create_pods.is_empty() || !plan.create_services.is_empty() {
+            if creates_wait_until.is_none() && verify_job && !self.writer.job_exists(job).await? {
+                return Err(Error::JobGone { job: job.name_any() });
+            }
             applied.creates = match creates_wait_until {
                 Some(until) => CreateStep::Waiting { until },
                 None => self.create_all(job, plan, now).await?,
             };
+            crate::fault_point::reached("after-creates", &job.name_any());
         }
         if plan.delete_job && self.writer.delete_job(job).await? {
-            self.unseen().status.forget(&job.uid().unwrap_or_default());
+            self.unseen().status.gone(&job.uid().unwrap_or_default(), now.mono);
             let ttl = job.status.as_ref().and_then(|s| s.applied_policy.as_ref()?.ttl_seconds_after_finished);
             info!(?ttl, "deleted the finished TFJob (ttlSecondsAfterFinished)");
             applied.job_deleted = true;
@@ -168,27 +175,29 @@ impl Applier<'_> {
         }
     }
 
-    /// Creates `objs` with up to [`CREATES_IN_FLIGHT`] at once; the first refusal wins.
+    /// Creates `objs` in slow-start batches (1, 2, 4, ... up to [`CREATES_IN_FLIGHT`], each
+    /// batch at once), stopping after the first batch with a refusal: a template the API
+    /// server refuses costs one create, not one per replica.
     async fn create_batch<K: OwnedKind>(
         &self,
         job: &TFJob,
         objs: &[K],
         now: Now,
     ) -> Result<CreateStep, Error> {
-        if objs.is_empty() {
-            return Ok(CreateStep::Done);
-        }
-        // Collected first: a lazily mapped iterator here trips the compiler's Send check.
-        let creates: Vec<_> = objs.iter().map(|o| self.create_one(job, o, now)).collect();
-        let results: Vec<Result<CreateOutcome, Error>> =
-            futures::stream::iter(creates).buffer_unordered(CREATES_IN_FLIGHT).collect().await;
         let mut step = CreateStep::Done;
-        for r in results {
-            match r? {
-                CreateOutcome::Done => {}
-                CreateOutcome::Blocked => step = CreateStep::Blocked,
-                CreateOutcome::Refused(msg) => return Ok(CreateStep::Refused(msg)),
-                CreateOutcome::NamespaceGone => return Ok(CreateStep::NamespaceGone),
+        let mut rest = objs;
+        for size in slow_start(objs.len(), CREATES_IN_FLIGHT) {
+            let (batch, tail) = rest.split_at(size);
+            rest = tail;
+            // Collected first: a lazily mapped iterator here trips the compiler's Send check.
+            let creates: Vec<_> = batch.iter().map(|o| self.create_one(job, o, now)).collect();
+            for r in futures::future::join_all(creates).await {
+                match r? {
+                    CreateOutcome::Done => {}
+                    CreateOutcome::Blocked => step = CreateStep::Blocked,
+                    CreateOutcome::Refused(msg) => return Ok(CreateStep::Refused(msg)),
+                    CreateOutcome::NamespaceGone => return Ok(CreateStep::NamespaceGone),
+                }
             }
         }
         Ok(step)

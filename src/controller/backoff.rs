@@ -1,5 +1,6 @@
 //! Backoff, pure: how long a job waits after its creates were refused and after a failed
-//! reconcile, and the per-job records of both. The caller passes the time.
+//! reconcile, the per-job records of both, and the slow-start batches creates go out in. The
+//! caller passes the time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 pub const CREATE_BACKOFF_FIRST: Duration = Duration::from_secs(5);
 /// Create attempts after refusals wait [`CREATE_BACKOFF_FIRST`], doubling to at most this.
 pub const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Creates in a namespace found terminating are held back this long, then tried again.
+pub const NAMESPACE_GONE_HOLD: Duration = Duration::from_secs(30);
 /// A create blocked by an object of the same name still terminating is retried after this.
 pub const BLOCKED_RETRY: Duration = Duration::from_secs(1);
 /// The first wait after a failed reconcile is twice this.
@@ -23,6 +26,20 @@ pub fn create_delay(refusals: u32) -> Duration {
 /// The wait after the `errors`-th failed reconcile in a row (1-based): 1 s, 2 s, ... 60 s.
 pub fn error_delay(errors: u32) -> Duration {
     ERROR_BACKOFF_UNIT.saturating_mul(1 << errors.min(7)).min(ERROR_BACKOFF_MAX)
+}
+
+/// The sizes of the batches `n` creates go out in: 1, 2, 4, ... doubling up to `max` (as
+/// Kubernetes' Job controller does), so a refusal is met after one create, not `n`.
+pub fn slow_start(n: usize, max: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let (mut left, mut size) = (n, 1usize);
+    while left > 0 {
+        let take = size.min(left).min(max.max(1));
+        out.push(take);
+        left -= take;
+        size = size.saturating_mul(2);
+    }
+    out
 }
 
 /// A job's refused creates: how many in a row, and when the next attempt may run.
@@ -120,6 +137,23 @@ mod tests {
         let want = [(0, ms(500)), (1, S(1)), (2, S(2)), (3, S(4)), (6, S(32)), (7, S(60)), (u32::MAX, S(60))];
         for (n, d) in want {
             assert_eq!(error_delay(n), d, "error {n}");
+        }
+    }
+
+    #[test]
+    fn slow_start_doubles_to_the_cap() {
+        let cases: [(usize, usize, &[usize]); 7] = [
+            (0, 16, &[]),
+            (1, 16, &[1]),
+            (2, 16, &[1, 1]),
+            (5, 16, &[1, 2, 2]),
+            (7, 16, &[1, 2, 4]),
+            (40, 16, &[1, 2, 4, 8, 16, 9]),
+            (10, 0, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+        ];
+        for (n, max, want) in cases {
+            assert_eq!(slow_start(n, max), want, "{n} creates, {max} at most");
+            assert_eq!(slow_start(n, max).iter().sum::<usize>(), n);
         }
     }
 

@@ -12,6 +12,7 @@ mod report;
 mod tests;
 mod unseen;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,8 @@ struct Context {
     caches: Caches,
     unseen: Mutex<UnseenWrites>,
     backoffs: Mutex<Backoffs>,
+    /// Whether the job cache follows the API server (see [`observe::job_triggers`]).
+    jobs_fresh: Arc<AtomicBool>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -137,6 +140,7 @@ pub async fn run(
         caches: Caches { pods, services, pod_index, service_index },
         unseen: Mutex::default(),
         backoffs: Mutex::default(),
+        jobs_fresh: Arc::default(),
         settings: settings.clone(),
         metrics,
     });
@@ -164,7 +168,14 @@ pub async fn run(
         let ctx = ctx.clone();
         move |job: &TFJob| ctx.forget(&job.uid().unwrap_or_default())
     };
-    let jobs = observe::job_triggers(job_events, job_store.clone(), ctx.metrics.clone(), forget);
+    let jobs = observe::job_triggers(
+        job_events,
+        job_store.clone(),
+        ctx.metrics.clone(),
+        ctx.writer.gate().clone(),
+        ctx.jobs_fresh.clone(),
+        forget,
+    );
     info!(
         namespace = ns.unwrap_or("(all)"),
         concurrency = settings.concurrency,
@@ -208,7 +219,9 @@ async fn timed_reconcile(job: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, E
 /// Observe, plan, apply, report.
 async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Now::read();
-    let job = observe::job(&ctx.unseen, cached, now.mono);
+    let Some(job) = observe::job(&ctx.unseen, cached, now.mono) else {
+        return Ok(Action::await_change());
+    };
     let uid = job.uid().ok_or(Error::MissingField("metadata.uid"))?;
     if job.metadata.deletion_timestamp.is_some() {
         ctx.forget(&uid);
@@ -235,7 +248,17 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         let b = ctx.backoffs();
         (b.create(&uid), b.creates_wait_until(&uid, now.mono))
     };
-    let applied = ctx.applier().apply_plan(&job, &plan, wait_until, now).await?;
+    let verify_job = !ctx.jobs_fresh.load(Ordering::SeqCst);
+    let applied = match ctx.applier().apply_plan(&job, &plan, wait_until, verify_job, now).await {
+        Err(Error::JobGone { .. }) => {
+            // Deleted since the cache showed it (a TTL deletion, a user's): nothing to do, and
+            // a cache that has not caught up must not bring it back.
+            ctx.backoffs().forget(&uid);
+            ctx.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.gone(&uid, now.mono);
+            return Ok(Action::await_change());
+        }
+        other => other?,
+    };
 
     let report = report::report(&plan, &applied, backoff, now);
     let ns = job.namespace().unwrap_or_default();

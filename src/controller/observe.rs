@@ -4,6 +4,7 @@
 //! overlaid.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -20,7 +21,9 @@ use tracing::warn;
 use super::index::{Owner, OwnerIndex};
 use super::unseen::UnseenWrites;
 use crate::api::TFJob;
+use crate::leader::Gate;
 use crate::metrics::Metrics;
+use crate::metrics::jobs::JobCounter;
 use crate::names;
 
 /// Keeps in a cached object only what planning reads, so the caches stay small: metadata
@@ -159,18 +162,25 @@ fn owner_of(meta: &ObjectMeta) -> Option<Owner> {
 /// The TFJob watch as the controller's trigger stream: every changed job, and after a re-list
 /// every listed job, once the new list is complete (a job created while the watch was down
 /// is then found). `deleted` is called for each job the watch sees deleted, to drop its
-/// bookkeeping. Failures are logged at warn and counted.
+/// bookkeeping. Failures are logged at warn and counted. Kubeflow's job counters are moved
+/// here, from the changes the watch shows, while `gate` is open (see [`crate::metrics::jobs`]).
+/// `fresh` is true while the job cache follows the API server (false from a watch failure or
+/// the start of a re-list until the list is complete).
 pub fn job_triggers(
     stream: impl Stream<Item = Result<watcher::Event<TFJob>, watcher::Error>> + Send + 'static,
     store: Store<TFJob>,
     metrics: Arc<Metrics>,
+    gate: Gate,
+    fresh: Arc<AtomicBool>,
     deleted: impl Fn(&TFJob) + Send + 'static,
 ) -> impl Stream<Item = Result<TFJob, watcher::Error>> + Send {
     let mut listed: Option<Vec<ObjectRef<TFJob>>> = None;
     let mut lists = 0u64;
+    let mut counting = Counting { counter: JobCounter::default(), gate, metrics: metrics.clone() };
     stream.flat_map(move |event| {
         let out: Vec<Result<TFJob, watcher::Error>> = match event {
             Err(e) => {
+                fresh.store(false, Ordering::SeqCst);
                 metrics.watch_restarted("tfjobs");
                 warn!(resource = "tfjobs", error = %e, "the watch failed; it restarts with backoff");
                 vec![Err(e)]
@@ -180,28 +190,56 @@ pub fn job_triggers(
                 if lists > 1 {
                     warn!(resource = "tfjobs", "re-listing TFJobs");
                 }
+                fresh.store(false, Ordering::SeqCst);
                 listed = Some(Vec::new());
                 vec![]
             }
             Ok(watcher::Event::InitApply(j)) => {
+                counting.observed(&j, lists <= 1);
                 listed.get_or_insert_with(Vec::new).push(ObjectRef::from_obj(&j));
                 vec![]
             }
-            Ok(watcher::Event::InitDone) => listed
-                .take()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|r| store.get(r))
-                .map(|j| Ok(TFJob::clone(&j)))
-                .collect(),
-            Ok(watcher::Event::Apply(j)) => vec![Ok(j)],
+            Ok(watcher::Event::InitDone) => {
+                fresh.store(true, Ordering::SeqCst);
+                listed
+                    .take()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|r| store.get(r))
+                    .map(|j| Ok(TFJob::clone(&j)))
+                    .collect()
+            }
+            Ok(watcher::Event::Apply(j)) => {
+                fresh.store(true, Ordering::SeqCst);
+                counting.observed(&j, false);
+                vec![Ok(j)]
+            }
             Ok(watcher::Event::Delete(j)) => {
+                counting.counter.forget(&j.uid().unwrap_or_default());
                 deleted(&j);
                 vec![]
             }
         };
         futures::stream::iter(out)
     })
+}
+
+/// Kubeflow's job counters, moved by what the watch shows while this process leads.
+struct Counting {
+    counter: JobCounter,
+    gate: Gate,
+    metrics: Arc<Metrics>,
+}
+
+impl Counting {
+    fn observed(&mut self, job: &TFJob, first_list: bool) {
+        let moved = self.counter.observed(&job.uid().unwrap_or_default(), job.status.as_ref(), first_list);
+        if self.gate.is_open() {
+            for c in moved {
+                self.metrics.job(&job.namespace().unwrap_or_default(), c);
+            }
+        }
+    }
 }
 
 /// The cached objects the index lists for `uid` (an entry the store lacks for a moment, while
@@ -214,8 +252,9 @@ where
     keys.iter().filter_map(|(ns, name)| store.get(&ObjectRef::new(name).within(ns))).collect()
 }
 
-/// The newer of the cached job and the one this process last wrote.
-pub fn job(unseen: &Mutex<UnseenWrites>, cached: Arc<TFJob>, now: Instant) -> Arc<TFJob> {
+/// The newer of the cached job and the one this process last wrote; `None` for a job this
+/// process found gone, which a stale cache still shows.
+pub fn job(unseen: &Mutex<UnseenWrites>, cached: Arc<TFJob>, now: Instant) -> Option<Arc<TFJob>> {
     unseen.lock().unwrap_or_else(PoisonError::into_inner).status.view(cached, now)
 }
 

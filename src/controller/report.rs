@@ -8,15 +8,16 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::Now;
 use super::apply::{Applied, CreateStep};
-use super::backoff::{BLOCKED_RETRY, CreateBackoff, CreateBackoffChange};
+use super::backoff::{BLOCKED_RETRY, CreateBackoff, CreateBackoffChange, NAMESPACE_GONE_HOLD};
 use crate::api::TFJobStatus;
-use crate::metrics::{self, JobCount};
+use crate::metrics::JobCount;
 use crate::plan::{self, Plan};
 
 /// What follows from one applied plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
-    /// Kubeflow's job counters that this reconcile moved.
+    /// Kubeflow's job counters that this reconcile moved (its TTL deletion; the others are
+    /// counted from what the watch shows, see [`crate::metrics::jobs`]).
     pub counts: Vec<JobCount>,
     /// A second status to write: the refusal of a create as a `ReplicaFailure` condition.
     pub follow_up_status: Option<TFJobStatus>,
@@ -35,24 +36,29 @@ pub fn duration_until(t: Timestamp, now: Timestamp) -> Duration {
 /// The report of `plan` as `applied` at `now`; `backoff` is the job's create backoff record
 /// before this reconcile.
 pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, now: Now) -> Report {
-    let mut counts = Vec::new();
-    if let (Some(before), Some(after)) = (&applied.status_written_over, &plan.status) {
-        counts = metrics::jobs::counts(before.as_ref(), after);
-    }
     if applied.job_deleted {
-        counts.push(JobCount::Deleted);
         return Report {
-            counts,
+            counts: vec![JobCount::Deleted],
             follow_up_status: None,
             create_backoff: CreateBackoffChange::Keep,
             requeue_after: None,
         };
     }
+    let counts = Vec::new();
     let mut requeue_after = plan.requeue_at.map(|t| duration_until(t, now.wall));
     let mut soonest = |d: Duration| requeue_after = Some(requeue_after.map_or(d, |r| r.min(d)));
     let (mut follow_up_status, mut create_backoff) = (None, CreateBackoffChange::Keep);
     match &applied.creates {
-        CreateStep::NoneNeeded | CreateStep::NamespaceGone => {}
+        CreateStep::NoneNeeded => {}
+        CreateStep::NamespaceGone => {
+            // Nothing more can be created there; the namespace's deletion takes the job too.
+            // Held back without counting as a refusal or being reported, and tried again
+            // after the hold-back (should the namespace stay after all).
+            let refusals = backoff.map_or(0, |b| b.refusals);
+            create_backoff =
+                CreateBackoffChange::Set(CreateBackoff { refusals, until: now.mono + NAMESPACE_GONE_HOLD });
+            soonest(NAMESPACE_GONE_HOLD);
+        }
         CreateStep::Waiting { until } => soonest(until.saturating_duration_since(now.mono)),
         CreateStep::Done => create_backoff = CreateBackoffChange::Clear,
         CreateStep::Blocked => soonest(BLOCKED_RETRY),

@@ -67,7 +67,7 @@ fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
         let applied =
-            Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, now()).await;
+            Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, false, now()).await;
         (applied, unseen.into_inner().expect("lock"))
     });
     (handle, Arc::new(Mutex::new(publisher)), task)
@@ -250,15 +250,48 @@ async fn a_409_from_a_terminating_object_waits() {
 }
 
 #[tokio::test]
-async fn a_refused_create_carries_the_api_servers_message() {
-    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+async fn a_refused_create_carries_the_api_servers_message_and_stops_the_rest() {
+    // Slow start: the first batch is one pod; its refusal stops the other two.
+    let plan = Plan { create_pods: vec![pod(0), pod(1)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
-    let (_, _, _, send) = next(&mut h).await;
+    let (_, _, body, send) = next(&mut h).await;
+    assert_eq!(body["metadata"]["name"], "j-worker-0");
     respond(send, 422, status_body(422, "Invalid"));
     let (applied, _) = task.await.expect("task");
     let creates = applied.expect("applied").creates;
     assert_eq!(creates, CreateStep::Refused("Error creating pod j-worker-0: Invalid (test)".into()));
-    assert_eq!(queued_reasons(&events, &mut Vec::new()), ["FailedCreatePod"]);
+    assert_eq!(
+        queued_reasons(&events, &mut Vec::new()),
+        ["FailedCreatePod"],
+        "one Warning, not one per replica"
+    );
+    assert!(h.next_request().await.is_none(), "the second pod was not sent");
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_an_error_not_a_refusal() {
+    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (_, _, _, send) = next(&mut h).await;
+    respond(send, 503, status_body(503, "ServiceUnavailable"));
+    let (applied, _) = task.await.expect("task");
+    assert!(matches!(applied, Err(Error::Create { .. })), "retried with backoff: {applied:?}");
+    assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no Warning for the user");
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_stops_creates_silently() {
+    let plan = Plan { create_services: vec![service(0)], create_pods: vec![pod(0)], ..Default::default() };
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"));
+    let mut refused = status_body(403, "Forbidden");
+    refused["details"] = json!({"causes": [{"reason": "NamespaceTerminating"}]});
+    respond(send, 403, refused);
+    let (applied, _) = task.await.expect("task");
+    assert_eq!(applied.expect("applied").creates, CreateStep::NamespaceGone);
+    assert!(h.next_request().await.is_none(), "no pod create after that");
+    assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event");
 }
 
 #[tokio::test]
@@ -302,6 +335,24 @@ async fn a_status_planned_from_an_old_version_is_refused_and_nothing_follows() {
 }
 
 #[tokio::test]
+async fn from_a_stale_job_cache_nothing_is_created_for_a_job_that_is_gone() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (queue, _publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
+    let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
+    let task = tokio::spawn(async move {
+        let unseen = Mutex::default();
+        let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+        Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, true, now()).await
+    });
+    let (m, path, _, send) = next(&mut handle).await;
+    assert_eq!((m, path.as_str()), (Method::GET, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"));
+    respond(send, 404, status_body(404, "NotFound"));
+    let applied = task.await.expect("task");
+    assert!(matches!(applied, Err(Error::JobGone { .. })), "{applied:?}");
+    assert!(handle.next_request().await.is_none(), "no create for a job that is gone");
+}
+
+#[tokio::test]
 async fn creates_wait_out_their_backoff() {
     let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -309,8 +360,9 @@ async fn creates_wait_out_their_backoff() {
     let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
     let unseen = Mutex::default();
     let until = Instant::now() + std::time::Duration::from_secs(5);
-    let applied =
-        Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, Some(until), now()).await;
+    let applied = Applier { writer: &writer, unseen: &unseen }
+        .apply_plan(&job(), &plan, Some(until), false, now())
+        .await;
     assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
     drop(writer);
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");

@@ -86,10 +86,13 @@ impl<K: Resource + Clone> UnseenObjects<K> {
     }
 }
 
-/// The last status the operator wrote per job, newer than the cache until it catches up.
+/// The last status the operator wrote per job, newer than the cache until it catches up; and
+/// the jobs it found gone (deleted for their TTL, or answered 404), which a cache that has not
+/// caught up yet must not bring back.
 #[derive(Debug, Default)]
 pub struct UnseenStatus {
     jobs: HashMap<String, (Arc<TFJob>, Instant)>,
+    gone: HashMap<String, Instant>,
 }
 
 fn rv(job: &TFJob) -> Option<u64> {
@@ -104,22 +107,34 @@ impl UnseenStatus {
         }
     }
 
-    /// The newer of the cached job and the one last written.
-    pub fn view(&mut self, cached: Arc<TFJob>, now: Instant) -> Arc<TFJob> {
-        let Some(uid) = cached.uid() else { return cached };
-        let Some((mine, at)) = self.jobs.get(&uid) else { return cached };
+    /// The newer of the cached job and the one last written; `None` for a job found gone.
+    pub fn view(&mut self, cached: Arc<TFJob>, now: Instant) -> Option<Arc<TFJob>> {
+        self.gone.retain(|_, at| now.duration_since(*at) < UNSEEN_WRITE_EXPIRY);
+        let Some(uid) = cached.uid() else { return Some(cached) };
+        if self.gone.contains_key(&uid) {
+            return None;
+        }
+        let Some((mine, at)) = self.jobs.get(&uid) else { return Some(cached) };
         match (rv(mine), rv(&cached)) {
-            (Some(m), Some(c)) if m > c && now.duration_since(*at) < UNSEEN_WRITE_EXPIRY => mine.clone(),
+            (Some(m), Some(c)) if m > c && now.duration_since(*at) < UNSEEN_WRITE_EXPIRY => {
+                Some(mine.clone())
+            }
             _ => {
                 self.jobs.remove(&uid);
-                cached
+                Some(cached)
             }
         }
     }
 
-    /// Forgets a job.
+    /// Forgets a job's last write (it is being deleted).
     pub fn forget(&mut self, uid: &str) {
         self.jobs.remove(uid);
+    }
+
+    /// Records that the job is gone: a stale cache shows it no more.
+    pub fn gone(&mut self, uid: &str, now: Instant) {
+        self.jobs.remove(uid);
+        self.gone.insert(uid.to_string(), now);
     }
 }
 
@@ -195,14 +210,19 @@ mod tests {
         let mut mine = cached.clone();
         mine.metadata.resource_version = Some("12".into());
         w.wrote(mine, t0);
-        assert_eq!(w.view(Arc::new(cached.clone()), t0).metadata.resource_version.as_deref(), Some("12"));
+        let rv_of = |j: Option<Arc<TFJob>>| j.and_then(|j| j.metadata.resource_version.clone());
+        assert_eq!(rv_of(w.view(Arc::new(cached.clone()), t0)).as_deref(), Some("12"));
         cached.metadata.resource_version = Some("12".into());
-        assert_eq!(w.view(Arc::new(cached.clone()), t0).metadata.resource_version.as_deref(), Some("12"));
+        assert_eq!(rv_of(w.view(Arc::new(cached.clone()), t0)).as_deref(), Some("12"));
         cached.metadata.resource_version = Some("11".into());
         assert_eq!(
-            w.view(Arc::new(cached), t0).metadata.resource_version.as_deref(),
+            rv_of(w.view(Arc::new(cached.clone()), t0)).as_deref(),
             Some("11"),
             "forgotten once caught up"
         );
+        // Gone: the cache's copy is not shown again until the record expires.
+        w.gone("u", t0);
+        assert!(w.view(Arc::new(cached.clone()), t0 + Duration::from_secs(1)).is_none());
+        assert!(w.view(Arc::new(cached), t0 + UNSEEN_WRITE_EXPIRY).is_some(), "a record expires");
     }
 }

@@ -2,7 +2,8 @@
 //! closes it; the writer checks it before every write; `/readyz` and the
 //! `tfjob_operator_leader` gauge read it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -21,22 +22,52 @@ struct Inner {
     /// Leader election is on: the gate opens only while the lease is held.
     elected: bool,
     open: watch::Sender<bool>,
+    /// Under election, the instant the last renewal stops vouching for the lease (the renew
+    /// deadline after it). Checked on every read of the gate, so a process that was paused
+    /// past it (SIGSTOP, a stalled VM) writes nothing even before its elector wakes up.
+    valid_until: Mutex<Option<Instant>>,
 }
 
 impl Gate {
     /// Without leader election: open for the life of the process.
     pub fn always_open() -> Gate {
-        Gate { inner: Arc::new(Inner { elected: false, open: watch::Sender::new(true) }) }
+        Gate {
+            inner: Arc::new(Inner {
+                elected: false,
+                open: watch::Sender::new(true),
+                valid_until: Mutex::new(None),
+            }),
+        }
     }
 
     /// With leader election: closed until the elector reports the lease held.
     pub fn elected() -> Gate {
-        Gate { inner: Arc::new(Inner { elected: true, open: watch::Sender::new(false) }) }
+        Gate {
+            inner: Arc::new(Inner {
+                elected: true,
+                open: watch::Sender::new(false),
+                valid_until: Mutex::new(None),
+            }),
+        }
     }
 
-    /// Whether this process leads (always, without leader election).
+    /// Whether this process leads (always, without leader election): the elector says so
+    /// and its last renewal still vouches for the lease.
     pub fn is_open(&self) -> bool {
-        *self.inner.open.borrow()
+        *self.inner.open.borrow() && open_at(*self.valid_until(), Instant::now())
+    }
+
+    fn valid_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.inner.valid_until.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a renewal of the lease (the elector's call): the gate opens and stays open
+    /// until `until` unless renewed again.
+    pub fn renewed(&self, until: Instant) {
+        if self.inner.elected {
+            *self.valid_until() = Some(until);
+            self.set(true);
+        }
     }
 
     /// Records a change of leadership (the elector's call). Without leader election the gate
@@ -64,6 +95,11 @@ impl Gate {
     pub fn ready(&self, synced: bool) -> bool {
         ready(self.is_open(), synced)
     }
+}
+
+/// Whether a renewal valid until `until` still holds at `now` (no bound: it does).
+pub fn open_at(until: Option<Instant>, now: Instant) -> bool {
+    until.is_none_or(|u| now < u)
 }
 
 /// The readiness rule: not leading, or leading with synced caches.
@@ -100,6 +136,25 @@ mod tests {
         assert!(always.check().is_ok());
         always.set(false);
         assert!(always.is_open(), "without election the gate never closes");
+    }
+
+    #[test]
+    fn a_renewal_vouches_only_until_its_deadline() {
+        let t0 = Instant::now();
+        let s = std::time::Duration::from_secs;
+        assert!(open_at(None, t0));
+        assert!(open_at(Some(t0 + s(1)), t0));
+        assert!(!open_at(Some(t0), t0), "closed at the deadline itself");
+        assert!(!open_at(Some(t0), t0 + s(1)));
+
+        let g = Gate::elected();
+        g.renewed(Instant::now() + s(60));
+        assert!(g.is_open());
+        g.renewed(Instant::now());
+        assert!(!g.is_open(), "a renewal already past keeps nothing open");
+        let always = Gate::always_open();
+        always.renewed(Instant::now());
+        assert!(always.is_open(), "without election renewals mean nothing");
     }
 
     #[tokio::test]

@@ -205,12 +205,13 @@ impl Elector {
                     gate.set(false);
                     return;
                 }
-                held = async {
+                (started, held) = async {
                     tokio::time::sleep_until(next).await;
                     // A hung request must not outlive the role: a leader's is bounded by its
                     // renew deadline, a follower's by the retry period, so it tries again.
                     let bound = attempt_bound(self.timings, last_renew.is_some());
-                    tokio::time::timeout(bound, self.attempt()).await.unwrap_or(Err(AttemptError::TimedOut(bound)))
+                    let started = Instant::now();
+                    (started, tokio::time::timeout(bound, self.attempt()).await.unwrap_or(Err(AttemptError::TimedOut(bound))))
                 } => {
                     // Every retry period, and at once when the holder's lease expires: a
                     // follower takes over within lease duration + retry period of the
@@ -221,8 +222,11 @@ impl Elector {
                     }
                     match held {
                         Ok(true) => {
-                            last_renew = Some(Instant::now());
-                            gate.set(true);
+                            // Counted from before the request left: the new record cannot be
+                            // older than this, so a follower, which counts from when it saw the
+                            // record, never takes over while this renewal still vouches for us.
+                            last_renew = Some(started);
+                            gate.renewed((started + self.timings.renew_deadline).into_std());
                         }
                         Ok(false) if last_renew.is_some() => {
                             warn!(identity = %self.me, "the lease is held by another process: stopping");

@@ -1,6 +1,11 @@
-//! Which of Kubeflow's job counters a status write moves: a pure comparison of the status
-//! before and after, so each job is counted once however often it is reconciled, and a new
-//! leader or a restarted operator, which reads the stored status, never counts it again.
+//! Which of Kubeflow's job counters a job's change moves, counted from the changes the TFJob
+//! watch shows rather than from write responses (an API server that dies mid-request loses the
+//! response of a write that landed). Pure: [`moved`] compares two observations; [`JobCounter`]
+//! remembers the last one per job. Each change is counted once however often the job is
+//! reconciled or written, and what happened before a process started watching is not counted
+//! again by it (a restarted operator or a new leader).
+
+use std::collections::HashMap;
 
 use crate::api::{ConditionType, TFJobStatus};
 
@@ -40,27 +45,65 @@ impl JobCount {
     }
 }
 
-fn restarts(st: &TFJobStatus) -> i64 {
-    st.replica_statuses.values().map(|r| i64::from(r.restarts)).sum()
+/// Which counted changes a job's status shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    created: bool,
+    succeeded: bool,
+    failed: bool,
+    restarted: bool,
 }
 
-/// The counters that writing `after` over `before` moves.
-pub fn counts(before: Option<&TFJobStatus>, after: &TFJobStatus) -> Vec<JobCount> {
-    let was = |t: ConditionType| before.is_some_and(|b| b.is_true(t));
-    let mut out = Vec::new();
-    for (t, count) in [
-        (ConditionType::Created, JobCount::Created),
-        (ConditionType::Succeeded, JobCount::Successful),
-        (ConditionType::Failed, JobCount::Failed),
-    ] {
-        if after.is_true(t) && !was(t) {
-            out.push(count);
+impl Seen {
+    pub fn of(st: Option<&TFJobStatus>) -> Seen {
+        let is = |t: ConditionType| st.is_some_and(|s| s.is_true(t));
+        Seen {
+            created: is(ConditionType::Created),
+            succeeded: is(ConditionType::Succeeded),
+            failed: is(ConditionType::Failed),
+            restarted: st.is_some_and(|s| s.replica_statuses.values().any(|r| r.restarts > 0)),
         }
     }
-    if restarts(after) > 0 && before.is_none_or(|b| restarts(b) == 0) {
-        out.push(JobCount::Restarted);
+}
+
+/// The counters that going from `before` to `after` moves.
+pub fn moved(before: Seen, after: Seen) -> Vec<JobCount> {
+    [
+        (before.created, after.created, JobCount::Created),
+        (before.succeeded, after.succeeded, JobCount::Successful),
+        (before.failed, after.failed, JobCount::Failed),
+        (before.restarted, after.restarted, JobCount::Restarted),
+    ]
+    .into_iter()
+    .filter(|(was, is, _)| *is && !*was)
+    .map(|(_, _, count)| count)
+    .collect()
+}
+
+/// The last observation of every job, by uid.
+#[derive(Debug, Default)]
+pub struct JobCounter {
+    seen: HashMap<String, Seen>,
+}
+
+impl JobCounter {
+    /// A job as the watch shows it; returns the counters its change moves. `first_list`: part
+    /// of the process's first list of jobs, whose past is not counted (a restarted operator
+    /// or a new leader counts nothing again). A job first seen later (created since, or during
+    /// a watch gap) counts from nothing.
+    pub fn observed(&mut self, uid: &str, status: Option<&TFJobStatus>, first_list: bool) -> Vec<JobCount> {
+        let now = Seen::of(status);
+        match self.seen.insert(uid.to_string(), now) {
+            Some(before) => moved(before, now),
+            None if first_list => Vec::new(),
+            None => moved(Seen::default(), now),
+        }
     }
-    out
+
+    /// The job is gone.
+    pub fn forget(&mut self, uid: &str) {
+        self.seen.remove(uid);
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +171,31 @@ mod tests {
             ),
         ];
         for (name, before, after, want) in cases {
-            assert_eq!(counts(before.as_ref(), &after), want, "{name}");
+            assert_eq!(moved(Seen::of(before.as_ref()), Seen::of(Some(&after))), want, "{name}");
         }
+    }
+
+    #[test]
+    fn the_counter_counts_what_the_watch_shows_once() {
+        use ConditionType::*;
+        use JobCount as J;
+        let mut c = JobCounter::default();
+        // The first list: jobs that existed before this process are not counted again.
+        assert_eq!(c.observed("old", Some(&status(&[Created, Succeeded], 0)), true), []);
+        assert_eq!(c.observed("old", Some(&status(&[Created, Succeeded], 0)), false), [], "seen again");
+        // A new job: created without status, then the operator's writes (or another's).
+        assert_eq!(c.observed("new", None, false), []);
+        assert_eq!(c.observed("new", Some(&status(&[Created], 0)), false), [J::Created]);
+        assert_eq!(
+            c.observed("new", Some(&status(&[Created], 0)), false),
+            [],
+            "a write whose response was lost is seen once"
+        );
+        assert_eq!(c.observed("new", Some(&status(&[Created, Restarting], 1)), false), [J::Restarted]);
+        assert_eq!(c.observed("new", Some(&status(&[Created, Failed], 2)), false), [J::Failed]);
+        // Seen first after a watch gap, already created: its creation counts.
+        assert_eq!(c.observed("gap", Some(&status(&[Created], 0)), false), [J::Created]);
+        c.forget("new");
+        assert_eq!(c.observed("new", Some(&status(&[Created], 0)), true), [], "forgotten, then listed");
     }
 }

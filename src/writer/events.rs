@@ -7,8 +7,10 @@
 //! needs `create` only; and a full queue drops events (counted) instead of slowing reconciles,
 //! as client-go's broadcaster does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
@@ -19,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{FIELD_MANAGER, api_message};
+use super::{CreateFailure, FIELD_MANAGER, api_message, classify_create_error};
 use crate::api::TFJob;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
@@ -32,6 +34,30 @@ pub const EVENT_QUEUE: usize = 8192;
 const EVENTS_IN_FLIGHT: usize = 8;
 /// Longest note kept (the API server refuses notes over 1 KiB).
 const MAX_NOTE: usize = 1000;
+
+/// How long a namespace found terminating gets no events.
+const GONE_FOR: Duration = Duration::from_secs(300);
+
+/// Namespaces found terminating, and when (pure; the caller passes the time).
+#[derive(Debug, Default)]
+struct GoneNamespaces {
+    since: HashMap<String, Instant>,
+}
+
+impl GoneNamespaces {
+    fn insert(&mut self, ns: String, now: Instant) {
+        self.since.retain(|_, at| now.duration_since(*at) < GONE_FOR);
+        self.since.insert(ns, now);
+    }
+
+    fn contains(&self, ns: &str, now: Instant) -> bool {
+        self.since.get(ns).is_some_and(|at| now.duration_since(*at) < GONE_FOR)
+    }
+}
+
+fn lock(g: &Mutex<GoneNamespaces>) -> MutexGuard<'_, GoneNamespaces> {
+    g.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The sending side: builds Events and queues them.
 #[derive(Clone)]
@@ -98,21 +124,27 @@ impl EventQueue {
 
 impl Publisher {
     /// Publishes queued events, [`EVENTS_IN_FLIGHT`] at once, while `gate` is open. A failed
-    /// publish is logged; events are informational and never retried.
+    /// publish is logged; events are informational and never retried. A namespace found
+    /// terminating gets no more events.
     pub async fn run(self, client: Client, gate: Gate) {
+        let gone = Arc::new(Mutex::new(GoneNamespaces::default()));
         let queue =
             futures::stream::unfold(self.rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
         queue
             .for_each_concurrent(EVENTS_IN_FLIGHT, |event| {
-                let (client, gate) = (client.clone(), gate.clone());
+                let (client, gate, gone) = (client.clone(), gate.clone(), gone.clone());
                 async move {
-                    if gate.check().is_err() {
+                    let ns = event.metadata.namespace.clone().unwrap_or_default();
+                    if gate.check().is_err() || lock(&gone).contains(&ns, Instant::now()) {
                         return;
                     }
-                    let api: Api<Event> =
-                        Api::namespaced(client, event.metadata.namespace.as_deref().unwrap_or_default());
+                    let api: Api<Event> = Api::namespaced(client, &ns);
                     if let Err(e) = api.create(&PostParams::default(), &event).await {
-                        warn!(reason = ?event.reason, error = %api_message(&e), "publishing an event failed");
+                        if classify_create_error(&e) == CreateFailure::NamespaceGone {
+                            lock(&gone).insert(ns, Instant::now());
+                        } else {
+                            warn!(reason = ?event.reason, error = %api_message(&e), "publishing an event failed");
+                        }
                     }
                 }
             })
@@ -152,6 +184,19 @@ mod tests {
             p.drain().into_iter().filter_map(|e| e.metadata.name).collect();
         assert_eq!(names.len(), 3);
         assert!(names.iter().all(|n| n.starts_with("j.")));
+    }
+
+    #[test]
+    fn a_terminating_namespace_gets_no_events_for_a_while() {
+        let t0 = Instant::now();
+        let mut g = GoneNamespaces::default();
+        assert!(!g.contains("ns", t0));
+        g.insert("ns".into(), t0);
+        assert!(g.contains("ns", t0 + Duration::from_secs(1)));
+        assert!(!g.contains("other", t0));
+        assert!(!g.contains("ns", t0 + GONE_FOR), "a namespace of that name may come back");
+        g.insert("b".into(), t0 + GONE_FOR);
+        assert_eq!(g.since.len(), 1, "old entries are dropped");
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub fn classify_create_error(e: &kube::Error) -> CreateFailure {
             || s.message.contains("because it is being terminated");
     match s.code {
         403 if terminating => CreateFailure::NamespaceGone,
-        404 => CreateFailure::NamespaceGone,
+        404 if s.details.as_ref().is_some_and(|d| d.kind == "namespaces") => CreateFailure::NamespaceGone,
         400 | 403 | 422 => CreateFailure::Refused(s.message.clone()),
         _ => CreateFailure::Transient,
     }
@@ -148,9 +148,10 @@ impl Writer {
             .jobs(job)
             .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
             .await
-            .map_err(|source| match is_status(&source, 409) {
-                true => Error::StaleStatus { job: job.name_any() },
-                false => Error::PatchStatus { job: job.name_any(), source },
+            .map_err(|source| match source {
+                e if is_status(&e, 409) => Error::StaleStatus { job: job.name_any() },
+                e if is_status(&e, 404) => Error::JobGone { job: job.name_any() },
+                source => Error::PatchStatus { job: job.name_any(), source },
             })?;
         written.metadata.managed_fields = None;
         Ok(written)
@@ -183,6 +184,15 @@ impl Writer {
                 }
             },
             Err(e) => failed(e),
+        }
+    }
+
+    /// Whether the job still exists (the same uid): asked before creating from a job cache
+    /// that may be stale, so no pod is made for a job deleted meanwhile.
+    pub async fn job_exists(&self, job: &TFJob) -> Result<bool, Error> {
+        match self.jobs(job).get_opt(&job.name_any()).await {
+            Ok(found) => Ok(found.is_some_and(|f| f.uid() == job.uid())),
+            Err(source) => Err(Error::ReadJob { job: job.name_any(), source }),
         }
     }
 
@@ -246,6 +256,14 @@ mod tests {
         kube::Error::Api(Box::new(s))
     }
 
+    fn namespace_not_found() -> kube::Error {
+        let mut s = Status::failure("namespaces \"x\" not found", "NotFound").with_code(404);
+        s.details = Some(
+            serde_json::from_value(serde_json::json!({"name": "x", "kind": "namespaces"})).expect("details"),
+        );
+        kube::Error::Api(Box::new(s))
+    }
+
     #[test]
     fn only_refusals_of_the_object_are_the_users() {
         use CreateFailure::*;
@@ -263,7 +281,8 @@ mod tests {
                 api(403, "unable to create new content in namespace x because it is being terminated", None),
                 NamespaceGone,
             ),
-            ("namespace gone", api(404, "namespaces \"x\" not found", None), NamespaceGone),
+            ("namespace gone", namespace_not_found(), NamespaceGone),
+            ("another 404", api(404, "the server could not find the requested resource", None), Transient),
             ("throttled", api(429, "too many requests", None), Transient),
             ("server error", api(500, "etcdserver: request timed out", None), Transient),
             ("unavailable", api(503, "unavailable", None), Transient),

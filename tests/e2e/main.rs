@@ -7,6 +7,7 @@
 
 mod bench;
 mod controller;
+mod faults;
 mod install;
 mod smoke;
 mod stuck;
@@ -30,17 +31,27 @@ pub struct Ctx {
 
 type TestFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
-/// One test. `serial` tests run alone (timing).
+/// One test. `serial` tests run alone (timing, faults); `local_only` tests stop and start
+/// control-plane processes, so they need the local plane and are skipped on an existing
+/// cluster.
 pub struct Test {
     pub name: &'static str,
     pub run: fn(Ctx) -> TestFuture,
     pub serial: bool,
+    pub local_only: bool,
 }
 
 impl Test {
     /// Runs alone, after the parallel tests (timing).
     pub fn serial(mut self) -> Test {
         self.serial = true;
+        self
+    }
+
+    /// Injects faults into the local plane: runs alone, and only on the local plane.
+    pub fn fault(mut self) -> Test {
+        self.serial = true;
+        self.local_only = true;
         self
     }
 }
@@ -52,6 +63,7 @@ macro_rules! test {
             name: concat!(module_path!(), "::", stringify!($f)),
             run: |ctx| Box::pin($f(ctx)),
             serial: false,
+            local_only: false,
         }
     };
 }
@@ -61,6 +73,7 @@ fn tests() -> Vec<Test> {
     all.extend(controller::tests());
     all.extend(install::tests());
     all.extend(bench::tests());
+    all.extend(faults::tests());
     all.extend(stuck::tests());
     all
 }
@@ -71,9 +84,13 @@ const PARALLEL: usize = 4;
 enum Outcome {
     Passed,
     Failed(String),
+    Skipped(&'static str),
 }
 
 async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
+    if t.local_only && cluster.plane.is_none() {
+        return Outcome::Skipped("it stops and starts control-plane processes: local plane only");
+    }
     // The test's name, shortened to keep the namespace within 63 characters; the number keeps
     // it unique (install tests use it to prefix cluster-scoped names).
     let short: String =
@@ -99,7 +116,7 @@ async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
     outcome
 }
 
-async fn run(filter: Option<String>) -> Result<(usize, usize)> {
+async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
     let started = Instant::now();
     let cluster = Arc::new(Cluster::from_env().await?);
     if let (Some(plane), Some(path)) = (&cluster.plane, std::env::var_os("TFJOB_E2E_STATE")) {
@@ -114,7 +131,7 @@ async fn run(filter: Option<String>) -> Result<(usize, usize)> {
     let all: Vec<Test> =
         tests().into_iter().filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f))).collect();
     let (serial, parallel): (Vec<&Test>, Vec<&Test>) = all.iter().partition(|t| t.serial);
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let mut report = |name: &str, outcome: Outcome, took: Duration| match outcome {
         Outcome::Passed => {
             passed += 1;
@@ -127,6 +144,10 @@ async fn run(filter: Option<String>) -> Result<(usize, usize)> {
                 took.as_secs_f64(),
                 why.replace('\n', "\n    ")
             );
+        }
+        Outcome::Skipped(why) => {
+            skipped += 1;
+            println!("test {name} ... skipped: {why}");
         }
     };
     // PARALLEL tests running at all times, each reported as it finishes; then the serial ones.
@@ -149,7 +170,7 @@ async fn run(filter: Option<String>) -> Result<(usize, usize)> {
     }
     drop(cluster);
     eprintln!("e2e: done in {:.1}s", started.elapsed().as_secs_f64());
-    Ok((passed, failed))
+    Ok((passed, failed, skipped))
 }
 
 fn main() -> ExitCode {
@@ -185,8 +206,8 @@ fn main() -> ExitCode {
             println!("0 passed, 1 failed");
             ExitCode::FAILURE
         }
-        Some(Ok((passed, failed))) => {
-            println!("\ne2e: {passed} passed, {failed} failed");
+        Some(Ok((passed, failed, skipped))) => {
+            println!("\ne2e: {passed} passed, {failed} failed, {skipped} skipped");
             if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }

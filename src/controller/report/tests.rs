@@ -95,6 +95,14 @@ fn requeue_is_the_soonest_of_plan_backoff_and_blocked() {
             CreateBackoffChange::Keep,
         ),
         (
+            "the namespace is going: held back silently, then tried again",
+            Plan::default(),
+            CreateStep::NamespaceGone,
+            prev,
+            Some(S(30)),
+            CreateBackoffChange::Set(CreateBackoff { refusals: 2, until: n.mono + S(30) }),
+        ),
+        (
             "first refusal: 5 s",
             plan_at(30),
             CreateStep::Refused("no".into()),
@@ -153,24 +161,14 @@ fn a_refusal_sets_replica_failure_once() {
 }
 
 #[test]
-fn counters_follow_the_written_status() {
+fn only_the_ttl_deletion_is_counted_here() {
     let n = now();
     let created = status(&[(ConditionType::Created, REASON_CREATED)]);
     let succeeded =
         status(&[(ConditionType::Created, REASON_CREATED), (ConditionType::Succeeded, REASON_SUCCEEDED)]);
-    let plan_writes = |st: &TFJobStatus| Plan { status: Some(st.clone()), ..Default::default() };
-    // (case, plan, status written over, want)
-    let cases = [
-        ("first write", plan_writes(&created), Some(None), vec![JobCount::Created]),
-        ("no write", Plan::default(), None, vec![]),
-        ("planned but not written", plan_writes(&created), None, vec![]),
-        ("succeeds", plan_writes(&succeeded), Some(Some(created.clone())), vec![JobCount::Successful]),
-        ("rewritten", plan_writes(&succeeded), Some(Some(succeeded.clone())), vec![]),
-    ];
-    for (name, plan, over, want) in cases {
-        let r = report(&plan, &applied(None, over, CreateStep::NoneNeeded), None, n);
-        assert_eq!(r.counts, want, "{name}");
-    }
+    let plan = Plan { status: Some(succeeded), ..Default::default() };
+    let r = report(&plan, &applied(None, Some(Some(created)), CreateStep::NoneNeeded), None, n);
+    assert_eq!(r.counts, [], "status changes are counted from the watch");
 }
 
 #[test]

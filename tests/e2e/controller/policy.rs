@@ -61,14 +61,34 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
         Ok(())
     })
     .await?;
-    create(&ctx, job("t", &[replica("Worker", 2)], json!({}))).await?;
-    wait_job(&ctx, "t", WAIT, "Running", |j| has_condition(j, ConditionType::Running))
-        .await
-        .with_context(|| op.log_tail())?;
+    // 40 pods: 16 creates in flight at a time, so SIGTERM at the first pod lands mid-batch.
+    create(&ctx, job("t", &[replica("Worker", 40)], json!({}))).await?;
+    eventually(WAIT, "the first pod", || async {
+        let n = live_pods(&ctx).await?.len();
+        ensure!(n >= 1, "{n} pods");
+        Ok(())
+    })
+    .await
+    .with_context(|| op.log_tail())?;
     op.proc.signal(SIGTERM);
+    let in_flight = 40 - live_pods(&ctx).await?.len();
     let status = tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(20)))
         .context("still running 20 s after SIGTERM")?;
     ensure!(status.success(), "exit status {status}: {}", op.log_tail());
+    ensure!(in_flight > 0, "SIGTERM landed after every create: nothing was in flight");
+    // The reconcile in flight finished its creates, and their queued events went out before
+    // the process exited.
+    let pods = live_pods(&ctx).await?;
+    ensure!(
+        pods.len() == 40,
+        "{} pods after exit, want 40 ({in_flight} were still to create at SIGTERM)",
+        pods.len()
+    );
+    let created = count_events(&ctx, "t", "SuccessfulCreatePod").await?;
+    ensure!(created == 40, "{created} SuccessfulCreatePod events published before exit, want 40");
+    println!(
+        "    SIGTERM with {in_flight} of 40 creates still to go: all created and announced before exit 0"
+    );
     Ok(())
 }
 

@@ -248,7 +248,7 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
     })
     .await?;
     ensure!(uids.names() == 60, "{} pod names seen, want 60", uids.names());
-    let multi = uids.reused_names();
+    let multi = uids.reused_names()?;
     ensure!(multi.is_empty(), "pod names with more than one uid: {multi:?}");
     // Each event once, no repeat series. A job of the batch the kill interrupted may miss an
     // event the killed process had not published yet, but never gets one twice.

@@ -192,7 +192,7 @@ async fn leader_election_hands_over_on_sigkill_and_sigterm(ctx: Ctx) -> Result<(
             .with_context(|| ops[follower].log_tail())?;
     }
     ensure!(uids.names() == 20, "{} pod names, want 20", uids.names());
-    let reused = uids.reused_names();
+    let reused = uids.reused_names()?;
     ensure!(reused.is_empty(), "pod names with more than one uid: {reused:?}");
 
     // SIGTERM: the leader releases the lease and a waiting follower takes it at its next try.

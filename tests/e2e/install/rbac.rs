@@ -18,7 +18,7 @@ use crate::{Ctx, Test, test};
 
 pub fn tests() -> Vec<Test> {
     vec![
-        test!(operator_under_deploy_rbac_runs_the_lifecycle),
+        test!(operator_under_deploy_rbac_runs_the_lifecycle).serial(),
         test!(leader_that_cannot_renew_its_lease_stops_within_the_renew_deadline),
     ]
 }
@@ -97,9 +97,14 @@ async fn lease_holder(ctx: &Ctx) -> Result<String> {
     Ok(lease.and_then(|l| l.spec?.holder_identity).unwrap_or_default())
 }
 
+/// Cluster-wide, as `deploy/` installs it (so it runs alone, once the other tests' namespaces
+/// are gone).
 async fn operator_under_deploy_rbac_runs_the_lifecycle(ctx: Ctx) -> Result<()> {
     let (_, kubeconfig) = as_deploy_service_account(&ctx).await?;
-    let op = start_as_service_account(&ctx, &kubeconfig)?;
+    other_test_namespaces_gone(&ctx).await?;
+    let ns_flag = format!("--leader-election-namespace={}", ctx.ns);
+    let op =
+        Operator::launch(&ctx, "tfjob-operator-sa", &kubeconfig, None, &["--leader-elect", &ns_flag], &[])?;
     lifecycle_jobs(&ctx).await?;
     let bad = wait_job(&ctx, "bad", WAIT, "Failed", |j| has_condition(j, ConditionType::Failed))
         .await

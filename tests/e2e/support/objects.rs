@@ -75,7 +75,8 @@ pub async fn annotate(ctx: &Ctx, pod: &str, annotations: Value) -> Result<()> {
     Ok(())
 }
 
-/// The reasons of the events about `name`, oldest first, with their counts.
+/// The reasons of the events about `name`, oldest first, with how often each happened: a
+/// series' count (events.k8s.io `series.count`, or core/v1 `count`), 1 for a single event.
 pub async fn events(ctx: &Ctx, name: &str) -> Result<Vec<(String, i32)>> {
     let api: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
     let mut evs: Vec<Event> = api
@@ -84,7 +85,32 @@ pub async fn events(ctx: &Ctx, name: &str) -> Result<Vec<(String, i32)>> {
         .context("listing events")?
         .items;
     evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
-    Ok(evs.into_iter().map(|e| (e.reason.unwrap_or_default(), e.count.unwrap_or(1))).collect())
+    Ok(evs
+        .into_iter()
+        .map(|e| {
+            let n = e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1);
+            (e.reason.unwrap_or_default(), n)
+        })
+        .collect())
+}
+
+/// Waits until no other e2e test's namespace is left (a cluster-wide operator then sees only
+/// this test's jobs).
+pub async fn other_test_namespaces_gone(ctx: &Ctx) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.cluster.client.clone());
+    crate::support::eventually(Duration::from_secs(120), "the other tests' namespaces to be gone", || async {
+        let others: Vec<String> = api
+            .list(&ListParams::default().labels("tfjob-e2e=true"))
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .filter(|n| *n != ctx.ns)
+            .collect();
+        anyhow::ensure!(others.is_empty(), "still there: {others:?}");
+        Ok(())
+    })
+    .await
 }
 
 /// How many of the events about `name` have `reason`.
@@ -92,9 +118,12 @@ pub async fn count_events(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> 
     Ok(events(ctx, name).await?.iter().filter(|(r, _)| r == reason).count())
 }
 
-/// Every uid seen per pod name in the namespace, while it lives.
+/// Every uid seen per pod name in the namespace, while it lives. The watch must not fail: a
+/// watch error ends it and makes [`UidWatch::reused_names`] fail the test, since a blind
+/// watch proves nothing. (The fault tests, which break the plane on purpose, have their own.)
 pub struct UidWatch {
     seen: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    failed: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -103,24 +132,35 @@ impl UidWatch {
         use futures::StreamExt;
         use kube::runtime::watcher;
         let seen = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
-        let (seen2, api) = (seen.clone(), pods(ctx));
+        let failed = Arc::new(Mutex::new(None));
+        let (seen2, failed2, api) = (seen.clone(), failed.clone(), pods(ctx));
         let task = tokio::spawn(async move {
             let mut s = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
-            while let Some(Ok(ev)) = s.next().await {
-                if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
-                    let (name, uid) =
-                        (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default());
-                    seen2.lock().map(|mut m| m.entry(name).or_default().insert(uid)).ok();
+            while let Some(ev) = s.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                        let (name, uid) =
+                            (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default());
+                        seen2.lock().map(|mut m| m.entry(name).or_default().insert(uid)).ok();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed2.lock().map(|mut f| *f = Some(e.to_string())).ok();
+                        return;
+                    }
                 }
             }
         });
-        UidWatch { seen, task }
+        UidWatch { seen, failed, task }
     }
 
-    /// The pod names seen with more than one uid, and how many.
-    pub fn reused_names(&self) -> Vec<(String, usize)> {
+    /// The pod names seen with more than one uid, and how many; an error if the watch failed.
+    pub fn reused_names(&self) -> Result<Vec<(String, usize)>> {
+        if let Some(e) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            anyhow::bail!("the pod uid watch failed, so it proves nothing: {e}");
+        }
         let seen = self.seen.lock().map(|m| m.clone()).unwrap_or_default();
-        seen.into_iter().filter(|(_, u)| u.len() > 1).map(|(n, u)| (n, u.len())).collect()
+        Ok(seen.into_iter().filter(|(_, u)| u.len() > 1).map(|(n, u)| (n, u.len())).collect())
     }
 
     /// How many pod names were seen.

@@ -1,4 +1,5 @@
-//! The operator under test: a process per test, limited to the test's namespace.
+//! The operator under test: a process per test, limited to the test's namespace unless
+//! started cluster-wide (as `deploy/` runs it).
 
 use std::path::{Path, PathBuf};
 
@@ -23,18 +24,39 @@ impl Operator {
 
     /// An operator process logging to `<name>.log`, with its own kubeconfig.
     pub fn start_as(ctx: &Ctx, name: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Operator> {
+        Self::launch(ctx, name, kubeconfig, Some(&ctx.ns), extra, &[])
+    }
+
+    /// An operator watching every namespace, as `deploy/` installs it.
+    pub fn start_cluster_wide(ctx: &Ctx, name: &str, extra: &[&str]) -> Result<Operator> {
+        Self::launch(ctx, name, &ctx.cluster.kubeconfig, None, extra, &[])
+    }
+
+    /// The general form: `namespace` (None: all), extra flags and environment variables.
+    pub fn launch(
+        ctx: &Ctx,
+        name: &str,
+        kubeconfig: &Path,
+        namespace: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Operator> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("tfjob-e2e-op-{}", ctx.ns));
         std::fs::create_dir_all(&dir)?;
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_tfjob-operator"));
-        let mut args = vec![
-            format!("--namespace={}", ctx.ns),
-            format!("--http-addr=127.0.0.1:{port}"),
-            "--log-format=json".to_string(),
-        ];
+        let mut args = vec![format!("--http-addr=127.0.0.1:{port}"), "--log-format=json".to_string()];
+        args.extend(namespace.map(|ns| format!("--namespace={ns}")));
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn_with_env(name, &bin, &args, &dir, &[("KUBECONFIG", kubeconfig.as_os_str())])?;
+        let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![("KUBECONFIG", kubeconfig.as_os_str())];
+        vars.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        let proc = Proc::spawn_with_env(name, &bin, &args, &dir, &vars)?;
         Ok(Operator { proc, http_port: port, log: dir.join(format!("{name}.log")) })
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The operator's `/metrics` text (empty if it does not answer).
@@ -58,3 +80,5 @@ impl Operator {
 /// Signal numbers (Linux) for the operator processes the tests stop.
 pub const SIGTERM: i32 = 15;
 pub const SIGKILL: i32 = 9;
+pub const SIGSTOP: i32 = 19;
+pub const SIGCONT: i32 = 18;

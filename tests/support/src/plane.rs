@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -46,7 +47,51 @@ pub struct ControlPlane {
     pub pki: Pki,
     pub bin_dir: PathBuf,
     pub ports: Vec<u16>,
-    procs: Vec<Proc>,
+    /// The components, in start order; a restarted one takes its predecessor's place.
+    procs: Mutex<Vec<Proc>>,
+    /// Each component's arguments, to start it again.
+    specs: Vec<(String, Vec<String>)>,
+    /// etcd's client port.
+    etcd_port: u16,
+    /// Starts components again from a thread that lives as long as the plane: a process's
+    /// parent-death signal follows the thread that spawned it, and a test's runtime thread
+    /// may end long before the plane.
+    respawner: Respawner,
+}
+
+type Respawn = (String, PathBuf, Vec<String>, PathBuf, std::sync::mpsc::Sender<Result<Proc>>);
+
+/// A thread that spawns processes on request.
+struct Respawner {
+    tx: Option<std::sync::mpsc::Sender<Respawn>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Respawner {
+    fn start() -> Respawner {
+        let (tx, rx) = std::sync::mpsc::channel::<Respawn>();
+        let thread = std::thread::spawn(move || {
+            for (log_name, bin, args, dir, reply) in rx {
+                let _ = reply.send(Proc::spawn(&log_name, &bin, &args, &dir));
+            }
+        });
+        Respawner { tx: Some(tx), thread: Some(thread) }
+    }
+
+    fn spawn(&self, log_name: &str, bin: PathBuf, args: Vec<String>, dir: PathBuf) -> Result<Proc> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let tx = self.tx.as_ref().context("the respawner has stopped")?;
+        tx.send((log_name.to_string(), bin, args, dir, reply)).context("the respawner has stopped")?;
+        answer.recv().context("the respawner has stopped")?
+    }
+
+    /// Ends the thread (after the processes it started are stopped).
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A free loopback port (bound and released: the kernel will not hand it out again soon).
@@ -142,7 +187,10 @@ impl ControlPlane {
             pki,
             bin_dir: opts.bin_dir.clone(),
             ports: vec![etcd, peer, api, kcm, sched],
-            procs: vec![],
+            procs: Mutex::default(),
+            specs: vec![],
+            etcd_port: etcd,
+            respawner: Respawner::start(),
         };
         plane
             .start_processes(opts, [etcd, peer, api, kcm, sched])
@@ -154,12 +202,17 @@ impl ControlPlane {
     fn spawn(&mut self, name: &str, args: Vec<String>) -> Result<()> {
         let bin = self.bin_dir.join(name);
         let proc = Proc::spawn(name, &bin, &args, &self.dir)?;
-        self.procs.push(proc);
+        self.procs().push(proc);
+        self.specs.push((name.to_string(), args));
         Ok(())
     }
 
+    fn procs(&self) -> std::sync::MutexGuard<'_, Vec<Proc>> {
+        self.procs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn check_alive(&mut self) -> Result<()> {
-        for p in &mut self.procs {
+        for p in self.procs().iter_mut() {
             if let Some(status) = p.exited() {
                 bail!("{} exited ({status}); see {}/{}.log", p.name, self.dir.display(), p.name);
             }
@@ -309,15 +362,72 @@ impl ControlPlane {
 
     /// The PIDs of every component.
     pub fn pids(&self) -> Vec<u32> {
-        self.procs.iter().map(Proc::pid).collect()
+        self.procs().iter().map(Proc::pid).collect()
+    }
+
+    /// The PID of component `name` (`etcd`, `kube-apiserver`, `kube-controller-manager`,
+    /// `kube-scheduler`, `kwok`).
+    pub fn pid(&self, name: &str) -> Result<u32> {
+        self.procs()
+            .iter()
+            .find(|p| p.name == name)
+            .map(Proc::pid)
+            .with_context(|| format!("no component {name}"))
+    }
+
+    /// Sends `signal` to component `name` (SIGSTOP, SIGCONT, SIGKILL, ...).
+    pub fn signal(&self, name: &str, signal: i32) -> Result<()> {
+        let procs = self.procs();
+        let p = procs.iter().find(|p| p.name == name).with_context(|| format!("no component {name}"))?;
+        p.signal(signal);
+        Ok(())
+    }
+
+    /// SIGKILLs component `name` and waits until it has exited.
+    pub fn kill(&self, name: &str) -> Result<()> {
+        let mut procs = self.procs();
+        let p = procs.iter_mut().find(|p| p.name == name).with_context(|| format!("no component {name}"))?;
+        p.signal(libc::SIGKILL);
+        p.wait_exit(Duration::from_secs(10))
+            .with_context(|| format!("{name} still runs 10 s after SIGKILL"))?;
+        Ok(())
+    }
+
+    /// Starts component `name` again with its first arguments (etcd from its data directory,
+    /// the API server on the same address), after [`ControlPlane::kill`]. Its log goes to
+    /// `<name>.<n>.log`.
+    pub fn restart(&self, name: &str) -> Result<()> {
+        let (_, args) =
+            self.specs.iter().find(|(n, _)| n == name).with_context(|| format!("no component {name}"))?;
+        let mut procs = self.procs();
+        let at = procs.iter().position(|p| p.name == name).with_context(|| format!("no component {name}"))?;
+        if procs[at].exited().is_none() {
+            bail!("{name} still runs: kill it first");
+        }
+        let n = (2..).find(|n| !self.dir.join(format!("{name}.{n}.log")).exists()).unwrap_or(2);
+        let mut proc = self.respawner.spawn(
+            &format!("{name}.{n}"),
+            self.bin_dir.join(name),
+            args.clone(),
+            self.dir.clone(),
+        )?;
+        proc.name = name.to_string();
+        procs[at] = proc;
+        Ok(())
+    }
+
+    /// etcd's client URL (for its HTTP/JSON gateway: `/v3/kv/range`, `/v3/kv/compaction`).
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
     }
 
     /// Stops every component, newest first, and removes the plane's directory unless
     /// `TFJOB_KEEP_PLANE` is set.
     pub fn stop(&mut self) {
-        while let Some(mut p) = self.procs.pop() {
+        while let Some(mut p) = self.procs().pop() {
             p.stop(Duration::from_secs(10));
         }
+        self.respawner.stop();
         if std::env::var_os("TFJOB_KEEP_PLANE").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -1,0 +1,268 @@
+//! A fleet of jobs of mixed fates in flight when a fault hits, and the invariants every fault
+//! test checks once the plane is back: each job reaches the terminal state it would have
+//! reached without the fault with the right reason (or is gone for its TTL), no pod name gets
+//! more uids than the job's restart policy calls for, the job counters count each job once,
+//! and the operator's request rate returns to idle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::StreamExt;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tfjob_operator::api::ConditionType;
+
+use crate::Ctx;
+use crate::support::*;
+
+/// What a fleet job is meant to come to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// PS + 2 workers that succeed: `Succeeded`.
+    Succeed,
+    /// 2 workers that fail with exit code 1: `Failed` (`TFJobFailed`).
+    Fail,
+    /// 1 worker killed by a signal (137) under `ExitCode` with `backoffLimit: 1`: re-created
+    /// once, then `Failed` (`BackoffLimitExceeded`).
+    Restart,
+    /// PS + worker running for ever with a 25 s deadline: `Failed` (`DeadlineExceeded`).
+    Deadline,
+    /// A worker that succeeds, with a 5 s TTL: deleted.
+    Ttl,
+}
+
+const FATES: [Fate; 5] = [Fate::Succeed, Fate::Fail, Fate::Restart, Fate::Deadline, Fate::Ttl];
+
+impl Fate {
+    fn manifest(self, name: &str) -> Value {
+        match self {
+            Fate::Succeed => {
+                job(name, &[replica("PS", 1), replica("Worker", 2).fate(succeed("8s"))], json!({}))
+            }
+            Fate::Fail => job(name, &[replica("Worker", 2).fate(fail("8s", 1))], json!({})),
+            Fate::Restart => job(
+                name,
+                &[replica("Worker", 1).restart("ExitCode").fate(fail("5s", 137))],
+                json!({"backoffLimit": 1}),
+            ),
+            Fate::Deadline => {
+                job(name, &[replica("PS", 1), replica("Worker", 1)], json!({"activeDeadlineSeconds": 25}))
+            }
+            Fate::Ttl => {
+                job(name, &[replica("Worker", 1).fate(succeed("6s"))], json!({"ttlSecondsAfterFinished": 5}))
+            }
+        }
+    }
+
+    /// The uids a pod name may have: one, or two where the policy re-creates once.
+    fn max_uids(self) -> usize {
+        if self == Fate::Restart { 2 } else { 1 }
+    }
+
+    /// The pods the job creates (at least once).
+    fn pods(self) -> usize {
+        match self {
+            Fate::Succeed => 3,
+            Fate::Fail => 2,
+            // Its deadline may pass before its pods are made (in an outage): then it has none.
+            Fate::Deadline => 0,
+            Fate::Restart | Fate::Ttl => 1,
+        }
+    }
+
+    /// The final condition's reason; `None` for a job deleted by its TTL.
+    fn reason(self) -> Option<&'static str> {
+        match self {
+            Fate::Succeed => Some("TFJobSucceeded"),
+            Fate::Fail => Some("TFJobFailed"),
+            Fate::Restart => Some("BackoffLimitExceeded"),
+            Fate::Deadline => Some("DeadlineExceeded"),
+            Fate::Ttl => None,
+        }
+    }
+}
+
+/// Every uid seen per pod name, through watch failures (the plane is being broken on purpose):
+/// the watch restarts with backoff and re-lists; failures are counted, not hidden.
+pub struct PodUids {
+    seen: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    failures: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodUids {
+    pub fn start(ctx: &Ctx) -> PodUids {
+        let (seen, failures) = (Arc::new(Mutex::new(BTreeMap::new())), Arc::new(Mutex::new(0)));
+        let (seen2, failures2, api) = (seen.clone(), failures.clone(), pods(ctx));
+        // A failed watch starts again with a fresh list 300 ms later (no growing backoff: the
+        // outage is short and the pods made right after it must be seen).
+        let task = tokio::spawn(async move {
+            loop {
+                let mut s = std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
+                while let Some(ev) = s.next().await {
+                    match ev {
+                        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                            let (name, uid) =
+                                (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default());
+                            if let Ok(mut m) = seen2.lock() {
+                                m.entry(name).or_insert_with(BTreeSet::new).insert(uid);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            if let Ok(mut n) = failures2.lock() {
+                                *n += 1;
+                            }
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        PodUids { seen, failures, task }
+    }
+
+    pub fn names_with_uids(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.seen.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Watch failures seen (the fault reached the watch too).
+    pub fn failures(&self) -> usize {
+        self.failures.lock().map(|n| *n).unwrap_or_default()
+    }
+}
+
+impl Drop for PodUids {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Jobs of every fate, `per_fate` of each, named `<fate>-<i>`.
+pub struct Fleet {
+    pub jobs: Vec<(String, Fate)>,
+}
+
+impl Fleet {
+    pub async fn create(ctx: &Ctx, per_fate: usize) -> Result<Fleet> {
+        let mut jobs = Vec::new();
+        for fate in FATES {
+            for i in 0..per_fate {
+                jobs.push((format!("{}-{i}", format!("{fate:?}").to_lowercase()), fate));
+            }
+        }
+        let creates = jobs.iter().map(|(name, fate)| create(ctx, fate.manifest(name)));
+        for r in futures::future::join_all(creates).await {
+            r?;
+        }
+        Ok(Fleet { jobs })
+    }
+
+    fn count(&self, fates: &[Fate]) -> f64 {
+        self.jobs.iter().filter(|(_, f)| fates.contains(f)).count() as f64
+    }
+
+    /// Waits for every job's expected end and checks the pods' uids.
+    pub async fn check_outcomes(&self, ctx: &Ctx, uids: &PodUids, timeout: Duration) -> Result<()> {
+        for (name, fate) in &self.jobs {
+            match fate.reason() {
+                None => {
+                    wait_job_gone(ctx, name, timeout)
+                        .await
+                        .with_context(|| format!("{name}: deleted for its TTL"))?;
+                }
+                Some(reason) => {
+                    let j = wait_job(ctx, name, timeout, "finished", |j| {
+                        has_condition(j, ConditionType::Succeeded) || has_condition(j, ConditionType::Failed)
+                    })
+                    .await?;
+                    ensure!(
+                        last_reason(&j).as_deref() == Some(reason),
+                        "{name}: ended with {:?}, want {reason}: {:?}",
+                        last_reason(&j),
+                        j.status
+                    );
+                }
+            }
+        }
+        // The uid watch is the test's own and may still be catching up after the outage.
+        let names_of = |seen: &BTreeMap<String, BTreeSet<String>>, name: &str| {
+            let prefix = format!("{name}-");
+            seen.iter()
+                .filter(|(pod, _)| pod.starts_with(&prefix))
+                .map(|(p, u)| (p.clone(), u.clone()))
+                .collect::<Vec<_>>()
+        };
+        let complete = |seen: &BTreeMap<String, BTreeSet<String>>| {
+            self.jobs.iter().all(|(name, fate)| names_of(seen, name).len() >= fate.pods())
+        };
+        let _ = tfjob_testsupport::wait(Duration::from_secs(30), "the uid watch to catch up", || async {
+            complete(&uids.names_with_uids())
+        })
+        .await;
+        let seen = uids.names_with_uids();
+        for (name, fate) in &self.jobs {
+            let names = names_of(&seen, name);
+            ensure!(
+                names.len() >= fate.pods(),
+                "{name}: saw {} pod names, want {}: {names:?} (the uid watch saw {} names in all, {} failures)",
+                names.len(),
+                fate.pods(),
+                seen.len(),
+                uids.failures(),
+            );
+            for (pod, ids) in names {
+                ensure!(
+                    ids.len() <= fate.max_uids(),
+                    "{pod} had {} uids, at most {} allowed for {fate:?}: {ids:?}",
+                    ids.len(),
+                    fate.max_uids()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Kubeflow's job counters of the namespace, summed over `metrics` (one text per process
+    /// that ran the jobs): each job counted once.
+    pub fn check_counters(&self, ctx: &Ctx, metrics: &[String]) -> Result<()> {
+        let ns = format!("job_namespace=\"{}\"", ctx.ns);
+        let sum = |family: &str| -> f64 { metrics.iter().map(|m| metric_sum(m, family, &[&ns])).sum() };
+        use Fate::*;
+        let want = [
+            ("training_operator_jobs_created_total", self.count(&FATES)),
+            ("training_operator_jobs_successful_total", self.count(&[Succeed, Ttl])),
+            ("training_operator_jobs_failed_total", self.count(&[Fail, Restart, Deadline])),
+            ("training_operator_jobs_restarted_total", self.count(&[Restart])),
+            ("training_operator_jobs_deleted_total", self.count(&[Ttl])),
+        ];
+        for (family, n) in want {
+            ensure!(sum(family) == n, "{family}: {} counted, want {n} (each job once)", sum(family));
+        }
+        Ok(())
+    }
+}
+
+/// The operator's requests so far (every attempt, all verbs).
+pub async fn requests(op: &Operator) -> f64 {
+    metric_sum(&op.metrics().await, "tfjob_operator_api_requests_total", &[])
+}
+
+/// The operator's request rate comes back to idle (at most `idle` per second over 5 s)
+/// within 30 s: no hot loop once the cluster has settled.
+pub async fn check_idle(op: &Operator, idle: f64) -> Result<f64> {
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut last = f64::NAN;
+    while Instant::now() < end {
+        let before = requests(op).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        last = (requests(op).await - before) / 5.0;
+        if last <= idle {
+            return Ok(last);
+        }
+    }
+    bail!("the operator still sends {last:.1} requests/s 30 s after the cluster settled (idle: {idle})")
+}

@@ -1,0 +1,194 @@
+//! Faults injected into the real local plane while jobs run: the API server and etcd killed
+//! and restarted, a forced 410 Gone, a paused leader, a kill between creates and the status
+//! write, and a namespace or a TFJob deleted under running work. Each test proves that its
+//! fault landed and checks the fleet's invariants (`fleet.rs`). They run alone, on the local
+//! plane only.
+
+mod fleet;
+mod split;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use tfjob_testsupport::ControlPlane;
+
+use crate::support::*;
+use crate::{Ctx, Test, test};
+use fleet::{Fleet, PodUids, check_idle, requests};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        test!(api_server_killed_and_restarted).fault(),
+        test!(etcd_killed_and_restarted).fault(),
+        test!(forced_410_gone_relists_and_loses_nothing).fault(),
+        test!(split::paused_leader_writes_nothing_that_sticks_and_steps_down).fault(),
+        test!(split::killed_between_creates_and_status_write).fault(),
+        test!(split::namespace_and_job_deleted_under_running_work).fault(),
+    ]
+}
+
+/// Jobs of each fate in a fault test's fleet (five fates: 30 jobs).
+const PER_FATE: usize = 6;
+/// How long the fleet may take to end once the plane is back.
+const SETTLE: Duration = Duration::from_secs(150);
+
+pub fn plane(ctx: &Ctx) -> Result<&ControlPlane> {
+    ctx.cluster.plane.as_ref().context("fault tests need the local plane")
+}
+
+/// Waits until the API server answers `/readyz` again; returns when it did.
+pub async fn api_back(ctx: &Ctx) -> Result<Instant> {
+    tfjob_testsupport::wait(Duration::from_secs(120), "the API server to answer again", || async {
+        let req = http::Request::get("/readyz").body(Vec::new()).ok();
+        match req {
+            Some(r) => ctx.cluster.client.request_text(r).await.is_ok_and(|t| t.trim() == "ok"),
+            None => false,
+        }
+    })
+    .await?;
+    Ok(Instant::now())
+}
+
+/// Requests the operator sent that got an answer (any HTTP status).
+async fn answered(op: &Operator) -> f64 {
+    let m = op.metrics().await;
+    metric_sum(&m, "tfjob_operator_api_requests_total", &[]) - failed_requests_in(&m)
+}
+
+fn failed_requests_in(metrics: &str) -> f64 {
+    metric_sum(metrics, "tfjob_operator_api_requests_total", &["code=\"error\""])
+}
+
+/// Starts the fleet and the uid watch, and waits until the first pods exist (jobs in flight).
+async fn fleet_in_flight(ctx: &Ctx) -> Result<(Fleet, PodUids)> {
+    let uids = PodUids::start(ctx);
+    let fleet = Fleet::create(ctx, PER_FATE).await?;
+    tfjob_testsupport::wait(WAIT, "the fleet's first pods", || async {
+        live_pods(ctx).await.is_ok_and(|p| p.len() >= 10)
+    })
+    .await?;
+    Ok((fleet, uids))
+}
+
+/// `component` down for `down`, then started again; the fleet must end as it would have.
+/// Returns (requests/s while down, seconds from the API answering to the operator's first
+/// answered request).
+async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Result<(f64, f64)> {
+    let plane = plane(ctx)?;
+    let (fleet, uids) = fleet_in_flight(ctx).await?;
+    let sent_before = requests(op).await;
+    plane.kill(component)?;
+    tokio::time::sleep(down).await;
+    let sent_down = requests(op).await - sent_before;
+    plane.restart(component)?;
+    let back = api_back(ctx).await?;
+    let answered_at_back = answered(op).await;
+    tfjob_testsupport::wait(
+        Duration::from_secs(60),
+        "the operator's first answered request after the outage",
+        || async { answered(op).await > answered_at_back },
+    )
+    .await
+    .with_context(|| op.log_tail())?;
+    let recovery = back.elapsed().as_secs_f64();
+    fleet.check_outcomes(ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
+    // The fault landed: requests that got no answer, or 5xx answers (the API server without
+    // etcd), while it lasted.
+    let m = op.metrics().await;
+    let hit = failed_requests_in(&m)
+        + ["500", "503", "504"]
+            .iter()
+            .map(|c| metric_sum(&m, "tfjob_operator_api_requests_total", &[&format!("code=\"{c}\"")]))
+            .sum::<f64>();
+    ensure!(hit >= 1.0, "the operator never saw the {component} outage: {}", op.log_tail());
+    fleet.check_counters(ctx, &[m])?;
+    let idle = check_idle(op, 0.5).await?;
+    let rate = sent_down / down.as_secs_f64();
+    println!(
+        "    {component} down {:.0} s: {rate:.1} requests/s while down; {recovery:.1} s from the API answering to the operator's first answered request; {idle:.1} requests/s once settled",
+        down.as_secs_f64()
+    );
+    Ok((rate, recovery))
+}
+
+/// kube-apiserver SIGKILLed for 15 s and restarted on the same address; the operator runs
+/// cluster-wide, as `deploy/` installs it.
+async fn api_server_killed_and_restarted(ctx: Ctx) -> Result<()> {
+    other_test_namespaces_gone(&ctx).await?;
+    let op = Operator::start_cluster_wide(&ctx, "tfjob-operator", &[])?;
+    outage(&ctx, &op, "kube-apiserver", Duration::from_secs(15)).await?;
+    Ok(())
+}
+
+/// etcd SIGKILLed for 10 s and restarted from its data directory.
+async fn etcd_killed_and_restarted(ctx: Ctx) -> Result<()> {
+    let op = Operator::start(&ctx, &[])?;
+    outage(&ctx, &op, "etcd", Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// POSTs JSON to etcd's HTTP gateway; returns the answer's JSON.
+async fn etcd_post(plane: &ControlPlane, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = plane.etcd_url();
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let (_, json) = out.split_once("\r\n\r\n").context("etcd's answer has no body")?;
+    ensure!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "etcd {path}: {out}");
+    Ok(serde_json::from_str(json)?)
+}
+
+/// A 410 Gone on the pod watch, provoked for real: with the API server down, etcd's revision
+/// is moved on and compacted up to it, so the API server comes back with a watch cache that
+/// starts after the operator's last seen resourceVersion and etcd no longer has the history:
+/// the re-watch is answered 410 and the operator re-lists.
+async fn forced_410_gone_relists_and_loses_nothing(ctx: Ctx) -> Result<()> {
+    let plane = plane(&ctx)?;
+    let op = Operator::start(&ctx, &[])?;
+    let (fleet, uids) = fleet_in_flight(&ctx).await?;
+    plane.kill("kube-apiserver")?;
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    for i in 0..3 {
+        etcd_post(
+            plane,
+            "/v3/kv/put",
+            serde_json::json!({"key": b64(&format!("/tfjob-e2e/bump-{i}")), "value": b64("1")}),
+        )
+        .await?;
+    }
+    let head = etcd_post(plane, "/v3/kv/range", serde_json::json!({"key": b64("/tfjob-e2e/bump-0")})).await?;
+    let revision = head["header"]["revision"].as_str().context("etcd revision")?.to_string();
+    etcd_post(plane, "/v3/kv/compaction", serde_json::json!({"revision": revision, "physical": true}))
+        .await?;
+    plane.restart("kube-apiserver")?;
+    api_back(&ctx).await?;
+    tfjob_testsupport::wait(
+        Duration::from_secs(60),
+        "the operator's pod watch to re-list after the 410",
+        || async {
+            metric_sum(&op.metrics().await, "tfjob_operator_watch_restarts_total", &["resource=\"pods\""])
+                >= 1.0
+                && op.log_text().contains("re-listing")
+        },
+    )
+    .await
+    .with_context(|| op.log_tail())?;
+    fleet.check_outcomes(&ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
+    fleet.check_counters(&ctx, &[op.metrics().await])?;
+    check_idle(&op, 0.5).await?;
+    println!(
+        "    etcd compacted to revision {revision} while the API server was down; the pod watch re-listed"
+    );
+    Ok(())
+}
