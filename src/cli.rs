@@ -26,6 +26,8 @@ pub struct Options {
     pub kube_api_qps: u32,
     pub kube_api_burst: u32,
     pub cluster_domain: Option<String>,
+    /// The startup deadline of jobs without the annotation; `None`: no default.
+    pub startup_deadline_seconds: Option<i64>,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     /// How long any API request but a watch may take, its response included; under leader
@@ -78,6 +80,11 @@ struct Flags {
     /// Appended to TF_CONFIG service addresses (the variable CUSTOM_CLUSTER_DOMAIN is read too)
     #[arg(long, value_name = "D", env = "TFJOB_CLUSTER_DOMAIN")]
     cluster_domain: Option<String>,
+
+    /// Fails a job whose pods have not all started this many seconds after its creation, unless
+    /// its tfjob.kubeflow.org/startup-deadline-seconds annotation says otherwise [default: off]
+    #[arg(long, value_name = "SECONDS", env = "TFJOB_STARTUP_DEADLINE_SECONDS", value_parser = clap::value_parser!(i64).range(1..))]
+    startup_deadline_seconds: Option<i64>,
 
     /// Serves /healthz, /readyz and /metrics
     #[arg(long, value_name = "ADDR", env = "TFJOB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
@@ -217,6 +224,7 @@ impl Options {
             kube_api_qps: qps,
             kube_api_burst: flags.kube_api_burst.unwrap_or(qps).max(qps),
             cluster_domain: non_empty(flags.cluster_domain.or_else(|| env("CUSTOM_CLUSTER_DOMAIN"))),
+            startup_deadline_seconds: flags.startup_deadline_seconds,
             http_addr: flags.http_addr,
             log_format: flags.log_format,
             request_timeout: match &leader_election {
@@ -285,7 +293,7 @@ mod tests {
             assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(want.as_str()), "--{long}");
             n += 1;
         }
-        assert_eq!(n, 13);
+        assert_eq!(n, 14);
         let help = command().render_help().to_string();
         assert!(help.contains("[env: TFJOB_LEADER_ELECTION_RETRY_PERIOD]"), "{help}");
     }
@@ -297,6 +305,11 @@ mod tests {
         assert_eq!(o.concurrency, 16);
         assert_eq!((o.kube_api_qps, o.kube_api_burst), (0, 0));
         assert_eq!(o.cluster_domain, None);
+        assert_eq!(o.startup_deadline_seconds, None);
+        let o = parse("", env_of(&[("TFJOB_STARTUP_DEADLINE_SECONDS", "600")])).unwrap();
+        assert_eq!(o.startup_deadline_seconds, Some(600));
+        assert!(parse("--startup-deadline-seconds=0", no_env).is_err(), "0 is refused");
+        assert!(parse("--startup-deadline-seconds=10m", no_env).is_err(), "seconds only");
         assert_eq!(o.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(o.log_format, LogFormat::Text);
         assert_eq!(o.leader_election, None);

@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: opts.namespace.clone(),
         concurrency: opts.concurrency,
         cluster_domain: opts.cluster_domain.clone(),
+        startup_deadline_seconds: opts.startup_deadline_seconds,
         instance: Some(me.clone()),
     };
     if opts.kube_api_qps > 0 {

@@ -22,6 +22,9 @@ pub const LABEL_JOB_ROLE: &str = "training.kubeflow.org/job-role";
 /// The job-role label value.
 pub const ROLE_MASTER: &str = "master";
 
+/// Annotation on a TFJob: its startup deadline in seconds (may be changed on a live job).
+pub const ANNOTATION_STARTUP_DEADLINE: &str = "tfjob.kubeflow.org/startup-deadline-seconds";
+
 /// The container that runs TensorFlow and gets `TF_CONFIG`.
 pub const CONTAINER_NAME: &str = "tensorflow";
 /// The port name TF_CONFIG addresses use.

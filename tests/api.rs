@@ -107,7 +107,19 @@ fn schema_enums_bounds_and_metadata() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["State", "Deadline", "Expires", "Workers", "PS", "Age"]);
+    assert_eq!(columns, ["State", "Deadline", "Expires", "Not-Started", "Workers", "PS", "Age"]);
+    let wide: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["priority"] == json!(1))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        wide,
+        ["Not-Started", "Workers", "PS"],
+        "kubectl get stays narrow: extra columns only with -o wide"
+    );
     assert_eq!(crd.pointer("/spec/scope"), Some(&json!("Namespaced")));
 }
 

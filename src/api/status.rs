@@ -19,7 +19,10 @@ pub struct TFJobStatus {
     /// which are final and exclusive; when the job finishes, `Running` or `Restarting` turns
     /// `False`. `ReplicaFailure` is present while pods or services cannot be created.
     /// `Suspended` is `True` while the job is suspended (`Running` is then `False`) and turns
-    /// `False` when it is resumed. `type` lists what each type means.
+    /// `False` when it is resumed. `PodsNotStarted` and `InvalidStartupDeadline` are this
+    /// operator's own diagnoses: they are kept first in the list, so the last condition is
+    /// always one of Kubeflow's (the `State` column), and clients that read only Kubeflow's
+    /// types are not affected. `type` lists what each type means.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<JobCondition>,
 
@@ -63,6 +66,19 @@ pub struct TFJobStatus {
     /// `ttlSecondsAfterFinished`. Absent while the job runs and when there is no TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<Time>,
+
+    /// When the job fails with reason `StartupDeadlineExceeded` unless every pod has started
+    /// running by then: the job's creation (or its last resume) plus the effective startup
+    /// deadline (the `tfjob.kubeflow.org/startup-deadline-seconds` annotation, else the
+    /// operator's `--startup-deadline-seconds`). Absent when there is none, and once every
+    /// pod has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_deadline: Option<Time>,
+
+    /// When every pod of the job was first seen started (running, or already finished), since
+    /// the job's creation or its last resume; the startup deadline no longer applies after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_started_time: Option<Time>,
 }
 
 /// The effective values of the updatable run-policy fields.
@@ -80,6 +96,12 @@ pub struct AppliedPolicy {
     /// The effective `activeDeadlineSeconds`; absent when unset (the default: no deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_deadline_seconds: Option<i64>,
+    /// The effective startup deadline in seconds: the job's
+    /// `tfjob.kubeflow.org/startup-deadline-seconds` annotation when it is a valid value,
+    /// else the operator's `--startup-deadline-seconds`; absent when neither is set (the
+    /// default: no startup deadline). A change gets a Normal `StartupDeadlineUpdated` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_deadline_seconds: Option<i64>,
 }
 
 /// The pods of this replica type: how many run, have succeeded and have failed, and the
@@ -140,6 +162,16 @@ pub struct JobCondition {
     ///   with the API server's message); removed once they are.
     /// - `Suspended`: `True` (reason `TFJobSuspended`) while `runPolicy.suspend` holds the
     ///   job without pods; `False` (reason `TFJobResumed`) once it is resumed.
+    /// - `PodsNotStarted`: a pod has not started for longer than the grace (30 s) because it
+    ///   cannot be scheduled, its image cannot be pulled, its container cannot be created, or
+    ///   it is in a crash loop; the reason is the scheduler's or the kubelet's
+    ///   (`Unschedulable`, `ErrImagePull`, `ImagePullBackOff`, `InvalidImageName`,
+    ///   `CreateContainerConfigError`, `CreateContainerError`, `CrashLoopBackOff`) and the
+    ///   message names the replica, the pod and what it was told. Removed once no pod is
+    ///   stuck, and when the job finishes.
+    /// - `InvalidStartupDeadline`: the `tfjob.kubeflow.org/startup-deadline-seconds`
+    ///   annotation is not a whole number of seconds from 1 on (reason `InvalidAnnotation`);
+    ///   it is ignored until fixed. Removed once it is valid or gone.
     #[serde(rename = "type")]
     pub type_: ConditionType,
     /// Whether the condition holds: `True` or `False`. Kubernetes conditions may also be
@@ -147,8 +179,9 @@ pub struct JobCondition {
     pub status: ConditionStatus,
     /// A machine-readable reason: `TFJobCreated`, `TFJobRunning`, `TFJobRestarting`,
     /// `TFJobSucceeded`, `TFJobFailed` (a replica failed), `BackoffLimitExceeded`,
-    /// `DeadlineExceeded`, `InvalidTFJobSpec`, `FailedCreatePod`, `TFJobSuspended` or
-    /// `TFJobResumed`.
+    /// `DeadlineExceeded`, `StartupDeadlineExceeded`, `InvalidTFJobSpec`, `FailedCreatePod`,
+    /// `TFJobSuspended` or `TFJobResumed`; for `PodsNotStarted` and `InvalidStartupDeadline`,
+    /// see `type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// A human-readable message, such as `TFJob mnist is running.`
@@ -179,6 +212,10 @@ pub enum ConditionType {
     Suspended,
     /// Pods or services cannot be created; cleared once creation succeeds.
     ReplicaFailure,
+    /// A pod has not started for longer than the grace; the reason says why.
+    PodsNotStarted,
+    /// The startup-deadline annotation is malformed and ignored.
+    InvalidStartupDeadline,
 }
 
 /// A condition's status. Stored as the strings `True`, `False` and `Unknown`; any other stored

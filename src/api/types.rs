@@ -52,6 +52,13 @@ use super::status::TFJobStatus;
         description = "When ttlSecondsAfterFinished deletes the finished job"
     ),
     printcolumn(
+        name = "Not-Started",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"PodsNotStarted\")].reason",
+        description = "Why a pod has not started (the PodsNotStarted condition's reason)",
+        priority = 1
+    ),
+    printcolumn(
         name = "Workers",
         type_ = "integer",
         json_path = ".status.replicaStatuses.Worker.active",

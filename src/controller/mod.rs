@@ -46,6 +46,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Appended to TF_CONFIG service addresses.
     pub cluster_domain: Option<String>,
+    /// The startup deadline of jobs without the annotation.
+    pub startup_deadline_seconds: Option<i64>,
     /// The events' reporting instance (the pod name).
     pub instance: Option<String>,
 }
@@ -233,13 +235,11 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let observed = observe::owned(&ctx.caches, &ctx.unseen, &job, now.mono);
 
-    let plan = plan::plan(
-        &job,
-        &observed.pods,
-        &observed.services,
-        now.wall,
-        ctx.settings.cluster_domain.as_deref(),
-    );
+    let settings = plan::Settings {
+        cluster_domain: ctx.settings.cluster_domain.as_deref(),
+        startup_deadline_seconds: ctx.settings.startup_deadline_seconds,
+    };
+    let plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
     debug!(
         resource_version = job.resource_version().unwrap_or_default(),
         pods = observed.pods.len(),

@@ -11,6 +11,7 @@ use kube::ResourceExt;
 use super::conditions::{self, *};
 use super::replica_state::{self, ObjectKey};
 use super::{Plan, PlannedEvent, after};
+use super::{diagnosis, startup};
 use crate::api::{ConditionType, JobView, ReplicaType, SuccessPolicy, TFJobStatus};
 use crate::names;
 use crate::objects::{pod_for, service_for};
@@ -21,6 +22,8 @@ pub(super) struct ActivePlanner<'a> {
     pub full_name: &'a str,
     pub now: Timestamp,
     pub cluster_domain: Option<&'a str>,
+    /// The effective startup deadline in seconds, and the instant it counts from.
+    pub startup: (Option<i64>, Option<Timestamp>),
 }
 
 impl ActivePlanner<'_> {
@@ -49,7 +52,15 @@ impl ActivePlanner<'_> {
         }
         st.replica_statuses = observed.iter().map(|(t, o)| (*t, o.status.clone())).collect();
 
-        if let Some((type_, reason, msg)) = self.outcome(st, &observed) {
+        let stuck = diagnosis::diagnose(pods, now);
+        let unstarted = startup::unstarted(replicas, &observed, pods);
+        startup::track(st, self.startup.0, self.startup.1, unstarted, now);
+        let outcome = self.outcome(st, &observed).or_else(|| {
+            let (reason, msg) =
+                startup::exceeded(st, self.full_name, self.startup.0, unstarted, &stuck, now)?;
+            Some((ConditionType::Failed, reason, msg))
+        });
+        if let Some((type_, reason, msg)) = outcome {
             conditions::set(st, type_, reason, msg.clone(), now);
             st.completion_time = Some(Time(now));
             p.events.push(if type_ == ConditionType::Failed {
@@ -59,6 +70,8 @@ impl ActivePlanner<'_> {
             });
             return;
         }
+        diagnosis::record(st, &stuck, now, &mut p.events);
+        p.requeue_at = stuck.next_due(now);
 
         let new_restarts: i32 = observed.values().map(|o| o.new_restarts).sum();
         let deciding = self.job.deciding_type();
@@ -150,13 +163,7 @@ impl ActivePlanner<'_> {
         if let Some((t, o)) = observed.iter().find(|(_, o)| !o.failures.is_empty()) {
             let f = &o.failures[0];
             let detail = match &f.container {
-                Some(exit) => format!(
-                    "pod {} container {} exited with code {}{}",
-                    f.pod,
-                    exit.name,
-                    exit.code,
-                    exit.reason.as_ref().map_or(String::new(), |r| format!(" ({r})"))
-                ),
+                Some(exit) => exit.describe(&f.pod),
                 None => format!(
                     "pod {} failed{}",
                     f.pod,
@@ -172,8 +179,12 @@ impl ActivePlanner<'_> {
         }
         let restarts: i32 = st.replica_statuses.values().map(|r| r.restarts).sum();
         if let Some(limit) = policy.backoff_limit.filter(|&l| restarts > l) {
+            let last = observed
+                .values()
+                .find_map(|o| o.last_exit.as_ref())
+                .map_or(String::new(), |(pod, exit)| format!(" The last failure: {}.", exit.describe(pod)));
             let msg = format!(
-                "TFJob {} has failed because it has reached the specified backoff limit: {restarts} restarts needed, backoffLimit is {limit}.",
+                "TFJob {} has failed because it has reached the specified backoff limit: {restarts} restarts needed, backoffLimit is {limit}.{last}",
                 self.full_name
             );
             return Some((ConditionType::Failed, REASON_BACKOFF, msg));

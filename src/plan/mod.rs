@@ -8,7 +8,11 @@
 mod active;
 mod cleanup;
 mod conditions;
+pub mod diagnosis;
 mod replica_state;
+pub mod startup;
+#[cfg(test)]
+mod stuck_tests;
 mod suspend;
 #[cfg(test)]
 mod tests;
@@ -102,6 +106,7 @@ fn record_policy(st: &mut TFJobStatus, policy: &EffectivePolicy, events: &mut Ve
         clean_pod_policy: Some(policy.clean_pod_policy),
         ttl_seconds_after_finished: policy.ttl_seconds_after_finished,
         active_deadline_seconds: policy.active_deadline_seconds,
+        startup_deadline_seconds: None,
     };
     if let Some(prev) = &st.applied_policy {
         if prev.active_deadline_seconds != applied.active_deadline_seconds {
@@ -139,9 +144,16 @@ fn record_policy(st: &mut TFJobStatus, policy: &EffectivePolicy, events: &mut Ve
     st.applied_policy = Some(applied);
 }
 
-/// Plans one reconcile of `job`. `pods` and `services` may include objects of other jobs:
-/// only those whose controller owner has this job's uid count. `cluster_domain` is appended
-/// to TF_CONFIG addresses when set.
+/// The operator's settings the planner follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings<'a> {
+    /// Appended to TF_CONFIG addresses when set.
+    pub cluster_domain: Option<&'a str>,
+    /// The startup deadline of jobs without the annotation (`--startup-deadline-seconds`).
+    pub startup_deadline_seconds: Option<i64>,
+}
+
+/// [`plan_with`] with no setting but the cluster domain.
 pub fn plan(
     job: &TFJob,
     pods: &[Pod],
@@ -149,6 +161,19 @@ pub fn plan(
     now: Timestamp,
     cluster_domain: Option<&str>,
 ) -> Plan {
+    plan_with(job, pods, services, now, Settings { cluster_domain, ..Settings::default() })
+}
+
+/// Plans one reconcile of `job`. `pods` and `services` may include objects of other jobs:
+/// only those whose controller owner has this job's uid count.
+pub fn plan_with(
+    job: &TFJob,
+    pods: &[Pod],
+    services: &[Service],
+    now: Timestamp,
+    settings: Settings<'_>,
+) -> Plan {
+    let cluster_domain = settings.cluster_domain;
     let mut p = Plan::default();
     let Some(uid) = job.metadata.uid.as_deref() else { return p };
     let now = whole_seconds(now);
@@ -158,6 +183,8 @@ pub fn plan(
     let mut st = old.clone();
     let policy = job.spec.effective_policy();
     record_policy(&mut st, &policy, &mut p.events);
+    let startup_secs =
+        startup::record_policy(&mut st, &old, job, settings.startup_deadline_seconds, now, &mut p.events);
 
     let name = job.name_any();
     let full_name = format!("{}/{name}", job.namespace().unwrap_or_default());
@@ -189,10 +216,15 @@ pub fn plan(
         match JobView::new(job) {
             Ok(view) if job.spec.is_suspended() => {
                 suspend::plan_suspended(&view, &mut st, &mut p, &pods, &services, now);
+                // No pods while suspended: nothing to diagnose, no startup deadline running.
+                diagnosis::clear(&mut st);
+                st.startup_deadline = None;
             }
             Ok(view) => {
                 suspend::resume(&view.name, &mut st, &mut p, now);
-                let planner = ActivePlanner { job: &view, full_name: &full_name, now, cluster_domain };
+                let startup = (startup_secs, startup::base(job, &st));
+                let planner =
+                    ActivePlanner { job: &view, full_name: &full_name, now, cluster_domain, startup };
                 planner.plan(&mut st, &mut p, &pods, &services);
             }
             Err(e) => {
@@ -205,6 +237,8 @@ pub fn plan(
     }
 
     if st.is_finished() {
+        diagnosis::clear(&mut st);
+        st.startup_deadline = None;
         let (dp, ds) = cleanup::to_delete(policy.clean_pod_policy, &pods, &services);
         p.delete_pods.extend(dp);
         p.delete_services.extend(ds);
@@ -219,8 +253,9 @@ pub fn plan(
                 p.requeue_at = Some(expires.0);
             }
         }
-    } else if let Some(deadline) = &st.deadline {
-        p.requeue_at = Some(deadline.0);
+    } else {
+        let deadlines = [&st.deadline, &st.startup_deadline].into_iter().flatten().map(|t| t.0);
+        p.requeue_at = p.requeue_at.into_iter().chain(deadlines).min();
     }
 
     if st != old {

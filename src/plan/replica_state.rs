@@ -22,12 +22,44 @@ impl ObjectKey {
     }
 }
 
-/// How a container ended: its name, exit code and the reason the kubelet gave.
+/// How a container ended: its name, exit code, the reason the kubelet gave and its
+/// termination message (at most [`TERMINATION_MESSAGE_MAX`] bytes of it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerExit {
     pub name: String,
     pub code: i32,
     pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// The most of a container's termination message a job's failure message keeps, in bytes.
+pub const TERMINATION_MESSAGE_MAX: usize = 512;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut, and with
+/// surrounding whitespace trimmed.
+pub fn bounded(text: &str, max: usize) -> String {
+    let text = text.trim();
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl ContainerExit {
+    /// `pod P container C exited with code N (Reason): message`.
+    pub fn describe(&self, pod: &str) -> String {
+        format!(
+            "pod {pod} container {} exited with code {}{}{}",
+            self.name,
+            self.code,
+            self.reason.as_ref().map_or(String::new(), |r| format!(" ({r})")),
+            self.message.as_ref().map_or(String::new(), |m| format!(": {m}"))
+        )
+    }
 }
 
 /// A replica failure that fails the job.
@@ -54,6 +86,9 @@ pub struct Observed {
     pub out_of_range: Vec<ObjectKey>,
     /// Indexes that have no pod at all and have not succeeded.
     pub missing: Vec<i32>,
+    /// A pod's container that exited non-zero (now or before its last restart), with the
+    /// pod's name: the failure a backoff-limit message names.
+    pub last_exit: Option<(String, ContainerExit)>,
 }
 
 /// Whether a failed pod was evicted or otherwise disrupted rather than failing by itself.
@@ -93,6 +128,11 @@ pub fn failed_container(pod: &Pod) -> Option<ContainerExit> {
             name: c.name.clone(),
             code: t.exit_code,
             reason: t.reason.clone(),
+            message: t
+                .message
+                .as_deref()
+                .filter(|m| !m.trim().is_empty())
+                .map(|m| bounded(m, TERMINATION_MESSAGE_MAX)),
         })
     };
     let statuses = || pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).into_iter().flatten();
@@ -157,6 +197,9 @@ pub fn observe(
         }
         present.insert(index);
         let terminating = pod.metadata.deletion_timestamp.is_some();
+        if out.last_exit.is_none() {
+            out.last_exit = failed_container(pod).map(|c| (pref.name.clone(), c));
+        }
         let mut due = in_place_restarts(pod);
         match phase(pod) {
             "Succeeded" => {

@@ -15,6 +15,7 @@ mod kueue_keys;
 mod multikueue;
 mod replica_keys;
 mod smoke;
+mod stuck;
 mod support;
 mod suspend;
 
@@ -90,6 +91,7 @@ fn tests() -> Vec<Test> {
     all.extend(multikueue::tests());
     // Last: serial tests run in this order, and the faults leave a plane that was restarted.
     all.extend(faults::tests());
+    all.extend(stuck::tests());
     all
 }
 

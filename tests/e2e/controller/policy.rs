@@ -61,8 +61,8 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
         Ok(())
     })
     .await?;
-    // 40 pods: 16 creates in flight at a time, so SIGTERM at the first pod lands mid-batch.
-    create(&ctx, job("t", &[replica("Worker", 40)], json!({}))).await?;
+    // 100 pods in slow-start batches (up to 16 at once), so SIGTERM at the first pod lands mid-way.
+    create(&ctx, job("t", &[replica("Worker", 100)], json!({}))).await?;
     eventually(WAIT, "the first pod", || async {
         let n = live_pods(&ctx).await?.len();
         ensure!(n >= 1, "{n} pods");
@@ -71,7 +71,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
     .await
     .with_context(|| op.log_tail())?;
     op.proc.signal(SIGTERM);
-    let in_flight = 40 - live_pods(&ctx).await?.len();
+    let in_flight = 100 - live_pods(&ctx).await?.len();
     let status = tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(20)))
         .context("still running 20 s after SIGTERM")?;
     ensure!(status.success(), "exit status {status}: {}", op.log_tail());
@@ -85,9 +85,9 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
         pods.len()
     );
     let created = count_events(&ctx, "t", "SuccessfulCreatePod").await?;
-    ensure!(created == 40, "{created} SuccessfulCreatePod events published before exit, want 40");
+    ensure!(created == 100, "{created} SuccessfulCreatePod events published before exit, want 100");
     println!(
-        "    SIGTERM with {in_flight} of 40 creates still to go: all created and announced before exit 0"
+        "    SIGTERM with {in_flight} of 100 creates still to go: all created and announced before exit 0"
     );
     Ok(())
 }

@@ -27,11 +27,16 @@ pub struct PlaneOptions {
     pub nodes: u32,
     /// QPS (and twice that burst) for the controller-manager and scheduler clients.
     pub component_qps: u32,
+    /// Whether the nodes carry kwok's `kwok.x-k8s.io/node=fake:NoSchedule` taint, so only pods
+    /// that tolerate it land there (the shared e2e plane: a pod meant for a fake node says
+    /// so). `make cluster` and `make run` start untainted nodes, the only nodes there, so
+    /// every example runs as written.
+    pub taint: bool,
 }
 
 impl Default for PlaneOptions {
     fn default() -> Self {
-        PlaneOptions { bin_dir: PathBuf::new(), nodes: 4, component_qps: 500 }
+        PlaneOptions { bin_dir: PathBuf::new(), nodes: 4, component_qps: 500, taint: true }
     }
 }
 
@@ -120,16 +125,28 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-fn node(name: &str) -> Result<Node> {
+/// The taint of the shared plane's nodes (see [`PlaneOptions::taint`]).
+pub const KWOK_TAINT: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
+
+/// A fake node kwok manages, with these extra labels and `NoSchedule` taints (key, value).
+pub fn kwok_node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str)]) -> Result<Node> {
+    let mut all = serde_json::json!({"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+        "kubernetes.io/hostname": name, "type": "kwok"});
+    for (k, v) in labels {
+        all[*k] = serde_json::json!(v);
+    }
+    let taints: Vec<_> = taints
+        .iter()
+        .map(|(k, v)| serde_json::json!({"key": k, "value": v, "effect": "NoSchedule"}))
+        .collect();
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {
             "name": name,
             "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
-            "labels": {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-                "kubernetes.io/hostname": name, "type": "kwok"}
+            "labels": all
         },
-        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "spec": {"taints": taints},
         "status": {
             "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000", "nvidia.com/gpu": "8"},
             "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000", "nvidia.com/gpu": "8"},
@@ -325,7 +342,8 @@ impl ControlPlane {
 
         let nodes: Api<Node> = Api::all(client.clone());
         for i in 0..opts.nodes {
-            nodes.create(&PostParams::default(), &node(&format!("kwok-node-{i}"))?).await?;
+            let taints: &[(&str, &str)] = if opts.taint { &[KWOK_TAINT] } else { &[] };
+            nodes.create(&PostParams::default(), &kwok_node(&format!("kwok-node-{i}"), &[], taints)?).await?;
         }
         let want = opts.nodes as usize;
         let end = Instant::now() + Duration::from_secs(120);

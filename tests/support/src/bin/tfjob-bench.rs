@@ -156,6 +156,7 @@ async fn main() -> Result<()> {
                 bin_dir: bins.clone(),
                 nodes: args.nodes,
                 component_qps: args.component_qps,
+                ..Default::default()
             })
             .await?;
             let client = client_for(&plane.pki.kubeconfig).await?;

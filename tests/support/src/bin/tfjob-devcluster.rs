@@ -47,9 +47,14 @@ async fn main() -> Result<()> {
         "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ({} nodes)...",
         args.nodes
     );
-    let plane =
-        ControlPlane::start(&PlaneOptions { bin_dir: bins.clone(), nodes: args.nodes, ..Default::default() })
-            .await?;
+    let plane = ControlPlane::start(&PlaneOptions {
+        bin_dir: bins.clone(),
+        nodes: args.nodes,
+        // The only nodes here: pods need no toleration, so every example runs as written.
+        taint: false,
+        ..Default::default()
+    })
+    .await?;
     if let Some(parent) = args.kubeconfig_out.parent() {
         std::fs::create_dir_all(parent)?;
     }
