@@ -73,6 +73,8 @@ struct Context {
     backoffs: Mutex<Backoffs>,
     /// Whether the job cache follows the API server (see [`observe::job_triggers`]).
     jobs_fresh: Arc<AtomicBool>,
+    /// Kubeflow's job counters, moved by the watch and by this process's writes.
+    counting: Arc<observe::JobCounting>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -136,11 +138,12 @@ pub async fn run(
     let (queue, publisher) = events::queue(instance, metrics.clone());
     let publisher = tokio::spawn(publisher.run(client.clone(), gate.clone()));
     let ctx = Arc::new(Context {
-        writer: Writer::new(client.clone(), gate, queue),
+        writer: Writer::new(client.clone(), gate.clone(), queue),
         caches: Caches { pods, services, pod_index, service_index },
         unseen: Mutex::default(),
         backoffs: Mutex::default(),
         jobs_fresh: Arc::default(),
+        counting: Arc::new(observe::JobCounting::new(gate.clone(), metrics.clone())),
         settings: settings.clone(),
         metrics,
     });
@@ -172,7 +175,7 @@ pub async fn run(
         job_events,
         job_store.clone(),
         ctx.metrics.clone(),
-        ctx.writer.gate().clone(),
+        ctx.counting.clone(),
         ctx.jobs_fresh.clone(),
         forget,
     );
@@ -266,6 +269,9 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         other => other?,
     };
 
+    if let (Some(_), Some(status)) = (&applied.status_written_over, &plan.status) {
+        ctx.counting.wrote(&job, status);
+    }
     let report = report::report(&plan, &applied, backoff, now);
     let ns = job.namespace().unwrap_or_default();
     for count in &report.counts {

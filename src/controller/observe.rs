@@ -21,6 +21,7 @@ use tracing::warn;
 use super::index::{Owner, OwnerIndex};
 use super::unseen::UnseenWrites;
 use crate::api::TFJob;
+use crate::api::TFJobStatus;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::metrics::jobs::JobCounter;
@@ -163,20 +164,19 @@ fn owner_of(meta: &ObjectMeta) -> Option<Owner> {
 /// every listed job, once the new list is complete (a job created while the watch was down
 /// is then found). `deleted` is called for each job the watch sees deleted, to drop its
 /// bookkeeping. Failures are logged at warn and counted. Kubeflow's job counters are moved
-/// here, from the changes the watch shows, while `gate` is open (see [`crate::metrics::jobs`]).
+/// here, from the changes the watch shows (see [`JobCounting`]).
 /// `fresh` is true while the job cache follows the API server (false from a watch failure or
 /// the start of a re-list until the list is complete).
 pub fn job_triggers(
     stream: impl Stream<Item = Result<watcher::Event<TFJob>, watcher::Error>> + Send + 'static,
     store: Store<TFJob>,
     metrics: Arc<Metrics>,
-    gate: Gate,
+    counting: Arc<JobCounting>,
     fresh: Arc<AtomicBool>,
     deleted: impl Fn(&TFJob) + Send + 'static,
 ) -> impl Stream<Item = Result<TFJob, watcher::Error>> + Send {
     let mut listed: Option<Vec<ObjectRef<TFJob>>> = None;
     let mut lists = 0u64;
-    let mut counting = Counting { counter: JobCounter::default(), gate, metrics: metrics.clone() };
     stream.flat_map(move |event| {
         let out: Vec<Result<TFJob, watcher::Error>> = match event {
             Err(e) => {
@@ -215,7 +215,7 @@ pub fn job_triggers(
                 vec![Ok(j)]
             }
             Ok(watcher::Event::Delete(j)) => {
-                counting.counter.forget(&j.uid().unwrap_or_default());
+                counting.forget(&j.uid().unwrap_or_default());
                 deleted(&j);
                 vec![]
             }
@@ -224,26 +224,50 @@ pub fn job_triggers(
     })
 }
 
-/// Kubeflow's job counters, moved by what the watch shows while this process leads.
-struct Counting {
-    counter: JobCounter,
+/// Kubeflow's job counters, moved while this process leads by each change of a job, whether
+/// the watch shows it or this process's own status write does (whichever comes first: a write
+/// whose answer was lost is still seen by the watch, and a job whose whole life fell in a
+/// watch gap is still seen by its writes). The counter remembers the last of either per job,
+/// so nothing is counted twice.
+pub struct JobCounting {
+    counter: Mutex<JobCounter>,
     gate: Gate,
     metrics: Arc<Metrics>,
 }
 
-impl Counting {
+impl JobCounting {
+    pub fn new(gate: Gate, metrics: Arc<Metrics>) -> JobCounting {
+        JobCounting { counter: Mutex::default(), gate, metrics }
+    }
+
     /// Counts what the job's status shows; a job another controller runs (MultiKueue copies
     /// its status here from the worker cluster) is not this operator's to count.
-    fn observed(&mut self, job: &TFJob, first_list: bool) {
+    pub fn observed(&self, job: &TFJob, first_list: bool) {
+        self.count(job, job.status.as_ref(), first_list);
+    }
+
+    /// Counts a status this process has just written for `job`.
+    pub fn wrote(&self, job: &TFJob, status: &TFJobStatus) {
+        self.count(job, Some(status), false);
+    }
+
+    fn count(&self, job: &TFJob, status: Option<&TFJobStatus>, first_list: bool) {
         if job.spec.managed_elsewhere().is_some() {
             return;
         }
-        let moved = self.counter.observed(&job.uid().unwrap_or_default(), job.status.as_ref(), first_list);
+        let uid = job.uid().unwrap_or_default();
+        let moved =
+            self.counter.lock().unwrap_or_else(PoisonError::into_inner).observed(&uid, status, first_list);
         if self.gate.is_open() {
             for c in moved {
                 self.metrics.job(&job.namespace().unwrap_or_default(), c);
             }
         }
+    }
+
+    /// The job is gone.
+    pub fn forget(&self, uid: &str) {
+        self.counter.lock().unwrap_or_else(PoisonError::into_inner).forget(uid);
     }
 }
 
@@ -314,10 +338,42 @@ mod tests {
     fn jobs_run_elsewhere_are_not_counted() {
         let gate = Gate::always_open();
         let metrics = Arc::new(Metrics::new(&gate));
-        let mut counting = Counting { counter: JobCounter::default(), gate, metrics: metrics.clone() };
+        let counting = JobCounting::new(gate, metrics.clone());
         counting.observed(&job("remote", Some("kueue.x-k8s.io/multikueue")), false);
         assert!(!metrics.encode().contains("training_operator_jobs_created_total{"), "{}", metrics.encode());
         counting.observed(&job("local", Some("kubeflow.org/training-operator")), false);
         assert!(metrics.encode().contains("training_operator_jobs_created_total{"), "{}", metrics.encode());
+    }
+
+    #[test]
+    fn a_change_seen_by_the_watch_and_written_is_counted_once() {
+        let gate = Gate::always_open();
+        let metrics = Arc::new(Metrics::new(&gate));
+        let counting = JobCounting::new(gate, metrics.clone());
+        let created = |m: &Metrics| {
+            m.encode()
+                .lines()
+                .filter(|l| l.starts_with("training_operator_jobs_created_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let fresh = job("a", None);
+        let mut bare = fresh.clone();
+        bare.status = None;
+        counting.observed(&bare, false);
+        counting.wrote(&bare, fresh.status.as_ref().unwrap());
+        counting.observed(&fresh, false);
+        assert_eq!(created(&metrics), 1.0, "the write, then the watch: once");
+        // A job whose whole life fell in a watch gap: only its writes are seen.
+        let gap = job("b", None);
+        counting.wrote(&gap, gap.status.as_ref().unwrap());
+        assert_eq!(created(&metrics), 2.0);
+        // A write whose answer was lost: only the watch sees it.
+        let lost = job("c", None);
+        let mut lost_bare = lost.clone();
+        lost_bare.status = None;
+        counting.observed(&lost_bare, false);
+        counting.observed(&lost, false);
+        assert_eq!(created(&metrics), 3.0);
     }
 }

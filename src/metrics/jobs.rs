@@ -1,7 +1,8 @@
-//! Which of Kubeflow's job counters a job's change moves, counted from the changes the TFJob
-//! watch shows rather than from write responses (an API server that dies mid-request loses the
-//! response of a write that landed). Pure: [`moved`] compares two observations; [`JobCounter`]
-//! remembers the last one per job. Each change is counted once however often the job is
+//! Which of Kubeflow's job counters a job's change moves, counted from every sighting of the
+//! job's status: the TFJob watch's and this process's own writes' (an API server that dies
+//! mid-request loses the response of a write that landed; a watch gap hides a whole short
+//! job). Pure: [`moved`] compares two observations; [`JobCounter`] remembers the last one per
+//! job. Each change is counted once however often the job is
 //! reconciled or written, and what happened before a process started watching is not counted
 //! again by it (a restarted operator or a new leader).
 

@@ -80,7 +80,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
     // the process exited.
     let pods = live_pods(&ctx).await?;
     ensure!(
-        pods.len() == 40,
+        pods.len() == 100,
         "{} pods after exit, want 40 ({in_flight} were still to create at SIGTERM)",
         pods.len()
     );
