@@ -6,9 +6,11 @@
 pub mod bench;
 pub mod kueue;
 mod kueue_certs;
+pub mod nodes;
 pub mod pki;
 pub mod plane;
 pub mod process;
+pub mod respawn;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -12,8 +12,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use kube::{Client, Config, config::KubeConfigOptions, config::Kubeconfig};
 
+use crate::nodes::node_ready;
+pub use crate::nodes::{KWOK_TAINT, kwok_node};
 use crate::pki::{Pki, write_pki};
 use crate::process::Proc;
+use crate::respawn::Respawner;
 
 /// The kwok stage file: pod fates chosen by `kwok.test/*` annotations.
 pub const KWOK_STAGES: &str = include_str!("../kwok-stages.yaml");
@@ -59,41 +62,6 @@ pub struct ControlPlane {
     respawner: Respawner,
 }
 
-type Respawn = (String, PathBuf, Vec<String>, PathBuf, std::sync::mpsc::Sender<Result<Proc>>);
-
-/// A thread that spawns processes on request.
-struct Respawner {
-    tx: Option<std::sync::mpsc::Sender<Respawn>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Respawner {
-    fn start() -> Respawner {
-        let (tx, rx) = std::sync::mpsc::channel::<Respawn>();
-        let thread = std::thread::spawn(move || {
-            for (log_name, bin, args, dir, reply) in rx {
-                let _ = reply.send(Proc::spawn(&log_name, &bin, &args, &dir));
-            }
-        });
-        Respawner { tx: Some(tx), thread: Some(thread) }
-    }
-
-    fn spawn(&self, log_name: &str, bin: PathBuf, args: Vec<String>, dir: PathBuf) -> Result<Proc> {
-        let (reply, answer) = std::sync::mpsc::channel();
-        let tx = self.tx.as_ref().context("the respawner has stopped")?;
-        tx.send((log_name.to_string(), bin, args, dir, reply)).context("the respawner has stopped")?;
-        answer.recv().context("the respawner has stopped")?
-    }
-
-    /// Ends the thread (after the processes it started are stopped).
-    fn stop(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A free loopback port (bound and released: the kernel will not hand it out again soon).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -123,53 +91,6 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig)?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
-}
-
-/// The taint of the shared plane's nodes (see [`PlaneOptions::taint`]).
-pub const KWOK_TAINT: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
-
-/// A fake node kwok manages, with these extra labels and `NoSchedule` taints (key, value).
-pub fn kwok_node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str)]) -> Result<Node> {
-    let mut all = serde_json::json!({"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-        "kubernetes.io/hostname": name, "type": "kwok"});
-    for (k, v) in labels {
-        all[*k] = serde_json::json!(v);
-    }
-    let taints: Vec<_> = taints
-        .iter()
-        .map(|(k, v)| serde_json::json!({"key": k, "value": v, "effect": "NoSchedule"}))
-        .collect();
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
-            "labels": all
-        },
-        "spec": {"taints": taints},
-        "status": {
-            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000", "nvidia.com/gpu": "8"},
-            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000", "nvidia.com/gpu": "8"},
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
-                "kubeProxyVersion": "fake", "bootID": "", "containerRuntimeVersion": "", "kernelVersion": "",
-                "machineID": "", "osImage": "", "systemUUID": ""},
-            "phase": "Running"
-        }
-    }))?)
-}
-
-fn node_ready(n: &Node) -> bool {
-    let ready = n
-        .status
-        .iter()
-        .flat_map(|s| s.conditions.iter().flatten())
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let tainted = n
-        .spec
-        .iter()
-        .flat_map(|s| s.taints.iter().flatten())
-        .any(|t| t.key.starts_with("node.kubernetes.io/"));
-    ready && !tainted
 }
 
 impl ControlPlane {
