@@ -10,7 +10,6 @@ pub mod nodes;
 pub mod pki;
 pub mod plane;
 pub mod process;
-pub mod respawn;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

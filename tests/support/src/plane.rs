@@ -16,7 +16,6 @@ use crate::nodes::node_ready;
 pub use crate::nodes::{KWOK_TAINT, kwok_node};
 use crate::pki::{Pki, write_pki};
 use crate::process::Proc;
-use crate::respawn::Respawner;
 
 /// The kwok stage file: pod fates chosen by `kwok.test/*` annotations.
 pub const KWOK_STAGES: &str = include_str!("../kwok-stages.yaml");
@@ -56,10 +55,6 @@ pub struct ControlPlane {
     specs: Vec<(String, Vec<String>)>,
     /// etcd's client port.
     etcd_port: u16,
-    /// Starts components again from a thread that lives as long as the plane: a process's
-    /// parent-death signal follows the thread that spawned it, and a test's runtime thread
-    /// may end long before the plane.
-    respawner: Respawner,
 }
 
 /// A free loopback port (bound and released: the kernel will not hand it out again soon).
@@ -111,7 +106,6 @@ impl ControlPlane {
             procs: Mutex::default(),
             specs: vec![],
             etcd_port: etcd,
-            respawner: Respawner::start(),
         };
         plane
             .start_processes(opts, [etcd, peer, api, kcm, sched])
@@ -326,12 +320,7 @@ impl ControlPlane {
             bail!("{name} still runs: kill it first");
         }
         let n = (2..).find(|n| !self.dir.join(format!("{name}.{n}.log")).exists()).unwrap_or(2);
-        let mut proc = self.respawner.spawn(
-            &format!("{name}.{n}"),
-            self.bin_dir.join(name),
-            args.clone(),
-            self.dir.clone(),
-        )?;
+        let mut proc = Proc::spawn(&format!("{name}.{n}"), &self.bin_dir.join(name), args, &self.dir)?;
         proc.name = name.to_string();
         procs[at] = proc;
         Ok(())
@@ -359,7 +348,6 @@ impl ControlPlane {
         while let Some(mut p) = self.procs().pop() {
             p.stop(Duration::from_secs(10));
         }
-        self.respawner.stop();
         if std::env::var_os("TFJOB_KEEP_PLANE").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

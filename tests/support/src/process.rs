@@ -1,12 +1,52 @@
-//! Child processes of the plane: each in a process group of its own, killed with its parent.
+//! Child processes of the plane and the tests: each in a process group of its own, killed
+//! with its parent.
+//!
+//! Every child is forked from one thread that lives as long as the test process: a child's
+//! parent-death signal (SIGKILL) follows the thread that forked it, not the process, and the
+//! threads of a tokio runtime come and go (`block_in_place` hands a worker thread to the
+//! blocking pool, which ends it once idle), which used to kill children of unrelated tests.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
+
+/// A command to fork, and where the forked child (or the error) goes.
+type Fork = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// The forking thread's inbox; the thread is started on first use and never ends.
+fn forker() -> &'static Mutex<mpsc::Sender<Fork>> {
+    static FORKER: OnceLock<Mutex<mpsc::Sender<Fork>>> = OnceLock::new();
+    FORKER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Fork>();
+        std::thread::Builder::new()
+            .name("child-forker".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| eprintln!("cannot start the forking thread: {e}"));
+        Mutex::new(tx)
+    })
+}
+
+/// Forks `cmd` from the long-lived forking thread.
+fn fork(cmd: Command) -> Result<Child> {
+    let (reply, answer) = mpsc::channel();
+    forker()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send((cmd, reply))
+        .map_err(|_| anyhow!("the forking thread has stopped"))?;
+    Ok(answer.recv().map_err(|_| anyhow!("the forking thread has stopped"))??)
+}
 
 /// A running component. Stopped by PID: never by name, never a whole group we did not make.
 #[derive(Debug)]
@@ -18,8 +58,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin args` with stdout and stderr to `<log_dir>/<name>.log`, in its own
     /// process group (so a terminal's Ctrl-C reaches only the harness, which stops it), and
-    /// with SIGKILL as its parent-death signal. The caller must spawn from a thread that
-    /// outlives the plane (the main thread): the signal follows the spawning thread.
+    /// with SIGKILL as its parent-death signal (forked from the long-lived forking thread).
     pub fn spawn(name: &str, bin: &Path, args: &[String], log_dir: &Path) -> Result<Proc> {
         Self::spawn_with_env(name, bin, args, log_dir, &[])
     }
@@ -48,7 +87,7 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = fork(cmd).with_context(|| format!("starting {}", bin.display()))?;
         Ok(Proc { name: name.to_string(), child })
     }
 
