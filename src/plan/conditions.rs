@@ -17,6 +17,28 @@ pub const REASON_FAILED_CREATE: &str = "FailedCreatePod";
 pub const REASON_SUSPENDED: &str = "TFJobSuspended";
 pub const REASON_RESUMED: &str = "TFJobResumed";
 
+/// A condition of this type that holds (status True) takes the reason and message, keeping its
+/// transition time: `Ok(changed)`. `Err(message)` hands the message back when none holds.
+pub fn update_held(
+    st: &mut TFJobStatus,
+    type_: ConditionType,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Result<bool, String> {
+    let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == type_ && c.status == ConditionStatus::True)
+    else {
+        return Err(message);
+    };
+    if c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str()) {
+        return Ok(false);
+    }
+    c.reason = Some(reason.into());
+    c.message = Some(message);
+    c.last_update_time = Some(Time(now));
+    Ok(true)
+}
+
 /// Sets a condition. Nothing changes when it already holds with the same status, reason and
 /// message; a new status replaces the old condition at the end of the list. Setting Running
 /// removes Restarting and the reverse; Succeeded and Failed turn Running and Restarting False.
@@ -28,16 +50,10 @@ pub fn set(
     message: String,
     now: Timestamp,
 ) -> bool {
-    if let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == type_ && c.status == ConditionStatus::True)
-    {
-        if c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str()) {
-            return false;
-        }
-        c.reason = Some(reason.into());
-        c.message = Some(message);
-        c.last_update_time = Some(Time(now));
-        return true;
-    }
+    let message = match update_held(st, type_, reason, message, now) {
+        Ok(changed) => return changed,
+        Err(message) => message,
+    };
     st.conditions.retain(|c| c.type_ != type_);
     match type_ {
         ConditionType::Running => st.conditions.retain(|c| c.type_ != ConditionType::Restarting),

@@ -227,16 +227,10 @@ pub fn set_first(
     message: String,
     now: Timestamp,
 ) -> bool {
-    let held = |c: &JobCondition| c.type_ == type_ && c.status == ConditionStatus::True;
-    if let Some(c) = st.conditions.iter_mut().find(|c| held(c)) {
-        if c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str()) {
-            return false;
-        }
-        c.reason = Some(reason.into());
-        c.message = Some(message);
-        c.last_update_time = Some(Time(now));
-        return true;
-    }
+    let message = match super::conditions::update_held(st, type_, reason, message, now) {
+        Ok(changed) => return changed,
+        Err(message) => message,
+    };
     st.conditions.retain(|c| c.type_ != type_);
     let at = st.conditions.iter().take_while(|c| !is_kubeflow(c.type_)).count();
     st.conditions.insert(
