@@ -70,15 +70,20 @@ pub fn set(
         }
         _ => {}
     }
-    st.conditions.push(JobCondition {
+    st.conditions.push(holding(type_, reason, message, now));
+    true
+}
+
+/// A new condition that holds (status True) from `now`.
+pub fn holding(type_: ConditionType, reason: &str, message: String, now: Timestamp) -> JobCondition {
+    JobCondition {
         type_,
         status: ConditionStatus::True,
         reason: Some(reason.into()),
         message: Some(message),
         last_update_time: Some(Time(now)),
         last_transition_time: Some(Time(now)),
-    });
-    true
+    }
 }
 
 /// Turns a condition that holds (status True) False, with a new reason and message. Returns

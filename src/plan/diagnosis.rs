@@ -3,13 +3,12 @@
 //! before a reason counts, and the `PodsNotStarted` condition with its one event per change.
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::PlannedEvent;
 use super::replica_state::bounded;
-use crate::api::{ConditionStatus, ConditionType, JobCondition, ReplicaType, TFJobStatus};
+use crate::api::{ConditionStatus, ConditionType, ReplicaType, TFJobStatus};
 use crate::names;
 
 /// How long a pod may be stuck, counted from its creation, before it is diagnosed: long
@@ -233,17 +232,7 @@ pub fn set_first(
     };
     st.conditions.retain(|c| c.type_ != type_);
     let at = st.conditions.iter().take_while(|c| !is_kubeflow(c.type_)).count();
-    st.conditions.insert(
-        at,
-        JobCondition {
-            type_,
-            status: ConditionStatus::True,
-            reason: Some(reason.into()),
-            message: Some(message),
-            last_update_time: Some(Time(now)),
-            last_transition_time: Some(Time(now)),
-        },
-    );
+    st.conditions.insert(at, super::conditions::holding(type_, reason, message, now));
     true
 }
 

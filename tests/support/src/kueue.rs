@@ -5,7 +5,6 @@
 //! for namespaces labelled [`NAMESPACE_LABEL`], so a plane's other tests never call Kueue.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -20,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::kueue_certs::WebhookCerts;
 use crate::process::Proc;
-use crate::{free_port, http_get, repo_root, wait};
+use crate::{free_port, http_get, wait};
 
 /// Namespaces with this label (key, value) are served by Kueue's webhooks.
 pub const NAMESPACE_LABEL: (&str, &str) = ("tfjob-e2e/kueue", "true");
@@ -38,20 +37,7 @@ const FIELD_MANAGER: &str = "tfjob-e2e-kueue";
 /// The directory `hack/build-kueue.sh` prints (`kueue` and `module/`): `TFJOB_KUEUE_DIR`, or
 /// the script's answer (it builds Kueue on first use, then reuses it).
 pub fn kueue_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("TFJOB_KUEUE_DIR") {
-        return Ok(PathBuf::from(d));
-    }
-    let script = repo_root().join("hack/build-kueue.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed", script.display());
-    }
-    let stdout = String::from_utf8(out.stdout)?;
-    Ok(PathBuf::from(stdout.lines().last().context("build-kueue.sh printed no directory")?.trim()))
+    crate::built_dir("TFJOB_KUEUE_DIR", "hack/build-kueue.sh")
 }
 
 /// A running Kueue. [`Kueue::stop`] removes its webhooks before it stops the process; a

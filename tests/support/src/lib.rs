@@ -32,10 +32,16 @@ pub fn repo_root() -> PathBuf {
 /// The directory of the control-plane binaries: `TFJOB_BIN_DIR`, or what
 /// `hack/build-control-plane.sh` prints (it builds them on first use, then reuses them).
 pub fn bin_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("TFJOB_BIN_DIR") {
+    built_dir("TFJOB_BIN_DIR", "hack/build-control-plane.sh")
+}
+
+/// The directory in environment variable `var`, else the last line a build script of
+/// `hack/` prints (the script builds on first use, then reuses its cache).
+pub fn built_dir(var: &str, script: &str) -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os(var) {
         return Ok(PathBuf::from(d));
     }
-    let script = repo_root().join("hack/build-control-plane.sh");
+    let script = repo_root().join(script);
     let out = Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())
@@ -45,7 +51,7 @@ pub fn bin_dir() -> Result<PathBuf> {
         bail!("{} failed", script.display());
     }
     let stdout = String::from_utf8(out.stdout)?;
-    let last = stdout.lines().last().context("build-control-plane.sh printed no directory")?;
+    let last = stdout.lines().last().with_context(|| format!("{} printed no directory", script.display()))?;
     Ok(PathBuf::from(last.trim()))
 }
 
