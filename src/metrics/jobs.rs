@@ -67,6 +67,18 @@ impl Seen {
     }
 }
 
+impl Seen {
+    /// Everything either observation shows.
+    fn with(self, other: Seen) -> Seen {
+        Seen {
+            created: self.created || other.created,
+            succeeded: self.succeeded || other.succeeded,
+            failed: self.failed || other.failed,
+            restarted: self.restarted || other.restarted,
+        }
+    }
+}
+
 /// The counters that going from `before` to `after` moves.
 pub fn moved(before: Seen, after: Seen) -> Vec<JobCount> {
     [
@@ -92,12 +104,22 @@ impl JobCounter {
     /// of the process's first list of jobs, whose past is not counted (a restarted operator
     /// or a new leader counts nothing again). A job first seen later (created since, or during
     /// a watch gap) counts from nothing.
+    ///
+    /// What was seen once stays seen: a status older than one already counted (the watch still
+    /// delivering the versions before this process's own write, or a re-list served from a
+    /// lagging cache) moves nothing, and does not let the newer status count a second time.
     pub fn observed(&mut self, uid: &str, status: Option<&TFJobStatus>, first_list: bool) -> Vec<JobCount> {
         let now = Seen::of(status);
-        match self.seen.insert(uid.to_string(), now) {
-            Some(before) => moved(before, now),
-            None if first_list => Vec::new(),
-            None => moved(Seen::default(), now),
+        match self.seen.get_mut(uid) {
+            Some(before) => {
+                let moves = moved(*before, now);
+                *before = before.with(now);
+                moves
+            }
+            None => {
+                self.seen.insert(uid.to_string(), now);
+                if first_list { Vec::new() } else { moved(Seen::default(), now) }
+            }
         }
     }
 
@@ -194,6 +216,13 @@ mod tests {
         );
         assert_eq!(c.observed("new", Some(&status(&[Created, Restarting], 1)), false), [J::Restarted]);
         assert_eq!(c.observed("new", Some(&status(&[Created, Failed], 2)), false), [J::Failed]);
+        // The watch delivers a version older than the operator's own write, then the write.
+        assert_eq!(
+            c.observed("late", Some(&status(&[Created, Succeeded], 0)), false),
+            [J::Created, J::Successful]
+        );
+        assert_eq!(c.observed("late", Some(&status(&[Created, Running], 0)), false), [], "older version");
+        assert_eq!(c.observed("late", Some(&status(&[Created, Succeeded], 0)), false), [], "counted once");
         // Seen first after a watch gap, already created: its creation counts.
         assert_eq!(c.observed("gap", Some(&status(&[Created], 0)), false), [J::Created]);
         c.forget("new");
