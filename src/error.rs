@@ -27,6 +27,8 @@ pub enum Error {
     DeleteJob { job: String, source: kube::Error },
     #[error("not writing: this process no longer holds the leader lease")]
     NotLeader,
+    #[error("building the pods and services of TFJob {job}: {message}")]
+    BuildObjects { job: String, message: String },
     #[error("TFJob has no {0}")]
     MissingField(&'static str),
 }
@@ -46,6 +48,7 @@ impl Error {
             Error::DeleteService { .. } => "delete_service",
             Error::DeleteJob { .. } => "delete_job",
             Error::MissingField(_) => "missing_field",
+            Error::BuildObjects { .. } => "build_objects",
             Error::NotLeader => "not_leader",
         }
     }

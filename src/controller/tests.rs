@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
@@ -20,8 +20,8 @@ use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatu
 use crate::error::Error;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
-use crate::objects::{pod_for, service_for};
-use crate::plan::{ObjectKey, Plan, PlannedEvent};
+use crate::objects::Builder;
+use crate::plan::{ObjectKey, Plan, PlannedEvent, ReplicaId};
 use crate::writer::Writer;
 use crate::writer::events::{self, Publisher};
 
@@ -45,12 +45,12 @@ fn job() -> TFJob {
 
 fn pod(i: i32) -> Pod {
     let j = job();
-    pod_for(&JobView::new(&j).expect("view"), ReplicaType::Worker, i, None).expect("pod")
+    let view = JobView::new(&j).expect("view");
+    Builder::new(&view, None).pod(w(i)).expect("pod")
 }
 
-fn service(i: i32) -> Service {
-    let j = job();
-    service_for(&JobView::new(&j).expect("view"), ReplicaType::Worker, i).expect("service")
+fn w(index: i32) -> ReplicaId {
+    ReplicaId { rtype: ReplicaType::Worker, index }
 }
 
 fn now() -> Now {
@@ -67,7 +67,9 @@ fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
         let applied =
-            Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, false, now()).await;
+            Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
+                .apply_plan(&job(), &plan, None, false, now())
+                .await;
         (applied, unseen.into_inner().expect("lock"))
     });
     (handle, Arc::new(Mutex::new(publisher)), task)
@@ -122,10 +124,11 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         events: vec![PlannedEvent::normal("TFJobCreated", "created")],
         delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
         delete_services: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-s1".into() }],
-        create_services: vec![service(0)],
-        create_pods: vec![pod(0)],
+        create_services: vec![w(0)],
+        create_pods: vec![w(0)],
         delete_job: true,
         requeue_at: None,
+        more: false,
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let mut seen = Vec::new();
@@ -204,7 +207,7 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
 
 /// Serves one create answered 409 and then the GET of what is there; returns the outcome.
 async fn create_conflict(found: Value) -> (CreateStep, Vec<String>) {
-    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (m, path, _, send) = next(&mut h).await;
     assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"));
@@ -252,7 +255,7 @@ async fn a_409_from_a_terminating_object_waits() {
 #[tokio::test]
 async fn a_refused_create_carries_the_api_servers_message_and_stops_the_rest() {
     // Slow start: the first batch is one pod; its refusal stops the other two.
-    let plan = Plan { create_pods: vec![pod(0), pod(1)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0), w(1)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (_, _, body, send) = next(&mut h).await;
     assert_eq!(body["metadata"]["name"], "j-worker-0");
@@ -270,7 +273,7 @@ async fn a_refused_create_carries_the_api_servers_message_and_stops_the_rest() {
 
 #[tokio::test]
 async fn a_transient_failure_is_an_error_not_a_refusal() {
-    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (_, _, _, send) = next(&mut h).await;
     respond(send, 503, status_body(503, "ServiceUnavailable"));
@@ -281,16 +284,19 @@ async fn a_transient_failure_is_an_error_not_a_refusal() {
 
 #[tokio::test]
 async fn a_terminating_namespace_stops_creates_silently() {
-    let plan = Plan { create_services: vec![service(0)], create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_services: vec![w(0)], create_pods: vec![w(0)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
-    let (m, path, _, send) = next(&mut h).await;
-    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"));
     let mut refused = status_body(403, "Forbidden");
     refused["details"] = json!({"causes": [{"reason": "NamespaceTerminating"}]});
-    respond(send, 403, refused);
+    // The first batch holds one object of each template: the service and the pod.
+    for kind in ["services", "pods"] {
+        let (m, path, _, send) = next(&mut h).await;
+        assert_eq!((m, path), (Method::POST, format!("/api/v1/namespaces/ns/{kind}")));
+        respond(send, 403, refused.clone());
+    }
     let (applied, _) = task.await.expect("task");
     assert_eq!(applied.expect("applied").creates, CreateStep::NamespaceGone);
-    assert!(h.next_request().await.is_none(), "no pod create after that");
+    assert!(h.next_request().await.is_none(), "no create after that");
     assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event");
 }
 
@@ -300,13 +306,13 @@ async fn a_closed_gate_writes_nothing() {
         status: Some(written_status()),
         events: vec![PlannedEvent::normal("TFJobCreated", "created")],
         delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
-        create_pods: vec![pod(0)],
+        create_pods: vec![w(0)],
         ..Default::default()
     };
     for plan in [
         plan.clone(),
         Plan { status: None, ..plan.clone() },
-        Plan { create_pods: vec![pod(0)], ..Default::default() },
+        Plan { create_pods: vec![w(0)], ..Default::default() },
     ] {
         let (mut h, events, task) = start(plan, Gate::elected());
         let (applied, _) = task.await.expect("task");
@@ -321,7 +327,7 @@ async fn a_status_planned_from_an_old_version_is_refused_and_nothing_follows() {
     let plan = Plan {
         status: Some(written_status()),
         events: vec![PlannedEvent::normal("TFJobCreated", "created")],
-        create_pods: vec![pod(0)],
+        create_pods: vec![w(0)],
         ..Default::default()
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
@@ -341,8 +347,10 @@ async fn from_a_stale_job_cache_nothing_is_created_for_a_job_that_is_gone() {
     let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
-        let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
-        Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, true, now()).await
+        let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
+        Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
+            .apply_plan(&job(), &plan, None, true, now())
+            .await
     });
     let (m, path, _, send) = next(&mut handle).await;
     assert_eq!((m, path.as_str()), (Method::GET, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"));
@@ -354,15 +362,16 @@ async fn from_a_stale_job_cache_nothing_is_created_for_a_job_that_is_gone() {
 
 #[tokio::test]
 async fn creates_wait_out_their_backoff() {
-    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let (queue, _publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
     let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
     let unseen = Mutex::default();
     let until = Instant::now() + std::time::Duration::from_secs(5);
-    let applied = Applier { writer: &writer, unseen: &unseen }
-        .apply_plan(&job(), &plan, Some(until), false, now())
-        .await;
+    let applied =
+        Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
+            .apply_plan(&job(), &plan, Some(until), false, now())
+            .await;
     assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
     drop(writer);
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");

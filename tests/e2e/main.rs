@@ -8,6 +8,7 @@
 mod bench;
 mod controller;
 mod faults;
+mod huge;
 mod install;
 mod kueue;
 mod kueue_env;
@@ -84,6 +85,7 @@ fn tests() -> Vec<Test> {
     all.extend(controller::tests());
     all.extend(install::tests());
     all.extend(suspend::tests());
+    all.extend(huge::tests());
     all.extend(replica_keys::tests());
     all.extend(bench::tests());
     all.extend(kueue::tests());
