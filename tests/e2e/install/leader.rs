@@ -71,7 +71,7 @@ async fn metrics_count_each_job_once_across_restarts(ctx: Ctx) -> Result<()> {
     };
     eventually(Duration::from_secs(1), "each job counted once", counted).await?;
     assert_stays(Duration::from_secs(1), "each job counted once", counted).await?;
-    // Bounded labels only: never a pod or job name.
+    // Bounded labels only: never a pod or job name (`size` is a create batch's, 1 to 16).
     let m = op.metrics().await;
     let keys: BTreeSet<&str> = m
         .lines()
@@ -80,7 +80,7 @@ async fn metrics_count_each_job_once_across_restarts(ctx: Ctx) -> Result<()> {
         .flat_map(|labels| labels.split(',').filter_map(|kv| kv.split_once('=').map(|(k, _)| k)))
         .collect();
     let allowed: BTreeSet<&str> =
-        ["job_namespace", "framework", "kind", "verb", "resource", "code", "le"].into();
+        ["job_namespace", "framework", "kind", "verb", "resource", "code", "le", "size"].into();
     ensure!(keys.is_subset(&allowed), "label keys {keys:?}");
 
     // A restarted operator reads the stored status and counts nothing again.

@@ -147,7 +147,7 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
                 .await
                 .with_context(|| format!("the huge-job row: not done within {:?}", opts.timeout))??;
         progress("the huge-job row: bound runs");
-        size.bound_s = bound(client, opts, &format!("{n}-huge"), &created).await?;
+        size.bound_s = bound(client, opts, &format!("h{n}"), &created).await?;
         size.ratio = if size.bound_s > 0.0 { size.all_created_s / size.bound_s } else { 0.0 };
         let huge_only = |name: &Option<String>| name.as_deref().is_some_and(|n| n.starts_with("huge-"));
         let alone = Created {
@@ -157,7 +157,7 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
         let without =
             sizes.iter().find(|s| s.jobs == n && s.huge.is_none()).map(|s| s.create_to_running.median);
         if let Some(h) = &mut size.huge {
-            h.bound_s = bound(client, opts, "huge", &alone).await?;
+            h.bound_s = bound(client, opts, "h", &alone).await?;
             h.ratio = if h.bound_s > 0.0 { h.all_created_s / h.bound_s } else { 0.0 };
             h.running_p50_vs_without =
                 without.filter(|w| *w > 0.0).map(|w| size.create_to_running.median / w);
@@ -179,7 +179,7 @@ async fn run_operator(
     huge: Option<i32>,
 ) -> Result<(SizeReport, Created)> {
     let ns = match huge {
-        Some(_) => format!("{}-{n}-huge", opts.prefix),
+        Some(_) => format!("{}-h{n}", opts.prefix),
         None => format!("{}-{n}", opts.prefix),
     };
     create_namespace(client, &ns).await?;
