@@ -143,7 +143,8 @@ impl Applier<'_> {
             let note = format!("Deleted service: {}", svc.name);
             self.event(job, PlannedEvent::normal("SuccessfulDeleteService", note), now)?;
         }
-        if !plan.create_pods.is_empty() || !plan.create_services.is_empty() {
+        self.delete_pod_group(job, plan, now).await?; // gang scheduling: gang.rs
+        if !plan.create_pods.is_empty() || !plan.create_services.is_empty() || plan.gang.create.is_some() {
             if creates_wait_until.is_none() && verify_job && !self.writer.job_exists(job).await? {
                 return Err(Error::JobGone { job: job.name_any() });
             }
@@ -168,6 +169,11 @@ impl Applier<'_> {
         let services = self.create_batch(job, &plan.create_services, now).await?;
         if let CreateStep::Refused(_) | CreateStep::NamespaceGone = services {
             return Ok(services);
+        }
+        // Gang scheduling (gang.rs): the PodGroup before any pod, and no pod without it.
+        match self.create_pod_group(job, plan, now).await? {
+            CreateStep::Done | CreateStep::NoneNeeded => {}
+            other => return Ok(other),
         }
         match self.create_batch(job, &plan.create_pods, now).await? {
             CreateStep::Done => Ok(services),

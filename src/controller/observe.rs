@@ -22,6 +22,7 @@ use super::index::{Owner, OwnerIndex};
 use super::unseen::UnseenWrites;
 use crate::api::TFJob;
 use crate::api::TFJobStatus;
+use crate::gang::PodGroup;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::metrics::jobs::JobCounter;
@@ -50,18 +51,30 @@ impl Slim for Service {
     }
 }
 
+impl Slim for PodGroup {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+    }
+}
+
 /// The cached pods and services, each with its owner index.
 pub struct Caches {
     pub pods: Store<Pod>,
     pub services: Store<Service>,
     pub pod_index: Arc<Mutex<OwnerIndex>>,
     pub service_index: Arc<Mutex<OwnerIndex>>,
+    /// The PodGroups, with gang scheduling only.
+    pub pod_groups: Option<(Store<PodGroup>, Arc<Mutex<OwnerIndex>>)>,
 }
 
 /// What one reconcile sees.
 pub struct Observed {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
+    /// The PodGroup the job controls, as cached (no unseen writes: its create and delete are
+    /// idempotent).
+    pub pod_group: Option<PodGroup>,
 }
 
 /// A label-selected, reflected watch of the operator's pods or services, slimmed (see
@@ -301,10 +314,17 @@ pub fn owned(caches: &Caches, unseen: &Mutex<UnseenWrites>, job: &TFJob, now: In
         .into_iter()
         .filter(|s| owned(&s.metadata))
         .collect();
+    let pod_group = caches.pod_groups.as_ref().and_then(|(store, index)| {
+        cached_owned_by(store, index, &uid)
+            .into_iter()
+            .find(|g| owned(&g.metadata))
+            .map(|g| PodGroup::clone(&g))
+    });
     let mut u = unseen.lock().unwrap_or_else(PoisonError::into_inner);
     Observed {
         pods: u.pods.view(&cached_pods, now, |o| owned(&o.metadata)),
         services: u.services.view(&cached_svcs, now, |o| owned(&o.metadata)),
+        pod_group,
     }
 }
 

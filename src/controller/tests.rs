@@ -126,6 +126,7 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         create_pods: vec![pod(0)],
         delete_job: true,
         requeue_at: None,
+        gang: Default::default(),
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let mut seen = Vec::new();
@@ -366,4 +367,131 @@ async fn creates_wait_out_their_backoff() {
     assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
     drop(writer);
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");
+}
+
+// Gang scheduling (crate::gang): the PodGroup is deleted after the pods and services and
+// created before any pod; a refused or foreign PodGroup stops the pods.
+
+fn gang_plan(mode: crate::gang::GangScheduling, observed: Option<&crate::gang::PodGroup>) -> Plan {
+    let mut plan =
+        Plan { create_services: vec![service(0)], create_pods: vec![pod(0)], ..Default::default() };
+    crate::gang::plan(mode, &job(), &mut plan, observed);
+    plan
+}
+
+#[tokio::test]
+async fn the_pod_group_is_created_after_the_services_and_before_the_pods() {
+    let (mut h, events, task) =
+        start(gang_plan(crate::gang::GangScheduling::Native, None), Gate::always_open());
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"));
+    respond(send, 201, stored(body, "uid-s0"));
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::POST, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups")
+    );
+    assert_eq!(body["kind"], "PodGroup");
+    assert_eq!(body["apiVersion"], "scheduling.k8s.io/v1alpha2");
+    assert_eq!(body["metadata"]["name"], "j");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-j");
+    assert_eq!(body["spec"]["schedulingPolicy"], json!({"gang": {"minCount": 2}}));
+    respond(send, 201, stored(body, "uid-pg"));
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"), "the pods after it");
+    assert_eq!(body["spec"]["schedulingGroup"], json!({"podGroupName": "j"}), "every pod names it");
+    respond(send, 201, stored(body, "uid-p0"));
+    let (applied, _) = task.await.expect("task");
+    assert_eq!(applied.expect("applied").creates, CreateStep::Done);
+    let mut seen = Vec::new();
+    assert_eq!(
+        queued_reasons(&events, &mut seen),
+        ["SuccessfulCreateService", "SuccessfulCreatePodGroup", "SuccessfulCreatePod"]
+    );
+    assert!(h.next_request().await.is_none(), "nothing more was sent");
+}
+
+/// Serves the PodGroup create of a gang plan with `code` and `answer` (and, for a 409, the GET
+/// with `found`); returns the outcome and the events. No pod is ever created.
+async fn pod_group_refused(code: u16, answer: Value, found: Option<Value>) -> (CreateStep, Vec<String>) {
+    let mut plan = gang_plan(crate::gang::GangScheduling::Native, None);
+    plan.create_services.clear();
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::POST, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups")
+    );
+    respond(send, code, answer);
+    if let Some(found) = found {
+        let (m, path, _, send) = next(&mut h).await;
+        assert_eq!(
+            (m, path.as_str()),
+            (Method::GET, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups/j")
+        );
+        respond(send, 200, found);
+    }
+    let (applied, _) = task.await.expect("task");
+    assert!(h.next_request().await.is_none(), "no pod without its gang");
+    let mut seen = Vec::new();
+    (applied.expect("applied").creates, queued_reasons(&events, &mut seen))
+}
+
+#[tokio::test]
+async fn a_pod_group_that_cannot_be_created_stops_the_pods_with_a_warning() {
+    let (step, events) = pod_group_refused(422, status_body(422, "Invalid"), None).await;
+    let CreateStep::Refused(msg) = step else { panic!("{step:?}") };
+    assert!(msg.starts_with("Error creating PodGroup j: Invalid (test)"), "{msg}");
+    assert_eq!(events, ["FailedCreatePodGroup"]);
+
+    // The cluster does not serve the API.
+    let (step, events) = pod_group_refused(404, status_body(404, "NotFound"), None).await;
+    let CreateStep::Refused(msg) = step else { panic!("{step:?}") };
+    assert!(msg.contains("does not serve scheduling.k8s.io/v1alpha2 PodGroups"), "{msg}");
+    assert_eq!(events, ["FailedCreatePodGroup"]);
+
+    // Someone else's PodGroup of the same name.
+    let foreign = json!({"apiVersion": "scheduling.k8s.io/v1alpha2", "kind": "PodGroup",
+        "metadata": {"name": "j", "namespace": "ns", "uid": "other"}, "spec": {}});
+    let (step, events) =
+        pod_group_refused(409, status_body(409, "AlreadyExists"), Some(foreign.clone())).await;
+    let CreateStep::Refused(msg) = step else { panic!("{step:?}") };
+    assert!(msg.contains("not controlled by this TFJob"), "{msg}");
+    assert_eq!(events, ["FailedCreatePodGroup"]);
+
+    // One of the same name still terminating (before a resume): wait.
+    let mut terminating = foreign;
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let (step, events) = pod_group_refused(409, status_body(409, "AlreadyExists"), Some(terminating)).await;
+    assert_eq!(step, CreateStep::Blocked);
+    assert!(events.is_empty());
+}
+
+#[tokio::test]
+async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
+    let mut observed = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    observed.metadata.uid = Some("uid-pg".into());
+    let mut j = job();
+    j.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(true), ..Default::default() });
+    let mut plan = Plan {
+        delete_pods: vec![ObjectKey { name: "j-worker-0".into(), uid: "uid-p0".into() }],
+        ..Default::default()
+    };
+    crate::gang::plan(crate::gang::GangScheduling::Native, &j, &mut plan, Some(&observed));
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/pods/j-worker-0"));
+    respond(send, 200, status_body(200, "Success"));
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::DELETE, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups/j")
+    );
+    assert_eq!(body["preconditions"], json!({"uid": "uid-pg"}));
+    respond(send, 404, status_body(404, "NotFound"));
+    let (applied, _) = task.await.expect("task");
+    applied.expect("a 404 is success");
+    let mut seen = Vec::new();
+    assert_eq!(queued_reasons(&events, &mut seen), ["SuccessfulDeletePod", "SuccessfulDeletePodGroup"]);
+    assert!(h.next_request().await.is_none());
 }

@@ -84,6 +84,9 @@ pub struct Plan {
     pub delete_job: bool,
     /// When to plan again even if nothing changes: the next deadline or TTL expiry.
     pub requeue_at: Option<Timestamp>,
+    /// Gang scheduling: the job's PodGroup to create (before any pod) or delete (after the
+    /// pods). Decided after this planner by [`crate::gang::plan`].
+    pub gang: crate::gang::GangPlan,
 }
 
 /// Status times have whole seconds; planning with the same precision keeps plans stable.
