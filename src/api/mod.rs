@@ -7,6 +7,7 @@ mod crd;
 mod policy;
 mod replica;
 pub mod rules;
+mod scheduling;
 mod status;
 mod types;
 mod view;
