@@ -2,7 +2,9 @@
 //! pods and services, and created after the services and before any pod; a PodGroup that
 //! cannot be created stops the pods (a refusal is reported as any refused create is: a
 //! Warning event now, the `ReplicaFailure` condition and the create backoff from
-//! [`super::report`]).
+//! [`super::report`]). Both writes are remembered as unseen until the cache shows them.
+
+use std::sync::PoisonError;
 
 use kube::ResourceExt;
 
@@ -10,17 +12,21 @@ use super::Now;
 use super::apply::{Applier, CreateStep};
 use crate::api::TFJob;
 use crate::error::Error;
+use crate::gang::PodGroup;
 use crate::plan::{Plan, PlannedEvent};
 use crate::writer::Created;
 
 impl Applier<'_> {
-    /// Deletes the job's PodGroup when the plan says so.
+    /// Deletes the job's PodGroup when the plan says so (an event when this call deleted it).
     pub(super) async fn delete_pod_group(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<(), Error> {
         let Some(group) = &plan.gang.delete else { return Ok(()) };
-        self.writer.delete_pod_group(&job.namespace().unwrap_or_default(), group).await?;
-        let ev =
-            PlannedEvent::normal("SuccessfulDeletePodGroup", format!("Deleted PodGroup: {}", group.name));
-        self.writer.publish(job, &ev, now.wall)
+        let deleted = self.writer.delete_pod_group(&job.namespace().unwrap_or_default(), group).await?;
+        self.unseen.lock().unwrap_or_else(PoisonError::into_inner).pod_groups.deleted(&group.uid, now.mono);
+        if !deleted {
+            return Ok(());
+        }
+        let note = format!("Deleted PodGroup: {}", group.name);
+        self.writer.publish(job, &PlannedEvent::normal("SuccessfulDeletePodGroup", note), now.wall)
     }
 
     /// Creates the job's PodGroup when the plan says so: `Done` (also when found already
@@ -43,8 +49,12 @@ impl Applier<'_> {
             )?;
             Ok(CreateStep::Refused(msg))
         };
+        let seen = |g: PodGroup| {
+            self.unseen.lock().unwrap_or_else(PoisonError::into_inner).pod_groups.created(g, now.mono)
+        };
         match self.writer.create_pod_group(&job.uid().unwrap_or_default(), group).await? {
-            Created::New(_) => {
+            Created::New(g) => {
+                seen(g);
                 let min = group.min_count().unwrap_or_default();
                 let note = format!("Created PodGroup: {name} (gang of {min} pods)");
                 self.writer.publish(
@@ -54,7 +64,10 @@ impl Applier<'_> {
                 )?;
                 Ok(CreateStep::Done)
             }
-            Created::Existing(_) => Ok(CreateStep::Done),
+            Created::Existing(g) => {
+                seen(g);
+                Ok(CreateStep::Done)
+            }
             Created::Terminating => Ok(CreateStep::Blocked),
             Created::NamespaceGone => Ok(CreateStep::NamespaceGone),
             Created::Foreign => refused(format!(

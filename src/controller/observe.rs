@@ -72,8 +72,7 @@ pub struct Caches {
 pub struct Observed {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
-    /// The PodGroup the job controls, as cached (no unseen writes: its create and delete are
-    /// idempotent).
+    /// The PodGroup the job controls (with gang scheduling), with the unseen writes overlaid.
     pub pod_group: Option<PodGroup>,
 }
 
@@ -314,17 +313,20 @@ pub fn owned(caches: &Caches, unseen: &Mutex<UnseenWrites>, job: &TFJob, now: In
         .into_iter()
         .filter(|s| owned(&s.metadata))
         .collect();
-    let pod_group = caches.pod_groups.as_ref().and_then(|(store, index)| {
-        cached_owned_by(store, index, &uid)
-            .into_iter()
-            .find(|g| owned(&g.metadata))
-            .map(|g| PodGroup::clone(&g))
-    });
+    let cached_groups: Vec<Arc<PodGroup>> = match &caches.pod_groups {
+        Some((store, index)) => {
+            cached_owned_by(store, index, &uid).into_iter().filter(|g| owned(&g.metadata)).collect()
+        }
+        None => Vec::new(),
+    };
     let mut u = unseen.lock().unwrap_or_else(PoisonError::into_inner);
     Observed {
         pods: u.pods.view(&cached_pods, now, |o| owned(&o.metadata)),
         services: u.services.view(&cached_svcs, now, |o| owned(&o.metadata)),
-        pod_group,
+        pod_group: match caches.pod_groups {
+            Some(_) => u.pod_groups.view(&cached_groups, now, |o| owned(&o.metadata)).into_iter().next(),
+            None => None,
+        },
     }
 }
 

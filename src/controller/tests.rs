@@ -488,10 +488,28 @@ async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
         (Method::DELETE, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups/j")
     );
     assert_eq!(body["preconditions"], json!({"uid": "uid-pg"}));
-    respond(send, 404, status_body(404, "NotFound"));
-    let (applied, _) = task.await.expect("task");
-    applied.expect("a 404 is success");
+    respond(send, 200, status_body(200, "Success"));
+    let (applied, mut unseen) = task.await.expect("task");
+    applied.expect("applied");
     let mut seen = Vec::new();
     assert_eq!(queued_reasons(&events, &mut seen), ["SuccessfulDeletePod", "SuccessfulDeletePodGroup"]);
     assert!(h.next_request().await.is_none());
+    let shown = unseen.pod_groups.view(&[Arc::new(observed)], Instant::now(), |_| true);
+    assert!(shown[0].metadata.deletion_timestamp.is_some(), "shown terminating until the cache shows it");
+}
+
+#[tokio::test]
+async fn a_pod_group_already_gone_is_not_announced_deleted() {
+    let mut observed = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    observed.metadata.uid = Some("uid-pg".into());
+    let mut done = job();
+    done.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(true), ..Default::default() });
+    let mut plan = Plan::default();
+    crate::gang::plan(crate::gang::GangScheduling::Native, &done, &mut plan, Some(&observed));
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, _, _, send) = next(&mut h).await;
+    assert_eq!(m, Method::DELETE);
+    respond(send, 404, status_body(404, "NotFound"));
+    task.await.expect("task").0.expect("a 404 is success");
+    assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event for what was gone");
 }

@@ -29,14 +29,15 @@ impl Writer {
         }
     }
 
-    /// Deletes the job's PodGroup, only if it still has the uid the plan saw. Gone is
-    /// success. (kube-controller-manager keeps it, terminating, until its running pods go.)
-    pub async fn delete_pod_group(&self, namespace: &str, group: &ObjectKey) -> Result<(), Error> {
+    /// Deletes the job's PodGroup, only if it still has the uid the plan saw; returns whether
+    /// this call deleted it (gone already is success too). kube-controller-manager keeps it,
+    /// terminating, until its running pods go.
+    pub async fn delete_pod_group(&self, namespace: &str, group: &ObjectKey) -> Result<bool, Error> {
         self.gate.check()?;
         let api: Api<PodGroup> = Api::namespaced(self.client.clone(), namespace);
         match api.delete(&group.name, &with_uid(&group.uid)).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
             Err(source) => Err(Error::DeletePodGroup { name: group.name.clone(), source }),
         }
     }

@@ -208,11 +208,11 @@ async fn ungate_alternating(ctx: &Ctx, jobs: [&str; 2], workers: i32) -> Result<
 }
 
 /// Creates jobs `a` and `b` (4 gated workers of 10 CPUs on the test's 6-place node, each
-/// succeeding 5 s after it starts) and waits until all 8 pods exist; returns the pod watch.
-async fn two_gated_jobs(ctx: &Ctx) -> Result<PodWatch> {
+/// meeting `fate`) and waits until all 8 pods exist; returns the pod watch.
+async fn two_gated_jobs(ctx: &Ctx, fate: Value) -> Result<PodWatch> {
     let watch = PodWatch::start(ctx);
     for name in ["a", "b"] {
-        create(ctx, placed(ctx, name, 4, "10", succeed("5s"), json!({}), true)).await?;
+        create(ctx, placed(ctx, name, 4, "10", fate.clone(), json!({}), true)).await?;
     }
     let want: Vec<String> =
         ["a", "b"].iter().flat_map(|j| (0..4).map(move |i| format!("{j}-worker-{i}"))).collect();
@@ -230,7 +230,7 @@ async fn gang_two_jobs_on_six_places_run_one_after_the_other(ctx: Ctx) -> Result
 
 async fn two_jobs_native(ctx: &Ctx) -> Result<()> {
     let op = Operator::start(ctx, &[NATIVE])?;
-    let watch = two_gated_jobs(ctx).await.with_context(|| op.log_tail())?;
+    let watch = two_gated_jobs(ctx, succeed("5s")).await.with_context(|| op.log_tail())?;
     // One PodGroup per job, owned by it, a gang of all its pods; every pod names it.
     for name in ["a", "b"] {
         let g = wait_for(&pod_groups(ctx), name, WAIT, "the job's PodGroup", |_| true).await?;
@@ -280,7 +280,10 @@ async fn gang_none_two_jobs_on_six_places_deadlock(ctx: Ctx) -> Result<()> {
 
 async fn two_jobs_none(ctx: &Ctx) -> Result<()> {
     let _op = Operator::start(ctx, &["--gang-scheduling=none"])?;
-    let watch = two_gated_jobs(ctx).await?;
+    // A TensorFlow worker does not finish before all its peers run; kwok's pods cannot wait
+    // for peers, so here they run until deleted (with gang scheduling they succeed after 5 s,
+    // which only lets that test end).
+    let watch = two_gated_jobs(ctx, json!({})).await?;
     ensure!(
         pod_groups(ctx).list(&ListParams::default()).await?.items.is_empty(),
         "a PodGroup without gang scheduling"
@@ -312,7 +315,7 @@ async fn two_jobs_none(ctx: &Ctx) -> Result<()> {
     .await?;
     // The check that passes with gang scheduling fails here: this run can fail it.
     let err = watch.timeline().all_or_nothing(4, Instant::now()).err().context("no partial gang seen")?;
-    ensure!(err.to_string().contains("3 of its 4 pods bound"), "{err}");
+    ensure!(err.to_string().contains("of its 4 pods bound for"), "{err}");
     Ok(())
 }
 
