@@ -53,3 +53,62 @@ pub async fn check_pod_groups_served(client: &Client) -> Result<(), Error> {
     };
     if served { Ok(()) } else { Err(Error::GangApiMissing(gang::NOT_SERVED)) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use kube::core::Status;
+    use serde_json::json;
+    use tower_test::mock;
+
+    fn status(code: u16, details: Option<serde_json::Value>) -> kube::Error {
+        let mut s = Status::failure("not found", "NotFound").with_code(code);
+        s.details = details.map(|d| serde_json::from_value(d).expect("details"));
+        kube::Error::Api(Box::new(s))
+    }
+
+    #[test]
+    fn only_a_404_for_the_resource_means_the_api_is_not_served() {
+        assert!(not_served(&status(404, None)));
+        assert!(not_served(&status(404, Some(json!({})))));
+        assert!(!not_served(&status(404, Some(json!({"kind": "namespaces", "name": "ns"})))));
+        assert!(!not_served(&status(404, Some(json!({"kind": "podgroups", "name": "j"})))));
+        assert!(!not_served(&status(500, None)));
+    }
+
+    /// The start check against a mock API server answering discovery with `code` and `body`.
+    async fn check(code: u16, body: serde_json::Value) -> Result<(), Error> {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let serve = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("a request");
+            assert_eq!(req.uri().path(), "/apis/scheduling.k8s.io/v1alpha2");
+            let response = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                .expect("response");
+            send.send_response(response);
+        });
+        let r = check_pod_groups_served(&client).await;
+        serve.await.expect("served");
+        r
+    }
+
+    #[tokio::test]
+    async fn the_start_check_says_how_to_enable_the_api() {
+        let served = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "scheduling.k8s.io/v1alpha2",
+            "resources": [{"name": "podgroups", "singularName": "podgroup", "namespaced": true, "kind": "PodGroup",
+                           "verbs": ["create", "delete", "get", "list", "watch"]}]});
+        check(200, served).await.expect("served");
+        let missing = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+            "reason": "NotFound", "message": "the server could not find the requested resource"});
+        let err = check(404, missing).await.expect_err("not served").to_string();
+        assert!(err.contains("GenericWorkload and GangScheduling"), "{err}");
+        assert!(err.contains("--runtime-config=scheduling.k8s.io/v1alpha2=true"), "{err}");
+        let only_workloads = json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": "scheduling.k8s.io/v1alpha2", "resources": []});
+        assert!(matches!(check(200, only_workloads).await, Err(Error::GangApiMissing(_))));
+    }
+}

@@ -20,8 +20,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tfjob_operator::api::ConditionType;
 use tfjob_operator::gang::PodGroup;
-use tfjob_testsupport::kwok_node;
 use tfjob_testsupport::nodes::node_ready;
+use tfjob_testsupport::{ControlPlane, PlaneOptions, kwok_node};
 
 use crate::support::*;
 use crate::{Ctx, Test, test};
@@ -34,7 +34,14 @@ pub fn tests() -> Vec<Test> {
         test!(gang_pod_group_follows_suspend_finish_and_deletion),
         test!(gang_pod_group_that_cannot_be_created_stops_the_pods),
         test!(gang_binding_time_of_4_and_64_pods).serial(),
+        local(test!(gang_native_exits_at_start_without_the_api)),
     ]
+}
+
+/// Needs the local plane (it starts a second one).
+fn local(mut t: Test) -> Test {
+    t.local_only = Some("starts a second local control plane");
+    t
 }
 
 const NATIVE: &str = "--gang-scheduling=native";
@@ -156,9 +163,11 @@ impl Timeline {
     }
 
     /// The gang property for jobs of `size` pods: no job's pods are partly bound (neither
-    /// none nor all) for longer than [`PARTIAL_MAX`], up to `until`.
-    fn all_or_nothing(&self, size: usize, until: Instant) -> Result<()> {
+    /// none nor all) for longer than [`PARTIAL_MAX`], up to `until`. Returns the longest
+    /// partial binding seen (the binding of a gang's pods takes that long).
+    fn all_or_nothing(&self, size: usize, until: Instant) -> Result<Duration> {
         let mut partial_since: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut longest = Duration::ZERO;
         let mut check = |at: Instant, counts: &BTreeMap<String, usize>| -> Result<()> {
             for (job, &n) in counts {
                 if n == 0 || n == size {
@@ -166,6 +175,7 @@ impl Timeline {
                     continue;
                 }
                 let since = *partial_since.entry(job.clone()).or_insert(at);
+                longest = longest.max(at.duration_since(since));
                 if at.duration_since(since) > PARTIAL_MAX {
                     bail!(
                         "job {job} had {n} of its {size} pods bound for {:.1}s: {counts:?}",
@@ -182,7 +192,7 @@ impl Timeline {
         if let Some((_, last)) = counts.last() {
             check(until, last)?;
         }
-        Ok(())
+        Ok(longest)
     }
 
     /// When the first of the job's pods was seen bound, and when the first one succeeded.
@@ -256,7 +266,8 @@ async fn two_jobs_native(ctx: &Ctx) -> Result<()> {
         .await
         .with_context(|| op.log_tail())?;
     let timeline = watch.timeline();
-    timeline.all_or_nothing(4, Instant::now())?;
+    let partial = timeline.all_or_nothing(4, Instant::now())?;
+    println!("gang of 4: the longest partial binding seen took {:.0} ms", partial.as_secs_f64() * 1000.0);
     // One ran, then the other: the second was bound only after the first had pods succeed
     // (before that, only 2 places were free).
     let bound = |j| timeline.first(j, |node, _| node.is_some()).context("never bound");
@@ -528,4 +539,34 @@ async fn eventually_timeline(watch: &PodWatch, job: &str, n: usize) -> Result<Ti
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A plane without the gates and the API: `--gang-scheduling=native` exits at start, saying
+/// how to enable them.
+async fn gang_native_exits_at_start_without_the_api(ctx: Ctx) -> Result<()> {
+    let plane = ctx.cluster.plane.as_ref().context("needs the local plane")?;
+    let opts = PlaneOptions {
+        bin_dir: plane.bin_dir.clone(),
+        nodes: 0,
+        gang_scheduling: false,
+        ..Default::default()
+    };
+    let bare = ControlPlane::start(&opts).await?;
+    let mut op = Operator::start_as(&ctx, "tfjob-operator-no-gang", &bare.pki.kubeconfig, &[NATIVE])?;
+    let status = tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(60)))
+        .context("still running after 60s without the PodGroup API")?;
+    ensure!(!status.success(), "exited with {status}");
+    let log = op.log_text();
+    ensure!(
+        log.contains("does not serve scheduling.k8s.io/v1alpha2 PodGroups")
+            && log.contains("--runtime-config=scheduling.k8s.io/v1alpha2=true"),
+        "{log}"
+    );
+    // The same flag on the shared plane, which serves the API: it runs.
+    let op = Operator::start(&ctx, &[NATIVE])?;
+    eventually(WAIT, "the operator ready", || async {
+        ensure!(op.http_status("/readyz").await == Some(200), "not ready");
+        Ok(())
+    })
+    .await
 }
