@@ -70,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&gate));
     let readiness = Arc::new(Readiness::new(gate.clone()));
     let client = client(&opts, metrics.clone(), &gate).await?;
+    if opts.gang_scheduling == GangScheduling::Native {
+        tfjob_operator::writer::check_pod_groups_served(&client).await?;
+        info!("gang scheduling: one scheduling.k8s.io/v1alpha2 PodGroup per TFJob");
+    }
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
         .with_context(|| format!("binding {}", opts.http_addr))?;
@@ -93,10 +97,6 @@ async fn main() -> anyhow::Result<()> {
         instance: Some(me.clone()),
         gang: opts.gang_scheduling,
     };
-    if opts.gang_scheduling == GangScheduling::Native {
-        tfjob_operator::writer::check_pod_groups_served(&client).await?;
-        info!("gang scheduling: one scheduling.k8s.io/v1alpha2 PodGroup per TFJob");
-    }
     if opts.kube_api_qps > 0 {
         warn!(qps = opts.kube_api_qps, burst = opts.kube_api_burst, "client-side rate limit on");
     }
