@@ -35,6 +35,7 @@ pub fn tests() -> Vec<Test> {
         test!(gang_pod_group_that_cannot_be_created_stops_the_pods),
         test!(gang_binding_time_of_4_and_64_pods).serial(),
         local(test!(gang_native_exits_at_start_without_the_api)),
+        test!(gang_under_deploy_rbac),
     ]
 }
 
@@ -569,4 +570,36 @@ async fn gang_native_exits_at_start_without_the_api(ctx: Ctx) -> Result<()> {
         Ok(())
     })
     .await
+}
+
+/// Under exactly `deploy/`'s RBAC (a TokenRequest token of its ServiceAccount): a job's
+/// PodGroup is listed, watched, created and deleted, and a foreign one is read after the 409,
+/// with no request refused.
+async fn gang_under_deploy_rbac(ctx: Ctx) -> Result<()> {
+    let (_, kubeconfig) = crate::install::as_deploy_service_account(&ctx).await?;
+    let foreign = PodGroup {
+        metadata: kube::api::ObjectMeta { name: Some("taken".into()), ..Default::default() },
+        spec: tfjob_operator::gang::PodGroupSpec {
+            scheduling_policy: tfjob_operator::gang::SchedulingPolicy {
+                gang: Some(tfjob_operator::gang::GangPolicy { min_count: 1 }),
+                basic: None,
+            },
+            priority_class_name: None,
+        },
+    };
+    pod_groups(&ctx).create(&PostParams::default(), &foreign).await?;
+    let op = Operator::start_as(&ctx, "tfjob-operator-sa", &kubeconfig, &[NATIVE])?;
+    let extra = json!({"runPolicy": {"cleanPodPolicy": "None"}});
+    create(&ctx, job("ok", &[replica("Worker", 2).fate(succeed("2s"))], extra)).await?;
+    create(&ctx, job("taken", &[replica("Worker", 1)], json!({}))).await?;
+    wait_for(&pod_groups(&ctx), "ok", WAIT, "the PodGroup", |g| g.metadata.owner_references.is_some())
+        .await
+        .with_context(|| op.log_tail())?;
+    wait_job(&ctx, "ok", WAIT, "Succeeded", |j| has_condition(j, ConditionType::Succeeded)).await?;
+    wait_gone(&pod_groups(&ctx), "ok", WAIT).await?;
+    wait_job(&ctx, "taken", WAIT, "ReplicaFailure", |j| has_condition(j, ConditionType::ReplicaFailure))
+        .await?;
+    let m = op.metrics().await;
+    ensure!(metric_sum(&m, "tfjob_operator_api_requests_total", &["code=\"403\""]) == 0.0, "403s:\n{m}");
+    Ok(())
 }
