@@ -36,6 +36,7 @@ pub fn tests() -> Vec<Test> {
         test!(gang_binding_time_of_4_and_64_pods).serial(),
         local(test!(gang_native_exits_at_start_without_the_api)),
         test!(gang_under_deploy_rbac),
+        test!(gang_scheduling_policy_rules_on_the_api_server),
     ]
 }
 
@@ -601,5 +602,54 @@ async fn gang_under_deploy_rbac(ctx: Ctx) -> Result<()> {
         .await?;
     let m = op.metrics().await;
     ensure!(metric_sum(&m, "tfjob_operator_api_requests_total", &["code=\"403\""]) == 0.0, "403s:\n{m}");
+    Ok(())
+}
+
+/// The API server enforces the CRD's rules on `schedulingPolicy`: what native gang
+/// scheduling reads is accepted, other backends' fields and a gang larger than the job are
+/// refused with their message, and the policy cannot be changed.
+async fn gang_scheduling_policy_rules_on_the_api_server(ctx: Ctx) -> Result<()> {
+    let with_policy = |name: &str, policy: Value| {
+        job(
+            name,
+            &[replica("PS", 1), replica("Worker", 3)],
+            json!({"runPolicy": {"schedulingPolicy": policy}}),
+        )
+    };
+    let refused = |e: anyhow::Error| match e.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(s)) if s.code == 422 => s.message.clone(),
+        _ => format!("not refused with 422: {e:#}"),
+    };
+    for (policy, want) in [
+        (json!({"queue": "default"}), "schedulingPolicy.queue is read only by Volcano's gang scheduler"),
+        (
+            json!({"minResources": {"cpu": "1"}}),
+            "schedulingPolicy.minResources is read only by Volcano's and scheduler-plugins'",
+        ),
+        (
+            json!({"scheduleTimeoutSeconds": 30}),
+            "schedulingPolicy.scheduleTimeoutSeconds is read only by scheduler-plugins'",
+        ),
+        (json!({"minAvailable": 5}), "schedulingPolicy.minAvailable cannot be more than the job's replicas"),
+        (json!({"minAvailable": 0}), "should be greater than or equal to 1"),
+    ] {
+        let msg = match create(&ctx, with_policy("refused", policy.clone())).await {
+            Ok(_) => bail!("{policy} was accepted"),
+            Err(e) => refused(e),
+        };
+        ensure!(msg.contains(want), "{policy}: {msg}");
+    }
+    create(&ctx, with_policy("ok", json!({"minAvailable": 4, "priorityClass": "high"}))).await?;
+    let msg = match merge_patch_job(
+        &ctx,
+        "ok",
+        json!({"spec": {"runPolicy": {"schedulingPolicy": {"minAvailable": 2}}}}),
+    )
+    .await
+    {
+        Ok(_) => bail!("the scheduling policy was changed"),
+        Err(e) => e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": "),
+    };
+    ensure!(msg.contains("spec.runPolicy.schedulingPolicy cannot be changed"), "{msg}");
     Ok(())
 }
