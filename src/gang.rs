@@ -165,11 +165,15 @@ pub fn pod_group_for(job: &JobView<'_>) -> Option<PodGroup> {
     })
 }
 
-/// Makes `pod` a member of the job's PodGroup (`spec.schedulingGroup.podGroupName`); a pod
-/// whose template names no priority class gets the gang's.
+/// The label of the pods that name the job's PodGroup (the caches keep labels, not specs).
+pub const LABEL_POD_GROUP: &str = "tfjob.kubeflow.org/pod-group";
+
+/// Makes `pod` a member of the job's PodGroup (`spec.schedulingGroup.podGroupName`, and the
+/// label [`LABEL_POD_GROUP`]); a pod whose template names no priority class gets the gang's.
 pub fn join(pod: &mut Pod, job: &TFJob) {
     let Some(name) = job.metadata.name.clone() else { return };
     let priority = scheduling_policy(job).and_then(|s| s.priority_class.clone());
+    pod.metadata.labels.get_or_insert_with(Default::default).insert(LABEL_POD_GROUP.into(), name.clone());
     let spec = pod.spec.get_or_insert_with(Default::default);
     spec.scheduling_group = Some(PodSchedulingGroup { pod_group_name: Some(name) });
     if spec.priority_class_name.is_none() {
@@ -190,15 +194,38 @@ pub struct GangPlan {
 /// (neither finished, after this plan's status, nor suspended) gets its PodGroup when the
 /// observed one is missing, and every pod the plan creates names it; a job that finished or
 /// is suspended loses it. `observed` is the PodGroup this job controls, if the cache shows
-/// one. With `none`, nothing.
+/// one; `pods` the job's pods. With `none`, nothing.
+///
+/// A running job without a PodGroup whose pods name none started without gang scheduling
+/// (before the operator ran with `native`): it is left so until it has no pods (a
+/// suspension, or its end), since a new pod in a gang its running peers are not part of
+/// would never be scheduled. A job whose pods name a PodGroup that is gone gets it again.
+///
 /// The decision is kept in [`Plan::gang`] and returned.
-pub fn plan(mode: GangScheduling, job: &TFJob, plan: &mut Plan, observed: Option<&PodGroup>) -> GangPlan {
-    let out = decide(mode, job, plan, observed);
+pub fn plan(
+    mode: GangScheduling,
+    job: &TFJob,
+    pods: &[Pod],
+    plan: &mut Plan,
+    observed: Option<&PodGroup>,
+) -> GangPlan {
+    let out = decide(mode, job, pods, plan, observed);
     plan.gang = out.clone();
     out
 }
 
-fn decide(mode: GangScheduling, job: &TFJob, plan: &mut Plan, observed: Option<&PodGroup>) -> GangPlan {
+/// Whether the pod was created as a member of a PodGroup.
+fn in_gang(pod: &Pod) -> bool {
+    pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_POD_GROUP))
+}
+
+fn decide(
+    mode: GangScheduling,
+    job: &TFJob,
+    pods: &[Pod],
+    plan: &mut Plan,
+    observed: Option<&PodGroup>,
+) -> GangPlan {
     let mut out = GangPlan::default();
     if mode == GangScheduling::None || job.metadata.uid.is_none() {
         return out;
@@ -213,6 +240,10 @@ fn decide(mode: GangScheduling, job: &TFJob, plan: &mut Plan, observed: Option<&
     // A PodGroup still terminating (its pods of before a suspension are going) is created
     // again: the create waits for it to go.
     if observed.is_none_or(|g| g.metadata.deletion_timestamp.is_some()) {
+        let live: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        if !live.is_empty() && !live.iter().any(|p| in_gang(p)) {
+            return out; // started without gang scheduling
+        }
         out.create = pod_group_for(&view);
     }
     for pod in &mut plan.create_pods {
@@ -305,7 +336,7 @@ mod tests {
         let j = job(&[("Worker", 2)], None);
         let mut p =
             Plan { create_pods: vec![pod("train-worker-0"), pod("train-worker-1")], ..Default::default() };
-        let g = plan(GangScheduling::Native, &j, &mut p, None);
+        let g = plan(GangScheduling::Native, &j, &[], &mut p, None);
         assert_eq!(g.create.as_ref().and_then(PodGroup::min_count), Some(2));
         assert_eq!(g.delete, None);
         for pod in &p.create_pods {
@@ -314,11 +345,11 @@ mod tests {
         }
         // Seen in the cache: not created again; the pods still name it.
         let mut p = Plan { create_pods: vec![pod("train-worker-1")], ..Default::default() };
-        let g = plan(GangScheduling::Native, &j, &mut p, Some(&observed(false)));
+        let g = plan(GangScheduling::Native, &j, &[], &mut p, Some(&observed(false)));
         assert_eq!(g, GangPlan::default());
         assert!(p.create_pods[0].spec.as_ref().unwrap().scheduling_group.is_some());
         // Still terminating (a suspension's): created again, the create waits for it.
-        let g = plan(GangScheduling::Native, &j, &mut Plan::default(), Some(&observed(true)));
+        let g = plan(GangScheduling::Native, &j, &[], &mut Plan::default(), Some(&observed(true)));
         assert!(g.create.is_some());
     }
 
@@ -327,7 +358,7 @@ mod tests {
         let j = job(&[("Worker", 2)], Some(Policy { min_available: Some(1), ..Default::default() }));
         let mut p = Plan { create_pods: vec![pod("train-worker-0")], ..Default::default() };
         let before = p.clone();
-        assert_eq!(plan(GangScheduling::None, &j, &mut p, Some(&observed(false))), GangPlan::default());
+        assert_eq!(plan(GangScheduling::None, &j, &[], &mut p, Some(&observed(false))), GangPlan::default());
         assert_eq!(p, before);
     }
 
@@ -343,22 +374,49 @@ mod tests {
             Timestamp::UNIX_EPOCH,
         );
         done.status = Some(st.clone());
-        let g = plan(GangScheduling::Native, &done, &mut Plan::default(), Some(&observed(false)));
+        let g = plan(GangScheduling::Native, &done, &[], &mut Plan::default(), Some(&observed(false)));
         assert_eq!(g.delete.map(|k| (k.name, k.uid)), Some(("train".into(), "pg-uid".into())));
         assert_eq!(g.create, None);
         // Finished by this very plan.
         let running = job(&[("Worker", 2)], None);
         let mut p = Plan { status: Some(st), ..Default::default() };
-        assert!(plan(GangScheduling::Native, &running, &mut p, Some(&observed(false))).delete.is_some());
+        assert!(plan(GangScheduling::Native, &running, &[], &mut p, Some(&observed(false))).delete.is_some());
         // Already being deleted, or gone: nothing more.
         assert_eq!(
-            plan(GangScheduling::Native, &done, &mut Plan::default(), Some(&observed(true))),
+            plan(GangScheduling::Native, &done, &[], &mut Plan::default(), Some(&observed(true))),
             GangPlan::default()
         );
-        assert_eq!(plan(GangScheduling::Native, &done, &mut Plan::default(), None), GangPlan::default());
+        assert_eq!(plan(GangScheduling::Native, &done, &[], &mut Plan::default(), None), GangPlan::default());
         let mut suspended = job(&[("Worker", 2)], None);
         suspended.spec.run_policy.as_mut().unwrap().suspend = Some(true);
-        let g = plan(GangScheduling::Native, &suspended, &mut Plan::default(), Some(&observed(false)));
+        let g = plan(GangScheduling::Native, &suspended, &[], &mut Plan::default(), Some(&observed(false)));
         assert!(g.delete.is_some() && g.create.is_none());
+    }
+
+    #[test]
+    fn a_job_started_without_gang_scheduling_is_left_so_until_it_has_no_pods() {
+        let j = job(&[("Worker", 2)], None);
+        let old = pod("train-worker-0");
+        let mut p = Plan { create_pods: vec![pod("train-worker-1")], ..Default::default() };
+        let g = plan(GangScheduling::Native, &j, std::slice::from_ref(&old), &mut p, None);
+        assert_eq!(g, GangPlan::default());
+        assert!(
+            p.create_pods[0].spec.as_ref().unwrap().scheduling_group.is_none(),
+            "no gang its peer is not in"
+        );
+        // A pod that names the PodGroup: the PodGroup was lost, and comes back.
+        let mut member = pod("train-worker-0");
+        join(&mut member, &j);
+        assert_eq!(
+            member.metadata.labels.as_ref().unwrap().get(LABEL_POD_GROUP).map(String::as_str),
+            Some("train")
+        );
+        let g = plan(GangScheduling::Native, &j, &[member], &mut Plan::default(), None);
+        assert!(g.create.is_some());
+        // Only terminating pods (a resume): a new gang.
+        let mut going = old;
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let g = plan(GangScheduling::Native, &j, &[going], &mut Plan::default(), None);
+        assert!(g.create.is_some());
     }
 }

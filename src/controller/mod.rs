@@ -269,7 +269,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         startup_deadline_seconds: ctx.settings.startup_deadline_seconds,
     };
     let mut plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
-    crate::gang::plan(ctx.settings.gang, &job, &mut plan, observed.pod_group.as_ref());
+    crate::gang::plan(ctx.settings.gang, &job, &observed.pods, &mut plan, observed.pod_group.as_ref());
     debug!(
         resource_version = job.resource_version().unwrap_or_default(),
         pods = observed.pods.len(),

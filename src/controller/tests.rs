@@ -375,7 +375,7 @@ async fn creates_wait_out_their_backoff() {
 fn gang_plan(mode: crate::gang::GangScheduling, observed: Option<&crate::gang::PodGroup>) -> Plan {
     let mut plan =
         Plan { create_services: vec![service(0)], create_pods: vec![pod(0)], ..Default::default() };
-    crate::gang::plan(mode, &job(), &mut plan, observed);
+    crate::gang::plan(mode, &job(), &[], &mut plan, observed);
     plan
 }
 
@@ -477,7 +477,7 @@ async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
         delete_pods: vec![ObjectKey { name: "j-worker-0".into(), uid: "uid-p0".into() }],
         ..Default::default()
     };
-    crate::gang::plan(crate::gang::GangScheduling::Native, &j, &mut plan, Some(&observed));
+    crate::gang::plan(crate::gang::GangScheduling::Native, &j, &[], &mut plan, Some(&observed));
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (m, path, _, send) = next(&mut h).await;
     assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/pods/j-worker-0"));
@@ -505,7 +505,7 @@ async fn a_pod_group_already_gone_is_not_announced_deleted() {
     let mut done = job();
     done.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(true), ..Default::default() });
     let mut plan = Plan::default();
-    crate::gang::plan(crate::gang::GangScheduling::Native, &done, &mut plan, Some(&observed));
+    crate::gang::plan(crate::gang::GangScheduling::Native, &done, &[], &mut plan, Some(&observed));
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (m, _, _, send) = next(&mut h).await;
     assert_eq!(m, Method::DELETE);

@@ -37,6 +37,8 @@ pub fn tests() -> Vec<Test> {
         local(test!(gang_native_exits_at_start_without_the_api)),
         test!(gang_under_deploy_rbac),
         test!(gang_scheduling_policy_rules_on_the_api_server),
+        test!(gang_a_job_started_without_it_is_left_so_until_it_has_no_pods),
+        test!(gang_priority_class_reaches_the_pods),
     ]
 }
 
@@ -652,4 +654,86 @@ async fn gang_scheduling_policy_rules_on_the_api_server(ctx: Ctx) -> Result<()> 
     };
     ensure!(msg.contains("spec.runPolicy.schedulingPolicy cannot be changed"), "{msg}");
     Ok(())
+}
+
+/// The operator switched from `none` to `native` while a job runs: the job gets no PodGroup
+/// while its pods live, and a pod re-created meanwhile is scheduled alone (in a gang its
+/// running peer is not part of, it would wait forever); after a suspension it is a gang.
+async fn gang_a_job_started_without_it_is_left_so_until_it_has_no_pods(ctx: Ctx) -> Result<()> {
+    let mut op = Operator::start(&ctx, &[])?;
+    create(&ctx, job("old", &[replica("Worker", 2)], json!({}))).await?;
+    wait_job(&ctx, "old", WAIT, "Running", |j| has_condition(j, ConditionType::Running)).await?;
+    op.proc.stop(Duration::from_secs(10));
+    let op = Operator::start_as(&ctx, "tfjob-operator-native", &ctx.cluster.kubeconfig, &[NATIVE])?;
+    let before = pods(&ctx).get("old-worker-1").await?.metadata.uid;
+    pods(&ctx).delete("old-worker-1", &DeleteParams::default()).await?;
+    let bound = |p: &Pod| p.metadata.uid != before && p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    let p = wait_for(&pods(&ctx), "old-worker-1", WAIT, "re-created and bound", bound)
+        .await
+        .with_context(|| op.log_tail())?;
+    ensure!(p.spec.and_then(|s| s.scheduling_group).is_none(), "the new pod joined a gang");
+    ensure!(pod_groups(&ctx).get_opt("old").await?.is_none(), "a PodGroup for a job started without one");
+    merge_patch_job(&ctx, "old", json!({"spec": {"runPolicy": {"suspend": true}}})).await?;
+    wait_job(&ctx, "old", WAIT, "Suspended", |j| has_condition(j, ConditionType::Suspended)).await?;
+    merge_patch_job(&ctx, "old", json!({"spec": {"runPolicy": {"suspend": false}}})).await?;
+    let g = wait_for(&pod_groups(&ctx), "old", WAIT, "the PodGroup after the resume", |_| true).await?;
+    ensure!(g.min_count() == Some(2), "{g:?}");
+    eventually(WAIT, "both pods in the gang and bound", || async {
+        let all = pods(&ctx).list(&ListParams::default()).await?.items;
+        let members = all
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.node_name.is_some()
+                        && s.scheduling_group.as_ref().and_then(|g| g.pod_group_name.as_deref())
+                            == Some("old")
+                })
+            })
+            .count();
+        ensure!(members == 2, "{members} bound members");
+        Ok(())
+    })
+    .await
+}
+
+/// `priorityClass`: the pods whose template names none get it (and its priority); the
+/// PodGroup's `priorityClassName` is kept only with kube's `WorkloadAwarePreemption` gate,
+/// off on this plane, so the API server drops it.
+async fn gang_priority_class_reaches_the_pods(ctx: Ctx) -> Result<()> {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let classes: Api<PriorityClass> = Api::all(ctx.cluster.client.clone());
+    let class = format!("gang-{}", ctx.ns);
+    let pc = PriorityClass {
+        metadata: kube::api::ObjectMeta { name: Some(class.clone()), ..Default::default() },
+        value: 1000,
+        ..Default::default()
+    };
+    classes.create(&PostParams::default(), &pc).await?;
+    let r = async {
+        let op = Operator::start(&ctx, &[NATIVE])?;
+        let mut j = job(
+            "p",
+            &[replica("Worker", 2)],
+            json!({"runPolicy": {"schedulingPolicy": {"priorityClass": class}}}),
+        );
+        j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["priorityClassName"] = Value::Null;
+        create(&ctx, j).await?;
+        wait_pods(&ctx, &["p-worker-0", "p-worker-1"], WAIT).await.with_context(|| op.log_tail())?;
+        for name in ["p-worker-0", "p-worker-1"] {
+            let spec = pods(&ctx).get(name).await?.spec.context("no spec")?;
+            ensure!(
+                spec.priority_class_name.as_deref() == Some(class.as_str()) && spec.priority == Some(1000),
+                "{name}: {:?} {:?}",
+                spec.priority_class_name,
+                spec.priority
+            );
+        }
+        let g = pod_groups(&ctx).get("p").await?;
+        ensure!(g.spec.priority_class_name.is_none(), "kept without WorkloadAwarePreemption: {g:?}");
+        Ok(())
+    }
+    .await;
+    let _ = classes.delete(&class, &DeleteParams::default()).await;
+    r
 }
