@@ -706,7 +706,7 @@ async fn gang_priority_class_reaches_the_pods(ctx: Ctx) -> Result<()> {
     let class = format!("gang-{}", ctx.ns);
     let pc = PriorityClass {
         metadata: kube::api::ObjectMeta { name: Some(class.clone()), ..Default::default() },
-        value: 1000,
+        value: Some(1000),
         ..Default::default()
     };
     classes.create(&PostParams::default(), &pc).await?;
