@@ -36,6 +36,9 @@ run: ## A local control plane running the operator with an example job whose wor
 	  --crd crds/kubeflow.org_tfjobs.yaml --operator $(CARGO_TARGET_DIR)/debug/tfjob-operator \
 	  --apply examples/tfjob-finishes.yaml --watch
 
+crds: ## Regenerate crds/kubeflow.org_tfjobs.yaml from the Rust types
+	$(CARGO) run --locked --quiet --bin crdgen > crds/kubeflow.org_tfjobs.yaml
+
 deploy: ## Install the operator cluster-wide on the current kubectl context (server-side apply of deploy/)
 	kubectl apply --server-side -k deploy/
 

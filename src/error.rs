@@ -33,6 +33,8 @@ pub enum Error {
     Discovery { api: &'static str, source: kube::Error },
     #[error("not writing: this process no longer holds the leader lease")]
     NotLeader,
+    #[error("building the pods and services of TFJob {job}: {message}")]
+    BuildObjects { job: String, message: String },
     #[error("TFJob has no {0}")]
     MissingField(&'static str),
 }
@@ -54,6 +56,7 @@ impl Error {
             Error::DeletePodGroup { .. } => "delete_pod_group",
             Error::GangApiMissing(_) | Error::Discovery { .. } => "gang_api",
             Error::MissingField(_) => "missing_field",
+            Error::BuildObjects { .. } => "build_objects",
             Error::NotLeader => "not_leader",
         }
     }

@@ -188,6 +188,18 @@ pub struct GangPlan {
     pub create: Option<PodGroup>,
     /// Delete it (the job finished or is suspended), with the uid seen as a precondition.
     pub delete: Option<ObjectKey>,
+    /// The pods to create are members of the job's PodGroup ([`join`]).
+    pub join: bool,
+}
+
+impl GangPlan {
+    /// `pod` as it is created: a member of the job's PodGroup when the plan says so.
+    pub fn member(&self, mut pod: Pod, job: &TFJob) -> Pod {
+        if self.join {
+            join(&mut pod, job);
+        }
+        pod
+    }
 }
 
 /// The pure planning step after [`crate::plan::plan_with`]: with `native`, a job that runs
@@ -246,9 +258,7 @@ fn decide(
         }
         out.create = pod_group_for(&view);
     }
-    for pod in &mut plan.create_pods {
-        join(pod, job);
-    }
+    out.join = true;
     out
 }
 
@@ -334,20 +344,17 @@ mod tests {
     #[test]
     fn a_running_job_gets_its_pod_group_and_its_pods_name_it() {
         let j = job(&[("Worker", 2)], None);
-        let mut p =
-            Plan { create_pods: vec![pod("train-worker-0"), pod("train-worker-1")], ..Default::default() };
+        let mut p = Plan::default();
         let g = plan(GangScheduling::Native, &j, &[], &mut p, None);
+        assert_eq!(p.gang, g, "kept in the plan");
         assert_eq!(g.create.as_ref().and_then(PodGroup::min_count), Some(2));
         assert_eq!(g.delete, None);
-        for pod in &p.create_pods {
-            let group = pod.spec.as_ref().and_then(|s| s.scheduling_group.as_ref());
-            assert_eq!(group.and_then(|g| g.pod_group_name.as_deref()), Some("train"));
-        }
+        let member = g.member(pod("train-worker-0"), &j);
+        let group = member.spec.as_ref().and_then(|s| s.scheduling_group.as_ref());
+        assert_eq!(group.and_then(|g| g.pod_group_name.as_deref()), Some("train"));
         // Seen in the cache: not created again; the pods still name it.
-        let mut p = Plan { create_pods: vec![pod("train-worker-1")], ..Default::default() };
-        let g = plan(GangScheduling::Native, &j, &[], &mut p, Some(&observed(false)));
-        assert_eq!(g, GangPlan::default());
-        assert!(p.create_pods[0].spec.as_ref().unwrap().scheduling_group.is_some());
+        let g = plan(GangScheduling::Native, &j, &[], &mut Plan::default(), Some(&observed(false)));
+        assert_eq!(g, GangPlan { join: true, ..Default::default() });
         // Still terminating (a suspension's): created again, the create waits for it.
         let g = plan(GangScheduling::Native, &j, &[], &mut Plan::default(), Some(&observed(true)));
         assert!(g.create.is_some());
@@ -356,10 +363,11 @@ mod tests {
     #[test]
     fn without_gang_scheduling_nothing_changes() {
         let j = job(&[("Worker", 2)], Some(Policy { min_available: Some(1), ..Default::default() }));
-        let mut p = Plan { create_pods: vec![pod("train-worker-0")], ..Default::default() };
-        let before = p.clone();
-        assert_eq!(plan(GangScheduling::None, &j, &[], &mut p, Some(&observed(false))), GangPlan::default());
-        assert_eq!(p, before);
+        let mut p = Plan::default();
+        let g = plan(GangScheduling::None, &j, &[], &mut p, Some(&observed(false)));
+        assert_eq!(g, GangPlan::default());
+        assert_eq!(p, Plan::default());
+        assert_eq!(g.member(pod("train-worker-0"), &j), pod("train-worker-0"));
     }
 
     #[test]
@@ -397,13 +405,8 @@ mod tests {
     fn a_job_started_without_gang_scheduling_is_left_so_until_it_has_no_pods() {
         let j = job(&[("Worker", 2)], None);
         let old = pod("train-worker-0");
-        let mut p = Plan { create_pods: vec![pod("train-worker-1")], ..Default::default() };
-        let g = plan(GangScheduling::Native, &j, std::slice::from_ref(&old), &mut p, None);
-        assert_eq!(g, GangPlan::default());
-        assert!(
-            p.create_pods[0].spec.as_ref().unwrap().scheduling_group.is_none(),
-            "no gang its peer is not in"
-        );
+        let g = plan(GangScheduling::Native, &j, std::slice::from_ref(&old), &mut Plan::default(), None);
+        assert_eq!(g, GangPlan::default(), "no gang its peer is not in");
         // A pod that names the PodGroup: the PodGroup was lost, and comes back.
         let mut member = pod("train-worker-0");
         join(&mut member, &j);

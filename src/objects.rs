@@ -1,12 +1,39 @@
 //! Pure builders for a replica's pod and headless service (`pod_for`, `service_for`), from the
 //! job's validated view: the raw TFJob is read only for its name, namespace and uid.
+//! [`Builder`] builds the objects a plan names, batch by batch, as they are sent.
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{JobView, ReplicaSpec, ReplicaType, RestartPolicy};
 use crate::names::{self, CONTAINER_NAME, DEFAULT_PORT, PORT_NAME, ROLE_MASTER};
-use crate::tf_config;
+use crate::plan::ReplicaId;
+use crate::tf_config::TfConfigs;
+
+/// Builds the pods and services of one job on demand: the job's view and its TF_CONFIG
+/// cluster are resolved once, and each object only when it is asked for, so nothing holds a
+/// big job's pods all at once.
+pub struct Builder<'a> {
+    view: &'a JobView<'a>,
+    tf_configs: TfConfigs<'a>,
+}
+
+impl<'a> Builder<'a> {
+    /// `cluster_domain` is appended to TF_CONFIG addresses when set.
+    pub fn new(view: &'a JobView<'a>, cluster_domain: Option<&'a str>) -> Builder<'a> {
+        Builder { view, tf_configs: TfConfigs::new(view, cluster_domain) }
+    }
+
+    /// The pod of replica `r` (see [`pod_for`]).
+    pub fn pod(&self, r: ReplicaId) -> Option<Pod> {
+        pod_for(self.view, &self.tf_configs, r.rtype, r.index)
+    }
+
+    /// The service of replica `r` (see [`service_for`]).
+    pub fn service(&self, r: ReplicaId) -> Option<Service> {
+        service_for(self.view, r.rtype, r.index)
+    }
+}
 
 /// The pod restart policy for a replica restart policy: ExitCode is handled by the
 /// operator, so its pods never restart in place.
@@ -50,12 +77,7 @@ fn replica_spec<'a>(job: &JobView<'a>, rtype: ReplicaType) -> Option<(&'a Replic
 /// The pod of replica `rtype`/`index`: the template, with the operator's name, labels (which
 /// win over the template's), owner reference, restart policy, default port and `TF_CONFIG`.
 /// `None` when the job has no name or uid, or no such replica type.
-pub fn pod_for(
-    job: &JobView<'_>,
-    rtype: ReplicaType,
-    index: i32,
-    cluster_domain: Option<&str>,
-) -> Option<Pod> {
+pub fn pod_for(job: &JobView<'_>, tf_configs: &TfConfigs<'_>, rtype: ReplicaType, index: i32) -> Option<Pod> {
     let (spec, restart) = replica_spec(job, rtype)?;
     let template = spec.template.clone();
     let mut meta = meta(job, rtype, index)?;
@@ -71,7 +93,7 @@ pub fn pod_for(
 
     let mut pod_spec = template.spec.unwrap_or_default();
     pod_spec.restart_policy = Some(pod_restart_policy(restart).into());
-    let tf_config = tf_config::tf_config(job, rtype, index, cluster_domain);
+    let tf_config = tf_configs.for_replica(rtype, index);
     for c in pod_spec.containers.iter_mut().filter(|c| c.name == CONTAINER_NAME) {
         c.ports = Some(tensorflow_ports(c));
         if let Some(value) = &tf_config {
@@ -122,7 +144,8 @@ mod tests {
     use crate::api::{TFJob, TFJobSpec};
 
     fn pod_for(j: &TFJob, t: ReplicaType, i: i32, domain: Option<&str>) -> Option<Pod> {
-        super::pod_for(&JobView::new(j).ok()?, t, i, domain)
+        let view = JobView::new(j).ok()?;
+        Builder::new(&view, domain).pod(ReplicaId { rtype: t, index: i })
     }
 
     fn service_for(j: &TFJob, t: ReplicaType, i: i32) -> Option<Service> {

@@ -51,50 +51,81 @@ fn address(job: &str, ns: &str, domain: Option<&str>, rtype: ReplicaType, index:
     }
 }
 
-/// TF_CONFIG for replica `rtype`/`index`, or `None` for a job with a single replica in all
-/// (upstream's `isDistributed`), which runs without one. `domain` is the cluster domain
-/// appended to service addresses, if any.
-pub fn tf_config(job: &JobView<'_>, rtype: ReplicaType, index: i32, domain: Option<&str>) -> Option<String> {
-    if job.total_replicas == 1 {
-        return None;
+/// The TF_CONFIG of every replica of one job. The dense cluster (every address of the job)
+/// is serialized once and shared by all its replicas' TF_CONFIG strings, so building a batch
+/// of pods costs one pass over the job's addresses, not one per pod.
+pub struct TfConfigs<'a> {
+    job: &'a JobView<'a>,
+    domain: Option<&'a str>,
+    /// The dense cluster's JSON; `None` for a job with a single replica or a sparse cluster.
+    dense: Option<String>,
+}
+
+impl<'a> TfConfigs<'a> {
+    /// `domain` is the cluster domain appended to service addresses, if any.
+    pub fn new(job: &'a JobView<'a>, domain: Option<&'a str>) -> TfConfigs<'a> {
+        let dense = (job.total_replicas != 1 && !job.policy.dynamic_worker)
+            .then(|| {
+                let cluster: BTreeMap<&str, Vec<String>> = job
+                    .replicas
+                    .values()
+                    .filter(|r| r.count > 0)
+                    .map(|r| (r.rtype.lower(), addresses(job, domain, r.rtype)))
+                    .collect();
+                serde_json::to_string(&cluster).ok()
+            })
+            .flatten();
+        TfConfigs { job, domain, dense }
     }
-    let (name, ns) = (job.name.as_str(), job.namespace.as_str());
-    let ns = if ns.is_empty() { "default" } else { ns };
-    let addresses = |t: ReplicaType| -> Vec<String> {
-        job.replicas.get(&t).map_or_else(Vec::new, |r| {
-            let port = port_of(r.spec);
-            (0..r.count).map(|i| address(name, ns, domain, t, i, port)).collect()
-        })
-    };
-    let task = Task { type_: rtype.lower(), index };
-    let json = if job.policy.dynamic_worker {
+
+    /// TF_CONFIG for replica `rtype`/`index`, or `None` for a job with a single replica in
+    /// all (upstream's `isDistributed`), which runs without one.
+    pub fn for_replica(&self, rtype: ReplicaType, index: i32) -> Option<String> {
+        let job = self.job;
+        if job.total_replicas == 1 {
+            return None;
+        }
+        let task = Task { type_: rtype.lower(), index };
+        if let Some(cluster) = &self.dense {
+            // `{"cluster":…,"task":…,"environment":"cloud"}`, the field order of upstream.
+            let task = serde_json::to_string(&task).ok()?;
+            return Some(format!(r#"{{"cluster":{cluster},"task":{task},"environment":"cloud"}}"#));
+        }
         let mut cluster = SparseCluster { worker: BTreeMap::new(), ps: Vec::new() };
         match rtype {
             ReplicaType::Worker => {
-                let own = addresses(ReplicaType::Worker).into_iter().nth(usize::try_from(index).ok()?)?;
+                let workers =
+                    job.replicas.get(&ReplicaType::Worker).filter(|r| (0..r.count).contains(&index))?;
+                let port = port_of(workers.spec);
+                let own = address(&job.name, namespace(job), self.domain, rtype, index, port);
                 cluster.worker.insert(index.to_string(), own);
-                cluster.ps = addresses(ReplicaType::PS);
+                cluster.ps = addresses(job, self.domain, ReplicaType::PS);
             }
             ReplicaType::PS => {
-                cluster.ps = addresses(ReplicaType::PS)
-                    .into_iter()
-                    .nth(usize::try_from(index).ok()?)
-                    .into_iter()
-                    .collect();
+                let all = addresses(job, self.domain, ReplicaType::PS);
+                cluster.ps = all.into_iter().nth(usize::try_from(index).ok()?).into_iter().collect();
             }
             _ => {}
         }
-        serde_json::to_string(&TfConfig { cluster, task, environment: None })
-    } else {
-        let cluster: BTreeMap<&str, Vec<String>> = job
-            .replicas
-            .values()
-            .filter(|r| r.count > 0)
-            .map(|r| (r.rtype.lower(), addresses(r.rtype)))
-            .collect();
-        serde_json::to_string(&TfConfig { cluster, task, environment: Some("cloud") })
-    };
-    json.ok()
+        serde_json::to_string(&TfConfig { cluster, task, environment: None }).ok()
+    }
+}
+
+fn namespace<'a>(job: &'a JobView<'_>) -> &'a str {
+    if job.namespace.is_empty() { "default" } else { job.namespace.as_str() }
+}
+
+/// The addresses of every replica of type `t`, by index.
+fn addresses(job: &JobView<'_>, domain: Option<&str>, t: ReplicaType) -> Vec<String> {
+    job.replicas.get(&t).map_or_else(Vec::new, |r| {
+        let port = port_of(r.spec);
+        (0..r.count).map(|i| address(&job.name, namespace(job), domain, t, i, port)).collect()
+    })
+}
+
+/// TF_CONFIG for one replica (see [`TfConfigs`], which builds many at once).
+pub fn tf_config(job: &JobView<'_>, rtype: ReplicaType, index: i32, domain: Option<&str>) -> Option<String> {
+    TfConfigs::new(job, domain).for_replica(rtype, index)
 }
 
 #[cfg(test)]

@@ -496,3 +496,24 @@ fn everything_else_stays_fixed_while_suspended() {
         }
     }
 }
+
+#[test]
+fn the_job_size_rule_counts_every_replica_type() {
+    use tfjob_operator::api::rules::MAX_TOTAL_REPLICAS as MAX;
+    let max = i64::from(MAX);
+    let cases = [
+        ("at the maximum", json!({"PS": replica(Some(1)), "Worker": replica(Some(max - 1))}), false),
+        ("one over, in all", json!({"PS": replica(Some(2)), "Worker": replica(Some(max - 1))}), true),
+        ("unset counts as 1", json!({"PS": replica(None), "Worker": replica(Some(max))}), true),
+        (
+            "three types",
+            json!({"Chief": replica(None), "Evaluator": replica(Some(1)), "Worker": replica(Some(max - 2))}),
+            false,
+        ),
+    ];
+    for (name, replicas, refused) in cases {
+        let got = refusals(&tfjob("j", replicas), None);
+        let size = got.iter().any(|m| m.contains(&format!("at most {MAX} replicas in all")));
+        assert_eq!(size, refused, "{name}: {got:?}");
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod contract;
 mod crd;
+mod indexes;
 mod policy;
 mod replica;
 pub mod rules;
@@ -13,6 +14,7 @@ mod types;
 mod view;
 
 pub use crd::{crd, crd_yaml};
+pub use indexes::IndexSet;
 pub use policy::EffectivePolicy;
 pub use replica::{ReplicaType, Replicas, SpecError};
 pub use status::{

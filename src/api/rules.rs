@@ -40,6 +40,11 @@ spec.nodeSelector, spec.tolerations and spec.schedulingGates";
 /// API server's CEL cost budget.
 pub const MAX_CONTAINERS: u32 = 64;
 
+/// The most replicas a TFJob may have in all (the sum over its replica types). Every pod's
+/// `TF_CONFIG` lists every replica's address, so one pod grows with the job and the job's
+/// pods together with its square; README ("Job size") gives the measurements behind it.
+pub const MAX_TOTAL_REPLICAS: i32 = 1000;
+
 const TYPES: &str = "['ps', 'worker', 'chief', 'master', 'evaluator']";
 const CHIEFS: &str = "['chief', 'master']";
 
@@ -84,6 +89,17 @@ pub fn rules() -> Vec<SchemaRule> {
             "self.all(k, self.filter(j, j.lowerAscii() == k.lowerAscii()).size() == 1)",
             "spec.tfReplicaSpecs names the same replica type twice (keys ignore letter case: Ps and PS are \
              the same type)",
+        ),
+        rule(
+            &["spec", "tfReplicaSpecs"],
+            format!(
+                "self.map(k, has(self[k].replicas) ? self[k].replicas : 1).sum() <= {MAX_TOTAL_REPLICAS}"
+            ),
+            format!(
+                "a TFJob may have at most {MAX_TOTAL_REPLICAS} replicas in all (the sum of \
+                 spec.tfReplicaSpecs[*].replicas, 1 where unset): every pod's TF_CONFIG lists every replica's \
+                 address, so a bigger job makes pods too large for the API server and the operator"
+            ),
         ),
         rule(
             &["spec"],
@@ -164,6 +180,7 @@ pub fn rules() -> Vec<SchemaRule> {
 fn bounds() -> Vec<(&'static [&'static str], &'static str, Value)> {
     vec![
         (&["spec", "tfReplicaSpecs"], "maxProperties", json!(5)),
+        (&["spec", "tfReplicaSpecs", "*", "replicas"], "maximum", json!(MAX_TOTAL_REPLICAS)),
         (
             &["spec", "tfReplicaSpecs", "*", "template", "spec", "containers"],
             "maxItems",

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::indexes::IndexSet;
 use super::replica::ReplicaType;
 use super::types::CleanPodPolicy;
 
@@ -125,25 +126,57 @@ pub struct ReplicaStatus {
     /// re-created after a failure. Absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: i32,
-    /// The replica indexes that have succeeded, in ascending order; they are not run again,
-    /// even when their pods are gone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The replica indexes that have succeeded, in the form of batch/v1 Job's
+    /// `completedIndexes`: ascending, comma-separated, three or more consecutive indexes as
+    /// `first-last` (`"0-3,7"`). They are not run again, even when their pods are gone.
+    #[serde(default, skip_serializing_if = "IndexSet::is_empty")]
+    pub completed_indexes: IndexSet,
+    /// Earlier versions of the operator kept the succeeded indexes here, as a list. Still
+    /// read, never written: the operator's next status write replaces it with
+    /// `completedIndexes`.
+    #[serde(default, skip_serializing)]
     pub succeeded_indexes: Vec<i32>,
-    /// Bookkeeping for `restarts`: per live pod, the restarts already counted, so that no
-    /// restart is counted twice across reconciles or operator restarts.
+    /// Bookkeeping for `restarts`: per live pod that has restarted, the restarts already
+    /// counted, so that no restart is counted twice across reconciles or operator restarts.
+    /// At most one entry per replica of the type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted_restarts: Vec<PodRestarts>,
+}
+
+impl ReplicaStatus {
+    /// The status with what earlier versions wrote in their own form read into today's:
+    /// `succeededIndexes` into `completedIndexes`, full pod uids in `countedRestarts`
+    /// shortened to their [`PodRestarts::key`].
+    pub fn upgraded(mut self) -> ReplicaStatus {
+        let legacy = std::mem::take(&mut self.succeeded_indexes);
+        self.completed_indexes.extend(legacy);
+        for p in &mut self.counted_restarts {
+            p.uid = PodRestarts::key(&p.uid).to_string();
+        }
+        self
+    }
 }
 
 /// Restarts already counted for one pod.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodRestarts {
-    /// The pod's uid.
+    /// The start of the pod's uid (its first 13 characters: 48 random bits), which tells the
+    /// pods of one job apart.
     pub uid: String,
     /// Restarts counted for it: its containers' restarts in place, plus one if it failed and
     /// is re-created.
     pub count: i32,
+}
+
+impl PodRestarts {
+    /// Characters of a pod's uid kept in `countedRestarts`.
+    pub const KEY_LEN: usize = 13;
+
+    /// The part of a pod's uid that `countedRestarts` keeps.
+    pub fn key(uid: &str) -> &str {
+        uid.get(..Self::KEY_LEN).unwrap_or(uid)
+    }
 }
 
 /// A condition of the job.
@@ -272,6 +305,14 @@ impl TFJobStatus {
     /// Whether a condition of this type is present with status True.
     pub fn is_true(&self, t: ConditionType) -> bool {
         self.condition(t).is_some_and(|c| c.status == ConditionStatus::True)
+    }
+
+    /// The status with every replica status [`ReplicaStatus::upgraded`].
+    pub fn upgraded(mut self) -> TFJobStatus {
+        for r in self.replica_statuses.values_mut() {
+            *r = std::mem::take(r).upgraded();
+        }
+        self
     }
 
     /// Whether the job has succeeded or failed.

@@ -11,20 +11,27 @@ use kube::ResourceExt;
 use tracing::info;
 
 use super::Now;
-use super::backoff::slow_start;
+use super::backoff::{NewObject, create_order, slow_start};
+use super::observe::Slim;
 use super::unseen::{UnseenObjects, UnseenWrites};
-use crate::api::{TFJob, TFJobStatus};
+use crate::api::{JobView, TFJob, TFJobStatus};
 use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::objects::Builder;
 use crate::plan::{Plan, PlannedEvent};
 use crate::writer::{Created, Namespaced, Writer};
 
-/// Creates of one job in flight at once (the largest slow-start batch).
-pub const CREATES_IN_FLIGHT: usize = 16;
+/// Creates, and deletes, of one job in flight at once (the largest slow-start batch); other
+/// jobs' reconciles run beside it.
+pub const WRITES_IN_FLIGHT: usize = 16;
 
 /// Where apply writes: the writer, and the record of writes the caches have not shown.
 pub struct Applier<'a> {
     pub writer: &'a Writer,
     pub unseen: &'a Mutex<UnseenWrites>,
+    /// Appended to TF_CONFIG addresses when set (`--cluster-domain`).
+    pub cluster_domain: Option<&'a str>,
+    pub metrics: &'a Metrics,
 }
 
 /// What the create step came to.
@@ -65,7 +72,7 @@ enum CreateOutcome {
 }
 
 /// Pods and services: their kind's name in events and where their unseen creates are kept.
-trait OwnedKind: Namespaced {
+trait OwnedKind: Namespaced + Slim {
     const KIND: &'static str;
     fn unseen(w: &mut UnseenWrites) -> &mut UnseenObjects<Self>;
 }
@@ -128,20 +135,25 @@ impl Applier<'_> {
         for ev in &plan.events {
             self.writer.publish(job, ev, now.wall)?;
         }
-        for pod in &plan.delete_pods {
-            self.writer.delete_pod(&ns, pod).await?;
-            self.unseen().pods.deleted(&pod.uid, now.mono);
-            self.event(
-                job,
-                PlannedEvent::normal("SuccessfulDeletePod", format!("Deleted pod: {}", pod.name)),
-                now,
-            )?;
+        for batch in plan.delete_pods.chunks(WRITES_IN_FLIGHT) {
+            let deletes: Vec<_> = batch.iter().map(|pod| self.writer.delete_pod(&ns, pod)).collect();
+            let results = futures::future::join_all(deletes).await;
+            for (pod, r) in batch.iter().zip(results) {
+                r?;
+                self.unseen().pods.deleted(&pod.uid, now.mono);
+                let note = format!("Deleted pod: {}", pod.name);
+                self.event(job, PlannedEvent::normal("SuccessfulDeletePod", note), now)?;
+            }
         }
-        for svc in &plan.delete_services {
-            self.writer.delete_service(&ns, svc).await?;
-            self.unseen().services.deleted(&svc.uid, now.mono);
-            let note = format!("Deleted service: {}", svc.name);
-            self.event(job, PlannedEvent::normal("SuccessfulDeleteService", note), now)?;
+        for batch in plan.delete_services.chunks(WRITES_IN_FLIGHT) {
+            let deletes: Vec<_> = batch.iter().map(|svc| self.writer.delete_service(&ns, svc)).collect();
+            let results = futures::future::join_all(deletes).await;
+            for (svc, r) in batch.iter().zip(results) {
+                r?;
+                self.unseen().services.deleted(&svc.uid, now.mono);
+                let note = format!("Deleted service: {}", svc.name);
+                self.event(job, PlannedEvent::normal("SuccessfulDeleteService", note), now)?;
+            }
         }
         self.delete_pod_group(job, plan, now).await?; // gang scheduling: gang.rs
         if !plan.create_pods.is_empty() || !plan.create_services.is_empty() || plan.gang.create.is_some() {
@@ -163,41 +175,41 @@ impl Applier<'_> {
         Ok(applied)
     }
 
-    /// Creates the plan's services, then its pods, each kind concurrently. A refusal stops it
-    /// before the pods.
+    /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
+    /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
+    /// at once), stopping after the first batch with a refusal: a template the API server
+    /// refuses costs one create, not one per replica. Objects are built batch by batch. With
+    /// gang scheduling, the job's PodGroup first, and nothing when it is not there.
     async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
-        let services = self.create_batch(job, &plan.create_services, now).await?;
-        if let CreateStep::Refused(_) | CreateStep::NamespaceGone = services {
-            return Ok(services);
-        }
         // Gang scheduling (gang.rs): the PodGroup before any pod, and no pod without it.
         match self.create_pod_group(job, plan, now).await? {
             CreateStep::Done | CreateStep::NoneNeeded => {}
             other => return Ok(other),
         }
-        match self.create_batch(job, &plan.create_pods, now).await? {
-            CreateStep::Done => Ok(services),
-            other => Ok(other),
-        }
-    }
-
-    /// Creates `objs` in slow-start batches (1, 2, 4, ... up to [`CREATES_IN_FLIGHT`], each
-    /// batch at once), stopping after the first batch with a refusal: a template the API
-    /// server refuses costs one create, not one per replica.
-    async fn create_batch<K: OwnedKind>(
-        &self,
-        job: &TFJob,
-        objs: &[K],
-        now: Now,
-    ) -> Result<CreateStep, Error> {
+        let view = JobView::new(job)
+            .map_err(|e| Error::BuildObjects { job: job.name_any(), message: e.to_string() })?;
+        let builder = Builder::new(&view, self.cluster_domain);
+        let (order, first) = create_order(&plan.create_services, &plan.create_pods);
         let mut step = CreateStep::Done;
-        let mut rest = objs;
-        for size in slow_start(objs.len(), CREATES_IN_FLIGHT) {
+        let mut rest = order.as_slice();
+        for size in slow_start(order.len(), first, WRITES_IN_FLIGHT) {
             let (batch, tail) = rest.split_at(size);
             rest = tail;
+            self.metrics.create_batch(size);
             // Collected first: a lazily mapped iterator here trips the compiler's Send check.
-            let creates: Vec<_> = batch.iter().map(|o| self.create_one(job, o, now)).collect();
-            for r in futures::future::join_all(creates).await {
+            let (mut services, mut pods) = (Vec::new(), Vec::new());
+            for obj in batch {
+                match *obj {
+                    NewObject::Service(r) => services.extend(builder.service(r)),
+                    NewObject::Pod(r) => pods.extend(builder.pod(r).map(|p| plan.gang.member(p, job))),
+                }
+            }
+            let services: Vec<_> = services.iter().map(|o| self.create_one(job, o, now)).collect();
+            let pods: Vec<_> = pods.iter().map(|o| self.create_one(job, o, now)).collect();
+            let (services, pods) =
+                futures::future::join(futures::future::join_all(services), futures::future::join_all(pods))
+                    .await;
+            for r in services.into_iter().chain(pods) {
                 match r? {
                     CreateOutcome::Done => {}
                     CreateOutcome::Blocked => step = CreateStep::Blocked,
@@ -215,13 +227,16 @@ impl Applier<'_> {
         let (kind, noun) = (K::KIND, K::KIND.to_lowercase());
         let uid = job.uid().unwrap_or_default();
         match self.writer.create(&uid, obj).await? {
-            Created::New(o) => {
+            Created::New(mut o) => {
+                // Kept as the watch keeps it: what planning reads, not the pod's TF_CONFIG.
+                o.slim();
                 K::unseen(&mut self.unseen()).created(o, now.mono);
                 let reason = format!("SuccessfulCreate{kind}");
                 self.event(job, PlannedEvent::normal(&reason, format!("Created {noun}: {name}")), now)?;
                 Ok(CreateOutcome::Done)
             }
-            Created::Existing(o) => {
+            Created::Existing(mut o) => {
+                o.slim();
                 K::unseen(&mut self.unseen()).created(o, now.mono);
                 Ok(CreateOutcome::Done)
             }

@@ -2,8 +2,10 @@
 //! reconcile, the per-job records of both, and the slow-start batches creates go out in. The
 //! caller passes the time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+use crate::plan::ReplicaId;
 
 /// The first wait after a refused create.
 pub const CREATE_BACKOFF_FIRST: Duration = Duration::from_secs(5);
@@ -28,18 +30,45 @@ pub fn error_delay(errors: u32) -> Duration {
     ERROR_BACKOFF_UNIT.saturating_mul(1 << errors.min(7)).min(ERROR_BACKOFF_MAX)
 }
 
-/// The sizes of the batches `n` creates go out in: 1, 2, 4, ... doubling up to `max` (as
-/// Kubernetes' Job controller does), so a refusal is met after one create, not `n`.
-pub fn slow_start(n: usize, max: usize) -> Vec<usize> {
+/// The sizes of the batches `n` writes go out in: `first`, then doubling up to `max` (as
+/// Kubernetes' Job controller does from 1), so a refusal is met after the first batch, not
+/// after `n` writes.
+pub fn slow_start(n: usize, first: usize, max: usize) -> Vec<usize> {
     let mut out = Vec::new();
-    let (mut left, mut size) = (n, 1usize);
+    let (mut left, mut size) = (n, first.max(1));
     while left > 0 {
         let take = size.min(left).min(max.max(1));
         out.push(take);
         left -= take;
-        size = size.saturating_mul(2);
+        size = take.saturating_mul(2);
     }
     out
+}
+
+/// One object a plan creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewObject {
+    Service(ReplicaId),
+    Pod(ReplicaId),
+}
+
+/// The order a plan's creates go out in, and the size of their first batch: first one
+/// object of each template (the first service and the first pod of each replica type), so a
+/// template the API server refuses costs one create; then the rest, services before pods.
+pub fn create_order(services: &[ReplicaId], pods: &[ReplicaId]) -> (Vec<NewObject>, usize) {
+    let all = services.iter().map(|&r| NewObject::Service(r)).chain(pods.iter().map(|&r| NewObject::Pod(r)));
+    let (mut probes, mut rest) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for obj in all {
+        let template = match obj {
+            NewObject::Service(r) => (false, r.rtype),
+            NewObject::Pod(r) => (true, r.rtype),
+        };
+        if seen.insert(template) { probes.push(obj) } else { rest.push(obj) }
+    }
+    let first = probes.len();
+    probes.extend(rest);
+    (probes, first)
 }
 
 /// A job's refused creates: how many in a row, and when the next attempt may run.
@@ -120,6 +149,7 @@ impl Backoffs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ReplicaType;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -142,18 +172,60 @@ mod tests {
 
     #[test]
     fn slow_start_doubles_to_the_cap() {
-        let cases: [(usize, usize, &[usize]); 7] = [
-            (0, 16, &[]),
-            (1, 16, &[1]),
-            (2, 16, &[1, 1]),
-            (5, 16, &[1, 2, 2]),
-            (7, 16, &[1, 2, 4]),
-            (40, 16, &[1, 2, 4, 8, 16, 9]),
-            (10, 0, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+        let cases: [(usize, usize, usize, &[usize]); 10] = [
+            (0, 1, 16, &[]),
+            (1, 1, 16, &[1]),
+            (2, 1, 16, &[1, 1]),
+            (5, 1, 16, &[1, 2, 2]),
+            (7, 1, 16, &[1, 2, 4]),
+            (40, 1, 16, &[1, 2, 4, 8, 16, 9]),
+            (10, 1, 0, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+            (10, 4, 16, &[4, 6]),
+            (40, 3, 16, &[3, 6, 12, 16, 3]),
+            (30, 20, 16, &[16, 14]),
         ];
-        for (n, max, want) in cases {
-            assert_eq!(slow_start(n, max), want, "{n} creates, {max} at most");
-            assert_eq!(slow_start(n, max).iter().sum::<usize>(), n);
+        for (n, first, max, want) in cases {
+            assert_eq!(slow_start(n, first, max), want, "{n} creates, {first} first, {max} at most");
+            assert_eq!(slow_start(n, first, max).iter().sum::<usize>(), n);
+        }
+    }
+
+    #[test]
+    fn one_object_of_each_template_goes_first() {
+        use NewObject::{Pod, Service};
+        use ReplicaType::{PS, Worker};
+        let r = |rtype, index| ReplicaId { rtype, index };
+        // (case, services, pods, the order, the first batch)
+        type Case = (&'static str, Vec<ReplicaId>, Vec<ReplicaId>, Vec<NewObject>, usize);
+        let cases: Vec<Case> = vec![
+            ("nothing", vec![], vec![], vec![], 0),
+            ("one pod re-created", vec![], vec![r(Worker, 2)], vec![Pod(r(Worker, 2))], 1),
+            (
+                "a new job of 1 PS and 3 workers",
+                vec![r(PS, 0), r(Worker, 0), r(Worker, 1), r(Worker, 2)],
+                vec![r(PS, 0), r(Worker, 0), r(Worker, 1), r(Worker, 2)],
+                vec![
+                    Service(r(PS, 0)),
+                    Service(r(Worker, 0)),
+                    Pod(r(PS, 0)),
+                    Pod(r(Worker, 0)),
+                    Service(r(Worker, 1)),
+                    Service(r(Worker, 2)),
+                    Pod(r(Worker, 1)),
+                    Pod(r(Worker, 2)),
+                ],
+                4,
+            ),
+            (
+                "services exist, pods of workers 3 and 5 missing",
+                vec![],
+                vec![r(Worker, 3), r(Worker, 5)],
+                vec![Pod(r(Worker, 3)), Pod(r(Worker, 5))],
+                1,
+            ),
+        ];
+        for (name, services, pods, want, first) in cases {
+            assert_eq!(create_order(&services, &pods), (want, first), "{name}");
         }
     }
 

@@ -94,7 +94,12 @@ impl Context {
     }
 
     fn applier(&self) -> Applier<'_> {
-        Applier { writer: &self.writer, unseen: &self.unseen }
+        Applier {
+            writer: &self.writer,
+            unseen: &self.unseen,
+            cluster_domain: self.settings.cluster_domain.as_deref(),
+            metrics: &self.metrics,
+        }
     }
 }
 
@@ -264,10 +269,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let observed = observe::owned(&ctx.caches, &ctx.unseen, &job, now.mono);
 
-    let settings = plan::Settings {
-        cluster_domain: ctx.settings.cluster_domain.as_deref(),
-        startup_deadline_seconds: ctx.settings.startup_deadline_seconds,
-    };
+    let settings = plan::Settings { startup_deadline_seconds: ctx.settings.startup_deadline_seconds };
     let mut plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
     crate::gang::plan(ctx.settings.gang, &job, &observed.pods, &mut plan, observed.pod_group.as_ref());
     debug!(

@@ -58,6 +58,9 @@ impl Slim for PodGroup {
     }
 }
 
+/// Objects per page of a watch's list.
+const LIST_PAGE_SIZE: u32 = 100;
+
 /// The cached pods and services, each with its owner index.
 pub struct Caches {
     pub pods: Store<Pod>,
@@ -106,7 +109,9 @@ where
         + 'static,
 {
     let store = writer.as_reader();
-    let cfg = watcher::Config::default().labels(&names::operator_selector());
+    // Lists come in pages of 100 (kube's default is 500): a page is held whole before it is
+    // slimmed, and a pod of a job at the maximum size carries a TF_CONFIG of some 50 KB.
+    let cfg = watcher::Config::default().labels(&names::operator_selector()).page_size(LIST_PAGE_SIZE);
     let stream = watcher(api, cfg).default_backoff().modify(K::slim).reflect(writer);
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {

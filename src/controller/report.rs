@@ -71,6 +71,10 @@ pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, no
             follow_up_status = (status != current).then_some(status);
         }
     }
+    if plan.more && matches!(applied.creates, CreateStep::NoneNeeded | CreateStep::Done) {
+        // Cut at the per-reconcile bound: the rest follows at once, after the jobs queued.
+        soonest(Duration::ZERO);
+    }
     Report { counts, follow_up_status, create_backoff, requeue_after }
 }
 

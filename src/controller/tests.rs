@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
@@ -20,8 +20,8 @@ use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatu
 use crate::error::Error;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
-use crate::objects::{pod_for, service_for};
-use crate::plan::{ObjectKey, Plan, PlannedEvent};
+use crate::objects::Builder;
+use crate::plan::{ObjectKey, Plan, PlannedEvent, ReplicaId};
 use crate::writer::Writer;
 use crate::writer::events::{self, Publisher};
 
@@ -45,12 +45,12 @@ fn job() -> TFJob {
 
 fn pod(i: i32) -> Pod {
     let j = job();
-    pod_for(&JobView::new(&j).expect("view"), ReplicaType::Worker, i, None).expect("pod")
+    let view = JobView::new(&j).expect("view");
+    Builder::new(&view, None).pod(w(i)).expect("pod")
 }
 
-fn service(i: i32) -> Service {
-    let j = job();
-    service_for(&JobView::new(&j).expect("view"), ReplicaType::Worker, i).expect("service")
+fn w(index: i32) -> ReplicaId {
+    ReplicaId { rtype: ReplicaType::Worker, index }
 }
 
 fn now() -> Now {
@@ -67,7 +67,9 @@ fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
         let applied =
-            Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, false, now()).await;
+            Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
+                .apply_plan(&job(), &plan, None, false, now())
+                .await;
         (applied, unseen.into_inner().expect("lock"))
     });
     (handle, Arc::new(Mutex::new(publisher)), task)
@@ -122,10 +124,11 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         events: vec![PlannedEvent::normal("TFJobCreated", "created")],
         delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
         delete_services: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-s1".into() }],
-        create_services: vec![service(0)],
-        create_pods: vec![pod(0)],
+        create_services: vec![w(0)],
+        create_pods: vec![w(0)],
         delete_job: true,
         requeue_at: None,
+        more: false,
         gang: Default::default(),
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
@@ -205,7 +208,7 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
 
 /// Serves one create answered 409 and then the GET of what is there; returns the outcome.
 async fn create_conflict(found: Value) -> (CreateStep, Vec<String>) {
-    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (m, path, _, send) = next(&mut h).await;
     assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"));
@@ -253,7 +256,7 @@ async fn a_409_from_a_terminating_object_waits() {
 #[tokio::test]
 async fn a_refused_create_carries_the_api_servers_message_and_stops_the_rest() {
     // Slow start: the first batch is one pod; its refusal stops the other two.
-    let plan = Plan { create_pods: vec![pod(0), pod(1)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0), w(1)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (_, _, body, send) = next(&mut h).await;
     assert_eq!(body["metadata"]["name"], "j-worker-0");
@@ -271,7 +274,7 @@ async fn a_refused_create_carries_the_api_servers_message_and_stops_the_rest() {
 
 #[tokio::test]
 async fn a_transient_failure_is_an_error_not_a_refusal() {
-    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (_, _, _, send) = next(&mut h).await;
     respond(send, 503, status_body(503, "ServiceUnavailable"));
@@ -282,16 +285,19 @@ async fn a_transient_failure_is_an_error_not_a_refusal() {
 
 #[tokio::test]
 async fn a_terminating_namespace_stops_creates_silently() {
-    let plan = Plan { create_services: vec![service(0)], create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_services: vec![w(0)], create_pods: vec![w(0)], ..Default::default() };
     let (mut h, events, task) = start(plan, Gate::always_open());
-    let (m, path, _, send) = next(&mut h).await;
-    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"));
     let mut refused = status_body(403, "Forbidden");
     refused["details"] = json!({"causes": [{"reason": "NamespaceTerminating"}]});
-    respond(send, 403, refused);
+    // The first batch holds one object of each template: the service and the pod.
+    for kind in ["services", "pods"] {
+        let (m, path, _, send) = next(&mut h).await;
+        assert_eq!((m, path), (Method::POST, format!("/api/v1/namespaces/ns/{kind}")));
+        respond(send, 403, refused.clone());
+    }
     let (applied, _) = task.await.expect("task");
     assert_eq!(applied.expect("applied").creates, CreateStep::NamespaceGone);
-    assert!(h.next_request().await.is_none(), "no pod create after that");
+    assert!(h.next_request().await.is_none(), "no create after that");
     assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event");
 }
 
@@ -301,13 +307,13 @@ async fn a_closed_gate_writes_nothing() {
         status: Some(written_status()),
         events: vec![PlannedEvent::normal("TFJobCreated", "created")],
         delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
-        create_pods: vec![pod(0)],
+        create_pods: vec![w(0)],
         ..Default::default()
     };
     for plan in [
         plan.clone(),
         Plan { status: None, ..plan.clone() },
-        Plan { create_pods: vec![pod(0)], ..Default::default() },
+        Plan { create_pods: vec![w(0)], ..Default::default() },
     ] {
         let (mut h, events, task) = start(plan, Gate::elected());
         let (applied, _) = task.await.expect("task");
@@ -322,7 +328,7 @@ async fn a_status_planned_from_an_old_version_is_refused_and_nothing_follows() {
     let plan = Plan {
         status: Some(written_status()),
         events: vec![PlannedEvent::normal("TFJobCreated", "created")],
-        create_pods: vec![pod(0)],
+        create_pods: vec![w(0)],
         ..Default::default()
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
@@ -342,8 +348,10 @@ async fn from_a_stale_job_cache_nothing_is_created_for_a_job_that_is_gone() {
     let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
-        let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
-        Applier { writer: &writer, unseen: &unseen }.apply_plan(&job(), &plan, None, true, now()).await
+        let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
+        Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
+            .apply_plan(&job(), &plan, None, true, now())
+            .await
     });
     let (m, path, _, send) = next(&mut handle).await;
     assert_eq!((m, path.as_str()), (Method::GET, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"));
@@ -355,37 +363,34 @@ async fn from_a_stale_job_cache_nothing_is_created_for_a_job_that_is_gone() {
 
 #[tokio::test]
 async fn creates_wait_out_their_backoff() {
-    let plan = Plan { create_pods: vec![pod(0)], ..Default::default() };
+    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let (queue, _publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
     let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
     let unseen = Mutex::default();
     let until = Instant::now() + std::time::Duration::from_secs(5);
-    let applied = Applier { writer: &writer, unseen: &unseen }
-        .apply_plan(&job(), &plan, Some(until), false, now())
-        .await;
+    let applied =
+        Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
+            .apply_plan(&job(), &plan, Some(until), false, now())
+            .await;
     assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
     drop(writer);
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");
 }
 
 // Gang scheduling (crate::gang): the PodGroup is deleted after the pods and services and
-// created before any pod; a refused or foreign PodGroup stops the pods.
+// created before anything else; a refused or foreign PodGroup stops the pods.
 
 fn gang_plan(mode: crate::gang::GangScheduling, observed: Option<&crate::gang::PodGroup>) -> Plan {
-    let mut plan =
-        Plan { create_services: vec![service(0)], create_pods: vec![pod(0)], ..Default::default() };
+    let mut plan = Plan { create_services: vec![w(0)], create_pods: vec![w(0)], ..Default::default() };
     crate::gang::plan(mode, &job(), &[], &mut plan, observed);
     plan
 }
 
 #[tokio::test]
-async fn the_pod_group_is_created_after_the_services_and_before_the_pods() {
+async fn the_pod_group_is_created_before_the_services_and_pods() {
     let (mut h, events, task) =
         start(gang_plan(crate::gang::GangScheduling::Native, None), Gate::always_open());
-    let (m, path, body, send) = next(&mut h).await;
-    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"));
-    respond(send, 201, stored(body, "uid-s0"));
     let (m, path, body, send) = next(&mut h).await;
     assert_eq!(
         (m, path.as_str()),
@@ -397,17 +402,26 @@ async fn the_pod_group_is_created_after_the_services_and_before_the_pods() {
     assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-j");
     assert_eq!(body["spec"]["schedulingPolicy"], json!({"gang": {"minCount": 2}}));
     respond(send, 201, stored(body, "uid-pg"));
-    let (m, path, body, send) = next(&mut h).await;
-    assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"), "the pods after it");
-    assert_eq!(body["spec"]["schedulingGroup"], json!({"podGroupName": "j"}), "every pod names it");
-    respond(send, 201, stored(body, "uid-p0"));
+    // The service and the pod, in one batch, in either order.
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let (m, path, body, send) = next(&mut h).await;
+        assert_eq!(m, Method::POST);
+        if path == "/api/v1/namespaces/ns/pods" {
+            assert_eq!(body["spec"]["schedulingGroup"], json!({"podGroupName": "j"}), "every pod names it");
+            assert_eq!(body["metadata"]["labels"][crate::gang::LABEL_POD_GROUP], "j");
+        }
+        paths.push(path);
+        respond(send, 201, stored(body, "uid-0"));
+    }
+    paths.sort();
+    assert_eq!(paths, ["/api/v1/namespaces/ns/pods", "/api/v1/namespaces/ns/services"]);
     let (applied, _) = task.await.expect("task");
     assert_eq!(applied.expect("applied").creates, CreateStep::Done);
     let mut seen = Vec::new();
-    assert_eq!(
-        queued_reasons(&events, &mut seen),
-        ["SuccessfulCreateService", "SuccessfulCreatePodGroup", "SuccessfulCreatePod"]
-    );
+    let reasons = queued_reasons(&events, &mut seen);
+    assert_eq!(reasons[0], "SuccessfulCreatePodGroup", "{reasons:?}");
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(h.next_request().await.is_none(), "nothing more was sent");
 }
 

@@ -34,6 +34,11 @@ struct WatchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BatchLabels {
+    size: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
 }
@@ -56,6 +61,7 @@ pub struct Metrics {
     api_requests: Family<RequestLabels, Counter>,
     events_dropped: Counter,
     watch_restarts: Family<WatchLabels, Counter>,
+    create_batches: Family<BatchLabels, Counter>,
     jobs: [Family<JobLabels, Counter>; 5],
 }
 
@@ -107,6 +113,13 @@ impl Metrics {
             "Watches that failed and restarted (with backoff; after a 410 Gone with a re-list), by resource",
             watch_restarts.clone(),
         );
+        let create_batches = Family::<BatchLabels, Counter>::default();
+        registry.register(
+            "tfjob_operator_create_batches",
+            "Batches of pod and service creates sent at once (slow start: one per template first, then \
+             doubling up to 16), by batch size",
+            create_batches.clone(),
+        );
         let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
         for (count, family) in JobCount::ALL.iter().zip(&jobs) {
             registry.register(count.metric_name(), count.help(), family.clone());
@@ -119,6 +132,7 @@ impl Metrics {
             api_requests,
             events_dropped,
             watch_restarts,
+            create_batches,
             jobs,
         }
     }
@@ -146,6 +160,11 @@ impl Metrics {
     /// Counts a failed watch of `resource` (it restarts with backoff).
     pub fn watch_restarted(&self, resource: &'static str) {
         self.watch_restarts.get_or_create(&WatchLabels { resource }).inc();
+    }
+
+    /// Counts a batch of `size` creates sent at once.
+    pub fn create_batch(&self, size: usize) {
+        self.create_batches.get_or_create(&BatchLabels { size: size.to_string() }).inc();
     }
 
     /// Counts an event dropped from a full queue.
@@ -177,6 +196,8 @@ mod tests {
         m.reconciled(0.5, Some("patch_status"));
         m.request(&RequestLabels { verb: "create", resource: "pods", code: "201".into() });
         m.watch_restarted("pods");
+        m.create_batch(16);
+        m.create_batch(16);
         let text = m.encode();
         for line in [
             r#"training_operator_jobs_created_total{job_namespace="team-a",framework="tensorflow"} 2"#,
@@ -188,6 +209,7 @@ mod tests {
             r#"tfjob_operator_api_requests_total{verb="create",resource="pods",code="201"} 1"#,
             "tfjob_operator_leader 1",
             r#"tfjob_operator_watch_restarts_total{resource="pods"} 1"#,
+            r#"tfjob_operator_create_batches_total{size="16"} 2"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

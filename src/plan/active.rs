@@ -10,18 +10,16 @@ use kube::ResourceExt;
 
 use super::conditions::{self, *};
 use super::replica_state::{self, ObjectKey};
-use super::{Plan, PlannedEvent, after};
+use super::{Plan, PlannedEvent, ReplicaId, after};
 use super::{diagnosis, startup};
 use crate::api::{ConditionType, JobView, ReplicaType, SuccessPolicy, TFJobStatus};
 use crate::names;
-use crate::objects::{pod_for, service_for};
 
 /// Plans a job that had not finished when observed, from its validated view.
 pub(super) struct ActivePlanner<'a> {
     pub job: &'a JobView<'a>,
     pub full_name: &'a str,
     pub now: Timestamp,
-    pub cluster_domain: Option<&'a str>,
     /// The effective startup deadline in seconds, and the instant it counts from.
     pub startup: (Option<i64>, Option<Timestamp>),
 }
@@ -98,8 +96,7 @@ impl ActivePlanner<'_> {
         for (&t, o) in &observed {
             p.delete_pods.extend(o.to_recreate.iter().cloned());
             p.delete_pods.extend(o.out_of_range.iter().cloned());
-            p.create_pods
-                .extend(o.missing.iter().filter_map(|&i| pod_for(self.job, t, i, self.cluster_domain)));
+            p.create_pods.extend(o.missing.iter().map(|&index| ReplicaId { rtype: t, index }));
         }
         // Pods and services of this job that stand for no replica of the spec.
         let wanted: BTreeSet<String> = replicas
@@ -123,7 +120,7 @@ impl ActivePlanner<'_> {
         for (&t, r) in replicas {
             for i in 0..r.count {
                 if !existing.contains(&names::replica_name(&self.job.name, t, i)) {
-                    p.create_services.extend(service_for(self.job, t, i));
+                    p.create_services.push(ReplicaId { rtype: t, index: i });
                 }
             }
         }
@@ -140,17 +137,17 @@ impl ActivePlanner<'_> {
         observed: &BTreeMap<ReplicaType, replica_state::Observed>,
     ) -> Option<(ConditionType, &'static str, String)> {
         let (replicas, policy) = (&self.job.replicas, &self.job.policy);
-        let done = |t: ReplicaType| observed.get(&t).map(|o| &o.status.succeeded_indexes);
+        let done = |t: ReplicaType| observed.get(&t).map(|o| &o.status.completed_indexes);
         let all_done = |t: ReplicaType| {
             let count = replicas.get(&t).map_or(0, |r| r.count);
-            count > 0 && done(t).is_some_and(|d| (0..count).all(|i| d.contains(&i)))
+            count > 0 && done(t).is_some_and(|d| (0..count).all(|i| d.contains(i)))
         };
         let succeeded = match replicas.keys().copied().find(|t| t.is_chief()) {
             Some(chief) => all_done(chief),
             None => {
                 all_done(ReplicaType::Worker)
                     || (policy.success_policy != SuccessPolicy::AllWorkers
-                        && done(ReplicaType::Worker).is_some_and(|d| d.contains(&0)))
+                        && done(ReplicaType::Worker).is_some_and(|d| d.contains(0)))
             }
         };
         if succeeded {

@@ -23,7 +23,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::api::{
-    AppliedPolicy, CleanPodPolicy, ConditionType, EffectivePolicy, JobView, TFJob, TFJobStatus,
+    AppliedPolicy, CleanPodPolicy, ConditionType, EffectivePolicy, JobView, ReplicaType, TFJob, TFJobStatus,
 };
 use crate::names::controlled_by;
 use active::ActivePlanner;
@@ -76,10 +76,14 @@ pub struct Plan {
     pub delete_pods: Vec<ObjectKey>,
     /// Services to delete (with the uid seen, as a precondition).
     pub delete_services: Vec<ObjectKey>,
-    /// Services to create.
-    pub create_services: Vec<Service>,
-    /// Pods to create.
-    pub create_pods: Vec<Pod>,
+    /// Replicas whose service to create.
+    pub create_services: Vec<ReplicaId>,
+    /// Replicas whose pod to create. Pods are built only when they are sent
+    /// ([`crate::objects::Builder`]), batch by batch: a plan holds no pod objects.
+    pub create_pods: Vec<ReplicaId>,
+    /// The plan was cut at [`MAX_WRITES_PER_RECONCILE`] creates or deletes: plan again as
+    /// soon as these are done.
+    pub more: bool,
     /// The TTL has expired: delete the TFJob itself (last).
     pub delete_job: bool,
     /// When to plan again even if nothing changes: the next deadline or TTL expiry.
@@ -87,6 +91,27 @@ pub struct Plan {
     /// Gang scheduling: the job's PodGroup to create (before any pod) or delete (after the
     /// pods). Decided after this planner by [`crate::gang::plan`].
     pub gang: crate::gang::GangPlan,
+}
+
+/// At most this many creates, and this many deletes, in one reconcile (Kubernetes' Job
+/// controller has the same bound); a bigger job is done over several reconciles, and other
+/// jobs' reconciles run in between.
+pub const MAX_WRITES_PER_RECONCILE: usize = 500;
+
+/// One replica of the job, whose pod or service the plan creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId {
+    pub rtype: ReplicaType,
+    pub index: i32,
+}
+
+/// Keeps at most `max` of `first` and `second` together (`first` before `second`); returns
+/// whether any was dropped.
+fn cap<T>(first: &mut Vec<T>, second: &mut Vec<T>, max: usize) -> bool {
+    let cut = first.len() + second.len() > max;
+    first.truncate(max);
+    second.truncate(max - first.len());
+    cut
 }
 
 /// Status times have whole seconds; planning with the same precision keeps plans stable.
@@ -149,22 +174,14 @@ fn record_policy(st: &mut TFJobStatus, policy: &EffectivePolicy, events: &mut Ve
 
 /// The operator's settings the planner follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Settings<'a> {
-    /// Appended to TF_CONFIG addresses when set.
-    pub cluster_domain: Option<&'a str>,
+pub struct Settings {
     /// The startup deadline of jobs without the annotation (`--startup-deadline-seconds`).
     pub startup_deadline_seconds: Option<i64>,
 }
 
-/// [`plan_with`] with no setting but the cluster domain.
-pub fn plan(
-    job: &TFJob,
-    pods: &[Pod],
-    services: &[Service],
-    now: Timestamp,
-    cluster_domain: Option<&str>,
-) -> Plan {
-    plan_with(job, pods, services, now, Settings { cluster_domain, ..Settings::default() })
+/// [`plan_with`] with the default settings.
+pub fn plan(job: &TFJob, pods: &[Pod], services: &[Service], now: Timestamp) -> Plan {
+    plan_with(job, pods, services, now, Settings::default())
 }
 
 /// Plans one reconcile of `job`. `pods` and `services` may include objects of other jobs:
@@ -174,15 +191,14 @@ pub fn plan_with(
     pods: &[Pod],
     services: &[Service],
     now: Timestamp,
-    settings: Settings<'_>,
+    settings: Settings,
 ) -> Plan {
-    let cluster_domain = settings.cluster_domain;
     let mut p = Plan::default();
     let Some(uid) = job.metadata.uid.as_deref() else { return p };
     let now = whole_seconds(now);
     let pods: Vec<&Pod> = pods.iter().filter(|o| controlled_by(&o.metadata, uid)).collect();
     let services: Vec<&Service> = services.iter().filter(|o| controlled_by(&o.metadata, uid)).collect();
-    let old = job.status.clone().unwrap_or_default();
+    let old = job.status.clone().unwrap_or_default().upgraded();
     let mut st = old.clone();
     let policy = job.spec.effective_policy();
     record_policy(&mut st, &policy, &mut p.events);
@@ -226,8 +242,7 @@ pub fn plan_with(
             Ok(view) => {
                 suspend::resume(&view.name, &mut st, &mut p, now);
                 let startup = (startup_secs, startup::base(job, &st));
-                let planner =
-                    ActivePlanner { job: &view, full_name: &full_name, now, cluster_domain, startup };
+                let planner = ActivePlanner { job: &view, full_name: &full_name, now, startup };
                 planner.plan(&mut st, &mut p, &pods, &services);
             }
             Err(e) => {
@@ -260,6 +275,9 @@ pub fn plan_with(
         let deadlines = [&st.deadline, &st.startup_deadline].into_iter().flatten().map(|t| t.0);
         p.requeue_at = p.requeue_at.into_iter().chain(deadlines).min();
     }
+
+    p.more = cap(&mut p.delete_pods, &mut p.delete_services, MAX_WRITES_PER_RECONCILE)
+        | cap(&mut p.create_services, &mut p.create_pods, MAX_WRITES_PER_RECONCILE);
 
     if st != old {
         st.last_reconcile_time = Some(Time(now));

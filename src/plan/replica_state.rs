@@ -184,8 +184,8 @@ pub fn observe(
     run_start: Timestamp,
 ) -> Observed {
     let ledger: BTreeMap<&str, i32> =
-        old.counted_restarts.iter().map(|p| (p.uid.as_str(), p.count)).collect();
-    let mut succeeded: BTreeSet<i32> = old.succeeded_indexes.iter().copied().collect();
+        old.counted_restarts.iter().map(|p| (PodRestarts::key(&p.uid), p.count)).collect();
+    let mut succeeded = old.completed_indexes.clone();
     let mut out = Observed::default();
     let mut counted = Vec::new();
     let mut present = BTreeSet::new();
@@ -232,16 +232,17 @@ pub fn observe(
             "Running" if !terminating => out.status.active += 1,
             _ => {}
         }
-        let before = ledger.get(pref.uid.as_str()).copied().unwrap_or(0);
+        let key = PodRestarts::key(&pref.uid);
+        let before = ledger.get(key).copied().unwrap_or(0);
         out.new_restarts += (due - before).max(0);
         if due.max(before) > 0 {
-            counted.push(PodRestarts { uid: pref.uid, count: due.max(before) });
+            counted.push(PodRestarts { uid: key.to_string(), count: due.max(before) });
         }
     }
-    out.missing = (0..count).filter(|i| !present.contains(i) && !succeeded.contains(i)).collect();
+    out.missing = (0..count).filter(|&i| !present.contains(&i) && !succeeded.contains(i)).collect();
     out.status.restarts = old.restarts + out.new_restarts;
     out.status.succeeded = i32::try_from(succeeded.len()).unwrap_or(i32::MAX);
-    out.status.succeeded_indexes = succeeded.into_iter().collect();
+    out.status.completed_indexes = succeeded;
     counted.sort_by(|a, b| a.uid.cmp(&b.uid));
     out.status.counted_restarts = counted;
     out

@@ -114,8 +114,8 @@ pub fn unstarted(
 ) -> usize {
     let mut n = 0;
     for (t, r) in replicas {
-        let done = observed.get(t).map(|o| o.status.succeeded_indexes.as_slice()).unwrap_or_default();
-        for i in (0..r.count).filter(|i| !done.contains(i)) {
+        let done = observed.get(t).map(|o| &o.status.completed_indexes);
+        for i in (0..r.count).filter(|&i| !done.is_some_and(|d| d.contains(i))) {
             let up = pods.iter().any(|p| names::replica_of(&p.metadata) == Some((*t, i)) && started(p));
             n += usize::from(!up);
         }

@@ -67,7 +67,8 @@ enum S {
 
 /// The pod of replica `rt`/`i`, created at t(0), in state `s`.
 fn pod(j: &TFJob, rt: ReplicaType, i: i32, s: S) -> Pod {
-    let mut p = crate::objects::pod_for(&JobView::new(j).unwrap(), rt, i, None).unwrap();
+    let view = JobView::new(j).unwrap();
+    let mut p = crate::objects::Builder::new(&view, None).pod(ReplicaId { rtype: rt, index: i }).unwrap();
     p.metadata.uid = Some(format!("uid-{rt}-{i}"));
     p.metadata.creation_timestamp = Some(Time(t(0)));
     let container = |state: ContainerState| {
@@ -134,7 +135,7 @@ fn services(j: &TFJob) -> Vec<Service> {
 }
 
 fn run(j: &TFJob, pods: &[Pod], now: i64, default: Option<i64>) -> Plan {
-    let settings = Settings { cluster_domain: None, startup_deadline_seconds: default };
+    let settings = Settings { startup_deadline_seconds: default };
     plan_with(j, pods, &services(j), t(now), settings)
 }
 

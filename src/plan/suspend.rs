@@ -1,8 +1,6 @@
 //! Suspension (`runPolicy.suspend`): what a suspended job gives up and records, its resume,
 //! and the warnings for a job queued by Kueue.
 
-use std::collections::BTreeSet;
-
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -29,14 +27,14 @@ pub(super) fn plan_suspended(
 ) {
     for (&t, r) in &job.replicas {
         let entry = st.replica_statuses.entry(t).or_default();
-        let mut done: BTreeSet<i32> = entry.succeeded_indexes.iter().copied().collect();
+        let mut done = entry.completed_indexes.clone();
         done.extend(pods.iter().filter(|pod| succeeded(pod)).filter_map(|pod| {
             names::replica_of(&pod.metadata)
                 .filter(|&(pt, i)| pt == t && (0..r.count).contains(&i))
                 .map(|(_, i)| i)
         }));
         entry.succeeded = i32::try_from(done.len()).unwrap_or(i32::MAX);
-        entry.succeeded_indexes = done.into_iter().collect();
+        entry.completed_indexes = done;
     }
     for r in st.replica_statuses.values_mut() {
         r.active = 0;

@@ -16,7 +16,13 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 const T0: i64 = 1_700_000_000;
 
 fn pod_for(j: &TFJob, rt: ReplicaType, i: i32, domain: Option<&str>) -> Option<Pod> {
-    crate::objects::pod_for(&JobView::new(j).ok()?, rt, i, domain)
+    let view = JobView::new(j).ok()?;
+    crate::objects::Builder::new(&view, domain).pod(ReplicaId { rtype: rt, index: i })
+}
+
+/// The pods a plan creates, built as apply builds them.
+fn built_pods(j: &TFJob, p: &Plan) -> Vec<Pod> {
+    p.create_pods.iter().map(|r| pod_for(j, r.rtype, r.index, None).unwrap()).collect()
 }
 
 fn service_for(j: &TFJob, rt: ReplicaType, i: i32) -> Option<Service> {
@@ -122,7 +128,7 @@ fn applied(mut j: TFJob, p: &Plan) -> TFJob {
 
 /// A job that started at T0 and was planned once with `pods` observed.
 fn started(j: TFJob, pods: &[Pod]) -> TFJob {
-    let p = plan(&j, pods, &services(&j), t(0), None);
+    let p = plan(&j, pods, &services(&j), t(0));
     applied(j, &p)
 }
 
@@ -145,7 +151,7 @@ fn deleted_services(p: &Plan) -> Vec<&str> {
 }
 
 fn created(p: &Plan) -> Vec<String> {
-    p.create_pods.iter().map(|c| c.metadata.name.clone().unwrap()).collect()
+    p.create_pods.iter().map(|r| names::replica_name("j", r.rtype, r.index)).collect()
 }
 
 fn reasons(p: &Plan) -> Vec<&str> {
@@ -155,7 +161,7 @@ fn reasons(p: &Plan) -> Vec<&str> {
 #[test]
 fn new_job_is_created_and_gets_every_pod_and_service() {
     let j = ps_worker(None);
-    let p = plan(&j, &[], &[], t(0), None);
+    let p = plan(&j, &[], &[], t(0));
     let st = p.status.as_ref().unwrap();
     assert_eq!(st.conditions.len(), 1);
     let c = &st.conditions[0];
@@ -165,7 +171,7 @@ fn new_job_is_created_and_gets_every_pod_and_service() {
     );
     assert_eq!(st.start_time, Some(Time(t(0))));
     assert_eq!(created(&p), ["j-ps-0", "j-worker-0", "j-worker-1"]);
-    let svcs: Vec<_> = p.create_services.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+    let svcs: Vec<_> = p.create_services.iter().map(|r| names::replica_name("j", r.rtype, r.index)).collect();
     assert_eq!(svcs, ["j-ps-0", "j-worker-0", "j-worker-1"]);
     assert_eq!(reasons(&p), ["TFJobCreated"]);
     assert!(p.delete_pods.is_empty() && !p.delete_job && p.requeue_at.is_none());
@@ -184,7 +190,7 @@ fn running_then_stable_with_no_writes() {
         pod(&j, ReplicaType::Worker, 0, "Running"),
         pod(&j, ReplicaType::Worker, 1, "Pending"),
     ];
-    let p = plan(&j, &pods, &services(&j), t(1), None);
+    let p = plan(&j, &pods, &services(&j), t(1));
     assert_eq!(last_condition(&p), Some((ConditionType::Running, "TFJobRunning".into())));
     let st = p.status.as_ref().unwrap();
     assert_eq!(st.condition(ConditionType::Running).unwrap().message.as_deref(), Some("TFJob j is running."));
@@ -194,7 +200,7 @@ fn running_then_stable_with_no_writes() {
     assert!(p.create_pods.is_empty() && p.create_services.is_empty() && p.delete_pods.is_empty());
     assert_eq!(reasons(&p), ["TFJobRunning"]);
     let j = applied(j, &p);
-    let again = plan(&j, &pods, &services(&j), t(30), None);
+    let again = plan(&j, &pods, &services(&j), t(30));
     assert_eq!(again, Plan::default(), "nothing changed: no write, no event, no action");
 }
 
@@ -204,7 +210,7 @@ fn only_pods_controlled_by_this_job_count() {
     let mut foreign = pod(&j, ReplicaType::Worker, 0, "Running");
     foreign.metadata.owner_references =
         Some(vec![OwnerReference { uid: "other".into(), controller: Some(true), ..Default::default() }]);
-    let p = plan(&j, &[foreign], &services(&j), t(1), None);
+    let p = plan(&j, &[foreign], &services(&j), t(1));
     assert_eq!(created(&p), ["j-worker-0", "j-worker-1"], "a pod of another uid is not ours");
     assert!(p.delete_pods.is_empty(), "and never ours to delete");
 }
@@ -290,7 +296,7 @@ fn success_rules() {
         j.spec.success_policy = sp;
         let j = started(j, &[]);
         let pods: Vec<Pod> = pods.iter().map(|(rt, i, ph)| pod(&j, *rt, *i, ph)).collect();
-        let p = plan(&j, &pods, &services(&j), t(5), None);
+        let p = plan(&j, &pods, &services(&j), t(5));
         let st = p.status.as_ref().unwrap();
         assert_eq!(st.is_true(ConditionType::Succeeded), want, "{name}");
         if want {
@@ -327,7 +333,7 @@ fn failure_and_restart_rules() {
             terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), code, "Error"),
             pod(&j, ReplicaType::Worker, 1, "Running"),
         ];
-        let p = plan(&j, &pods, &services(&j), t(3), None);
+        let p = plan(&j, &pods, &services(&j), t(3));
         let st = p.status.as_ref().unwrap();
         assert_eq!(st.is_true(ConditionType::Failed), fails, "{rp:?} {code}");
         assert_eq!(deleted(&p) == ["j-worker-0"], recreate, "{rp:?} {code}");
@@ -359,7 +365,7 @@ fn failure_message_names_container_reason_and_every_failing_type() {
     let j = started(job(&[("PS", 1, None), ("Worker", 1, None), ("Evaluator", 1, None)]), &[]);
     for (rt, name) in [(ReplicaType::PS, "PS"), (ReplicaType::Evaluator, "Evaluator")] {
         let failed = terminated(pod(&j, rt, 0, "Failed"), 137, "OOMKilled");
-        let p = plan(&j, &[failed, pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(2), None);
+        let p = plan(&j, &[failed, pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(2));
         let msg = p.status.unwrap().conditions.last().unwrap().message.clone().unwrap();
         assert_eq!(
             msg,
@@ -371,7 +377,7 @@ fn failure_message_names_container_reason_and_every_failing_type() {
     }
     let mut no_container = pod(&j, ReplicaType::PS, 0, "Failed");
     no_container.status.as_mut().unwrap().reason = Some("NodeLost".into());
-    let p = plan(&j, &[no_container], &services(&j), t(2), None);
+    let p = plan(&j, &[no_container], &services(&j), t(2));
     assert!(
         p.status
             .unwrap()
@@ -396,7 +402,6 @@ fn dynamic_worker_tolerates_worker_failures_only() {
         &[pod(&j, ReplicaType::PS, 0, "Running"), pod(&j, ReplicaType::Worker, 0, "Running"), failed_worker],
         &services(&j),
         t(2),
-        None,
     );
     let st = p.status.unwrap();
     assert!(!st.is_finished());
@@ -406,7 +411,7 @@ fn dynamic_worker_tolerates_worker_failures_only() {
         "a failed dynamic worker is neither re-run nor deleted"
     );
     let failed_ps = terminated(pod(&j, ReplicaType::PS, 0, "Failed"), 1, "Error");
-    let p = plan(&j, &[failed_ps, pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(2), None);
+    let p = plan(&j, &[failed_ps, pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(2));
     assert!(p.status.unwrap().is_true(ConditionType::Failed));
 }
 
@@ -414,7 +419,7 @@ fn dynamic_worker_tolerates_worker_failures_only() {
 fn sequence(mut j: TFJob, steps: &[Vec<Pod>]) -> (TFJob, Plan) {
     let mut last = Plan::default();
     for (n, pods) in steps.iter().enumerate() {
-        last = plan(&j, pods, &services(&j), t(1 + n as i64), None);
+        last = plan(&j, pods, &services(&j), t(1 + n as i64));
         j = applied(j, &last);
     }
     (j, last)
@@ -512,7 +517,6 @@ fn disruptions_are_recreated_without_failing_or_counting() {
             &[pod(&j, ReplicaType::Worker, 0, "Running"), deleting(w1.clone())],
             &services(&j),
             t(2),
-            None,
         );
         let st = p.status.clone().unwrap();
         assert!(!st.is_finished(), "{rp:?}");
@@ -521,7 +525,7 @@ fn disruptions_are_recreated_without_failing_or_counting() {
             "{rp:?}: terminating pod is waited out"
         );
         let j2 = applied(j.clone(), &p);
-        let p = plan(&j2, &[pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(3), None);
+        let p = plan(&j2, &[pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(3));
         assert_eq!(created(&p), ["j-worker-1"], "{rp:?}");
         // Evicted, and failed with a DisruptionTarget condition.
         let mut evicted = terminated(pod(&j, ReplicaType::Worker, 1, "Failed"), 137, "Error");
@@ -533,8 +537,7 @@ fn disruptions_are_recreated_without_failing_or_counting() {
             ..Default::default()
         }]);
         for disrupted in [evicted, preempted] {
-            let p =
-                plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), disrupted], &services(&j), t(2), None);
+            let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), disrupted], &services(&j), t(2));
             let st = p.status.clone().unwrap();
             assert!(!st.is_finished(), "{rp:?}");
             assert_eq!(deleted(&p), ["j-worker-1"], "{rp:?}");
@@ -553,23 +556,24 @@ fn succeeded_index_is_not_run_again() {
         j.clone(),
         &[vec![pod(&j, ReplicaType::Worker, 0, "Running"), pod(&j, ReplicaType::Worker, 1, "Succeeded")]],
     );
-    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(9), None);
+    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running")], &services(&j), t(9));
     assert!(p.create_pods.is_empty(), "worker 1 succeeded before its pod vanished");
-    assert_eq!(j.status.as_ref().unwrap().replica_statuses[&ReplicaType::Worker].succeeded_indexes, [1]);
-    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Succeeded")], &services(&j), t(10), None);
+    let w = &j.status.as_ref().unwrap().replica_statuses[&ReplicaType::Worker];
+    assert_eq!(w.completed_indexes.iter().collect::<Vec<_>>(), [1]);
+    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Succeeded")], &services(&j), t(10));
     assert!(p.status.unwrap().is_true(ConditionType::Succeeded), "all workers done, one of them from status");
 }
 
 #[test]
 fn zero_replicas_create_nothing_and_stay_still() {
     let j = job(&[("Worker", 1, None), ("Evaluator", 0, None)]);
-    let p = plan(&j, &[], &[], t(0), None);
+    let p = plan(&j, &[], &[], t(0));
     assert_eq!(created(&p), ["j-worker-0"]);
     assert_eq!(p.create_services.len(), 1);
     let j = applied(j, &p);
     let pods = [pod(&j, ReplicaType::Worker, 0, "Running")];
-    let j = applied(j.clone(), &plan(&j, &pods, &services(&j), t(1), None));
-    assert_eq!(plan(&j, &pods, &services(&j), t(2), None), Plan::default());
+    let j = applied(j.clone(), &plan(&j, &pods, &services(&j), t(1)));
+    assert_eq!(plan(&j, &pods, &services(&j), t(2)), Plan::default());
 }
 
 #[test]
@@ -583,7 +587,7 @@ fn stray_pods_and_services_are_removed() {
     let mut extra = service_for(&j, ReplicaType::Worker, 0).unwrap();
     extra.metadata.name = Some("j-worker-3".into());
     svcs.push(extra);
-    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), stray, evaluator], &svcs, t(1), None);
+    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), stray, evaluator], &svcs, t(1));
     assert_eq!(deleted(&p), ["j-worker-3", "j-evaluator-0"]);
     assert_eq!(deleted_services(&p), ["j-worker-3"]);
 }
@@ -594,7 +598,7 @@ fn finish(j: TFJob, at: i64) -> TFJob {
         pod(&j, ReplicaType::Worker, 0, "Succeeded"),
         pod(&j, ReplicaType::Worker, 1, "Running"),
     ];
-    let p = plan(&j, &pods, &services(&j), t(at), None);
+    let p = plan(&j, &pods, &services(&j), t(at));
     assert!(p.status.as_ref().unwrap().is_true(ConditionType::Succeeded));
     applied(j, &p)
 }
@@ -640,21 +644,21 @@ fn clean_pod_policy_after_success_failure_and_deadline() {
             let j = started(j, &[]);
             let pods: Vec<Pod> = phases.iter().map(|(rt, i, ph)| pod(&j, *rt, *i, ph)).collect();
             // After success.
-            let p = plan(&j, &pods, &services(&j), t(5), None);
+            let p = plan(&j, &pods, &services(&j), t(5));
             assert!(p.status.as_ref().unwrap().is_true(ConditionType::Succeeded));
             assert_eq!(deleted(&p), *want_pods, "success {policy:?}");
             assert_eq!(deleted_services(&p), *want_svcs, "success {policy:?}");
             // After failure: worker 0 failed instead (Never).
             let mut failing = pods.clone();
             failing[1] = terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), 1, "Error");
-            let p = plan(&j, &failing, &services(&j), t(5), None);
+            let p = plan(&j, &failing, &services(&j), t(5));
             assert!(p.status.as_ref().unwrap().is_true(ConditionType::Failed));
             assert_eq!(deleted(&p), *want_pods, "failure {policy:?}");
             // After the deadline, with nothing finished.
             let mut waiting = pods.clone();
             waiting[1] = pod(&j, ReplicaType::Worker, 0, "Failed");
             waiting[1].status.as_mut().unwrap().phase = Some("Succeeded".into());
-            let p = plan(&j, &waiting[..1], &services(&j), t(100), None);
+            let p = plan(&j, &waiting[..1], &services(&j), t(100));
             assert_eq!(last_condition(&p), Some((ConditionType::Failed, "DeadlineExceeded".into())));
             let want_deadline: Vec<&str> =
                 if *policy == Some(CleanPodPolicy::None) { vec![] } else { vec!["j-ps-0"] };
@@ -675,10 +679,10 @@ fn clean_pod_policy_patched_after_finish() {
             pod(&j, ReplicaType::Worker, 0, "Succeeded"),
             pod(&j, ReplicaType::Worker, 1, "Running"),
         ];
-        assert!(deleted(&plan(&j, &pods, &services(&j), t(6), None)).is_empty());
+        assert!(deleted(&plan(&j, &pods, &services(&j), t(6))).is_empty());
         let mut all = j.clone();
         set_policy(&mut all, seed_place, Some(CleanPodPolicy::All), None, None);
-        let p = plan(&all, &pods, &services(&j), t(7), None);
+        let p = plan(&all, &pods, &services(&j), t(7));
         assert_eq!(deleted(&p), ["j-ps-0", "j-worker-0", "j-worker-1"]);
         assert_eq!(p.delete_services.len(), 3);
         assert_eq!(reasons(&p), ["CleanPodPolicyUpdated"]);
@@ -687,10 +691,10 @@ fn clean_pod_policy_patched_after_finish() {
         // Back to None after cleanup: nothing comes back.
         let mut none = all.clone();
         set_policy(&mut none, seed_place, Some(CleanPodPolicy::None), None, None);
-        let p = plan(&none, &[], &[], t(8), None);
+        let p = plan(&none, &[], &[], t(8));
         assert!(p.create_pods.is_empty() && p.create_services.is_empty() && p.delete_pods.is_empty());
         let none = applied(none, &p);
-        assert_eq!(plan(&none, &[], &[], t(20), None), Plan::default());
+        assert_eq!(plan(&none, &[], &[], t(20)), Plan::default());
     }
 }
 
@@ -701,7 +705,7 @@ fn finished_job_keeps_counts_and_gets_no_pods() {
     assert_eq!(counts[&ReplicaType::Worker].active, 1);
     assert_eq!(counts[&ReplicaType::Worker].succeeded, 1);
     // Later every pod is gone (cleaned): no re-creation, no status change.
-    let p = plan(&j, &[], &[], t(50), None);
+    let p = plan(&j, &[], &[], t(50));
     assert_eq!(p, Plan::default());
 }
 
@@ -718,11 +722,11 @@ fn active_deadline_from_start_and_patched() {
         ];
         let st = j.status.clone().unwrap();
         assert_eq!(st.deadline, Some(Time(t(10))), "published deadline = startTime + 10s");
-        let early = plan(&j, &pods, &services(&j), t(9), None);
+        let early = plan(&j, &pods, &services(&j), t(9));
         assert!(!early.status.as_ref().unwrap().is_finished(), "never early");
         assert_eq!(early.requeue_at, Some(t(10)));
         let j = applied(j, &early);
-        let at = plan(&j, &pods, &services(&j), t(10), None);
+        let at = plan(&j, &pods, &services(&j), t(10));
         let st = at.status.clone().unwrap();
         let c = st.conditions.last().unwrap();
         assert_eq!((c.type_, c.reason.as_deref()), (ConditionType::Failed, Some("DeadlineExceeded")));
@@ -747,7 +751,7 @@ fn active_deadline_from_start_and_patched() {
         for (ads, now, fails, requeue, note) in cases {
             let mut patched = j.clone();
             set_policy(&mut patched, seed_place, None, None, ads);
-            let p = plan(&patched, &pods, &services(&j), t(now), None);
+            let p = plan(&patched, &pods, &services(&j), t(now));
             let st = p.status.clone().unwrap();
             assert_eq!(st.is_true(ConditionType::Failed), fails, "{ads:?} at {now}");
             assert_eq!(p.requeue_at, requeue, "{ads:?} at {now}");
@@ -766,10 +770,10 @@ fn ttl_after_finish_and_patched() {
         let j = finish(started(j, &[]), 10);
         let st = j.status.clone().unwrap();
         assert_eq!(st.expires, Some(Time(t(15))));
-        let before = plan(&j, &[], &[], t(14), None);
+        let before = plan(&j, &[], &[], t(14));
         assert!(!before.delete_job);
         assert_eq!(before.requeue_at, Some(t(15)));
-        assert!(plan(&j, &[], &[], t(15), None).delete_job);
+        assert!(plan(&j, &[], &[], t(15)).delete_job);
 
         // (patched ttl, now, want delete, want requeue)
         let cases = [
@@ -783,7 +787,7 @@ fn ttl_after_finish_and_patched() {
         for (ttl, now, del, requeue) in cases {
             let mut patched = j.clone();
             set_policy(&mut patched, seed_place, None, ttl, None);
-            let p = plan(&patched, &[], &[], t(now), None);
+            let p = plan(&patched, &[], &[], t(now));
             assert_eq!((p.delete_job, p.requeue_at), (del, requeue), "{ttl:?} at {now}");
             assert_eq!(p.status.as_ref().unwrap().expires, ttl.map(|s| Time(t(10 + i64::from(s)))));
             assert_eq!(reasons(&p), ["TTLUpdated"]);
@@ -791,10 +795,10 @@ fn ttl_after_finish_and_patched() {
     }
     // Added after finish.
     let j = finish(started(ps_worker(None), &[]), 10);
-    assert_eq!(plan(&j, &[], &[], t(100), None), Plan::default());
+    assert_eq!(plan(&j, &[], &[], t(100)), Plan::default());
     let mut added = j.clone();
     added.spec.ttl_seconds_after_finished = Some(30);
-    let p = plan(&added, &[], &[], t(100), None);
+    let p = plan(&added, &[], &[], t(100));
     assert!(p.delete_job);
     assert_eq!(p.events[0].note, "ttlSecondsAfterFinished changed from unset to 30s");
 }
@@ -804,7 +808,7 @@ fn policy_events_first_recording_and_shadowed_changes() {
     let mut j = ps_worker(None);
     j.spec.active_deadline_seconds = Some(100);
     j.spec.run_policy = Some(RunPolicy { active_deadline_seconds: Some(50), ..Default::default() });
-    let p = plan(&j, &[], &[], t(0), None);
+    let p = plan(&j, &[], &[], t(0));
     assert_eq!(reasons(&p), ["TFJobCreated"], "the first recording emits no update event");
     let applied_policy = p.status.as_ref().unwrap().applied_policy.clone().unwrap();
     assert_eq!(applied_policy.active_deadline_seconds, Some(100));
@@ -812,14 +816,14 @@ fn policy_events_first_recording_and_shadowed_changes() {
     let j = applied(j, &p);
     let mut shadowed = j.clone();
     shadowed.spec.run_policy = Some(RunPolicy { active_deadline_seconds: Some(5), ..Default::default() });
-    let p = plan(&shadowed, &[], &services(&j), t(1), None);
+    let p = plan(&shadowed, &[], &services(&j), t(1));
     assert!(
         !reasons(&p).iter().any(|r| r.ends_with("Updated")),
         "a shadowed runPolicy change changes nothing"
     );
     let mut unshadowed = shadowed.clone();
     unshadowed.spec.active_deadline_seconds = None;
-    let p = plan(&unshadowed, &[], &services(&j), t(6), None);
+    let p = plan(&unshadowed, &[], &services(&j), t(6));
     assert_eq!(
         p.events.iter().find(|e| e.reason == "DeadlineUpdated").unwrap().note,
         "activeDeadlineSeconds changed from 100s to 5s",
@@ -833,33 +837,33 @@ fn template_restart_policy_warning_once() {
     let mut j = job(&[("Worker", 2, Some(RestartPolicy::OnFailure))]);
     j.spec.tf_replica_specs.get_mut("Worker").unwrap().template.spec.as_mut().unwrap().restart_policy =
         Some("Always".into());
-    let p = plan(&j, &[], &[], t(0), None);
+    let p = plan(&j, &[], &[], t(0));
     let warn = p.events.iter().find(|e| e.reason == "SetPodTemplateRestartPolicy").unwrap();
     assert_eq!(warn.type_, EventType::Warning);
     assert!(warn.note.contains("Always") && warn.note.contains("Worker"));
     let j = applied(j, &p);
-    assert!(!reasons(&plan(&j, &[], &[], t(1), None)).contains(&"SetPodTemplateRestartPolicy"));
+    assert!(!reasons(&plan(&j, &[], &[], t(1))).contains(&"SetPodTemplateRestartPolicy"));
 }
 
 #[test]
 fn invalid_spec_fails_once_with_a_warning() {
     let mut j = job(&[("Worker", 1, None)]);
     j.spec.tf_replica_specs.insert("Launcher".into(), ReplicaSpec::default());
-    let p = plan(&j, &[], &[], t(0), None);
+    let p = plan(&j, &[], &[], t(0));
     assert_eq!(last_condition(&p), Some((ConditionType::Failed, "InvalidTFJobSpec".into())));
     assert!(p.events.iter().any(|e| e.type_ == EventType::Warning
         && e.reason == "InvalidTFJobSpec"
         && e.note.contains("Launcher")));
     assert!(p.create_pods.is_empty());
     let j = applied(j, &p);
-    assert_eq!(plan(&j, &[], &[], t(1), None), Plan::default());
+    assert_eq!(plan(&j, &[], &[], t(1)), Plan::default());
 }
 
 #[test]
 fn job_without_uid_is_not_planned() {
     let mut j = ps_worker(None);
     j.metadata.uid = None;
-    assert_eq!(plan(&j, &[], &[], t(0), None), Plan::default());
+    assert_eq!(plan(&j, &[], &[], t(0)), Plan::default());
 }
 
 #[test]
@@ -879,7 +883,7 @@ fn restarting_then_running_again() {
 #[test]
 fn replica_failure_is_set_by_the_writer_and_cleared_by_the_plan() {
     let j = ps_worker(None);
-    let p = plan(&j, &[], &[], t(0), None);
+    let p = plan(&j, &[], &[], t(0));
     let j = applied(j, &p);
     let failed = with_replica_failure(j.status.as_ref().unwrap(), "pods \"j-ps-0\" is forbidden", t(1));
     let c = failed.condition(ConditionType::ReplicaFailure).unwrap();
@@ -888,7 +892,7 @@ fn replica_failure_is_set_by_the_writer_and_cleared_by_the_plan() {
     let mut j = j;
     j.status = Some(failed);
     // Still nothing created: the plan keeps the condition and asks to create again.
-    let p = plan(&j, &[], &services(&j), t(2), None);
+    let p = plan(&j, &[], &services(&j), t(2));
     assert!(p.status.is_none() && p.create_pods.len() == 3);
     // Every pod exists: cleared.
     let pods = [
@@ -896,7 +900,7 @@ fn replica_failure_is_set_by_the_writer_and_cleared_by_the_plan() {
         pod(&j, ReplicaType::Worker, 0, "Pending"),
         pod(&j, ReplicaType::Worker, 1, "Pending"),
     ];
-    let p = plan(&j, &pods, &services(&j), t(3), None);
+    let p = plan(&j, &pods, &services(&j), t(3));
     assert!(p.status.unwrap().condition(ConditionType::ReplicaFailure).is_none());
 }
 
@@ -904,14 +908,14 @@ fn replica_failure_is_set_by_the_writer_and_cleared_by_the_plan() {
 fn terminal_events_are_normal_for_success_and_warnings_for_failure() {
     let j = started(ps_worker(None), &[]);
     let pods = [pod(&j, ReplicaType::PS, 0, "Running"), pod(&j, ReplicaType::Worker, 0, "Succeeded")];
-    let p = plan(&j, &pods, &services(&j), t(3), None);
+    let p = plan(&j, &pods, &services(&j), t(3));
     let ev = p.events.iter().find(|e| e.reason == "TFJobSucceeded").unwrap();
     assert_eq!(ev.type_, EventType::Normal, "success is Normal");
     let failed = [
         pod(&j, ReplicaType::PS, 0, "Running"),
         terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), 1, "Error"),
     ];
-    let p = plan(&j, &failed, &services(&j), t(3), None);
+    let p = plan(&j, &failed, &services(&j), t(3));
     assert_eq!(
         p.events.iter().find(|e| e.reason == "TFJobFailed").unwrap().type_,
         EventType::Warning,
@@ -927,7 +931,7 @@ fn restarting_message_names_only_the_types_that_restarted() {
     );
     let pods =
         [pod(&j, ReplicaType::PS, 0, "Running"), restarted(pod(&j, ReplicaType::Worker, 0, "Running"), 2)];
-    let p = plan(&j, &pods, &services(&j), t(2), None);
+    let p = plan(&j, &pods, &services(&j), t(2));
     let msg = p.status.unwrap().conditions.last().unwrap().message.clone().unwrap();
     assert_eq!(msg, "TFJob j is restarting because 2 Worker replica(s) failed.");
 }
@@ -937,7 +941,7 @@ fn no_worker_replicas_never_succeed_by_vacuity() {
     // The CRD refuses such a job; a spec that got past it (an older CRD) must not succeed at once.
     for types in [vec![("PS", 1, None)], vec![("PS", 1, None), ("Worker", 0, None)]] {
         let j = started(job(&types), &[]);
-        let p = plan(&j, &[pod(&j, ReplicaType::PS, 0, "Running")], &services(&j), t(2), None);
+        let p = plan(&j, &[pod(&j, ReplicaType::PS, 0, "Running")], &services(&j), t(2));
         assert!(!p.status.unwrap().is_finished(), "{types:?}");
     }
 }
@@ -951,7 +955,7 @@ fn failure_message_prefers_the_tensorflow_container() {
     sidecar.name = "sidecar".into();
     sidecar.state.as_mut().unwrap().terminated.as_mut().unwrap().exit_code = 2;
     statuses.insert(0, sidecar);
-    let plan = plan(&j, &[p], &services(&j), t(2), None);
+    let plan = plan(&j, &[p], &services(&j), t(2));
     let msg = plan.status.unwrap().conditions.last().unwrap().message.clone().unwrap();
     assert!(msg.ends_with("container tensorflow exited with code 137 (OOMKilled)."), "{msg}");
 }
@@ -961,7 +965,7 @@ fn a_disrupted_pod_being_deleted_is_waited_out_not_failed() {
     let j = started(job(&[("Worker", 2, None)]), &[]);
     let mut evicted = deleting(terminated(pod(&j, ReplicaType::Worker, 1, "Failed"), 137, "Error"));
     evicted.status.as_mut().unwrap().reason = Some("Evicted".into());
-    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), evicted], &services(&j), t(2), None);
+    let p = plan(&j, &[pod(&j, ReplicaType::Worker, 0, "Running"), evicted], &services(&j), t(2));
     let st = p.status.unwrap();
     assert!(!st.is_finished(), "an eviction in progress is not a failure under Never");
     assert!(p.delete_pods.is_empty() && p.create_pods.is_empty(), "waited out");
@@ -973,7 +977,7 @@ fn terminating_pods_are_not_active_and_no_empty_restart_records() {
     let j = started(job(&[("Worker", 2, None)]), &[]);
     let pods =
         [pod(&j, ReplicaType::Worker, 0, "Running"), deleting(pod(&j, ReplicaType::Worker, 1, "Running"))];
-    let p = plan(&j, &pods, &services(&j), t(2), None);
+    let p = plan(&j, &pods, &services(&j), t(2));
     let rs = &p.status.unwrap().replica_statuses[&ReplicaType::Worker];
     assert_eq!(rs.active, 1, "a pod being deleted is not active");
     assert!(
@@ -997,7 +1001,7 @@ fn job_created_suspended_gets_no_pods_and_no_clock() {
     let mut j = suspend(ps_worker(None), true);
     j.spec.active_deadline_seconds = Some(5);
     j.spec.ttl_seconds_after_finished = Some(0);
-    let p = plan(&j, &[], &[], t(0), None);
+    let p = plan(&j, &[], &[], t(0));
     assert!(p.create_pods.is_empty() && p.create_services.is_empty());
     assert_eq!(reasons(&p), ["TFJobCreated", "TFJobSuspended"]);
     assert_eq!(p.events[1].note, "TFJob j is suspended.");
@@ -1015,7 +1019,7 @@ fn job_created_suspended_gets_no_pods_and_no_clock() {
     assert_eq!((&st.start_time, &st.deadline), (&None, &None));
     assert_eq!(active(&j), [(ReplicaType::PS, 0), (ReplicaType::Worker, 0)]);
     // Long past the deadline it would have had: nothing happens, no event repeats.
-    let again = plan(&j, &[], &[], t(3600), None);
+    let again = plan(&j, &[], &[], t(3600));
     assert_eq!(again, Plan::default());
 }
 
@@ -1023,17 +1027,17 @@ fn job_created_suspended_gets_no_pods_and_no_clock() {
 fn resume_creates_pods_from_the_templates_as_they_are_now() {
     let mut j = suspend(ps_worker(None), true);
     j.spec.active_deadline_seconds = Some(50);
-    let mut j = suspend(applied(j.clone(), &plan(&j, &[], &[], t(0), None)), false);
+    let mut j = suspend(applied(j.clone(), &plan(&j, &[], &[], t(0))), false);
     let w = j.spec.tf_replica_specs.get_mut("Worker").unwrap();
     let spec = w.template.spec.as_mut().unwrap();
     spec.node_selector = Some([("pool".to_string(), "a".to_string())].into());
     w.template.metadata.get_or_insert_with(Default::default).labels =
         Some([("kueue.x-k8s.io/podset".to_string(), "worker".to_string())].into());
-    let p = plan(&j, &[], &[], t(100), None);
+    let p = plan(&j, &[], &[], t(100));
     assert_eq!(reasons(&p), ["TFJobResumed"]);
     assert_eq!(p.events[0].note, "TFJob j is resumed.");
     assert_eq!(created(&p), ["j-ps-0", "j-worker-0", "j-worker-1"]);
-    let worker = &p.create_pods[1];
+    let worker = &built_pods(&j, &p)[1];
     assert_eq!(worker.spec.as_ref().unwrap().node_selector.as_ref().unwrap()["pool"], "a");
     assert_eq!(worker.metadata.labels.as_ref().unwrap()["kueue.x-k8s.io/podset"], "worker");
     assert_eq!(p.create_services.len(), 3);
@@ -1047,19 +1051,8 @@ fn resume_creates_pods_from_the_templates_as_they_are_now() {
     assert_eq!(p.requeue_at, Some(t(150)));
     // The next reconcile does not announce the resume again.
     let j = applied(j, &p);
-    let pods: Vec<Pod> = p
-        .create_pods
-        .iter()
-        .map(|c| {
-            pod(
-                &j,
-                names::replica_of(&c.metadata).unwrap().0,
-                names::replica_of(&c.metadata).unwrap().1,
-                "Running",
-            )
-        })
-        .collect();
-    let p = plan(&j, &pods, &services(&j), t(101), None);
+    let pods: Vec<Pod> = p.create_pods.iter().map(|r| pod(&j, r.rtype, r.index, "Running")).collect();
+    let p = plan(&j, &pods, &services(&j), t(101));
     assert_eq!(reasons(&p), ["TFJobRunning"]);
 }
 
@@ -1077,7 +1070,7 @@ fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once()
     let pods =
         vec![pod(&j, PS, 0, "Running"), pod(&j, Worker, 0, "Running"), pod(&j, Worker, 1, "Succeeded")];
     let j = suspend(j, true);
-    let p = plan(&j, &pods, &services(&j), t(10), None);
+    let p = plan(&j, &pods, &services(&j), t(10));
     assert_eq!(deleted(&p), ["j-ps-0", "j-worker-0", "j-worker-1"], "whatever cleanPodPolicy says");
     assert_eq!(deleted_services(&p), ["j-ps-0", "j-worker-0", "j-worker-1"]);
     assert!(p.create_pods.is_empty() && p.create_services.is_empty());
@@ -1086,7 +1079,7 @@ fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once()
     let j = applied(j, &p);
     let st = j.status.clone().unwrap();
     assert_eq!(active(&j), [(PS, 0), (Worker, 0)]);
-    assert_eq!(st.replica_statuses[&Worker].succeeded_indexes, [1]);
+    assert_eq!(st.replica_statuses[&Worker].completed_indexes.to_string(), "1");
     assert_eq!(st.replica_statuses.values().map(|r| r.restarts + r.failed).sum::<i32>(), 0);
     assert_eq!(cond(&j, ConditionType::Running), Some(("False".into(), "TFJobSuspended".into())));
     assert_eq!(cond(&j, ConditionType::Suspended), Some(("True".into(), "TFJobSuspended".into())));
@@ -1094,14 +1087,14 @@ fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once()
     // While the pods terminate, and then fail as they are killed: no failure, no restart,
     // no second event, even with backoffLimit 0 and long past the old deadline.
     let dying: Vec<Pod> = pods.iter().cloned().map(deleting).collect();
-    assert_eq!(plan(&j, &dying, &[], t(11), None), Plan::default());
+    assert_eq!(plan(&j, &dying, &[], t(11)), Plan::default());
     let killed: Vec<Pod> = dying.iter().cloned().map(|p| terminated(p, 137, "Error")).collect();
-    let p = plan(&j, &killed, &[], t(500), None);
+    let p = plan(&j, &killed, &[], t(500));
     assert_eq!((p.status.as_ref(), reasons(&p), deleted(&p)), (None, vec![], vec![]));
     // Resumed while the killed pods still terminate: their ends count as nothing, and their
     // indexes wait for them to go.
     let resumed = suspend(j.clone(), false);
-    let p = plan(&resumed, &killed, &[], t(600), None);
+    let p = plan(&resumed, &killed, &[], t(600));
     assert_eq!(reasons(&p), ["TFJobResumed"]);
     assert!(p.create_pods.is_empty(), "created {:?} before the old pods went", created(&p));
     let st = p.status.as_ref().unwrap();
@@ -1112,14 +1105,14 @@ fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once()
     let later = applied(resumed.clone(), &p);
     let mut own = deleting(terminated(pod(&j, PS, 0, "Failed"), 1, "Error"));
     own.metadata.deletion_timestamp = Some(Time(t(601)));
-    let p2 = plan(&later, &[own], &[], t(602), None);
+    let p2 = plan(&later, &[own], &[], t(602));
     assert_eq!(last_condition(&p2), Some((ConditionType::Failed, "BackoffLimitExceeded".into())));
     // Resumed with the pods gone: worker 1 is not run again.
-    let p = plan(&resumed, &[], &[], t(600), None);
+    let p = plan(&resumed, &[], &[], t(600));
     assert_eq!(created(&p), ["j-ps-0", "j-worker-0"]);
     let st = p.status.unwrap();
     assert_eq!((st.start_time, st.deadline), (Some(Time(t(600))), Some(Time(t(630)))));
-    assert_eq!(st.replica_statuses[&Worker].succeeded_indexes, [1]);
+    assert_eq!(st.replica_statuses[&Worker].completed_indexes.to_string(), "1");
 }
 
 #[test]
@@ -1129,9 +1122,9 @@ fn suspending_a_finished_job_changes_nothing() {
     let j = started(j.clone(), &[pod(&j, PS, 0, "Running"), pod(&j, Worker, 0, "Running")]);
     let done =
         [pod(&j, PS, 0, "Succeeded"), pod(&j, Worker, 0, "Succeeded"), pod(&j, Worker, 1, "Succeeded")];
-    let j = applied(j.clone(), &plan(&j, &done, &services(&j), t(5), None));
+    let j = applied(j.clone(), &plan(&j, &done, &services(&j), t(5)));
     assert!(j.status.as_ref().unwrap().is_finished());
-    let p = plan(&suspend(j, true), &done, &[], t(6), None);
+    let p = plan(&suspend(j, true), &done, &[], t(6));
     assert_eq!((p.status, p.events, p.delete_pods), (None, vec![], vec![]));
 }
 
@@ -1162,13 +1155,13 @@ fn kueue_warnings_on_creation() {
         ("queued, both", queued(flat(odd())), &["ReplicaKeyNotSeenByKueue", "FieldsLostByMultiKueue"]),
     ];
     for (name, j, want) in cases {
-        let p = plan(&j, &[], &[], t(0), None);
+        let p = plan(&j, &[], &[], t(0));
         let warned: Vec<&PlannedEvent> = p.events.iter().filter(|e| e.type_ == EventType::Warning).collect();
         assert_eq!(warned.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), want, "{name}");
-        let again = plan(&applied(j, &p), &[], &[], t(1), None);
+        let again = plan(&applied(j, &p), &[], &[], t(1));
         assert!(again.events.iter().all(|e| e.type_ != EventType::Warning), "{name}: warned twice");
     }
-    let p = plan(&queued(flat(odd())), &[], &[], t(0), None);
+    let p = plan(&queued(flat(odd())), &[], &[], t(0));
     let notes: Vec<&str> = p.events.iter().map(|e| e.note.as_str()).collect();
     assert!(
         notes
@@ -1183,4 +1176,73 @@ fn kueue_warnings_on_creation() {
                 .starts_with("spec.ttlSecondsAfterFinished, spec.backoffLimit are set directly under spec")),
         "{notes:?}"
     );
+}
+
+#[test]
+fn status_written_by_earlier_versions_is_read_and_rewritten_compactly() {
+    let mut j = started(job(&[("Worker", 3, Some(RestartPolicy::OnFailure))]), &[]);
+    // As an earlier version stored it: succeeded indexes as a list, full pod uids.
+    let w = j.status.as_mut().unwrap().replica_statuses.get_mut(&ReplicaType::Worker).unwrap();
+    w.succeeded_indexes = vec![1, 2];
+    w.succeeded = 2;
+    w.restarts = 2;
+    w.counted_restarts = vec![crate::api::PodRestarts { uid: "uid-j-worker-0-full".into(), count: 2 }];
+    let w0 = uid(restarted(pod(&j, ReplicaType::Worker, 0, "Running"), 2), "uid-j-worker-0-full");
+    let p = plan(&j, std::slice::from_ref(&w0), &services(&j), t(5));
+    assert!(p.create_pods.is_empty(), "succeeded indexes are not run again: {:?}", created(&p));
+    let st = p.status.as_ref().expect("the running condition changes");
+    let w = &st.replica_statuses[&ReplicaType::Worker];
+    assert_eq!((w.succeeded, w.restarts, w.completed_indexes.to_string()), (2, 2, "1,2".into()));
+    assert_eq!(w.counted_restarts, [crate::api::PodRestarts { uid: "uid-j-worker-".into(), count: 2 }]);
+    let json = serde_json::to_value(st).unwrap();
+    let stored = &json["replicaStatuses"]["Worker"];
+    assert_eq!(stored["completedIndexes"], "1,2");
+    assert!(stored.get("succeededIndexes").is_none(), "the list is not written again: {stored}");
+    // One more in-place restart of the same pod is counted once.
+    let j = applied(j, &p);
+    let p = plan(&j, &[restarted(w0, 3)], &services(&j), t(6));
+    let st = p.status.as_ref().unwrap_or_else(|| panic!("{:?}", j.status));
+    assert_eq!(st.replica_statuses[&ReplicaType::Worker].restarts, 3);
+}
+
+#[test]
+fn a_job_at_the_maximum_size_keeps_its_status_small() {
+    use crate::api::rules::MAX_TOTAL_REPLICAS;
+    let n = MAX_TOTAL_REPLICAS - 1;
+    let j = started(job(&[("PS", 1, None), ("Worker", n, Some(RestartPolicy::OnFailure))]), &[]);
+    // The worst case: every other worker succeeded, every other one restarted in place.
+    let pods: Vec<Pod> = (0..n)
+        .map(|i| {
+            let name = format!("{:08x}-{:04x}-4000-8000-000000000000", i * 7919, i);
+            let p = pod(&j, ReplicaType::Worker, i, if i % 2 == 0 { "Succeeded" } else { "Running" });
+            uid(restarted(p, 5), &name)
+        })
+        .collect();
+    let p = plan(&j, &pods, &services(&j), t(5));
+    let st = p.status.as_ref().unwrap();
+    let w = &st.replica_statuses[&ReplicaType::Worker];
+    assert_eq!(w.completed_indexes.len(), 500);
+    assert_eq!(w.counted_restarts.len(), 999);
+    let bytes = serde_json::to_vec(st).unwrap().len();
+    assert!(bytes < 64 * 1024, "{bytes} bytes of status at {MAX_TOTAL_REPLICAS} replicas");
+    assert!(p.create_pods.len() + p.create_services.len() <= MAX_WRITES_PER_RECONCILE && p.more);
+}
+
+#[test]
+fn creates_and_deletes_are_bounded_per_reconcile() {
+    let j = started(job(&[("PS", 1, None), ("Worker", 699, None)]), &[]);
+    let p = plan(&j, &[], &[], t(1));
+    assert_eq!((p.create_services.len(), p.create_pods.len(), p.more), (500, 0, true), "services first");
+    let p = plan(&j, &[], &services(&j), t(1));
+    assert_eq!((p.create_services.len(), p.create_pods.len(), p.more), (0, 500, true));
+    assert_eq!(p.create_pods[0], ReplicaId { rtype: ReplicaType::PS, index: 0 });
+    let pods: Vec<Pod> = (0..699).map(|i| pod(&j, ReplicaType::Worker, i, "Running")).collect();
+    let p = plan(&j, &pods, &services(&j), t(1));
+    assert_eq!((p.create_pods.len(), p.more), (1, false), "only the PS is missing");
+    // The job fails (a deadline): cleanup deletes at most 500, pods first.
+    let mut failing = j.clone();
+    failing.spec.active_deadline_seconds = Some(1);
+    let failing = started(failing, &pods);
+    let p = plan(&failing, &pods, &services(&failing), t(2));
+    assert_eq!((p.delete_pods.len(), p.delete_services.len(), p.more), (500, 0, true));
 }

@@ -29,11 +29,13 @@ async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> 
     opts.prefix = ctx.ns.clone();
     opts.timeout = Duration::from_secs(120);
     opts.warmup = false; // the suite's plane is warm
+    opts.huge = Some(12);
+    opts.huge_beside = 2;
     let report = bench::run(&ctx.cluster.client, &opts, |_| {}).await?;
     let json: Value = serde_json::from_str(&report.to_json()?)?;
     ensure!(json["operator"].as_str().is_some_and(|o| o.contains("tfjob-operator --namespace=")), "{json}");
     let s = &json["sizes"][0];
-    ensure!(json["sizes"].as_array().map(Vec::len) == Some(1), "{json}");
+    ensure!(json["sizes"].as_array().map(Vec::len) == Some(2), "a size and the huge-job row: {json}");
     ensure!(s["jobs"] == 2 && s["deadline_jobs"] == 1 && s["pods"] == 11 && s["services"] == 11, "{s}");
     let num = |k: &str| s[k].as_f64().unwrap_or(-1.0);
     ensure!(num("all_created_s") > 0.0 && num("bound_s") > 0.0 && num("ratio") > 0.0, "{s}");
@@ -49,6 +51,15 @@ async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> 
     ensure!(num("operator_cpu_s") > 0.0 && num("operator_peak_rss_mib") > 1.0, "{s}");
     ensure!(s["operator_requests"]["create pods"] == 11.0, "requests: {}", s["operator_requests"]);
     ensure!(s["operator_requests"]["create services"] == 11.0, "requests: {}", s["operator_requests"]);
-    ensure!(!report.table().is_empty());
+    // The huge-job row: the huge job beside the same 2 jobs.
+    let h = &json["sizes"][1];
+    ensure!(h["jobs"] == 2 && h["pods"] == 23 && h["services"] == 23, "{h}");
+    let huge = &h["huge"];
+    ensure!(huge["replicas"] == 12, "{huge}");
+    let hnum = |k: &str| huge[k].as_f64().unwrap_or(-1.0);
+    ensure!(hnum("all_created_s") > 0.0 && hnum("bound_s") > 0.0 && hnum("ratio") > 0.0, "{huge}");
+    ensure!(hnum("running_p50_vs_without") > 0.0, "{huge}");
+    ensure!(h["operator_requests"]["create pods"] == 23.0, "requests: {}", h["operator_requests"]);
+    ensure!(report.table().contains("huge job of 12 replicas beside 2 jobs"), "{}", report.table());
     Ok(())
 }

@@ -9,6 +9,7 @@ mod bench;
 mod controller;
 mod faults;
 mod gang;
+mod huge;
 mod install;
 mod kueue;
 mod kueue_env;
@@ -85,6 +86,7 @@ fn tests() -> Vec<Test> {
     all.extend(controller::tests());
     all.extend(install::tests());
     all.extend(suspend::tests());
+    all.extend(huge::tests());
     all.extend(replica_keys::tests());
     all.extend(bench::tests());
     all.extend(kueue::tests());

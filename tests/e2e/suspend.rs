@@ -133,7 +133,7 @@ async fn suspending_a_running_job_frees_it_at_once_and_resume_skips_succeeded_wo
         j.status
             .as_ref()
             .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
-            .is_some_and(|w| w.succeeded_indexes == [1])
+            .is_some_and(|w| w.completed_indexes.to_string() == "1")
     })
     .await?;
 

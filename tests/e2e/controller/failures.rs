@@ -181,8 +181,12 @@ async fn succeeded_worker_deleted_while_running_is_not_run_again(ctx: Ctx) -> Re
             .status
             .as_ref()
             .and_then(|s| s.replica_statuses.get(&ReplicaType::Worker))
-            .map(|r| r.succeeded_indexes.clone());
-        ensure!(done == Some(vec![0]) && !has_condition(&j, ConditionType::Succeeded), "{:?}", j.status);
+            .map(|r| r.completed_indexes.to_string());
+        ensure!(
+            done.as_deref() == Some("0") && !has_condition(&j, ConditionType::Succeeded),
+            "{:?}",
+            j.status
+        );
         Ok(())
     })
     .await

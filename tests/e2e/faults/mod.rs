@@ -91,7 +91,7 @@ async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Re
     .await
     .with_context(|| op.log_tail())?;
     let recovery = back.elapsed().as_secs_f64();
-    nudge_kwok_after_outage(ctx).await?;
+    let _supervisor = nudge_kwok_after_outage(ctx).await?;
     fleet.check_outcomes(ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
     // The fault landed: requests that got no answer, or 5xx answers (the API server without
     // etcd), while it lasted.
@@ -117,7 +117,7 @@ async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Re
 /// or etcd was away and does not retry it) is restarted so it plays every pod's stage afresh;
 /// 5 and 15 s later the unfinished pods are touched as well. The operator has no part in this:
 /// a kubelet retries its status updates.
-async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<()> {
+async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<Supervisor> {
     let plane = plane(ctx)?;
     let revived = plane.revive()?;
     if !revived.is_empty() {
@@ -131,7 +131,33 @@ async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(wait)).await;
         nudge_kwok(ctx, wait).await?;
     }
-    Ok(())
+    Ok(supervise(ctx))
+}
+
+/// Starts again, every second until dropped, any plane component that exits, as a node's
+/// kubelet restarts a static pod: kube-scheduler exits on purpose (`FlushAndExit`, "Scheduler
+/// cache is corrupted") when the re-list after a compaction contradicts its cache, sometimes
+/// half a minute after the API server is back.
+struct Supervisor(tokio::task::JoinHandle<()>);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn supervise(ctx: &Ctx) -> Supervisor {
+    let cluster = ctx.cluster.clone();
+    Supervisor(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Some(Ok(revived)) = cluster.plane.as_ref().map(|p| p.revive())
+                && !revived.is_empty()
+            {
+                println!("    plane components that exited, started again: {revived:?}");
+            }
+        }
+    }))
 }
 
 /// Annotates every pod of the namespace that has not finished, so kwok looks at it again.
@@ -223,7 +249,7 @@ async fn forced_410_gone_relists_and_loses_nothing(ctx: Ctx) -> Result<()> {
     )
     .await
     .with_context(|| op.log_tail())?;
-    nudge_kwok_after_outage(&ctx).await?;
+    let _supervisor = nudge_kwok_after_outage(&ctx).await?;
     fleet.check_outcomes(&ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
     fleet.check_counters(&ctx, &[op.metrics().await])?;
     check_idle(&op, 0.5).await?;

@@ -22,8 +22,9 @@ fn fresh_meta(m: &ObjectMeta) -> ObjectMeta {
 }
 
 /// Creates the same pods and services directly, `in_flight` at once; returns the seconds taken.
-pub(super) async fn bound(client: &Client, opts: &Options, n: usize, created: &Created) -> Result<f64> {
-    let ns = format!("{}-bound-{n}", opts.prefix);
+/// `tag` names the bound's namespace `<prefix>-bound-<tag>`.
+pub(super) async fn bound(client: &Client, opts: &Options, tag: &str, created: &Created) -> Result<f64> {
+    let ns = format!("{}-bound-{tag}", opts.prefix);
     create_namespace(client, &ns).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);

@@ -24,6 +24,16 @@ pub fn batch_job(name: &str, o: &Options) -> Value {
     })
 }
 
+/// The huge job: 1 PS and `replicas - 1` workers that must all succeed (`AllWorkers`), so
+/// every one of its pods is created.
+pub fn huge_job(name: &str, o: &Options, replicas: i32) -> Value {
+    let mut job = batch_job(name, o);
+    job["spec"]["tfReplicaSpecs"]["PS"]["replicas"] = json!(1);
+    job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] = json!(replicas - 1);
+    job["spec"]["successPolicy"] = json!("AllWorkers");
+    job
+}
+
 /// A deadline job: one worker that runs until the deadline fails the job.
 pub fn deadline_job(name: &str, o: &Options) -> Value {
     json!({

@@ -16,8 +16,8 @@ pub mod stats;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use jobs::{batch_job, deadline_job};
-pub use report::{Report, SizeReport};
+pub use jobs::{batch_job, deadline_job, huge_job};
+pub use report::{HugeReport, Report, SizeReport};
 pub use run::run;
 pub use stats::Stats;
 
@@ -43,6 +43,10 @@ pub struct Options {
     pub operator: OperatorSpec,
     /// Give up on a size after this long.
     pub timeout: Duration,
+    /// The huge-job row: one job of this many replicas in all (1 PS, the rest workers that
+    /// must all succeed), created just before `huge_beside` ordinary jobs.
+    pub huge: Option<i32>,
+    pub huge_beside: usize,
     /// Run one unreported job first: the API server's first TFJob writes on a fresh plane
     /// (building the CRD's schema) take about 2 s that no later job pays.
     pub warmup: bool,
@@ -77,6 +81,8 @@ impl Options {
             operator,
             timeout: Duration::from_secs(1200),
             warmup: true,
+            huge: None,
+            huge_beside: 100,
         }
     }
 }

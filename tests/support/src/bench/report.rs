@@ -32,6 +32,23 @@ pub struct SizeReport {
     pub operator_peak_rss_mib: Option<f64>,
     /// The operator's API requests during the size, by `"<verb> <resource>"`.
     pub operator_requests: BTreeMap<String, f64>,
+    /// The huge-job row: the huge job created just before the jobs of this size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huge: Option<HugeReport>,
+}
+
+/// The huge job of a row: how soon all its pods existed, and what it cost the other jobs.
+#[derive(Clone, Debug, Serialize)]
+pub struct HugeReport {
+    pub replicas: i32,
+    /// From its create until every one of its pods and services exists.
+    pub all_created_s: f64,
+    /// Its pods and services alone, created directly, 64 in flight.
+    pub bound_s: f64,
+    pub ratio: f64,
+    /// The ordinary jobs' p50 time to Running in this row over the same in the row of the
+    /// same size without the huge job (when the run has one).
+    pub running_p50_vs_without: Option<f64>,
 }
 
 /// A whole run.
@@ -97,6 +114,21 @@ impl Report {
                 growth(first.operator_cpu_s.unwrap_or(0.0), last.operator_cpu_s.unwrap_or(0.0)),
                 growth(first.operator_peak_rss_mib.unwrap_or(0.0), last.operator_peak_rss_mib.unwrap_or(0.0)),
             ));
+        }
+        for s in &self.sizes {
+            if let Some(h) = &s.huge {
+                out.push_str(&format!(
+                    "huge job of {} replicas beside {} jobs: its pods and services in {:.2} s (bound {:.2} s, \
+                     ratio {:.2}); the other jobs' p50 to Running x{} of the row without it; peak RSS {} MiB\n",
+                    h.replicas,
+                    s.jobs,
+                    h.all_created_s,
+                    h.bound_s,
+                    h.ratio,
+                    h.running_p50_vs_without.map_or("-".into(), |r| format!("{r:.2}")),
+                    s.operator_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
+                ));
+            }
         }
         for s in &self.sizes {
             let reqs: Vec<String> = s.operator_requests.iter().map(|(k, v)| format!("{k} {v}")).collect();

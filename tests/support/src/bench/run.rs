@@ -14,7 +14,10 @@ use serde_json::Value;
 use super::bound::bound;
 use super::record::{Recorder, tfjob_resource};
 use super::stats::lateness;
-use super::{OperatorSpec, Options, Report, SizeReport, Stats, batch_job, deadline_job, footprint};
+use super::{
+    HugeReport, OperatorSpec, Options, Report, SizeReport, Stats, batch_job, deadline_job, footprint,
+    huge_job,
+};
 use crate::process::Proc;
 
 pub(super) async fn create_namespace(client: &Client, name: &str) -> Result<()> {
@@ -121,20 +124,45 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
             deadline: 2,
             ..opts.clone()
         };
-        tokio::time::timeout(opts.timeout, run_operator(client, &warm, 1))
+        tokio::time::timeout(opts.timeout, run_operator(client, &warm, 1, None))
             .await
             .context("warm-up: not done in time")??;
     }
     let mut sizes = Vec::new();
     for &n in &opts.sizes {
         progress(&format!("size {n}: operator run"));
-        let mut size = tokio::time::timeout(opts.timeout, run_operator(client, opts, n))
+        let mut size = tokio::time::timeout(opts.timeout, run_operator(client, opts, n, None))
             .await
             .with_context(|| format!("size {n}: not done within {:?}", opts.timeout))??;
         progress(&format!("size {n}: bound run"));
-        size.0.bound_s = bound(client, opts, n, &size.1).await?;
+        size.0.bound_s = bound(client, opts, &n.to_string(), &size.1).await?;
         size.0.ratio = if size.0.bound_s > 0.0 { size.0.all_created_s / size.0.bound_s } else { 0.0 };
         sizes.push(size.0);
+    }
+    if let Some(replicas) = opts.huge {
+        let n = opts.huge_beside;
+        progress(&format!("huge job of {replicas} replicas beside {n} jobs: operator run"));
+        let (mut size, created) =
+            tokio::time::timeout(opts.timeout, run_operator(client, opts, n, Some(replicas)))
+                .await
+                .with_context(|| format!("the huge-job row: not done within {:?}", opts.timeout))??;
+        progress("the huge-job row: bound runs");
+        size.bound_s = bound(client, opts, &format!("{n}-huge"), &created).await?;
+        size.ratio = if size.bound_s > 0.0 { size.all_created_s / size.bound_s } else { 0.0 };
+        let huge_only = |name: &Option<String>| name.as_deref().is_some_and(|n| n.starts_with("huge-"));
+        let alone = Created {
+            pods: created.pods.into_iter().filter(|p| huge_only(&p.metadata.name)).collect(),
+            services: created.services.into_iter().filter(|s| huge_only(&s.metadata.name)).collect(),
+        };
+        let without =
+            sizes.iter().find(|s| s.jobs == n && s.huge.is_none()).map(|s| s.create_to_running.median);
+        if let Some(h) = &mut size.huge {
+            h.bound_s = bound(client, opts, "huge", &alone).await?;
+            h.ratio = if h.bound_s > 0.0 { h.all_created_s / h.bound_s } else { 0.0 };
+            h.running_p50_vs_without =
+                without.filter(|w| *w > 0.0).map(|w| size.create_to_running.median / w);
+        }
+        sizes.push(size);
     }
     Ok(Report { operator, jobs_shape, sizes })
 }
@@ -144,8 +172,16 @@ pub(super) struct Created {
     pub(super) services: Vec<Service>,
 }
 
-async fn run_operator(client: &Client, opts: &Options, n: usize) -> Result<(SizeReport, Created)> {
-    let ns = format!("{}-{n}", opts.prefix);
+async fn run_operator(
+    client: &Client,
+    opts: &Options,
+    n: usize,
+    huge: Option<i32>,
+) -> Result<(SizeReport, Created)> {
+    let ns = match huge {
+        Some(_) => format!("{}-{n}-huge", opts.prefix),
+        None => format!("{}-{n}", opts.prefix),
+    };
     create_namespace(client, &ns).await?;
     let recorder = Recorder::start(client, &ns);
     let mut op = Running::start(&opts.operator, &ns).await?;
@@ -156,7 +192,16 @@ async fn run_operator(client: &Client, opts: &Options, n: usize) -> Result<(Size
     jobs.extend((0..deadline_jobs).map(|i| (format!("late-{i}"), deadline_job(&format!("late-{i}"), opts))));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &tfjob_resource());
     let t0 = Instant::now();
-    let created_at: BTreeMap<String, Instant> =
+    // The huge job goes first, alone: the ordinary jobs come while its pods are being created.
+    let huge_at = match huge {
+        Some(replicas) => {
+            let obj: DynamicObject = serde_json::from_value(huge_job("huge", opts, replicas))?;
+            api.create(&PostParams::default(), &obj).await.context("creating the huge TFJob")?;
+            Some(Instant::now())
+        }
+        None => None,
+    };
+    let mut created_at: BTreeMap<String, Instant> =
         futures::stream::iter(jobs.into_iter().map(|(name, body)| {
             let api = api.clone();
             async move {
@@ -173,8 +218,12 @@ async fn run_operator(client: &Client, opts: &Options, n: usize) -> Result<(Size
         .await
         .into_iter()
         .collect::<Result<_>>()?;
+    if let Some(at) = huge_at {
+        created_at.insert("huge".into(), at);
+    }
     let per_job = (opts.ps + opts.workers) as usize;
-    let want = n * per_job + deadline_jobs;
+    let huge_objects = huge.map_or(0, |r| r as usize);
+    let want = n * per_job + deadline_jobs + huge_objects;
     // Every pod and service exists.
     let all_created = loop {
         {
@@ -187,6 +236,18 @@ async fn run_operator(client: &Client, opts: &Options, n: usize) -> Result<(Size
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let huge_created = huge_at.map(|at| {
+        let seen = recorder.seen();
+        let mine = |name: &String| name.starts_with("huge-");
+        let last = seen
+            .pods
+            .iter()
+            .filter(|(name, _)| mine(name))
+            .map(|(_, (t, _))| *t)
+            .chain(seen.services.iter().filter(|(name, _)| mine(name)).map(|(_, (t, _))| *t))
+            .max();
+        last.map_or(0.0, |l| secs(l.saturating_duration_since(at)))
+    });
     // Every job finished and deleted for its TTL.
     loop {
         {
@@ -245,6 +306,13 @@ async fn run_operator(client: &Client, opts: &Options, n: usize) -> Result<(Size
             operator_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
             operator_peak_rss_mib: peak,
             operator_requests: requests,
+            huge: huge.zip(huge_created).map(|(replicas, all_created_s)| HugeReport {
+                replicas,
+                all_created_s,
+                bound_s: 0.0,
+                ratio: 0.0,
+                running_p50_vs_without: None,
+            }),
         };
         let created = Created {
             pods: seen.pods.values().map(|(_, p)| p.clone()).collect(),

@@ -60,6 +60,13 @@ struct Flags {
     /// Concurrent creates by the bench (default 64)
     #[arg(long, value_name = "N")]
     in_flight: Option<usize>,
+    /// The huge-job row: one job of this many replicas in all beside --huge-beside jobs
+    /// (default 1000, the maximum a TFJob may have; 0 skips the row)
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    huge: i32,
+    /// Ordinary jobs beside the huge one (default 100)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    huge_beside: usize,
     /// Skip the unreported one-job run before the sizes
     #[arg(long)]
     no_warmup: bool,
@@ -106,6 +113,8 @@ fn parse() -> Result<Args> {
         opts.in_flight = in_flight;
     }
     opts.warmup = !flags.no_warmup;
+    opts.huge = (flags.huge > 0).then_some(flags.huge);
+    opts.huge_beside = flags.huge_beside;
     if flags.no_operator {
         opts.operator = OperatorSpec::External { pid: flags.operator_pid, metrics_port: flags.metrics_port };
     } else {
