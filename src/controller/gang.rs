@@ -1,5 +1,5 @@
 //! Apply's gang-scheduling steps ([`crate::gang`]): the job's PodGroup is deleted after the
-//! pods and services, and created after the services and before any pod; a PodGroup that
+//! pods and services, and created before any service or pod; a PodGroup that
 //! cannot be created stops the pods (a refusal is reported as any refused create is: a
 //! Warning event now, the `ReplicaFailure` condition and the create backoff from
 //! [`super::report`]). Both writes are remembered as unseen until the cache shows them.
