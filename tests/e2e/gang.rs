@@ -209,13 +209,18 @@ impl Timeline {
     }
 }
 
-/// Removes the scheduling gate of the two jobs' pods, one pod a second, alternating.
+/// Removes the scheduling gate of the two jobs' pods one at a time, alternating between them.
+/// Each pod's release waits until it is bound, for at most 2 s (a pod that can be bound
+/// alone is bound before the next is released, however slow the scheduler; a gang's member
+/// is not), so the scheduler sees the pods in this order.
 async fn ungate_alternating(ctx: &Ctx, jobs: [&str; 2], workers: i32) -> Result<()> {
     let remove = Patch::Merge(json!({"spec": {"schedulingGates": null}}));
     for i in 0..workers {
         for job in jobs {
-            pods(ctx).patch(&format!("{job}-worker-{i}"), &PatchParams::default(), &remove).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let name = format!("{job}-worker-{i}");
+            pods(ctx).patch(&name, &PatchParams::default(), &remove).await?;
+            let bound = |p: &Pod| p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+            let _ = wait_for(&pods(ctx), &name, Duration::from_secs(2), "bound", bound).await;
         }
     }
     Ok(())
