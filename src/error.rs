@@ -25,6 +25,12 @@ pub enum Error {
     DeleteService { name: String, source: kube::Error },
     #[error("deleting TFJob {job} (ttlSecondsAfterFinished): {source}")]
     DeleteJob { job: String, source: kube::Error },
+    #[error("deleting PodGroup {name}: {source}")]
+    DeletePodGroup { name: String, source: kube::Error },
+    #[error("--gang-scheduling=native: {0}")]
+    GangApiMissing(&'static str),
+    #[error("reading the API server's resources of {api}: {source}")]
+    Discovery { api: &'static str, source: kube::Error },
     #[error("not writing: this process no longer holds the leader lease")]
     NotLeader,
     #[error("building the pods and services of TFJob {job}: {message}")]
@@ -47,6 +53,8 @@ impl Error {
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteService { .. } => "delete_service",
             Error::DeleteJob { .. } => "delete_job",
+            Error::DeletePodGroup { .. } => "delete_pod_group",
+            Error::GangApiMissing(_) | Error::Discovery { .. } => "gang_api",
             Error::MissingField(_) => "missing_field",
             Error::BuildObjects { .. } => "build_objects",
             Error::NotLeader => "not_leader",

@@ -10,6 +10,7 @@ use futures::FutureExt;
 use kube::client::ClientBuilder;
 use tfjob_operator::cli::{self, LeaderElection, LogFormat};
 use tfjob_operator::controller::{self, Settings};
+use tfjob_operator::gang::GangScheduling;
 use tfjob_operator::http::{self, Readiness};
 use tfjob_operator::leader::{Elector, Gate};
 use tfjob_operator::metrics::Metrics;
@@ -69,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&gate));
     let readiness = Arc::new(Readiness::new(gate.clone()));
     let client = client(&opts, metrics.clone(), &gate).await?;
+    if opts.gang_scheduling == GangScheduling::Native {
+        tfjob_operator::writer::check_pod_groups_served(&client).await?;
+        info!("gang scheduling: one scheduling.k8s.io/v1alpha2 PodGroup per TFJob");
+    }
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
         .with_context(|| format!("binding {}", opts.http_addr))?;
@@ -90,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_domain: opts.cluster_domain.clone(),
         startup_deadline_seconds: opts.startup_deadline_seconds,
         instance: Some(me.clone()),
+        gang: opts.gang_scheduling,
     };
     if opts.kube_api_qps > 0 {
         warn!(qps = opts.kube_api_qps, burst = opts.kube_api_burst, "client-side rate limit on");

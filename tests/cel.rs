@@ -97,6 +97,15 @@ fn valid_jobs_are_accepted() {
             with(seed(), "/spec/runPolicy/managedBy", json!("kueue.x-k8s.io/multikueue")),
         ),
         ("created suspended", with(seed(), "/spec/runPolicy/suspend", json!(true))),
+        ("gang scheduling with its defaults", with(seed(), "/spec/runPolicy/schedulingPolicy", json!({}))),
+        (
+            "gang of all replicas (a default of 1 counted), with a priority class",
+            with(
+                tfjob("j", json!({"PS": replica(Some(2)), "Worker": replica(None)})),
+                "/spec/runPolicy/schedulingPolicy",
+                json!({"minAvailable": 3, "priorityClass": "high"}),
+            ),
+        ),
         (
             "both places set",
             with(
@@ -208,9 +217,28 @@ fn invalid_jobs_are_refused_with_their_message() {
             "metadata.name is too long: every pod and service name <name>-<replica type>-<index> must be at most 63 characters",
         ),
         (
-            "scheduling policy",
-            with(seed(), "/spec/runPolicy/schedulingPolicy", json!({"minAvailable": 2})),
-            "spec.runPolicy.schedulingPolicy (gang scheduling) is not supported yet by this operator",
+            "Volcano's queue",
+            with(seed(), "/spec/runPolicy/schedulingPolicy", json!({"queue": "default"})),
+            "spec.runPolicy.schedulingPolicy.queue is read only by Volcano's gang scheduler",
+        ),
+        (
+            "minResources",
+            with(seed(), "/spec/runPolicy/schedulingPolicy", json!({"minResources": {"cpu": "4"}})),
+            "spec.runPolicy.schedulingPolicy.minResources is read only by Volcano's and scheduler-plugins'",
+        ),
+        (
+            "scheduler-plugins' timeout",
+            with(seed(), "/spec/runPolicy/schedulingPolicy", json!({"scheduleTimeoutSeconds": 60})),
+            "spec.runPolicy.schedulingPolicy.scheduleTimeoutSeconds is read only by scheduler-plugins' coscheduling",
+        ),
+        (
+            "a gang larger than the job",
+            with(
+                tfjob("j", json!({"PS": replica(Some(1)), "Worker": replica(None)})),
+                "/spec/runPolicy/schedulingPolicy",
+                json!({"minAvailable": 3}),
+            ),
+            "spec.runPolicy.schedulingPolicy.minAvailable cannot be more than the job's replicas",
         ),
         (
             "managedBy another",

@@ -8,6 +8,7 @@ mod indexes;
 mod policy;
 mod replica;
 pub mod rules;
+mod scheduling;
 mod status;
 mod types;
 mod view;

@@ -137,11 +137,6 @@ pub fn rules() -> Vec<SchemaRule> {
         ),
         rule(
             &["spec", "runPolicy"],
-            "!has(self.schedulingPolicy)",
-            "spec.runPolicy.schedulingPolicy (gang scheduling) is not supported yet by this operator",
-        ),
-        rule(
-            &["spec", "runPolicy"],
             format!(
                 "!has(self.managedBy) || self.managedBy in ['', '{MANAGED_BY_US}', '{MANAGED_BY_MULTIKUEUE}']"
             ),
@@ -151,6 +146,7 @@ pub fn rules() -> Vec<SchemaRule> {
             ),
         ),
     ];
+    out.extend(super::scheduling::rules()); // runPolicy.schedulingPolicy: gang scheduling
     for field in IMMUTABLE_SPEC_FIELDS.into_iter().filter(|f| *f != "tfReplicaSpecs") {
         let present = |o: &str| format!("has({o}.{field})");
         out.push(SchemaRule {

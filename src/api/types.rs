@@ -204,9 +204,12 @@ pub struct RunPolicy {
     #[schemars(range(min = 0))]
     pub backoff_limit: Option<i32>,
 
-    /// Gang scheduling: Kubeflow's settings for starting all the job's pods together through
-    /// a gang scheduler such as Volcano. Not supported yet by this operator: the API server
-    /// refuses a TFJob that sets it, even empty. Leave it unset (the default).
+    /// Gang scheduling: all of the job's pods start together, or none. Read only when the
+    /// operator runs with `--gang-scheduling=native`, where every TFJob (with or without this
+    /// field) gets a Kubernetes PodGroup (`scheduling.k8s.io/v1alpha2`) named after it, and
+    /// kube-scheduler binds none of its pods until `minAvailable` of them fit at once; unset
+    /// (the default), the gang is all the job's pods. Ignored without gang scheduling. Cannot
+    /// be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling_policy: Option<SchedulingPolicy>,
 
@@ -238,32 +241,33 @@ pub struct RunPolicy {
     pub managed_by: Option<String>,
 }
 
-/// Gang-scheduling settings, as Kubeflow defines them. Not supported yet by this operator:
-/// a TFJob that sets `spec.runPolicy.schedulingPolicy` is refused.
+/// Gang-scheduling settings, as Kubeflow defines them; this operator reads `minAvailable`
+/// and `priorityClass`, and refuses the fields only Volcano or scheduler-plugins read.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SchedulingPolicy {
-    /// In Kubeflow: the least number of pods that must be schedulable together for the job
-    /// to start. Not supported yet by this operator: a TFJob with a `schedulingPolicy` is
-    /// refused.
+    /// How many of the job's pods must fit at once for any of them to be scheduled (the
+    /// PodGroup's `gang.minCount`). Defaults to the replicas of all types together; at least 1
+    /// and at most that sum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub min_available: Option<i32>,
-    /// In Kubeflow: the gang scheduler's queue for the job. Not supported yet by this
-    /// operator: a TFJob with a `schedulingPolicy` is refused.
+    /// Volcano's queue for the job. Refused: native gang scheduling has no queues (Kueue
+    /// queues TFJobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
-    /// In Kubeflow: the least resources (by resource name, such as `cpu` or
-    /// `nvidia.com/gpu`) that must be free before the gang is scheduled. Not supported yet
-    /// by this operator: a TFJob with a `schedulingPolicy` is refused.
+    /// The least resources (by resource name, such as `cpu` or `nvidia.com/gpu`) that Volcano
+    /// or scheduler-plugins wait for before scheduling the gang. Refused: native gang
+    /// scheduling has no such setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_resources: Option<BTreeMap<String, Quantity>>,
-    /// In Kubeflow: the name of the PriorityClass of the gang. Not supported yet by this
-    /// operator: a TFJob with a `schedulingPolicy` is refused.
+    /// The name of a PriorityClass for the gang: the PodGroup's `priorityClassName` (used by
+    /// kube-scheduler only with its `WorkloadAwarePreemption` feature gate) and the
+    /// `priorityClassName` of every pod whose template names none. Unset by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class: Option<String>,
-    /// In Kubeflow: how many seconds the gang scheduler waits for the whole gang to be
-    /// scheduled. Not supported yet by this operator: a TFJob with a `schedulingPolicy` is
-    /// refused.
+    /// How many seconds scheduler-plugins waits for the whole gang. Refused: kube-scheduler's
+    /// gang scheduling waits a fixed 5 minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_timeout_seconds: Option<i32>,
 }

@@ -9,6 +9,7 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use crate::gang::GangScheduling;
 use crate::leader::Timings;
 
 /// Log output format.
@@ -35,6 +36,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Leader election: off (`None`) or its Lease's namespace and timings.
     pub leader_election: Option<LeaderElection>,
+    /// Gang scheduling: none, or Kubernetes' own PodGroup.
+    pub gang_scheduling: GangScheduling,
 }
 
 /// Where and how fast leader election runs.
@@ -104,6 +107,11 @@ struct Flags {
         default_value = "10s"
     )]
     request_timeout: Duration,
+
+    /// Gang scheduling: none, or native (one scheduling.k8s.io/v1alpha2 PodGroup per TFJob, for
+    /// kube-scheduler's GangScheduling plugin; the API must be served, alpha in Kubernetes 1.36)
+    #[arg(long, value_name = "MODE", env = "TFJOB_GANG_SCHEDULING", value_enum, default_value_t = GangScheduling::None)]
+    gang_scheduling: GangScheduling,
 
     /// Only the holder of the Lease tfjob-operator reconciles
     #[arg(
@@ -232,6 +240,7 @@ impl Options {
                 None => flags.request_timeout,
             },
             leader_election,
+            gang_scheduling: flags.gang_scheduling,
         })
     }
 

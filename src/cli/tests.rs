@@ -32,7 +32,7 @@ fn every_flag_is_its_tfjob_variable() {
         assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(want.as_str()), "--{long}");
         n += 1;
     }
-    assert_eq!(n, 14);
+    assert_eq!(n, 15);
     let help = command().render_help().to_string();
     assert!(help.contains("[env: TFJOB_LEADER_ELECTION_RETRY_PERIOD]"), "{help}");
 }
@@ -53,6 +53,7 @@ fn defaults() {
     assert_eq!(o.log_format, LogFormat::Text);
     assert_eq!(o.leader_election, None);
     assert_eq!(o.request_timeout, Duration::from_secs(10));
+    assert_eq!(o.gang_scheduling, GangScheduling::None);
     let le = parse("--leader-elect", no_env).unwrap().leader_election.unwrap();
     assert_eq!(le.timings, Timings::default(), "the help's default durations are the elector's");
 }
@@ -221,4 +222,14 @@ fn refusals_say_what_is_wrong() {
         assert!(text.starts_with("Runs Kubeflow TFJobs"), "{text}");
         assert!(text.contains("--leader-election-namespace <NS>"), "{text}");
     }
+}
+
+#[test]
+fn gang_scheduling_is_none_or_native() {
+    assert_eq!(parse("--gang-scheduling native", no_env).unwrap().gang_scheduling, GangScheduling::Native);
+    assert_eq!(parse("--gang-scheduling=none", no_env).unwrap().gang_scheduling, GangScheduling::None);
+    let env = env_of(&[("TFJOB_GANG_SCHEDULING", "native")]);
+    assert_eq!(parse("", env).unwrap().gang_scheduling, GangScheduling::Native);
+    let e = parse("--gang-scheduling volcano", no_env).unwrap_err().to_string();
+    assert!(e.contains("possible values: none, native"), "{e}");
 }

@@ -155,7 +155,8 @@ impl Applier<'_> {
                 self.event(job, PlannedEvent::normal("SuccessfulDeleteService", note), now)?;
             }
         }
-        if !plan.create_pods.is_empty() || !plan.create_services.is_empty() {
+        self.delete_pod_group(job, plan, now).await?; // gang scheduling: gang.rs
+        if !plan.create_pods.is_empty() || !plan.create_services.is_empty() || plan.gang.create.is_some() {
             if creates_wait_until.is_none() && verify_job && !self.writer.job_exists(job).await? {
                 return Err(Error::JobGone { job: job.name_any() });
             }
@@ -177,8 +178,14 @@ impl Applier<'_> {
     /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
     /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
     /// at once), stopping after the first batch with a refusal: a template the API server
-    /// refuses costs one create, not one per replica. Objects are built batch by batch.
+    /// refuses costs one create, not one per replica. Objects are built batch by batch. With
+    /// gang scheduling, the job's PodGroup first, and nothing when it is not there.
     async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
+        // Gang scheduling (gang.rs): the PodGroup before any pod, and no pod without it.
+        match self.create_pod_group(job, plan, now).await? {
+            CreateStep::Done | CreateStep::NoneNeeded => {}
+            other => return Ok(other),
+        }
         let view = JobView::new(job)
             .map_err(|e| Error::BuildObjects { job: job.name_any(), message: e.to_string() })?;
         let builder = Builder::new(&view, self.cluster_domain);
@@ -194,7 +201,7 @@ impl Applier<'_> {
             for obj in batch {
                 match *obj {
                     NewObject::Service(r) => services.extend(builder.service(r)),
-                    NewObject::Pod(r) => pods.extend(builder.pod(r)),
+                    NewObject::Pod(r) => pods.extend(builder.pod(r).map(|p| plan.gang.member(p, job))),
                 }
             }
             let services: Vec<_> = services.iter().map(|o| self.create_one(job, o, now)).collect();

@@ -5,6 +5,7 @@
 
 mod apply;
 mod backoff;
+mod gang;
 mod index;
 mod observe;
 mod report;
@@ -50,6 +51,8 @@ pub struct Settings {
     pub startup_deadline_seconds: Option<i64>,
     /// The events' reporting instance (the pod name).
     pub instance: Option<String>,
+    /// Gang scheduling (`--gang-scheduling`).
+    pub gang: crate::gang::GangScheduling,
 }
 
 /// The one clock read of a reconcile: wall time for status and events, monotonic time for
@@ -139,12 +142,27 @@ pub async fn run(
         metrics.clone(),
         "services",
     );
+    // Gang scheduling: the PodGroups, watched as the pods are.
+    let (pod_groups, pod_group_stream) = if settings.gang == crate::gang::GangScheduling::Native {
+        let (store, writer) = reflector::store();
+        let index: Arc<Mutex<index::OwnerIndex>> = Arc::default();
+        let stream = observe::owned_stream(
+            api::<crate::gang::PodGroup>(&client, ns),
+            writer,
+            Arc::clone(&index),
+            metrics.clone(),
+            "podgroups",
+        );
+        (Some((store, index)), Some(stream))
+    } else {
+        (None, None)
+    };
     let instance = settings.instance.clone().unwrap_or_else(|| crate::writer::FIELD_MANAGER.into());
     let (queue, publisher) = events::queue(instance, metrics.clone());
     let publisher = tokio::spawn(publisher.run(client.clone(), gate.clone()));
     let ctx = Arc::new(Context {
         writer: Writer::new(client.clone(), gate.clone(), queue),
-        caches: Caches { pods, services, pod_index, service_index },
+        caches: Caches { pods, services, pod_index, service_index, pod_groups },
         unseen: Mutex::default(),
         backoffs: Mutex::default(),
         jobs_fresh: Arc::default(),
@@ -157,6 +175,10 @@ pub async fn run(
     let caches_synced = async {
         ctx.caches.pods.wait_until_ready().await.is_ok()
             && ctx.caches.services.wait_until_ready().await.is_ok()
+            && match &ctx.caches.pod_groups {
+                Some((store, _)) => store.wait_until_ready().await.is_ok(),
+                None => true,
+            }
     };
     tokio::select! {
         ok = caches_synced => if !ok {
@@ -189,9 +211,13 @@ pub async fn run(
         concurrency = settings.concurrency,
         "starting the TFJob controller"
     );
-    Controller::for_stream(jobs, job_store)
-        .reconcile_on(pod_stream)
-        .reconcile_on(svc_stream)
+    let controller =
+        Controller::for_stream(jobs, job_store).reconcile_on(pod_stream).reconcile_on(svc_stream);
+    let controller = match pod_group_stream {
+        Some(stream) => controller.reconcile_on(stream),
+        None => controller,
+    };
+    controller
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(timed_reconcile, error_policy, ctx)
@@ -244,7 +270,8 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
     let observed = observe::owned(&ctx.caches, &ctx.unseen, &job, now.mono);
 
     let settings = plan::Settings { startup_deadline_seconds: ctx.settings.startup_deadline_seconds };
-    let plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
+    let mut plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
+    crate::gang::plan(ctx.settings.gang, &job, &observed.pods, &mut plan, observed.pod_group.as_ref());
     debug!(
         resource_version = job.resource_version().unwrap_or_default(),
         pods = observed.pods.len(),

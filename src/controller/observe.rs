@@ -22,6 +22,7 @@ use super::index::{Owner, OwnerIndex};
 use super::unseen::UnseenWrites;
 use crate::api::TFJob;
 use crate::api::TFJobStatus;
+use crate::gang::PodGroup;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::metrics::jobs::JobCounter;
@@ -50,6 +51,13 @@ impl Slim for Service {
     }
 }
 
+impl Slim for PodGroup {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+    }
+}
+
 /// Objects per page of a watch's list.
 const LIST_PAGE_SIZE: u32 = 100;
 
@@ -59,12 +67,16 @@ pub struct Caches {
     pub services: Store<Service>,
     pub pod_index: Arc<Mutex<OwnerIndex>>,
     pub service_index: Arc<Mutex<OwnerIndex>>,
+    /// The PodGroups, with gang scheduling only.
+    pub pod_groups: Option<(Store<PodGroup>, Arc<Mutex<OwnerIndex>>)>,
 }
 
 /// What one reconcile sees.
 pub struct Observed {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
+    /// The PodGroup the job controls (with gang scheduling), with the unseen writes overlaid.
+    pub pod_group: Option<PodGroup>,
 }
 
 /// A label-selected, reflected watch of the operator's pods or services, slimmed (see
@@ -306,10 +318,20 @@ pub fn owned(caches: &Caches, unseen: &Mutex<UnseenWrites>, job: &TFJob, now: In
         .into_iter()
         .filter(|s| owned(&s.metadata))
         .collect();
+    let cached_groups: Vec<Arc<PodGroup>> = match &caches.pod_groups {
+        Some((store, index)) => {
+            cached_owned_by(store, index, &uid).into_iter().filter(|g| owned(&g.metadata)).collect()
+        }
+        None => Vec::new(),
+    };
     let mut u = unseen.lock().unwrap_or_else(PoisonError::into_inner);
     Observed {
         pods: u.pods.view(&cached_pods, now, |o| owned(&o.metadata)),
         services: u.services.view(&cached_svcs, now, |o| owned(&o.metadata)),
+        pod_group: match caches.pod_groups {
+            Some(_) => u.pod_groups.view(&cached_groups, now, |o| owned(&o.metadata)).into_iter().next(),
+            None => None,
+        },
     }
 }
 

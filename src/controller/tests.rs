@@ -129,6 +129,7 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         delete_job: true,
         requeue_at: None,
         more: false,
+        gang: Default::default(),
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let mut seen = Vec::new();
@@ -375,4 +376,154 @@ async fn creates_wait_out_their_backoff() {
     assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
     drop(writer);
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");
+}
+
+// Gang scheduling (crate::gang): the PodGroup is deleted after the pods and services and
+// created before anything else; a refused or foreign PodGroup stops the pods.
+
+fn gang_plan(mode: crate::gang::GangScheduling, observed: Option<&crate::gang::PodGroup>) -> Plan {
+    let mut plan = Plan { create_services: vec![w(0)], create_pods: vec![w(0)], ..Default::default() };
+    crate::gang::plan(mode, &job(), &[], &mut plan, observed);
+    plan
+}
+
+#[tokio::test]
+async fn the_pod_group_is_created_before_the_services_and_pods() {
+    let (mut h, events, task) =
+        start(gang_plan(crate::gang::GangScheduling::Native, None), Gate::always_open());
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::POST, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups")
+    );
+    assert_eq!(body["kind"], "PodGroup");
+    assert_eq!(body["apiVersion"], "scheduling.k8s.io/v1alpha2");
+    assert_eq!(body["metadata"]["name"], "j");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-j");
+    assert_eq!(body["spec"]["schedulingPolicy"], json!({"gang": {"minCount": 2}}));
+    respond(send, 201, stored(body, "uid-pg"));
+    // The service and the pod, in one batch, in either order.
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let (m, path, body, send) = next(&mut h).await;
+        assert_eq!(m, Method::POST);
+        if path == "/api/v1/namespaces/ns/pods" {
+            assert_eq!(body["spec"]["schedulingGroup"], json!({"podGroupName": "j"}), "every pod names it");
+            assert_eq!(body["metadata"]["labels"][crate::gang::LABEL_POD_GROUP], "j");
+        }
+        paths.push(path);
+        respond(send, 201, stored(body, "uid-0"));
+    }
+    paths.sort();
+    assert_eq!(paths, ["/api/v1/namespaces/ns/pods", "/api/v1/namespaces/ns/services"]);
+    let (applied, _) = task.await.expect("task");
+    assert_eq!(applied.expect("applied").creates, CreateStep::Done);
+    let mut seen = Vec::new();
+    let reasons = queued_reasons(&events, &mut seen);
+    assert_eq!(reasons[0], "SuccessfulCreatePodGroup", "{reasons:?}");
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(h.next_request().await.is_none(), "nothing more was sent");
+}
+
+/// Serves the PodGroup create of a gang plan with `code` and `answer` (and, for a 409, the GET
+/// with `found`); returns the outcome and the events. No pod is ever created.
+async fn pod_group_refused(code: u16, answer: Value, found: Option<Value>) -> (CreateStep, Vec<String>) {
+    let mut plan = gang_plan(crate::gang::GangScheduling::Native, None);
+    plan.create_services.clear();
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::POST, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups")
+    );
+    respond(send, code, answer);
+    if let Some(found) = found {
+        let (m, path, _, send) = next(&mut h).await;
+        assert_eq!(
+            (m, path.as_str()),
+            (Method::GET, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups/j")
+        );
+        respond(send, 200, found);
+    }
+    let (applied, _) = task.await.expect("task");
+    assert!(h.next_request().await.is_none(), "no pod without its gang");
+    let mut seen = Vec::new();
+    (applied.expect("applied").creates, queued_reasons(&events, &mut seen))
+}
+
+#[tokio::test]
+async fn a_pod_group_that_cannot_be_created_stops_the_pods_with_a_warning() {
+    let (step, events) = pod_group_refused(422, status_body(422, "Invalid"), None).await;
+    let CreateStep::Refused(msg) = step else { panic!("{step:?}") };
+    assert!(msg.starts_with("Error creating PodGroup j: Invalid (test)"), "{msg}");
+    assert_eq!(events, ["FailedCreatePodGroup"]);
+
+    // The cluster does not serve the API.
+    let (step, events) = pod_group_refused(404, status_body(404, "NotFound"), None).await;
+    let CreateStep::Refused(msg) = step else { panic!("{step:?}") };
+    assert!(msg.contains("does not serve scheduling.k8s.io/v1alpha2 PodGroups"), "{msg}");
+    assert_eq!(events, ["FailedCreatePodGroup"]);
+
+    // Someone else's PodGroup of the same name.
+    let foreign = json!({"apiVersion": "scheduling.k8s.io/v1alpha2", "kind": "PodGroup",
+        "metadata": {"name": "j", "namespace": "ns", "uid": "other"}, "spec": {}});
+    let (step, events) =
+        pod_group_refused(409, status_body(409, "AlreadyExists"), Some(foreign.clone())).await;
+    let CreateStep::Refused(msg) = step else { panic!("{step:?}") };
+    assert!(msg.contains("not controlled by this TFJob"), "{msg}");
+    assert_eq!(events, ["FailedCreatePodGroup"]);
+
+    // One of the same name still terminating (before a resume): wait.
+    let mut terminating = foreign;
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let (step, events) = pod_group_refused(409, status_body(409, "AlreadyExists"), Some(terminating)).await;
+    assert_eq!(step, CreateStep::Blocked);
+    assert!(events.is_empty());
+}
+
+#[tokio::test]
+async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
+    let mut observed = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    observed.metadata.uid = Some("uid-pg".into());
+    let mut j = job();
+    j.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(true), ..Default::default() });
+    let mut plan = Plan {
+        delete_pods: vec![ObjectKey { name: "j-worker-0".into(), uid: "uid-p0".into() }],
+        ..Default::default()
+    };
+    crate::gang::plan(crate::gang::GangScheduling::Native, &j, &[], &mut plan, Some(&observed));
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/pods/j-worker-0"));
+    respond(send, 200, status_body(200, "Success"));
+    let (m, path, body, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::DELETE, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups/j")
+    );
+    assert_eq!(body["preconditions"], json!({"uid": "uid-pg"}));
+    respond(send, 200, status_body(200, "Success"));
+    let (applied, mut unseen) = task.await.expect("task");
+    applied.expect("applied");
+    let mut seen = Vec::new();
+    assert_eq!(queued_reasons(&events, &mut seen), ["SuccessfulDeletePod", "SuccessfulDeletePodGroup"]);
+    assert!(h.next_request().await.is_none());
+    let shown = unseen.pod_groups.view(&[Arc::new(observed)], Instant::now(), |_| true);
+    assert!(shown[0].metadata.deletion_timestamp.is_some(), "shown terminating until the cache shows it");
+}
+
+#[tokio::test]
+async fn a_pod_group_already_gone_is_not_announced_deleted() {
+    let mut observed = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    observed.metadata.uid = Some("uid-pg".into());
+    let mut done = job();
+    done.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(true), ..Default::default() });
+    let mut plan = Plan::default();
+    crate::gang::plan(crate::gang::GangScheduling::Native, &done, &[], &mut plan, Some(&observed));
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (m, _, _, send) = next(&mut h).await;
+    assert_eq!(m, Method::DELETE);
+    respond(send, 404, status_body(404, "NotFound"));
+    task.await.expect("task").0.expect("a 404 is success");
+    assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event for what was gone");
 }

@@ -23,6 +23,8 @@ pub const UNSEEN_WRITE_EXPIRY: Duration = Duration::from_secs(60);
 pub struct UnseenWrites {
     pub pods: UnseenObjects<Pod>,
     pub services: UnseenObjects<Service>,
+    /// Gang scheduling's PodGroups ([`crate::gang`]).
+    pub pod_groups: UnseenObjects<crate::gang::PodGroup>,
     pub status: UnseenStatus,
 }
 

@@ -88,6 +88,9 @@ pub struct Plan {
     pub delete_job: bool,
     /// When to plan again even if nothing changes: the next deadline or TTL expiry.
     pub requeue_at: Option<Timestamp>,
+    /// Gang scheduling: the job's PodGroup to create (before any pod) or delete (after the
+    /// pods). Decided after this planner by [`crate::gang::plan`].
+    pub gang: crate::gang::GangPlan,
 }
 
 /// At most this many creates, and this many deletes, in one reconcile (Kubernetes' Job

@@ -8,6 +8,7 @@
 mod bench;
 mod controller;
 mod faults;
+mod gang;
 mod huge;
 mod install;
 mod kueue;
@@ -91,6 +92,7 @@ fn tests() -> Vec<Test> {
     all.extend(kueue::tests());
     all.extend(kueue_keys::tests());
     all.extend(multikueue::tests());
+    all.extend(gang::tests());
     // Last: serial tests run in this order, and the faults leave a plane that was restarted.
     all.extend(faults::tests());
     all.extend(stuck::tests());

@@ -6,6 +6,8 @@ mod deploy;
 mod leader;
 mod rbac;
 
+pub use rbac::as_deploy_service_account;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -46,7 +46,7 @@ async fn wait_event(ctx: &Ctx, job: &str, reason: &str) -> Result<()> {
 
 /// `deploy/`'s RBAC applied, and a kubeconfig with a token of its ServiceAccount. Returns the
 /// rendered documents and the kubeconfig.
-async fn as_deploy_service_account(ctx: &Ctx) -> Result<(Vec<Value>, PathBuf)> {
+pub async fn as_deploy_service_account(ctx: &Ctx) -> Result<(Vec<Value>, PathBuf)> {
     let (docs, _) = render(ctx, "deploy")?;
     let rbac: Vec<&Value> = docs
         .iter()

@@ -22,7 +22,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
-pub use plane::{ControlPlane, KWOK_TAINT, PlaneOptions, client_for, free_port, kwok_node, port_in_use};
+pub use plane::{
+    ControlPlane, GANG_FEATURE_GATES, GANG_RUNTIME_CONFIG, KWOK_TAINT, PlaneOptions, client_for, free_port,
+    kwok_node, port_in_use,
+};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

@@ -34,11 +34,27 @@ pub struct PlaneOptions {
     /// so). `make cluster` and `make run` start untainted nodes, the only nodes there, so
     /// every example runs as written.
     pub taint: bool,
+    /// Whether Kubernetes' own gang scheduling is on (alpha in 1.36): the feature gates
+    /// [`GANG_FEATURE_GATES`] on kube-apiserver, kube-controller-manager and kube-scheduler,
+    /// and the `scheduling.k8s.io/v1alpha2` API served. It changes nothing for pods that name
+    /// no PodGroup, so it is on by default.
+    pub gang_scheduling: bool,
 }
+
+/// The feature gates of native gang scheduling.
+pub const GANG_FEATURE_GATES: &str = "GenericWorkload=true,GangScheduling=true";
+/// The API of native gang scheduling (`--runtime-config`).
+pub const GANG_RUNTIME_CONFIG: &str = "scheduling.k8s.io/v1alpha2=true";
 
 impl Default for PlaneOptions {
     fn default() -> Self {
-        PlaneOptions { bin_dir: PathBuf::new(), nodes: 4, component_qps: 500, taint: true }
+        PlaneOptions {
+            bin_dir: PathBuf::new(),
+            nodes: 4,
+            component_qps: 500,
+            taint: true,
+            gang_scheduling: true,
+        }
     }
 }
 
@@ -165,26 +181,35 @@ impl ControlPlane {
 
         let p = self.pki.clone();
         let path = |x: &Path| x.display().to_string();
+        let gates: Vec<String> =
+            if opts.gang_scheduling { vec![format!("--feature-gates={GANG_FEATURE_GATES}")] } else { vec![] };
+        let mut api_args = gates.clone();
+        if opts.gang_scheduling {
+            api_args.push(format!("--runtime-config={GANG_RUNTIME_CONFIG}"));
+        }
         self.spawn(
             "kube-apiserver",
-            vec![
-                format!("--etcd-servers=http://127.0.0.1:{etcd}"),
-                a("--bind-address=127.0.0.1"),
-                format!("--secure-port={api}"),
-                a("--advertise-address=127.0.0.1"),
-                a("--endpoint-reconciler-type=none"),
-                format!("--tls-cert-file={}", path(&p.serving_cert)),
-                format!("--tls-private-key-file={}", path(&p.serving_key)),
-                format!("--client-ca-file={}", path(&p.ca_cert)),
-                a("--service-account-issuer=https://kubernetes.default.svc.cluster.local"),
-                format!("--service-account-key-file={}", path(&p.sa_pub)),
-                format!("--service-account-signing-key-file={}", path(&p.sa_key)),
-                a("--authorization-mode=Node,RBAC"),
-                a("--enable-admission-plugins=OwnerReferencesPermissionEnforcement"),
-                a("--service-cluster-ip-range=10.96.0.0/16"),
-                a("--allow-privileged=true"),
-                a("--v=1"),
-            ],
+            api_args
+                .into_iter()
+                .chain([
+                    format!("--etcd-servers=http://127.0.0.1:{etcd}"),
+                    a("--bind-address=127.0.0.1"),
+                    format!("--secure-port={api}"),
+                    a("--advertise-address=127.0.0.1"),
+                    a("--endpoint-reconciler-type=none"),
+                    format!("--tls-cert-file={}", path(&p.serving_cert)),
+                    format!("--tls-private-key-file={}", path(&p.serving_key)),
+                    format!("--client-ca-file={}", path(&p.ca_cert)),
+                    a("--service-account-issuer=https://kubernetes.default.svc.cluster.local"),
+                    format!("--service-account-key-file={}", path(&p.sa_pub)),
+                    format!("--service-account-signing-key-file={}", path(&p.sa_key)),
+                    a("--authorization-mode=Node,RBAC"),
+                    a("--enable-admission-plugins=OwnerReferencesPermissionEnforcement"),
+                    a("--service-cluster-ip-range=10.96.0.0/16"),
+                    a("--allow-privileged=true"),
+                    a("--v=1"),
+                ])
+                .collect(),
         )?;
         let client = client_for(&p.kubeconfig).await?;
         let end = Instant::now() + Duration::from_secs(120);
@@ -204,22 +229,26 @@ impl ControlPlane {
         let qps = opts.component_qps;
         self.spawn(
             "kube-controller-manager",
-            vec![
-                format!("--kubeconfig={kubeconfig}"),
-                a("--leader-elect=false"),
-                a("--bind-address=127.0.0.1"),
-                format!("--secure-port={kcm}"),
-                a("--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"),
-                format!("--root-ca-file={}", path(&p.ca_cert)),
-                format!("--service-account-private-key-file={}", path(&p.sa_key)),
-                a("--use-service-account-credentials=false"),
-                a("--controllers=*"),
-                format!("--kube-api-qps={qps}"),
-                format!("--kube-api-burst={}", qps * 2),
-                a("--node-monitor-period=5s"),
-                a("--node-monitor-grace-period=40s"),
-                a("--v=1"),
-            ],
+            gates
+                .iter()
+                .cloned()
+                .chain([
+                    format!("--kubeconfig={kubeconfig}"),
+                    a("--leader-elect=false"),
+                    a("--bind-address=127.0.0.1"),
+                    format!("--secure-port={kcm}"),
+                    a("--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"),
+                    format!("--root-ca-file={}", path(&p.ca_cert)),
+                    format!("--service-account-private-key-file={}", path(&p.sa_key)),
+                    a("--use-service-account-credentials=false"),
+                    a("--controllers=*"),
+                    format!("--kube-api-qps={qps}"),
+                    format!("--kube-api-burst={}", qps * 2),
+                    a("--node-monitor-period=5s"),
+                    a("--node-monitor-grace-period=40s"),
+                    a("--v=1"),
+                ])
+                .collect(),
         )?;
         let sched_config = self.dir.join("scheduler.yaml");
         std::fs::write(
@@ -232,13 +261,17 @@ impl ControlPlane {
         )?;
         self.spawn(
             "kube-scheduler",
-            vec![
-                format!("--config={}", path(&sched_config)),
-                a("--bind-address=127.0.0.1"),
-                format!("--secure-port={sched}"),
-                a("--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"),
-                a("--v=1"),
-            ],
+            gates
+                .iter()
+                .cloned()
+                .chain([
+                    format!("--config={}", path(&sched_config)),
+                    a("--bind-address=127.0.0.1"),
+                    format!("--secure-port={sched}"),
+                    a("--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"),
+                    a("--v=1"),
+                ])
+                .collect(),
         )?;
         let stages = self.dir.join("kwok-stages.yaml");
         std::fs::write(&stages, KWOK_STAGES)?;
