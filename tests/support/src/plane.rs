@@ -145,7 +145,12 @@ impl ControlPlane {
     fn check_alive(&mut self) -> Result<()> {
         for p in self.procs().iter_mut() {
             if let Some(status) = p.exited() {
-                bail!("{} exited ({status}); see {}/{}.log", p.name, self.dir.display(), p.name);
+                // The directory goes with a failed start: show the log's end here.
+                let log = self.dir.join(format!("{}.log", p.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                bail!("{} exited ({status}); the end of {}:\n{tail}", p.name, log.display());
             }
         }
         Ok(())
