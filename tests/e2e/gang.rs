@@ -463,7 +463,12 @@ async fn gang_pod_group_that_cannot_be_created_stops_the_pods(ctx: Ctx) -> Resul
         msg.as_deref().is_some_and(|m| m.contains("PodGroup x already exists and is not controlled")),
         "{msg:?}"
     );
-    ensure!(count_events(&ctx, "x", "FailedCreatePodGroup").await? >= 1, "{:?}", events(&ctx, "x").await?);
+    // Events are published by their own task, so the condition may be seen first.
+    eventually(Duration::from_secs(10), "a FailedCreatePodGroup event", || async {
+        ensure!(count_events(&ctx, "x", "FailedCreatePodGroup").await? >= 1, "{:?}", events(&ctx, "x").await?);
+        Ok(())
+    })
+    .await?;
     assert_stays(Duration::from_secs(5), "no pods without the gang", || async {
         let p = live_pods(&ctx).await?;
         ensure!(p.is_empty(), "pods {p:?}");
