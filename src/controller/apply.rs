@@ -63,9 +63,28 @@ pub struct Applied {
     pub job_deleted: bool,
 }
 
-/// One create's outcome.
+/// Names listed in one announcing event; more are counted ("and 7 more").
+pub const ANNOUNCED_NAMES: usize = 10;
+
+/// The note of the one event that announces what one step did to objects of one kind:
+/// Kubeflow's `Created pod: a` for one, `Created 3 pods: a, b, c` for more, with at most
+/// [`ANNOUNCED_NAMES`] names. `None` for none.
+pub fn announcement(verb: &str, noun: &str, names: &[String]) -> Option<String> {
+    match names {
+        [] => None,
+        [one] => Some(format!("{verb} {noun}: {one}")),
+        _ => {
+            let shown = names[..names.len().min(ANNOUNCED_NAMES)].join(", ");
+            let more = names.len().saturating_sub(ANNOUNCED_NAMES);
+            let tail = if more > 0 { format!(", and {more} more") } else { String::new() };
+            Some(format!("{verb} {} {noun}s: {shown}{tail}", names.len()))
+        }
+    }
+}
+
+/// One create's outcome; a new object's name, to be announced.
 enum CreateOutcome {
-    Done,
+    Done(Option<String>),
     Blocked,
     Refused(String),
     NamespaceGone,
@@ -135,26 +154,15 @@ impl Applier<'_> {
         for ev in &plan.events {
             self.writer.publish(job, ev, now.wall)?;
         }
-        for batch in plan.delete_pods.chunks(WRITES_IN_FLIGHT) {
-            let deletes: Vec<_> = batch.iter().map(|pod| self.writer.delete_pod(&ns, pod)).collect();
-            let results = futures::future::join_all(deletes).await;
-            for (pod, r) in batch.iter().zip(results) {
-                r?;
-                self.unseen().pods.deleted(&pod.uid, now.mono);
-                let note = format!("Deleted pod: {}", pod.name);
-                self.event(job, PlannedEvent::normal("SuccessfulDeletePod", note), now)?;
-            }
-        }
-        for batch in plan.delete_services.chunks(WRITES_IN_FLIGHT) {
-            let deletes: Vec<_> = batch.iter().map(|svc| self.writer.delete_service(&ns, svc)).collect();
-            let results = futures::future::join_all(deletes).await;
-            for (svc, r) in batch.iter().zip(results) {
-                r?;
-                self.unseen().services.deleted(&svc.uid, now.mono);
-                let note = format!("Deleted service: {}", svc.name);
-                self.event(job, PlannedEvent::normal("SuccessfulDeleteService", note), now)?;
-            }
-        }
+        // One event per kind announces what was deleted, also when a delete failed.
+        let mut deleted = Vec::new();
+        let pods = self.delete_pods(&ns, plan, &mut deleted, now).await;
+        self.announce(job, "SuccessfulDeletePod", "Deleted", "pod", &deleted, now)?;
+        pods?;
+        let mut deleted = Vec::new();
+        let services = self.delete_services(&ns, plan, &mut deleted, now).await;
+        self.announce(job, "SuccessfulDeleteService", "Deleted", "service", &deleted, now)?;
+        services?;
         self.delete_pod_group(job, plan, now).await?; // gang scheduling: gang.rs
         if !plan.create_pods.is_empty() || !plan.create_services.is_empty() || plan.gang.create.is_some() {
             if creates_wait_until.is_none() && verify_job && !self.writer.job_exists(job).await? {
@@ -175,6 +183,62 @@ impl Applier<'_> {
         Ok(applied)
     }
 
+    /// Deletes the plan's pods, [`WRITES_IN_FLIGHT`] at once; `deleted` gets their names.
+    async fn delete_pods(
+        &self,
+        ns: &str,
+        plan: &Plan,
+        deleted: &mut Vec<String>,
+        now: Now,
+    ) -> Result<(), Error> {
+        for batch in plan.delete_pods.chunks(WRITES_IN_FLIGHT) {
+            let deletes: Vec<_> = batch.iter().map(|pod| self.writer.delete_pod(ns, pod)).collect();
+            let results = futures::future::join_all(deletes).await;
+            for (pod, r) in batch.iter().zip(results) {
+                r?;
+                self.unseen().pods.deleted(&pod.uid, now.mono);
+                deleted.push(pod.name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the plan's services, [`WRITES_IN_FLIGHT`] at once; `deleted` gets their names.
+    async fn delete_services(
+        &self,
+        ns: &str,
+        plan: &Plan,
+        deleted: &mut Vec<String>,
+        now: Now,
+    ) -> Result<(), Error> {
+        for batch in plan.delete_services.chunks(WRITES_IN_FLIGHT) {
+            let deletes: Vec<_> = batch.iter().map(|svc| self.writer.delete_service(ns, svc)).collect();
+            let results = futures::future::join_all(deletes).await;
+            for (svc, r) in batch.iter().zip(results) {
+                r?;
+                self.unseen().services.deleted(&svc.uid, now.mono);
+                deleted.push(svc.name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the one event announcing `names`, if any.
+    fn announce(
+        &self,
+        job: &TFJob,
+        reason: &str,
+        verb: &str,
+        noun: &str,
+        names: &[String],
+        now: Now,
+    ) -> Result<(), Error> {
+        match announcement(verb, noun, names) {
+            Some(note) => self.event(job, PlannedEvent::normal(reason, note), now),
+            None => Ok(()),
+        }
+    }
+
     /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
     /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
     /// at once), stopping after the first batch with a refusal: a template the API server
@@ -189,6 +253,23 @@ impl Applier<'_> {
         let view = JobView::new(job)
             .map_err(|e| Error::BuildObjects { job: job.name_any(), message: e.to_string() })?;
         let builder = Builder::new(&view, self.cluster_domain);
+        // One event per kind announces what this step created, also when it stopped early.
+        let (mut services, mut pods) = (Vec::new(), Vec::new());
+        let step = self.create_batches(job, plan, &builder, (&mut services, &mut pods), now).await;
+        self.announce(job, "SuccessfulCreateService", "Created", "service", &services, now)?;
+        self.announce(job, "SuccessfulCreatePod", "Created", "pod", &pods, now)?;
+        step
+    }
+
+    /// [`Self::create_all`]'s batches; `created` gets the names of the new services and pods.
+    async fn create_batches(
+        &self,
+        job: &TFJob,
+        plan: &Plan,
+        builder: &Builder<'_>,
+        created: (&mut Vec<String>, &mut Vec<String>),
+        now: Now,
+    ) -> Result<CreateStep, Error> {
         let (order, first) = create_order(&plan.create_services, &plan.create_pods);
         let mut step = CreateStep::Done;
         let mut rest = order.as_slice();
@@ -209,19 +290,32 @@ impl Applier<'_> {
             let (services, pods) =
                 futures::future::join(futures::future::join_all(services), futures::future::join_all(pods))
                     .await;
-            for r in services.into_iter().chain(pods) {
-                match r? {
-                    CreateOutcome::Done => {}
-                    CreateOutcome::Blocked => step = CreateStep::Blocked,
-                    CreateOutcome::Refused(msg) => return Ok(CreateStep::Refused(msg)),
-                    CreateOutcome::NamespaceGone => return Ok(CreateStep::NamespaceGone),
+            // Every outcome of the batch is read (its new objects are announced) before a
+            // refusal or an error ends the step.
+            let mut stop: Option<Result<CreateStep, Error>> = None;
+            for (results, names) in [(services, &mut *created.0), (pods, &mut *created.1)] {
+                for r in results {
+                    match r {
+                        Ok(CreateOutcome::Done(new)) => names.extend(new),
+                        Ok(CreateOutcome::Blocked) => step = CreateStep::Blocked,
+                        Ok(CreateOutcome::Refused(msg)) => {
+                            stop = stop.or(Some(Ok(CreateStep::Refused(msg))));
+                        }
+                        Ok(CreateOutcome::NamespaceGone) => {
+                            stop = stop.or(Some(Ok(CreateStep::NamespaceGone)))
+                        }
+                        Err(e) => stop = stop.or(Some(Err(e))),
+                    }
                 }
+            }
+            if let Some(stop) = stop {
+                return stop;
             }
         }
         Ok(step)
     }
 
-    /// Creates one pod or service, records it as unseen and publishes its event.
+    /// Creates one pod or service and records it as unseen; a refusal gets its Warning.
     async fn create_one<K: OwnedKind>(&self, job: &TFJob, obj: &K, now: Now) -> Result<CreateOutcome, Error> {
         let name = obj.name_any();
         let (kind, noun) = (K::KIND, K::KIND.to_lowercase());
@@ -231,14 +325,12 @@ impl Applier<'_> {
                 // Kept as the watch keeps it: what planning reads, not the pod's TF_CONFIG.
                 o.slim();
                 K::unseen(&mut self.unseen()).created(o, now.mono);
-                let reason = format!("SuccessfulCreate{kind}");
-                self.event(job, PlannedEvent::normal(&reason, format!("Created {noun}: {name}")), now)?;
-                Ok(CreateOutcome::Done)
+                Ok(CreateOutcome::Done(Some(name)))
             }
             Created::Existing(mut o) => {
                 o.slim();
                 K::unseen(&mut self.unseen()).created(o, now.mono);
-                Ok(CreateOutcome::Done)
+                Ok(CreateOutcome::Done(None))
             }
             Created::Terminating => Ok(CreateOutcome::Blocked),
             Created::Foreign => {

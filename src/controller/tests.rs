@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::Now;
-use super::apply::{Applied, Applier, CreateStep};
+use super::apply::{Applied, Applier, CreateStep, announcement};
 use super::unseen::UnseenWrites;
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatus};
 use crate::error::Error;
@@ -526,4 +526,20 @@ async fn a_pod_group_already_gone_is_not_announced_deleted() {
     respond(send, 404, status_body(404, "NotFound"));
     task.await.expect("task").0.expect("a 404 is success");
     assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event for what was gone");
+}
+
+#[test]
+fn one_event_announces_what_a_step_did_to_one_kind() {
+    let names = |n: usize| (0..n).map(|i| format!("j-worker-{i}")).collect::<Vec<_>>();
+    let shown: String = names(10).join(", ");
+    let cases: [(usize, Option<String>); 5] = [
+        (0, None),
+        (1, Some("Created pod: j-worker-0".into())),
+        (3, Some("Created 3 pods: j-worker-0, j-worker-1, j-worker-2".into())),
+        (10, Some(format!("Created 10 pods: {shown}"))),
+        (12, Some(format!("Created 12 pods: {shown}, and 2 more"))),
+    ];
+    for (n, want) in cases {
+        assert_eq!(announcement("Created", "pod", &names(n)), want, "{n} pods");
+    }
 }

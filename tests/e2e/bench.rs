@@ -40,9 +40,13 @@ async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> 
     let num = |k: &str| s[k].as_f64().unwrap_or(-1.0);
     ensure!(num("all_created_s") > 0.0 && num("bound_s") > 0.0 && num("ratio") > 0.0, "{s}");
     ensure!(num("jobs_per_second") > 0.0, "{s}");
-    for (k, n) in
-        [("create_to_running", 2), ("create_to_succeeded", 2), ("deadline_lateness", 1), ("ttl_lateness", 3)]
-    {
+    for (k, n) in [
+        ("create_to_running", 2),
+        ("create_to_succeeded", 2),
+        ("success_lateness", 2),
+        ("deadline_lateness", 1),
+        ("ttl_lateness", 3),
+    ] {
         ensure!(s[k]["n"] == n, "{k}: {}", s[k]);
         for q in ["median", "p95", "p99", "max"] {
             ensure!(s[k][q].is_f64(), "{k}.{q}: {}", s[k]);

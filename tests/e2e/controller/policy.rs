@@ -84,8 +84,8 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> 
         "{} pods after exit, want 40 ({in_flight} were still to create at SIGTERM)",
         pods.len()
     );
-    let created = count_events(&ctx, "t", "SuccessfulCreatePod").await?;
-    ensure!(created == 100, "{created} SuccessfulCreatePod events published before exit, want 100");
+    let created = announced(&ctx, "t", "SuccessfulCreatePod").await?;
+    ensure!(created == 100, "{created} pods announced by SuccessfulCreatePod events before exit, want 100");
     println!(
         "    SIGTERM with {in_flight} of 100 creates still to go: all created and announced before exit 0"
     );

@@ -113,6 +113,25 @@ pub async fn other_test_namespaces_gone(ctx: &Ctx) -> Result<()> {
     .await
 }
 
+/// How many objects the events about `name` with `reason` announce: `Created pod: a` is one,
+/// `Created 3 pods: a, b, c` three (the operator announces a step's objects in one event).
+pub async fn announced(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
+    let api: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
+    let evs = api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .context("listing events")?
+        .items;
+    Ok(evs
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| {
+            let msg = e.message.as_deref().unwrap_or_default();
+            msg.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1)
+        })
+        .sum())
+}
+
 /// How many of the events about `name` have `reason`.
 pub async fn count_events(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
     Ok(events(ctx, name).await?.iter().filter(|(r, _)| r == reason).count())

@@ -19,6 +19,8 @@ use serde_json::Value;
 pub struct JobSeen {
     pub running: Option<Instant>,
     pub succeeded: Option<Instant>,
+    /// The wall-clock instant `Succeeded` arrived by watch.
+    pub succeeded_at: Option<Timestamp>,
     pub failed: Option<Timestamp>,
     pub deleted: Option<Timestamp>,
     /// When it fails for activeDeadlineSeconds: `status.deadline`, else `startTime` + ADS.
@@ -32,6 +34,15 @@ pub struct Seen {
     pub pods: HashMap<String, (Instant, Pod)>,
     pub services: HashMap<String, (Instant, Service)>,
     pub jobs: HashMap<String, JobSeen>,
+    /// Per pod, when its `tensorflow` container finished (`finishedAt`), once seen.
+    pub finished: HashMap<String, Timestamp>,
+}
+
+/// When the pod's `tensorflow` container finished, if it has.
+fn finished_at(p: &Pod) -> Option<Timestamp> {
+    let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+    let c = statuses.iter().find(|c| c.name == "tensorflow")?;
+    Some(c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref()?.0)
 }
 
 /// The watches of one namespace, stopped on drop.
@@ -73,6 +84,7 @@ pub fn observe_job(seen: &mut JobSeen, obj: &Value, now: Instant, wall: Timestam
     }
     if seen.succeeded.is_none() && condition(status, "Succeeded") {
         seen.succeeded = Some(now);
+        seen.succeeded_at = Some(wall);
     }
     if seen.failed.is_none() && condition(status, "Failed") {
         seen.failed = Some(wall);
@@ -112,6 +124,9 @@ impl Recorder {
         let tasks = vec![
             spawn_watch(pods, seen.clone(), |s, ev| {
                 if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+                    if let Some(at) = finished_at(&p) {
+                        s.finished.entry(p.name_any()).or_insert(at);
+                    }
                     s.pods.entry(p.name_any()).or_insert_with(|| (Instant::now(), p));
                 }
             }),

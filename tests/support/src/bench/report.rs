@@ -22,6 +22,9 @@ pub struct SizeReport {
     pub ratio: f64,
     pub create_to_running: Stats,
     pub create_to_succeeded: Stats,
+    /// Per job, from the instant the pod that decides success finished (worker 0's
+    /// `tensorflow` container's `finishedAt`) until `Succeeded` arrived by watch.
+    pub success_lateness: Stats,
     /// Jobs / (first create until the last job succeeded).
     pub jobs_per_second: f64,
     /// Failed condition's arrival past the published deadline.
@@ -68,7 +71,7 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = format!("operator: {}\njobs: {}\n\n", self.operator, self.jobs_shape);
         out.push_str(&format!(
-            "{:>5} {:>6} {:>9} {:>8} {:>7} {:>6} {:>23} {:>23} {:>11} {:>11} {:>7} {:>8}\n",
+            "{:>5} {:>6} {:>9} {:>8} {:>7} {:>6} {:>23} {:>23} {:>13} {:>11} {:>11} {:>7} {:>8}\n",
             "jobs",
             "pods",
             "created s",
@@ -77,6 +80,7 @@ impl Report {
             "jobs/s",
             "to Running p50/95/99/max",
             "to Succeeded p50/95/99/max",
+            "success late",
             "deadline late",
             "ttl late",
             "cpu s",
@@ -86,7 +90,7 @@ impl Report {
             let late =
                 |st: &Stats| if st.n == 0 { "-".into() } else { format!("{:.2}/{:.2}", st.median, st.max) };
             out.push_str(&format!(
-                "{:>5} {:>6} {:>9.2} {:>8.2} {:>7} {:>6.1} {:>23} {:>23} {:>11} {:>11} {:>7} {:>8}\n",
+                "{:>5} {:>6} {:>9.2} {:>8.2} {:>7} {:>6.1} {:>23} {:>23} {:>13} {:>11} {:>11} {:>7} {:>8}\n",
                 s.jobs,
                 s.pods,
                 s.all_created_s,
@@ -95,6 +99,14 @@ impl Report {
                 s.jobs_per_second,
                 s.create_to_running.short(),
                 s.create_to_succeeded.short(),
+                if s.success_lateness.n == 0 {
+                    "-".into()
+                } else {
+                    format!(
+                        "{:.2}/{:.2}/{:.2}",
+                        s.success_lateness.median, s.success_lateness.p99, s.success_lateness.max
+                    )
+                },
                 late(&s.deadline_lateness),
                 late(&s.ttl_lateness),
                 s.operator_cpu_s.map_or("-".into(), |c| format!("{c:.1}")),

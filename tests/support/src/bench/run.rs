@@ -268,6 +268,7 @@ async fn run_operator(
         let mut running = Vec::new();
         let mut succeeded = Vec::new();
         let mut deadline_late = Vec::new();
+        let mut success_late = Vec::new();
         let mut ttl_late = Vec::new();
         let mut last_success = t0;
         for (name, at) in &created_at {
@@ -279,6 +280,12 @@ async fn run_operator(
                 if let Some(done) = s.succeeded {
                     succeeded.push(secs(done.saturating_duration_since(*at)));
                     last_success = last_success.max(done);
+                }
+                // Worker 0 decides success (no chief, the default success policy).
+                if let (Some(arrived), Some(finished)) =
+                    (s.succeeded_at, seen.finished.get(&format!("{name}-worker-0")))
+                {
+                    success_late.push(lateness(arrived, *finished));
                 }
             } else if let (Some(f), Some(d)) = (s.failed, s.deadline) {
                 deadline_late.push(lateness(f, d));
@@ -300,6 +307,7 @@ async fn run_operator(
             ratio: 0.0,
             create_to_running: Stats::of(&running),
             create_to_succeeded: Stats::of(&succeeded),
+            success_lateness: Stats::of(&success_late),
             jobs_per_second: n as f64 / secs(last_success - t0).max(1e-9),
             deadline_lateness: Stats::of(&deadline_late),
             ttl_lateness: Stats::of(&ttl_late),
