@@ -465,7 +465,11 @@ async fn gang_pod_group_that_cannot_be_created_stops_the_pods(ctx: Ctx) -> Resul
     );
     // Events are published by their own task, so the condition may be seen first.
     eventually(Duration::from_secs(10), "a FailedCreatePodGroup event", || async {
-        ensure!(count_events(&ctx, "x", "FailedCreatePodGroup").await? >= 1, "{:?}", events(&ctx, "x").await?);
+        ensure!(
+            count_events(&ctx, "x", "FailedCreatePodGroup").await? >= 1,
+            "{:?}",
+            events(&ctx, "x").await?
+        );
         Ok(())
     })
     .await?;
