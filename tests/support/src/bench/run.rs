@@ -438,10 +438,10 @@ async fn run_operator(
             bail!("size {n}: {} of {n} jobs were seen to succeed", succeeded.len());
         }
         let unfinished: Vec<&String> =
-            created_at.keys().filter(|j| !seen.jobs.get(*j).is_some_and(|s| s.deleted.is_some())).collect();
+            created_at.keys().filter(|j| seen.jobs.get(*j).is_none_or(|s| s.deleted.is_none())).collect();
         let deadline_not_enforced = unfinished
             .iter()
-            .filter(|j| !is_batch(j) && !seen.jobs.get(**j).is_some_and(|s| s.failed.is_some()))
+            .filter(|j| !is_batch(j) && seen.jobs.get(**j).is_none_or(|s| s.failed.is_none()))
             .count();
         let report = SizeReport {
             operator: side.label.clone(),
