@@ -18,6 +18,7 @@
 # Environment:
 #   TFJOB_CACHE_DIR            cache root (default: $HOME/.cache/tfjob-operator)
 #   TRAINING_OPERATOR_VERSION  release (default: v1.9.2)
+#   TRAINING_OPERATOR_VIA_MODULE=1  always take the temporary-module path (to test it)
 set -euo pipefail
 
 log() { printf 'build-training-operator: %s\n' "$*" >&2; }
@@ -115,8 +116,8 @@ build_in_temp_module() {
 			read -r o ov <<<"$old"; read -r n nv <<<"$new"
 			go mod edit -replace="${o}${ov:+@$ov}=${n}${nv:+@$nv}"
 		done
-		go get "$MODULE@$VERSION"
-		go mod tidy >/dev/null 2>&1 || true
+		# The package, not just the module: its dependencies' requirements and sums too.
+		go get "$PKG@$VERSION"
 	)
 	(cd "$mod" && run env nice -n 10 go build "${FLAGS[@]}" -o "$TMP/training-operator" "$PKG")
 }
@@ -125,7 +126,11 @@ log "building $PKG@$VERSION with $GO_VERSION into $DIR"
 log "cold (empty Go caches): several minutes of CPU on 2 shared cores; warm GOCACHE: seconds"
 SECONDS=0
 errs="$TMP/go-install.err"
-if run env GOBIN="$TMP" nice -n 10 go install "${FLAGS[@]}" "$PKG@$VERSION" 2>"$errs"; then
+if [ "${TRAINING_OPERATOR_VIA_MODULE:-0}" = 1 ]; then
+	log "TRAINING_OPERATOR_VIA_MODULE=1: building it from a temporary module"
+	build_in_temp_module
+	how="go build in a temporary module requiring $MODULE@$VERSION"
+elif run env GOBIN="$TMP" nice -n 10 go install "${FLAGS[@]}" "$PKG@$VERSION" 2>"$errs"; then
 	cat "$errs" >&2
 	[ -x "$TMP/training-operator.v1" ] || die "go install left no training-operator.v1 in $TMP"
 	mv "$TMP/training-operator.v1" "$TMP/training-operator"
@@ -139,6 +144,9 @@ else
 fi
 log "build done after ${SECONDS}s"
 
+# The binary must say it is this version of the module (go version -m reads the build info).
+built=$(go version -m "$TMP/training-operator" | awk '$1 == "mod" || $1 == "dep" { if ($2 == m) print $3 }' m="$MODULE")
+[ "$built" = "$VERSION" ] || die "the binary was built from $MODULE ${built:-?}, not $VERSION"
 out=$("$TMP/training-operator" --help 2>&1 || true)
 grep -q -- "-controller-threads" <<<"$out" || die "training-operator --help did not list --controller-threads: $out"
 cp "$(module_dir)/$CRD_IN_MODULE" "$TMP/tfjobs-crd.yaml"
