@@ -52,7 +52,13 @@ image: ## Build the image tfjob-operator:dev (needs a container engine)
 	docker build -t tfjob-operator:dev .
 
 BENCH_ARGS ?=
-bench: ## Benchmark 10, 100 and 1000 TFJobs on a local control plane with the release operator (BENCHMARKS.md); BENCH_ARGS adds flags
+BENCH_KUBEFLOW ?= 1
+bench: ## Benchmark 10, 100 and 1000 TFJobs on a local control plane: the release operator, Kubeflow's training-operator (BENCH_KUBEFLOW=0 skips it) and the bound (BENCHMARKS.md); BENCH_ARGS adds flags
 	$(CARGO) build --locked --release -p tfjob-operator --bin tfjob-operator -p tfjob-testsupport --bin tfjob-bench
-	bindir=$$(hack/build-control-plane.sh) && TFJOB_BIN_DIR="$$bindir" \
-	  $(CARGO_TARGET_DIR)/release/tfjob-bench --operator $(CARGO_TARGET_DIR)/release/tfjob-operator $(BENCH_ARGS)
+	bindir=$$(hack/build-control-plane.sh) && kf= && \
+	  if [ "$(BENCH_KUBEFLOW)" != 0 ]; then \
+	    if kfdir=$$(hack/build-training-operator.sh); then kf="--kubeflow $$kfdir"; \
+	    else echo "make bench: no training-operator binary (hack/build-training-operator.sh failed): ours and the bound only" >&2; fi; \
+	  fi && \
+	  TFJOB_BIN_DIR="$$bindir" \
+	  $(CARGO_TARGET_DIR)/release/tfjob-bench --operator $(CARGO_TARGET_DIR)/release/tfjob-operator $$kf $(BENCH_ARGS)

@@ -37,6 +37,11 @@ async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> 
     let s = &json["sizes"][0];
     ensure!(json["sizes"].as_array().map(Vec::len) == Some(2), "a size and the huge-job row: {json}");
     ensure!(s["jobs"] == 2 && s["deadline_jobs"] == 1 && s["pods"] == 11 && s["services"] == 11, "{s}");
+    ensure!(s["operator"] == "tfjob-operator" && s["unfinished_jobs"] == 0, "every job waited for: {s}");
+    ensure!(
+        json["other_operators"] == serde_json::json!({}) && json["failures"] == serde_json::json!([]),
+        "{json}"
+    );
     let num = |k: &str| s[k].as_f64().unwrap_or(-1.0);
     ensure!(num("all_created_s") > 0.0 && num("bound_s") > 0.0 && num("ratio") > 0.0, "{s}");
     ensure!(num("jobs_per_second") > 0.0, "{s}");

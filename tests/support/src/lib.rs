@@ -58,6 +58,23 @@ pub fn built_dir(var: &str, script: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(last.trim()))
 }
 
+/// Applies a CRD (server-side, always with the same field manager, so applying another
+/// CRD of the same name replaces it: fields the new one leaves out are removed) and waits
+/// until it is Established.
+pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(&crd.name_any(), &PatchParams::apply("tfjob-e2e").force(), &Patch::Apply(crd))
+        .await
+        .context("applying the CRD")?;
+    let name = crd.name_any();
+    let established = await_condition(api, &name, conditions::is_crd_established());
+    tokio::time::timeout(Duration::from_secs(60), established)
+        .await
+        .context("timed out after 60s waiting for the CRD to be Established")?
+        .context("watching the CRD")?;
+    Ok(())
+}
+
 /// Whether the suite runs against the user's cluster.
 pub fn use_existing_cluster() -> bool {
     std::env::var("USE_EXISTING_CLUSTER").is_ok_and(|v| v == "true")
@@ -130,17 +147,7 @@ impl Cluster {
 
     /// Applies the CRD (server-side) and waits until it is Established.
     pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        api.patch(&crd.name_any(), &PatchParams::apply("tfjob-e2e").force(), &Patch::Apply(crd))
-            .await
-            .context("applying the CRD")?;
-        let name = crd.name_any();
-        let established = await_condition(api, &name, conditions::is_crd_established());
-        tokio::time::timeout(Duration::from_secs(60), established)
-            .await
-            .context("timed out after 60s waiting for the CRD to be Established")?
-            .context("watching the CRD")?;
-        Ok(())
+        apply_crd(&self.client, crd).await
     }
 
     /// Creates a namespace and waits for its `default` ServiceAccount, as pods need on a real cluster.

@@ -8,6 +8,7 @@
 mod bound;
 pub mod footprint;
 mod jobs;
+pub mod kubeflow;
 pub mod record;
 mod report;
 mod run;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use jobs::{batch_job, deadline_job, huge_job};
+pub use kubeflow::{Kubeflow, KubeflowVariant};
 pub use report::{HugeReport, Report, SizeReport};
 pub use run::run;
 pub use stats::Stats;
@@ -50,6 +52,9 @@ pub struct Options {
     /// Run one unreported job first: the API server's first TFJob writes on a fresh plane
     /// (building the CRD's schema) take about 2 s that no later job pays.
     pub warmup: bool,
+    /// Kubeflow's training-operator, run after ours on the same plane and the same jobs,
+    /// once per variant (its defaults, tuned), each size in turn.
+    pub kubeflow: Option<Kubeflow>,
 }
 
 /// The operator under test.
@@ -60,6 +65,11 @@ pub enum OperatorSpec {
     Start { bin: PathBuf, args: Vec<String>, kubeconfig: PathBuf, log_dir: PathBuf },
     /// Already running: its pid (for `/proc`) and metrics URL (`http://127.0.0.1:P/metrics`), if known.
     External { pid: Option<u32>, metrics_port: Option<u16> },
+    /// Kubeflow's training-operator, started fresh for each size like `Start`, with its
+    /// certificate Secret and files handled the way its cert rotator expects
+    /// ([`kubeflow`]). `{port}` (metrics), `{probe_port}` (`/readyz`) and
+    /// `{webhook_port}` are replaced in `args`, as is `{namespace}`.
+    Kubeflow { bin: PathBuf, args: Vec<String>, kubeconfig: PathBuf, log_dir: PathBuf },
 }
 
 /// This operator's default arguments.
@@ -83,6 +93,7 @@ impl Options {
             warmup: true,
             huge: None,
             huge_beside: 100,
+            kubeflow: None,
         }
     }
 }

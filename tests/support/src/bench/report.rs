@@ -10,6 +10,8 @@ use super::Stats;
 /// One size's results. Times in seconds.
 #[derive(Clone, Debug, Serialize)]
 pub struct SizeReport {
+    /// Which operator (and how it was run): `tfjob-operator`, or a training-operator variant.
+    pub operator: String,
     pub jobs: usize,
     pub deadline_jobs: usize,
     pub pods: usize,
@@ -35,6 +37,11 @@ pub struct SizeReport {
     pub operator_peak_rss_mib: Option<f64>,
     /// The operator's API requests during the size, by `"<verb> <resource>"`.
     pub operator_requests: BTreeMap<String, f64>,
+    /// Jobs (of the batch and the deadline jobs) not yet deleted when the bounded wait gave
+    /// up on them (rows with a bounded wait only; ours waits for every job).
+    pub unfinished_jobs: usize,
+    /// Of those, deadline jobs that never failed: the deadline was not enforced.
+    pub deadline_not_enforced: usize,
     /// The huge-job row: the huge job created just before the jobs of this size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub huge: Option<HugeReport>,
@@ -58,8 +65,13 @@ pub struct HugeReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub operator: String,
+    /// The other operators of the rows (Kubeflow's training-operator), by row label: how
+    /// each was run.
+    pub other_operators: BTreeMap<String, String>,
     pub jobs_shape: String,
     pub sizes: Vec<SizeReport>,
+    /// Rows of other operators that could not be measured, with the reason.
+    pub failures: Vec<String>,
 }
 
 impl Report {
@@ -69,9 +81,18 @@ impl Report {
 
     /// The human table.
     pub fn table(&self) -> String {
-        let mut out = format!("operator: {}\njobs: {}\n\n", self.operator, self.jobs_shape);
+        let mut out = format!("operator: {}\n", self.operator);
+        for (label, how) in &self.other_operators {
+            out.push_str(&format!("{label}: {how}\n"));
+        }
+        out.push_str(&format!("jobs: {}\n\n", self.jobs_shape));
+        let wide = self.sizes.iter().map(|s| s.operator.len()).max().unwrap_or(8).max(8);
+        // Sizes together, each size's operators in the order they ran; the huge-job row last.
+        let mut rows: Vec<&SizeReport> = self.sizes.iter().collect();
+        rows.sort_by_key(|s| (s.huge.is_some(), s.jobs));
         out.push_str(&format!(
-            "{:>5} {:>6} {:>9} {:>8} {:>7} {:>6} {:>23} {:>23} {:>13} {:>11} {:>11} {:>7} {:>8}\n",
+            "{:<wide$} {:>5} {:>6} {:>9} {:>8} {:>7} {:>6} {:>23} {:>23} {:>13} {:>11} {:>11} {:>7} {:>8} {:>10}\n",
+            "operator",
             "jobs",
             "pods",
             "created s",
@@ -84,13 +105,15 @@ impl Report {
             "deadline late",
             "ttl late",
             "cpu s",
-            "peak MiB"
+            "peak MiB",
+            "unfinished"
         ));
-        for s in &self.sizes {
+        for s in rows {
             let late =
                 |st: &Stats| if st.n == 0 { "-".into() } else { format!("{:.2}/{:.2}", st.median, st.max) };
             out.push_str(&format!(
-                "{:>5} {:>6} {:>9.2} {:>8.2} {:>7} {:>6.1} {:>23} {:>23} {:>13} {:>11} {:>11} {:>7} {:>8}\n",
+                "{:<wide$} {:>5} {:>6} {:>9.2} {:>8.2} {:>7} {:>6.1} {:>23} {:>23} {:>13} {:>11} {:>11} {:>7} {:>8} {:>10}\n",
+                s.operator,
                 s.jobs,
                 s.pods,
                 s.all_created_s,
@@ -111,9 +134,20 @@ impl Report {
                 late(&s.ttl_lateness),
                 s.operator_cpu_s.map_or("-".into(), |c| format!("{c:.1}")),
                 s.operator_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
+                s.unfinished_jobs,
             ));
         }
-        if let (Some(first), Some(last)) = (self.sizes.first(), self.sizes.last())
+        for s in self.sizes.iter().filter(|s| s.unfinished_jobs > 0) {
+            out.push_str(&format!(
+                "{} at {} jobs: {} jobs not deleted by the end of the bounded wait, {} of them deadline jobs that never failed\n",
+                s.operator, s.jobs, s.unfinished_jobs, s.deadline_not_enforced
+            ));
+        }
+        // Growth of the first operator's (ours) ordinary rows.
+        let first_op = self.sizes.first().map(|s| s.operator.as_str()).unwrap_or_default();
+        let ours: Vec<&SizeReport> =
+            self.sizes.iter().filter(|s| s.operator == first_op && s.huge.is_none()).collect();
+        if let (Some(first), Some(last)) = (ours.first(), ours.last())
             && last.jobs > first.jobs
         {
             let growth = |a: f64, b: f64| if a > 0.0 { format!("x{:.1}", b / a) } else { "-".into() };
@@ -142,9 +176,12 @@ impl Report {
                 ));
             }
         }
+        for f in &self.failures {
+            out.push_str(&format!("not measured: {f}\n"));
+        }
         for s in &self.sizes {
             let reqs: Vec<String> = s.operator_requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            out.push_str(&format!("requests at {} jobs: {}\n", s.jobs, reqs.join(", ")));
+            out.push_str(&format!("requests of {} at {} jobs: {}\n", s.operator, s.jobs, reqs.join(", ")));
         }
         out
     }

@@ -16,7 +16,7 @@ use super::record::{Recorder, tfjob_resource};
 use super::stats::lateness;
 use super::{
     HugeReport, OperatorSpec, Options, Report, SizeReport, Stats, batch_job, deadline_job, footprint,
-    huge_job,
+    huge_job, kubeflow,
 };
 use crate::process::Proc;
 
@@ -53,7 +53,7 @@ struct Running {
 }
 
 impl Running {
-    async fn start(spec: &OperatorSpec, ns: &str) -> Result<Running> {
+    async fn start(client: &Client, spec: &OperatorSpec, ns: &str) -> Result<Running> {
         match spec {
             OperatorSpec::External { pid, metrics_port } => {
                 Ok(Running { proc: None, pid: *pid, port: *metrics_port })
@@ -82,6 +82,56 @@ impl Running {
                 .await;
                 Ok(running)
             }
+            OperatorSpec::Kubeflow { bin, args, kubeconfig, log_dir } => {
+                let (port, probe_port, webhook_port) =
+                    (crate::free_port()?, crate::free_port()?, crate::free_port()?);
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| {
+                        a.replace("{namespace}", ns)
+                            .replace("{port}", &port.to_string())
+                            .replace("{probe_port}", &probe_port.to_string())
+                            .replace("{webhook_port}", &webhook_port.to_string())
+                    })
+                    .collect();
+                kubeflow::prepare(client, ns).await?;
+                std::fs::create_dir_all(log_dir)?;
+                let name = format!("training-operator-{ns}");
+                let log = log_dir.join(format!("{name}.log"));
+                let mut proc = Proc::spawn_with_env(
+                    &name,
+                    bin,
+                    &args,
+                    log_dir,
+                    &[
+                        ("KUBECONFIG", kubeconfig.as_os_str()),
+                        ("MY_POD_NAMESPACE", ns.as_ref()),
+                        ("TMPDIR", "/tmp".as_ref()),
+                    ],
+                )?;
+                kubeflow::mount_certs(client, ns, &mut proc, &log).await?;
+                // Ready once its certificates are in place and its webhook server listens; its
+                // TFJob controller is registered then, and starts its workers once its caches
+                // synced (controller-runtime logs "Starting workers").
+                let end = Instant::now() + Duration::from_secs(60);
+                loop {
+                    if let Some(status) = proc.exited() {
+                        bail!("training-operator exited ({status}); see {}", log.display());
+                    }
+                    let workers = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Starting workers"));
+                    if workers
+                        && crate::http_get(probe_port, "/readyz").await.is_some_and(|(code, _)| code == 200)
+                    {
+                        break;
+                    }
+                    if Instant::now() > end {
+                        bail!("training-operator was not ready after 60 s; see {}", log.display());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let pid = Some(proc.pid());
+                Ok(Running { proc: Some(proc), pid, port: Some(port) })
+            }
         }
     }
 
@@ -105,33 +155,63 @@ pub(super) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Runs every size in turn.
-pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Result<Report> {
-    let operator = match &opts.operator {
-        OperatorSpec::Start { bin, args, .. } => format!("{} {}", bin.display(), args.join(" ")),
+/// One operator's rows: how it is started, the label of its rows, and how long the bench
+/// waits for jobs that should be done (`None`: for every job, up to the size's timeout).
+struct Side<'a> {
+    label: String,
+    spec: &'a OperatorSpec,
+    grace: Option<Duration>,
+    /// Namespaces are `<prefix>-<tag><N>`.
+    tag: String,
+}
+
+fn describe(spec: &OperatorSpec) -> String {
+    match spec {
+        OperatorSpec::Start { bin, args, .. } | OperatorSpec::Kubeflow { bin, args, .. } => {
+            format!("{} {}", bin.display(), args.join(" "))
+        }
         OperatorSpec::External { pid, .. } => format!("already running (pid {pid:?})"),
+    }
+}
+
+/// The unreported one-job run (warm-up).
+async fn warm_up(client: &Client, opts: &Options, side: &Side<'_>) -> Result<()> {
+    let warm = Options {
+        prefix: format!("{}-warmup", opts.prefix),
+        run_for: "1s".into(),
+        ttl: 1,
+        deadline: 2,
+        ..opts.clone()
     };
+    let side = Side {
+        label: side.label.clone(),
+        spec: side.spec,
+        grace: side.grace.map(|g| g.min(Duration::from_secs(5))),
+        tag: side.tag.clone(),
+    };
+    tokio::time::timeout(opts.timeout, run_operator(client, &warm, &side, 1, None))
+        .await
+        .context("warm-up: not done in time")??;
+    Ok(())
+}
+
+/// Runs every size in turn: ours, then Kubeflow's training-operator per variant (when
+/// `opts.kubeflow` is set) with its CRD in place of ours.
+pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Result<Report> {
+    let operator = describe(&opts.operator);
     let jobs_shape = format!(
         "{} PS (running until cleaned up) + {} Workers (succeed after {}), runPolicy.cleanPodPolicy Running, ttlSecondsAfterFinished {}; plus one job in ten with activeDeadlineSeconds {} and one running worker",
         opts.ps, opts.workers, opts.run_for, opts.ttl, opts.deadline
     );
+    let ours = Side { label: "tfjob-operator".into(), spec: &opts.operator, grace: None, tag: String::new() };
     if opts.warmup {
         progress("warm-up: one job, not reported");
-        let warm = Options {
-            prefix: format!("{}-warmup", opts.prefix),
-            run_for: "1s".into(),
-            ttl: 1,
-            deadline: 2,
-            ..opts.clone()
-        };
-        tokio::time::timeout(opts.timeout, run_operator(client, &warm, 1, None))
-            .await
-            .context("warm-up: not done in time")??;
+        warm_up(client, opts, &ours).await?;
     }
     let mut sizes = Vec::new();
     for &n in &opts.sizes {
         progress(&format!("size {n}: operator run"));
-        let mut size = tokio::time::timeout(opts.timeout, run_operator(client, opts, n, None))
+        let mut size = tokio::time::timeout(opts.timeout, run_operator(client, opts, &ours, n, None))
             .await
             .with_context(|| format!("size {n}: not done within {:?}", opts.timeout))??;
         progress(&format!("size {n}: bound run"));
@@ -142,8 +222,9 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
     if let Some(replicas) = opts.huge {
         let n = opts.huge_beside;
         progress(&format!("huge job of {replicas} replicas beside {n} jobs: operator run"));
+        let huge_side = Side { label: ours.label.clone(), tag: "h".into(), ..ours };
         let (mut size, created) =
-            tokio::time::timeout(opts.timeout, run_operator(client, opts, n, Some(replicas)))
+            tokio::time::timeout(opts.timeout, run_operator(client, opts, &huge_side, n, Some(replicas)))
                 .await
                 .with_context(|| format!("the huge-job row: not done within {:?}", opts.timeout))??;
         progress("the huge-job row: bound runs");
@@ -164,7 +245,57 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
         }
         sizes.push(size);
     }
-    Ok(Report { operator, jobs_shape, sizes })
+    let mut other_operators = BTreeMap::new();
+    let mut failures = Vec::new();
+    if let Some(kf) = &opts.kubeflow {
+        progress(&format!("installing training-operator {}'s TFJob CRD in place of ours", kf.version));
+        crate::apply_crd(client, &kf.crd).await.context("installing training-operator's CRD")?;
+        for (i, variant) in kf.variants.iter().enumerate() {
+            let spec = kf.spec(variant);
+            other_operators.insert(variant.label.clone(), describe(&spec));
+            let side = Side {
+                label: variant.label.clone(),
+                spec: &spec,
+                grace: Some(kf.grace),
+                tag: format!("kf{i}-"),
+            };
+            let rows = async {
+                if opts.warmup {
+                    progress(&format!("{}: warm-up, one job, not reported", side.label));
+                    warm_up(client, opts, &side).await?;
+                }
+                let mut rows = Vec::new();
+                for &n in &opts.sizes {
+                    progress(&format!("size {n}: {}", side.label));
+                    let (mut size, _) =
+                        tokio::time::timeout(kf.timeout, run_operator(client, opts, &side, n, None))
+                            .await
+                            .with_context(|| format!("size {n}: not done within {:?}", kf.timeout))??;
+                    // The bound of this size, measured once (after our run).
+                    if let Some(b) =
+                        sizes.iter().find(|s| s.jobs == n && s.huge.is_none() && s.operator == ours.label)
+                    {
+                        size.bound_s = b.bound_s;
+                        size.ratio = if size.bound_s > 0.0 { size.all_created_s / size.bound_s } else { 0.0 };
+                    }
+                    rows.push(size);
+                }
+                Ok::<_, anyhow::Error>(rows)
+            }
+            .await;
+            match rows {
+                Ok(rows) => sizes.extend(rows),
+                Err(e) => {
+                    let msg = format!("{}: {e:#}", variant.label);
+                    progress(&format!("failed: {msg}"));
+                    failures.push(msg);
+                }
+            }
+        }
+        progress("putting our TFJob CRD back");
+        crate::apply_crd(client, &kf.our_crd).await.context("putting our CRD back")?;
+    }
+    Ok(Report { operator, other_operators, jobs_shape, sizes, failures })
 }
 /// The pods and services the operator created, to replay for the bound.
 pub(super) struct Created {
@@ -175,16 +306,14 @@ pub(super) struct Created {
 async fn run_operator(
     client: &Client,
     opts: &Options,
+    side: &Side<'_>,
     n: usize,
     huge: Option<i32>,
 ) -> Result<(SizeReport, Created)> {
-    let ns = match huge {
-        Some(_) => format!("{}-h{n}", opts.prefix),
-        None => format!("{}-{n}", opts.prefix),
-    };
+    let ns = format!("{}-{}{n}", opts.prefix, side.tag);
     create_namespace(client, &ns).await?;
     let recorder = Recorder::start(client, &ns);
-    let mut op = Running::start(&opts.operator, &ns).await?;
+    let mut op = Running::start(client, side.spec, &ns).await?;
     let (cpu0, req0) = (op.pid.and_then(footprint::cpu_seconds), op.requests().await);
     let deadline_jobs = (n / 10).max(1);
     let mut jobs: Vec<(String, Value)> =
@@ -248,13 +377,31 @@ async fn run_operator(
             .max();
         last.map_or(0.0, |l| secs(l.saturating_duration_since(at)))
     });
-    // Every job finished and deleted for its TTL.
+    // Every job finished and deleted for its TTL; with a grace, jobs still there that long
+    // after they should have gone are given up on (counted below).
+    let ttl = Duration::from_secs(opts.ttl.max(0).unsigned_abs());
+    let deadline = Duration::from_secs(opts.deadline.max(0).unsigned_abs());
+    let last_create = created_at.values().max().copied().unwrap_or(t0);
+    let is_batch = |name: &str| name.starts_with("j-") || name == "huge";
     loop {
         {
             let seen = recorder.seen();
             let done = created_at.keys().all(|j| seen.jobs.get(j).is_some_and(|s| s.deleted.is_some()));
             if done {
                 break;
+            }
+            if let Some(grace) = side.grace {
+                let successes: Option<Vec<Instant>> = created_at
+                    .keys()
+                    .filter(|j| is_batch(j))
+                    .map(|j| seen.jobs.get(j).and_then(|s| s.succeeded))
+                    .collect();
+                if let Some(last_success) = successes.and_then(|s| s.into_iter().max()) {
+                    let due = (last_success + ttl).max(last_create + deadline + ttl);
+                    if Instant::now() >= due + grace {
+                        break;
+                    }
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -297,7 +444,14 @@ async fn run_operator(
         if succeeded.len() < n {
             bail!("size {n}: {} of {n} jobs were seen to succeed", succeeded.len());
         }
+        let unfinished: Vec<&String> =
+            created_at.keys().filter(|j| seen.jobs.get(*j).is_none_or(|s| s.deleted.is_none())).collect();
+        let deadline_not_enforced = unfinished
+            .iter()
+            .filter(|j| !is_batch(j) && seen.jobs.get(**j).is_none_or(|s| s.failed.is_none()))
+            .count();
         let report = SizeReport {
+            operator: side.label.clone(),
             jobs: n,
             deadline_jobs,
             pods: want,
@@ -314,6 +468,8 @@ async fn run_operator(
             operator_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
             operator_peak_rss_mib: peak,
             operator_requests: requests,
+            unfinished_jobs: unfinished.len(),
+            deadline_not_enforced,
             huge: huge.zip(huge_created).map(|(replicas, all_created_s)| HugeReport {
                 replicas,
                 all_created_s,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Parser};
-use tfjob_testsupport::bench::{self, OperatorSpec, Options};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use tfjob_testsupport::bench::{self, Kubeflow, OperatorSpec, Options};
 use tfjob_testsupport::{Cluster, ControlPlane, PlaneOptions, bin_dir, client_for};
 
 /// N TFJobs at once against a TFJob operator, and the bound.
@@ -70,6 +71,18 @@ struct Flags {
     /// Skip the unreported one-job run before the sizes
     #[arg(long)]
     no_warmup: bool,
+    /// Also run Kubeflow's training-operator from this directory (what
+    /// hack/build-training-operator.sh prints), tuned and with its defaults, each size after
+    /// ours, with its own TFJob CRD in place of ours
+    #[arg(long, value_name = "DIR")]
+    kubeflow: Option<PathBuf>,
+    /// With --kubeflow: seconds to wait for its jobs past when they should have been deleted,
+    /// before counting them as unfinished
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    kubeflow_grace: u64,
+    /// With --kubeflow: only these of its variants (tuned, defaults)
+    #[arg(long, value_name = "V,V", value_delimiter = ',')]
+    kubeflow_variants: Option<Vec<String>>,
     /// Print one JSON document instead of the table
     #[arg(long)]
     json: bool,
@@ -82,6 +95,7 @@ fn size(s: &str) -> Result<usize, String> {
 
 struct Args {
     opts: Options,
+    kubeflow: Option<(PathBuf, u64, Option<Vec<String>>)>,
     json: bool,
     kubeconfig: Option<PathBuf>,
     nodes: u32,
@@ -135,8 +149,12 @@ fn parse() -> Result<Args> {
         opts.operator =
             OperatorSpec::Start { bin, args, kubeconfig: PathBuf::new(), log_dir: PathBuf::new() };
     }
+    if flags.no_operator && flags.kubeflow.is_some() {
+        bail!("--kubeflow needs the bench to start the operators (not --no-operator)");
+    }
     Ok(Args {
         opts,
+        kubeflow: flags.kubeflow.map(|d| (d, flags.kubeflow_grace, flags.kubeflow_variants)),
         json: flags.json,
         kubeconfig: flags.kubeconfig,
         nodes: flags.nodes,
@@ -180,12 +198,31 @@ async fn main() -> Result<()> {
         }
     };
     let crd_path = tfjob_testsupport::repo_root().join("crds/kubeflow.org_tfjobs.yaml");
-    let crd = serde_saphyr::from_str(&std::fs::read_to_string(&crd_path)?).context("reading the CRD")?;
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(&std::fs::read_to_string(&crd_path)?).context("reading the CRD")?;
     cluster.install_crd(&crd).await?;
+    let logs = std::env::temp_dir().join(format!("tfjob-bench-{}", std::process::id()));
     if let OperatorSpec::Start { kubeconfig, log_dir, .. } = &mut args.opts.operator {
         *kubeconfig = cluster.kubeconfig.clone();
-        *log_dir = std::env::temp_dir().join(format!("tfjob-bench-{}", std::process::id()));
+        *log_dir = logs.clone();
         eprintln!("tfjob-bench: operator logs in {}", log_dir.display());
+    }
+    if let Some((dir, grace, only)) = &args.kubeflow {
+        let mut kf = Kubeflow::from_dir(dir, crd.clone(), cluster.kubeconfig.clone(), logs.clone())?;
+        kf.grace = Duration::from_secs(*grace);
+        if let Some(only) = only {
+            kf.variants.retain(|v| only.iter().any(|o| v.label.ends_with(&format!(" {o}"))));
+            if kf.variants.is_empty() {
+                bail!("--kubeflow-variants: none of {only:?} (tuned, defaults)");
+            }
+        }
+        eprintln!(
+            "tfjob-bench: training-operator {} from {} (logs in {})",
+            kf.version,
+            dir.display(),
+            logs.display()
+        );
+        args.opts.kubeflow = Some(kf);
     }
     eprintln!("tfjob-bench: {plane_note}");
     let report = bench::run(&cluster.client, &args.opts, |msg| eprintln!("tfjob-bench: {msg}")).await?;
