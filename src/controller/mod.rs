@@ -5,6 +5,7 @@
 
 mod apply;
 mod backoff;
+mod coalesce;
 mod gang;
 mod index;
 mod observe;
@@ -74,6 +75,8 @@ struct Context {
     caches: Caches,
     unseen: Mutex<UnseenWrites>,
     backoffs: Mutex<Backoffs>,
+    /// When each job's status was last written, for [`coalesce`].
+    status_writes: Mutex<coalesce::StatusWrites>,
     /// Whether the job cache follows the API server (see [`observe::job_triggers`]).
     jobs_fresh: Arc<AtomicBool>,
     /// Kubeflow's job counters, moved by the watch and by this process's writes.
@@ -91,6 +94,26 @@ impl Context {
     fn forget(&self, uid: &str) {
         self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.forget(uid);
         self.backoffs().forget(uid);
+        self.status_writes().forget(uid);
+    }
+
+    fn status_writes(&self) -> MutexGuard<'_, coalesce::StatusWrites> {
+        self.status_writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds back a status write that only moves `active` counts this soon after the job's
+    /// last one ([`coalesce`]): the plan then writes no status and wakes the job when the
+    /// hold ends.
+    fn coalesce_status(&self, uid: &str, job: &TFJob, plan: &mut plan::Plan, now: Now) {
+        let Some(new) = &plan.status else { return };
+        let old = job.status.clone().unwrap_or_default().upgraded();
+        let last = self.status_writes().last(uid);
+        if let Some(until) = coalesce::hold_until(&old, new, last, now.mono) {
+            plan.status = None;
+            let wake = now.wall + until.saturating_duration_since(now.mono);
+            plan.requeue_at = Some(plan.requeue_at.map_or(wake, |r| r.min(wake)));
+            self.metrics.status_write_held();
+        }
     }
 
     fn applier(&self) -> Applier<'_> {
@@ -165,6 +188,7 @@ pub async fn run(
         caches: Caches { pods, services, pod_index, service_index, pod_groups },
         unseen: Mutex::default(),
         backoffs: Mutex::default(),
+        status_writes: Mutex::default(),
         jobs_fresh: Arc::default(),
         counting: Arc::new(observe::JobCounting::new(gate.clone(), metrics.clone())),
         settings: settings.clone(),
@@ -272,6 +296,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
     let settings = plan::Settings { startup_deadline_seconds: ctx.settings.startup_deadline_seconds };
     let mut plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
     crate::gang::plan(ctx.settings.gang, &job, &observed.pods, &mut plan, observed.pod_group.as_ref());
+    ctx.coalesce_status(&uid, &job, &mut plan, now);
     debug!(
         resource_version = job.resource_version().unwrap_or_default(),
         pods = observed.pods.len(),
@@ -300,6 +325,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
 
     if let (Some(_), Some(status)) = (&applied.status_written_over, &plan.status) {
         ctx.counting.wrote(&job, status);
+        ctx.status_writes().wrote(&uid, now.mono);
     }
     let report = report::report(&plan, &applied, backoff, now);
     let ns = job.namespace().unwrap_or_default();

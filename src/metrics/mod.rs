@@ -62,6 +62,7 @@ pub struct Metrics {
     events_dropped: Counter,
     watch_restarts: Family<WatchLabels, Counter>,
     create_batches: Family<BatchLabels, Counter>,
+    status_writes_held: Counter,
     jobs: [Family<JobLabels, Counter>; 5],
 }
 
@@ -120,6 +121,13 @@ impl Metrics {
              doubling up to 16), by batch size",
             create_batches.clone(),
         );
+        let status_writes_held = Counter::default();
+        registry.register(
+            "tfjob_operator_status_writes_held",
+            "Status writes that only moved active counts held back to the end of a 1 s window after \
+             the job's last status write (the pods of a job starting one after the other cost one write)",
+            status_writes_held.clone(),
+        );
         let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
         for (count, family) in JobCount::ALL.iter().zip(&jobs) {
             registry.register(count.metric_name(), count.help(), family.clone());
@@ -133,6 +141,7 @@ impl Metrics {
             events_dropped,
             watch_restarts,
             create_batches,
+            status_writes_held,
             jobs,
         }
     }
@@ -165,6 +174,11 @@ impl Metrics {
     /// Counts a batch of `size` creates sent at once.
     pub fn create_batch(&self, size: usize) {
         self.create_batches.get_or_create(&BatchLabels { size: size.to_string() }).inc();
+    }
+
+    /// Counts a status write held back ([`crate::controller`]'s coalescing).
+    pub fn status_write_held(&self) {
+        self.status_writes_held.inc();
     }
 
     /// Counts an event dropped from a full queue.

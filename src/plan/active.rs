@@ -87,10 +87,9 @@ impl ActivePlanner<'_> {
             conditions::set(st, ConditionType::Restarting, REASON_RESTARTING, msg.clone(), now);
             p.events.push(PlannedEvent::warning(REASON_RESTARTING, msg));
         } else if observed.get(&deciding).is_some_and(|o| o.status.active > 0) {
+            // The condition says it; Kubeflow emits no event for it (one write less per job).
             let msg = format!("TFJob {} is running.", self.job.name);
-            if conditions::set(st, ConditionType::Running, REASON_RUNNING, msg.clone(), now) {
-                p.events.push(PlannedEvent::normal(REASON_RUNNING, msg));
-            }
+            conditions::set(st, ConditionType::Running, REASON_RUNNING, msg, now);
         }
 
         for (&t, o) in &observed {

@@ -209,8 +209,8 @@ pub fn plan_with(
     let full_name = format!("{}/{name}", job.namespace().unwrap_or_default());
     if st.condition(ConditionType::Created).is_none() {
         let msg = format!("TFJob {name} is created.");
-        conditions::set(&mut st, ConditionType::Created, REASON_CREATED, msg.clone(), now);
-        p.events.push(PlannedEvent::normal(REASON_CREATED, msg));
+        // The condition says it; Kubeflow emits no event for it (one write less per job).
+        conditions::set(&mut st, ConditionType::Created, REASON_CREATED, msg, now);
         let overridden: Vec<String> = job
             .spec
             .tf_replica_specs

@@ -115,7 +115,6 @@ async fn operator_under_deploy_rbac_runs_the_lifecycle(ctx: Ctx) -> Result<()> {
     // Succeeded (seen, or inferred from its deletion), the PS cleaned up, then the TTL deletion.
     wait_job_gone(&ctx, "ok", WAIT).await.context("ok deleted for its TTL").with_context(|| op.log_tail())?;
     for (job, reason) in [
-        ("ok", "TFJobCreated"),
         ("ok", "SuccessfulCreatePod"),
         ("ok", "SuccessfulCreateService"),
         ("ok", "TFJobSucceeded"),

@@ -46,6 +46,10 @@ pub fn requests(metrics: &str) -> BTreeMap<String, f64> {
         let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
         let key = if line.starts_with("tfjob_operator_api_requests_total{") {
             label(line, "verb").zip(label(line, "resource")).map(|(v, r)| format!("{v} {r}"))
+        } else if line.starts_with("tfjob_operator_watch_restarts_total{") {
+            label(line, "resource").map(|r| format!("watch restarts {r}"))
+        } else if line.starts_with("tfjob_operator_status_writes_held_total ") {
+            Some("held status writes".to_string())
         } else if line.starts_with("rest_client_requests_total{") {
             label(line, "method")
         } else {
@@ -86,9 +90,13 @@ mod tests {
         let ours = "# TYPE tfjob_operator_api_requests counter\n\
             tfjob_operator_api_requests_total{verb=\"create\",resource=\"pods\",code=\"201\"} 10\n\
             tfjob_operator_api_requests_total{verb=\"create\",resource=\"pods\",code=\"409\"} 2\n\
-            tfjob_operator_api_requests_total{verb=\"patch\",resource=\"tfjobs/status\",code=\"200\"} 7\n";
+            tfjob_operator_api_requests_total{verb=\"patch\",resource=\"tfjobs/status\",code=\"200\"} 7\n\
+            tfjob_operator_watch_restarts_total{resource=\"pods\"} 3\n\
+            tfjob_operator_status_writes_held_total 4\n";
         let got = requests(ours);
         assert_eq!(got.get("create pods"), Some(&12.0));
+        assert_eq!(got.get("watch restarts pods"), Some(&3.0));
+        assert_eq!(got.get("held status writes"), Some(&4.0));
         assert_eq!(got.get("patch tfjobs/status"), Some(&7.0));
         let go = "rest_client_requests_total{code=\"201\",host=\"x\",method=\"POST\"} 5\n\
             rest_client_requests_total{code=\"200\",host=\"x\",method=\"GET\"} 3\n";

@@ -36,6 +36,33 @@ pub struct Seen {
     pub jobs: HashMap<String, JobSeen>,
     /// Per pod, when its `tensorflow` container finished (`finishedAt`), once seen.
     pub finished: HashMap<String, Timestamp>,
+    /// Per pod, when the watch first showed each stage of its life.
+    pub stages: HashMap<String, PodStages>,
+}
+
+/// When the bench's pod watch first showed a pod bound to a node, Running, and Succeeded
+/// (its trace from create to done, by watch arrival).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PodStages {
+    pub bound: Option<Instant>,
+    pub running: Option<Instant>,
+    pub succeeded: Option<Instant>,
+}
+
+impl PodStages {
+    /// Records the stages `p` shows that were not seen before.
+    pub fn observe(&mut self, p: &Pod, now: Instant) {
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if self.bound.is_none() && p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+            self.bound = Some(now);
+        }
+        if self.running.is_none() && matches!(phase, Some("Running" | "Succeeded")) {
+            self.running = Some(now);
+        }
+        if self.succeeded.is_none() && phase == Some("Succeeded") {
+            self.succeeded = Some(now);
+        }
+    }
 }
 
 /// When the pod's `tensorflow` container finished, if it has.
@@ -127,6 +154,7 @@ impl Recorder {
                     if let Some(at) = finished_at(&p) {
                         s.finished.entry(p.name_any()).or_insert(at);
                     }
+                    s.stages.entry(p.name_any()).or_default().observe(&p, Instant::now());
                     s.pods.entry(p.name_any()).or_insert_with(|| (Instant::now(), p));
                 }
             }),

@@ -27,6 +27,10 @@ pub struct SizeReport {
     /// Per job, from the instant the pod that decides success finished (worker 0's
     /// `tensorflow` container's `finishedAt`) until `Succeeded` arrived by watch.
     pub success_lateness: Stats,
+    /// Worker 0 of each job (the pod that decides success), stage by stage as the bench's
+    /// watches saw it: job created → pod seen → bound → Running → pod Succeeded → job
+    /// Succeeded. In the order of the stages.
+    pub worker0_stages: Vec<(String, Stats)>,
     /// Jobs / (first create until the last job succeeded).
     pub jobs_per_second: f64,
     /// Failed condition's arrival past the published deadline.
@@ -175,6 +179,20 @@ impl Report {
                     s.operator_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
                 ));
             }
+        }
+        for s in self.sizes.iter().filter(|s| !s.worker0_stages.is_empty()) {
+            let stages: Vec<String> = s
+                .worker0_stages
+                .iter()
+                .map(|(name, st)| format!("{name} {:.2}/{:.2}", st.median, st.p99))
+                .collect();
+            out.push_str(&format!(
+                "worker 0 of {} at {} jobs{}, p50/p99 s: {}\n",
+                s.operator,
+                s.jobs,
+                if s.huge.is_some() { " (huge row)" } else { "" },
+                stages.join(", ")
+            ));
         }
         for f in &self.failures {
             out.push_str(&format!("not measured: {f}\n"));

@@ -417,6 +417,7 @@ async fn run_operator(
         let mut deadline_late = Vec::new();
         let mut success_late = Vec::new();
         let mut ttl_late = Vec::new();
+        let mut stages: [Vec<f64>; 5] = Default::default();
         let mut last_success = t0;
         for (name, at) in &created_at {
             let Some(s) = seen.jobs.get(name) else { continue };
@@ -433,6 +434,17 @@ async fn run_operator(
                     (s.succeeded_at, seen.finished.get(&format!("{name}-worker-0")))
                 {
                     success_late.push(lateness(arrived, *finished));
+                }
+                let w0 = format!("{name}-worker-0");
+                if let (Some((seen_at, _)), Some(st), Some(done)) =
+                    (seen.pods.get(&w0), seen.stages.get(&w0), s.succeeded)
+                {
+                    let points = [Some(*at), Some(*seen_at), st.bound, st.running, st.succeeded, Some(done)];
+                    for (i, pair) in points.windows(2).enumerate() {
+                        if let [Some(a), Some(b)] = pair {
+                            stages[i].push(secs(b.saturating_duration_since(*a)));
+                        }
+                    }
                 }
             } else if let (Some(f), Some(d)) = (s.failed, s.deadline) {
                 deadline_late.push(lateness(f, d));
@@ -462,6 +474,17 @@ async fn run_operator(
             create_to_running: Stats::of(&running),
             create_to_succeeded: Stats::of(&succeeded),
             success_lateness: Stats::of(&success_late),
+            worker0_stages: [
+                "job→pod",
+                "pod→bound",
+                "bound→Running",
+                "Running→pod done",
+                "pod done→job Succeeded",
+            ]
+            .iter()
+            .zip(&stages)
+            .map(|(name, v)| ((*name).to_string(), Stats::of(v)))
+            .collect(),
             jobs_per_second: n as f64 / secs(last_success - t0).max(1e-9),
             deadline_lateness: Stats::of(&deadline_late),
             ttl_lateness: Stats::of(&ttl_late),
