@@ -9,6 +9,7 @@ mod coalesce;
 mod gang;
 mod index;
 mod observe;
+mod reflect;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -214,10 +215,17 @@ pub async fn run(
     synced();
     // TFJobs are cached without managedFields too.
     let (job_store, job_writer) = reflector::store();
+    // Reflected in place, as the pods and services are (a re-list never doubles the cache).
+    let mut job_cache = reflect::InPlace::new(job_writer);
     let job_events = watcher(api::<TFJob>(&client, ns), watcher::Config::default())
         .default_backoff()
         .modify(|j: &mut TFJob| j.metadata.managed_fields = None)
-        .reflect(job_writer);
+        .map(move |event| {
+            if let Ok(e) = &event {
+                job_cache.apply(e);
+            }
+            event
+        });
     let forget = {
         let ctx = ctx.clone();
         move |job: &TFJob| ctx.forget(&job.uid().unwrap_or_default())

@@ -16,9 +16,10 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::index::{Owner, OwnerIndex};
+use super::reflect::InPlace;
 use super::unseen::UnseenWrites;
 use crate::api::TFJob;
 use crate::api::TFJobStatus;
@@ -85,11 +86,11 @@ pub struct Observed {
 /// controller gets only the owning TFJob's reference of each changed object, through a
 /// channel.
 ///
-/// A re-list (after a 410 Gone or an API server restart) fills a new store beside the old
-/// one, which reconciles keep reading until the list is complete. Meanwhile no trigger is
-/// sent and the owner index stays whole; when the list is complete, the new index replaces
-/// the old and every job whose objects changed (appeared, went away, or have a new version)
-/// is triggered once, to be planned against the new cache. Watch failures are logged at warn
+/// A re-list (after a 410 Gone or an API server restart) updates the store in place
+/// ([`InPlace`]: it never holds two copies of the cache). Meanwhile no trigger is sent and
+/// the owner index stays whole; when the list is complete, the new index replaces the old
+/// and every job whose objects changed (appeared, went away, or have a new version) is
+/// triggered once, to be planned against the brought-up-to-date cache. Watch failures are logged at warn
 /// and counted in `tfjob_operator_watch_restarts_total{resource}`.
 pub fn owned_stream<K>(
     api: Api<K>,
@@ -109,10 +110,11 @@ where
         + 'static,
 {
     let store = writer.as_reader();
+    let mut cache = InPlace::new(writer);
     // Lists come in pages of 100 (kube's default is 500): a page is held whole before it is
     // slimmed, and a pod of a job at the maximum size carries a TF_CONFIG of some 50 KB.
     let cfg = watcher::Config::default().labels(&names::operator_selector()).page_size(LIST_PAGE_SIZE);
-    let stream = watcher(api, cfg).default_backoff().modify(K::slim).reflect(writer);
+    let stream = watcher(api, cfg).default_backoff().modify(K::slim);
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -120,7 +122,7 @@ where
         let mut lists = 0u64;
         while let Some(event) = stream.next().await {
             let mut triggers: Vec<Owner> = Vec::new();
-            match event {
+            match &event {
                 Err(e) => {
                     metrics.watch_restarted(resource);
                     warn!(resource, error = %e, "the watch failed; it restarts with backoff");
@@ -130,7 +132,7 @@ where
                     if lists > 1 {
                         warn!(
                             resource,
-                            "re-listing: reconciles read the previous list until this one is complete"
+                            "re-listing: the cache is brought up to date in place; triggers wait until the list is complete"
                         );
                     }
                     relist = Some(Default::default());
@@ -138,9 +140,9 @@ where
                 Ok(watcher::Event::InitApply(o)) => {
                     let (new, changed) = relist.get_or_insert_with(Default::default);
                     new.applied(o.meta());
-                    // The store still shows the previous list: a missing or other version is
-                    // a change the watch did not see.
-                    let before = store.get(&ObjectRef::from_obj(&o)).and_then(|c| c.resource_version());
+                    // The store still holds what the watch showed of it: a missing or other
+                    // version is a change the watch did not see.
+                    let before = store.get(&ObjectRef::from_obj(o)).and_then(|c| c.resource_version());
                     if before != o.resource_version()
                         && let Some(owner) = owner_of(o.meta())
                     {
@@ -159,6 +161,13 @@ where
                 Ok(watcher::Event::Delete(o)) => {
                     index.lock().unwrap_or_else(PoisonError::into_inner).deleted(o.meta());
                     triggers.extend(owner_of(o.meta()));
+                }
+            }
+            // The store follows once the event is read against what it held.
+            if let Ok(event) = &event {
+                cache.apply(event);
+                if lists > 1 && matches!(event, watcher::Event::InitDone) {
+                    info!(resource, objects = store.len(), "re-list complete");
                 }
             }
             for (ns, name) in triggers {

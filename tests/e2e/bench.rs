@@ -5,17 +5,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tfjob_testsupport::bench::{self, OperatorSpec, Options};
 
 use crate::{Ctx, Test, test};
 
 pub fn tests() -> Vec<Test> {
-    vec![test!(tiny_bench_run_completes_with_well_formed_json)]
+    vec![
+        test!(tiny_bench_run_completes_with_well_formed_json),
+        test!(tiny_relist_row_forces_a_410_and_measures_the_relist).fault(),
+    ]
 }
 
-async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> {
+fn tiny_options(ctx: &Ctx) -> Options {
     let mut opts = Options::new(OperatorSpec::Start {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_tfjob-operator")),
         args: bench::default_operator_args(),
@@ -29,9 +32,14 @@ async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> 
     opts.prefix = ctx.ns.clone();
     opts.timeout = Duration::from_secs(120);
     opts.warmup = false; // the suite's plane is warm
+    opts
+}
+
+async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> {
+    let mut opts = tiny_options(&ctx);
     opts.huge = Some(12);
     opts.huge_beside = 2;
-    let report = bench::run(&ctx.cluster.client, &opts, |_| {}).await?;
+    let report = bench::run(&ctx.cluster.client, None, &opts, |_| {}).await?;
     let json: Value = serde_json::from_str(&report.to_json()?)?;
     ensure!(json["operator"].as_str().is_some_and(|o| o.contains("tfjob-operator --namespace=")), "{json}");
     let s = &json["sizes"][0];
@@ -57,6 +65,13 @@ async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> 
             ensure!(s[k][q].is_f64(), "{k}.{q}: {}", s[k]);
         }
     }
+    // Worker 0 of each job, stage by stage: every stage of both jobs seen.
+    let stages = s["worker0_stages"].as_array().cloned().unwrap_or_default();
+    ensure!(stages.len() == 5, "five stages: {stages:?}");
+    for st in &stages {
+        ensure!(st[1]["n"] == 2 && st[1]["median"].as_f64().is_some_and(|m| m >= 0.0), "{st}");
+    }
+    ensure!(report.table().contains("worker 0 of tfjob-operator at 2 jobs"), "{}", report.table());
     ensure!(num("operator_cpu_s") > 0.0 && num("operator_peak_rss_mib") > 1.0, "{s}");
     ensure!(s["operator_requests"]["create pods"] == 11.0, "requests: {}", s["operator_requests"]);
     ensure!(s["operator_requests"]["create services"] == 11.0, "requests: {}", s["operator_requests"]);
@@ -70,5 +85,25 @@ async fn tiny_bench_run_completes_with_well_formed_json(ctx: Ctx) -> Result<()> 
     ensure!(hnum("running_p50_vs_without") > 0.0, "{huge}");
     ensure!(h["operator_requests"]["create pods"] == 23.0, "requests: {}", h["operator_requests"]);
     ensure!(report.table().contains("huge job of 12 replicas beside 2 jobs"), "{}", report.table());
+    Ok(())
+}
+
+/// The re-list row on the local plane, tiny: three jobs whose pods run, a forced 410 (the
+/// API server restarted over a compacted etcd), and the operator's re-list of pods and
+/// services seen complete in its log, with its memory before and after.
+async fn tiny_relist_row_forces_a_410_and_measures_the_relist(ctx: Ctx) -> Result<()> {
+    let plane = crate::faults::plane(&ctx)?;
+    let mut opts = tiny_options(&ctx);
+    opts.sizes = vec![];
+    opts.relist = Some(3);
+    let report = bench::run(&ctx.cluster.client, Some(plane), &opts, |_| {}).await?;
+    let r = report.relist.clone().context("the re-list row")?;
+    ensure!(r.jobs == 3 && r.pods == 15, "{r:?}");
+    ensure!(r.peak_before_mib.is_some_and(|m| m > 1.0), "{r:?}");
+    ensure!(r.peak_after_mib >= r.peak_before_mib, "{r:?}");
+    let pods = r.watch_restarts.iter().find(|(res, _)| res == "pods").map(|(_, n)| *n);
+    ensure!(pods.is_some_and(|n| n >= 1.0), "the pod watch restarted on the 410: {r:?}");
+    ensure!(report.table().contains("forced re-list at 3 jobs"), "{}", report.table());
+    crate::faults::api_back(&ctx).await?;
     Ok(())
 }

@@ -192,25 +192,6 @@ async fn etcd_killed_and_restarted(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
-/// POSTs JSON to etcd's HTTP gateway; returns the answer's JSON.
-async fn etcd_post(plane: &ControlPlane, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = plane.etcd_url();
-    let addr = url.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    let (_, json) = out.split_once("\r\n\r\n").context("etcd's answer has no body")?;
-    ensure!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "etcd {path}: {out}");
-    Ok(serde_json::from_str(json)?)
-}
-
 /// A 410 Gone on the pod watch, provoked for real: with the API server down, etcd's revision
 /// is moved on and compacted up to it, so the API server comes back with a watch cache that
 /// starts after the operator's last seen resourceVersion and etcd no longer has the history:
@@ -219,24 +200,7 @@ async fn forced_410_gone_relists_and_loses_nothing(ctx: Ctx) -> Result<()> {
     let plane = plane(&ctx)?;
     let op = Operator::start(&ctx, &[])?;
     let (fleet, uids) = fleet_in_flight(&ctx).await?;
-    plane.kill("kube-apiserver")?;
-    let b64 = |s: &str| {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(s)
-    };
-    for i in 0..3 {
-        etcd_post(
-            plane,
-            "/v3/kv/put",
-            serde_json::json!({"key": b64(&format!("/tfjob-e2e/bump-{i}")), "value": b64("1")}),
-        )
-        .await?;
-    }
-    let head = etcd_post(plane, "/v3/kv/range", serde_json::json!({"key": b64("/tfjob-e2e/bump-0")})).await?;
-    let revision = head["header"]["revision"].as_str().context("etcd revision")?.to_string();
-    etcd_post(plane, "/v3/kv/compaction", serde_json::json!({"revision": revision, "physical": true}))
-        .await?;
-    plane.restart("kube-apiserver")?;
+    let revision = plane.force_410().await?;
     api_back(&ctx).await?;
     tfjob_testsupport::wait(
         Duration::from_secs(60),

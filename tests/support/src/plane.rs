@@ -380,6 +380,51 @@ impl ControlPlane {
         format!("http://127.0.0.1:{}", self.etcd_port)
     }
 
+    /// POSTs `body` to etcd's HTTP/JSON gateway at `path` (`/v3/kv/put`, `/v3/kv/range`,
+    /// `/v3/kv/compaction`) and returns its JSON answer.
+    pub async fn etcd_post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let url = self.etcd_url();
+        let addr = url.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let body = body.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        let (_, json) = out.split_once("\r\n\r\n").context("etcd's answer has no body")?;
+        if !(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200")) {
+            bail!("etcd {path}: {out}");
+        }
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// A 410 Gone for every watch, provoked for real: with the API server down, etcd's
+    /// revision is moved on and compacted up to it, so the API server comes back with a watch
+    /// cache that starts after every client's last resourceVersion, and etcd no longer has
+    /// the history. Returns the compacted revision once the API server has been started
+    /// again (it may not answer yet). kube-scheduler may exit on purpose a while later (its
+    /// re-list contradicts its cache): [`ControlPlane::revive`] starts it again.
+    pub async fn force_410(&self) -> Result<String> {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        self.kill("kube-apiserver")?;
+        for i in 0..3 {
+            let body = serde_json::json!({"key": b64(&format!("/tfjob-e2e/bump-{i}")), "value": b64("1")});
+            self.etcd_post("/v3/kv/put", body).await?;
+        }
+        let head =
+            self.etcd_post("/v3/kv/range", serde_json::json!({"key": b64("/tfjob-e2e/bump-0")})).await?;
+        let revision = head["header"]["revision"].as_str().context("etcd revision")?.to_string();
+        self.etcd_post("/v3/kv/compaction", serde_json::json!({"revision": revision, "physical": true}))
+            .await?;
+        self.restart("kube-apiserver")?;
+        Ok(revision)
+    }
+
     /// Stops every component, newest first, and removes the plane's directory unless
     /// `TFJOB_KEEP_PLANE` is set.
     pub fn stop(&mut self) {

@@ -9,7 +9,9 @@ mod bound;
 pub mod footprint;
 mod jobs;
 pub mod kubeflow;
+pub mod plane_profile;
 pub mod record;
+mod relist;
 mod report;
 mod run;
 pub mod stats;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use jobs::{batch_job, deadline_job, huge_job};
 pub use kubeflow::{Kubeflow, KubeflowVariant};
+pub use relist::RelistReport;
 pub use report::{HugeReport, Report, SizeReport};
 pub use run::run;
 pub use stats::Stats;
@@ -52,6 +55,9 @@ pub struct Options {
     /// Run one unreported job first: the API server's first TFJob writes on a fresh plane
     /// (building the CRD's schema) take about 2 s that no later job pays.
     pub warmup: bool,
+    /// The re-list row (local plane only): this many jobs whose pods all run, then a forced
+    /// 410 Gone; the operator's peak RSS before and after its re-list.
+    pub relist: Option<usize>,
     /// Kubeflow's training-operator, run after ours on the same plane and the same jobs,
     /// once per variant (its defaults, tuned), each size in turn.
     pub kubeflow: Option<Kubeflow>,
@@ -93,6 +99,7 @@ impl Options {
             warmup: true,
             huge: None,
             huge_beside: 100,
+            relist: None,
             kubeflow: None,
         }
     }

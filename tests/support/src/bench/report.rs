@@ -46,6 +46,9 @@ pub struct SizeReport {
     pub unfinished_jobs: usize,
     /// Of those, deadline jobs that never failed: the deadline was not enforced.
     pub deadline_not_enforced: usize,
+    /// What the plane spent during the size: CPU per component, the API server's time by
+    /// request kind.
+    pub plane: super::plane_profile::PlaneProfile,
     /// The huge-job row: the huge job created just before the jobs of this size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub huge: Option<HugeReport>,
@@ -76,6 +79,8 @@ pub struct Report {
     pub sizes: Vec<SizeReport>,
     /// Rows of other operators that could not be measured, with the reason.
     pub failures: Vec<String>,
+    /// The re-list row, when run.
+    pub relist: Option<super::RelistReport>,
 }
 
 impl Report {
@@ -193,6 +198,20 @@ impl Report {
                 if s.huge.is_some() { " (huge row)" } else { "" },
                 stages.join(", ")
             ));
+        }
+        for s in &self.sizes {
+            if !s.plane.cpu_s.is_empty() || !s.plane.api_latency_s.is_empty() {
+                out.push_str(&format!(
+                    "plane during {} at {} jobs{}: {}\n",
+                    s.operator,
+                    s.jobs,
+                    if s.huge.is_some() { " (huge row)" } else { "" },
+                    s.plane.line()
+                ));
+            }
+        }
+        if let Some(r) = &self.relist {
+            out.push_str(&r.line());
         }
         for f in &self.failures {
             out.push_str(&format!("not measured: {f}\n"));

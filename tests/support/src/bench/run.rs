@@ -13,10 +13,11 @@ use serde_json::Value;
 
 use super::bound::bound;
 use super::record::{Recorder, tfjob_resource};
+use super::relist::relist_row;
 use super::stats::lateness;
 use super::{
     HugeReport, OperatorSpec, Options, Report, SizeReport, Stats, batch_job, deadline_job, footprint,
-    huge_job, kubeflow,
+    huge_job, kubeflow, plane_profile,
 };
 use crate::process::Proc;
 
@@ -46,17 +47,19 @@ pub(super) async fn delete_namespace(client: &Client, name: &str, timeout: Durat
 }
 
 /// The running operator of one size.
-struct Running {
+pub(super) struct Running {
     proc: Option<Proc>,
-    pid: Option<u32>,
+    pub(super) pid: Option<u32>,
     port: Option<u16>,
+    /// Its log, when the bench started it.
+    log: Option<std::path::PathBuf>,
 }
 
 impl Running {
-    async fn start(client: &Client, spec: &OperatorSpec, ns: &str) -> Result<Running> {
+    pub(super) async fn start(client: &Client, spec: &OperatorSpec, ns: &str) -> Result<Running> {
         match spec {
             OperatorSpec::External { pid, metrics_port } => {
-                Ok(Running { proc: None, pid: *pid, port: *metrics_port })
+                Ok(Running { proc: None, pid: *pid, port: *metrics_port, log: None })
             }
             OperatorSpec::Start { bin, args, kubeconfig, log_dir } => {
                 let port = crate::free_port()?;
@@ -73,7 +76,8 @@ impl Running {
                     &[("KUBECONFIG", kubeconfig.as_os_str())],
                 )?;
                 let pid = Some(proc.pid());
-                let running = Running { proc: Some(proc), pid, port: Some(port) };
+                let log = Some(log_dir.join(format!("operator-{ns}.log")));
+                let running = Running { proc: Some(proc), pid, port: Some(port), log };
                 // Ready: this operator answers /readyz once its caches synced; another may not
                 // serve it, so give up waiting after a while and go on.
                 let _ = crate::wait(Duration::from_secs(30), "the operator's /readyz", || async {
@@ -130,12 +134,16 @@ impl Running {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 let pid = Some(proc.pid());
-                Ok(Running { proc: Some(proc), pid, port: Some(port) })
+                Ok(Running { proc: Some(proc), pid, port: Some(port), log: Some(log) })
             }
         }
     }
 
-    async fn requests(&self) -> BTreeMap<String, f64> {
+    pub(super) fn log(&self) -> Option<std::path::PathBuf> {
+        self.log.clone()
+    }
+
+    pub(super) async fn requests(&self) -> BTreeMap<String, f64> {
         match self.port {
             Some(p) => {
                 footprint::requests(&crate::http_get(p, "/metrics").await.map(|(_, b)| b).unwrap_or_default())
@@ -144,7 +152,7 @@ impl Running {
         }
     }
 
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         if let Some(p) = &mut self.proc {
             p.stop(Duration::from_secs(20));
         }
@@ -189,7 +197,7 @@ async fn warm_up(client: &Client, opts: &Options, side: &Side<'_>) -> Result<()>
         grace: side.grace.map(|g| g.min(Duration::from_secs(5))),
         tag: side.tag.clone(),
     };
-    tokio::time::timeout(opts.timeout, run_operator(client, &warm, &side, 1, None))
+    tokio::time::timeout(opts.timeout, run_operator(client, None, &warm, &side, 1, None))
         .await
         .context("warm-up: not done in time")??;
     Ok(())
@@ -197,7 +205,12 @@ async fn warm_up(client: &Client, opts: &Options, side: &Side<'_>) -> Result<()>
 
 /// Runs every size in turn: ours, then Kubeflow's training-operator per variant (when
 /// `opts.kubeflow` is set) with its CRD in place of ours.
-pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Result<Report> {
+pub async fn run(
+    client: &Client,
+    plane: Option<&crate::ControlPlane>,
+    opts: &Options,
+    progress: impl Fn(&str),
+) -> Result<Report> {
     let operator = describe(&opts.operator);
     let jobs_shape = format!(
         "{} PS (running until cleaned up) + {} Workers (succeed after {}), runPolicy.cleanPodPolicy Running, ttlSecondsAfterFinished {}; plus one job in ten with activeDeadlineSeconds {} and one running worker",
@@ -211,7 +224,7 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
     let mut sizes = Vec::new();
     for &n in &opts.sizes {
         progress(&format!("size {n}: operator run"));
-        let mut size = tokio::time::timeout(opts.timeout, run_operator(client, opts, &ours, n, None))
+        let mut size = tokio::time::timeout(opts.timeout, run_operator(client, plane, opts, &ours, n, None))
             .await
             .with_context(|| format!("size {n}: not done within {:?}", opts.timeout))??;
         progress(&format!("size {n}: bound run"));
@@ -223,10 +236,12 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
         let n = opts.huge_beside;
         progress(&format!("huge job of {replicas} replicas beside {n} jobs: operator run"));
         let huge_side = Side { label: ours.label.clone(), tag: "h".into(), ..ours };
-        let (mut size, created) =
-            tokio::time::timeout(opts.timeout, run_operator(client, opts, &huge_side, n, Some(replicas)))
-                .await
-                .with_context(|| format!("the huge-job row: not done within {:?}", opts.timeout))??;
+        let (mut size, created) = tokio::time::timeout(
+            opts.timeout,
+            run_operator(client, plane, opts, &huge_side, n, Some(replicas)),
+        )
+        .await
+        .with_context(|| format!("the huge-job row: not done within {:?}", opts.timeout))??;
         progress("the huge-job row: bound runs");
         size.bound_s = bound(client, opts, &format!("h{n}"), &created).await?;
         size.ratio = if size.bound_s > 0.0 { size.all_created_s / size.bound_s } else { 0.0 };
@@ -268,7 +283,7 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
                 for &n in &opts.sizes {
                     progress(&format!("size {n}: {}", side.label));
                     let (mut size, _) =
-                        tokio::time::timeout(kf.timeout, run_operator(client, opts, &side, n, None))
+                        tokio::time::timeout(kf.timeout, run_operator(client, plane, opts, &side, n, None))
                             .await
                             .with_context(|| format!("size {n}: not done within {:?}", kf.timeout))??;
                     // The bound of this size, measured once (after our run).
@@ -295,7 +310,19 @@ pub async fn run(client: &Client, opts: &Options, progress: impl Fn(&str)) -> Re
         progress("putting our TFJob CRD back");
         crate::apply_crd(client, &kf.our_crd).await.context("putting our CRD back")?;
     }
-    Ok(Report { operator, other_operators, jobs_shape, sizes, failures })
+    // Last: it restarts the API server.
+    let relist = match (opts.relist, plane) {
+        (Some(n), Some(plane)) => {
+            progress(&format!("re-list row: {n} jobs running, then a forced 410"));
+            Some(relist_row(client, plane, opts, n).await?)
+        }
+        (Some(_), None) => {
+            progress("re-list row skipped: it needs the local control plane");
+            None
+        }
+        (None, _) => None,
+    };
+    Ok(Report { operator, other_operators, jobs_shape, sizes, failures, relist })
 }
 /// The pods and services the operator created, to replay for the bound.
 pub(super) struct Created {
@@ -305,6 +332,7 @@ pub(super) struct Created {
 
 async fn run_operator(
     client: &Client,
+    plane: Option<&crate::ControlPlane>,
     opts: &Options,
     side: &Side<'_>,
     n: usize,
@@ -315,6 +343,7 @@ async fn run_operator(
     let recorder = Recorder::start(client, &ns);
     let mut op = Running::start(client, side.spec, &ns).await?;
     let (cpu0, req0) = (op.pid.and_then(footprint::cpu_seconds), op.requests().await);
+    let plane0 = plane_profile::snapshot(client, plane).await;
     let deadline_jobs = (n / 10).max(1);
     let mut jobs: Vec<(String, Value)> =
         (0..n).map(|i| (format!("j-{i}"), batch_job(&format!("j-{i}"), opts))).collect();
@@ -408,6 +437,7 @@ async fn run_operator(
     }
     let (cpu1, peak) = (op.pid.and_then(footprint::cpu_seconds), op.pid.and_then(footprint::peak_rss_mib));
     let requests = footprint::delta(&op.requests().await, &req0);
+    let plane_spent = plane_profile::profile(&plane0, &plane_profile::snapshot(client, plane).await);
     op.stop();
     let (report, created) = {
         let seen = recorder.seen();
@@ -492,6 +522,7 @@ async fn run_operator(
             operator_peak_rss_mib: peak,
             operator_requests: requests,
             unfinished_jobs: unfinished.len(),
+            plane: plane_spent,
             deadline_not_enforced,
             huge: huge.zip(huge_created).map(|(replicas, all_created_s)| HugeReport {
                 replicas,

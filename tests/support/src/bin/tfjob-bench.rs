@@ -68,6 +68,11 @@ struct Flags {
     /// Ordinary jobs beside the huge one (default 100)
     #[arg(long, value_name = "N", default_value_t = 100)]
     huge_beside: usize,
+    /// The re-list row (local plane only): this many jobs whose pods all run, then a forced
+    /// 410 Gone, and the operator's peak RSS before and after its re-list (default: the
+    /// largest size; 0 skips the row)
+    #[arg(long, value_name = "N")]
+    relist: Option<usize>,
     /// Skip the unreported one-job run before the sizes
     #[arg(long)]
     no_warmup: bool,
@@ -129,6 +134,11 @@ fn parse() -> Result<Args> {
     opts.warmup = !flags.no_warmup;
     opts.huge = (flags.huge > 0).then_some(flags.huge);
     opts.huge_beside = flags.huge_beside;
+    opts.relist = match flags.relist {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => opts.sizes.iter().max().copied(),
+    };
     if flags.no_operator {
         opts.operator = OperatorSpec::External { pid: flags.operator_pid, metrics_port: flags.metrics_port };
     } else {
@@ -225,7 +235,10 @@ async fn main() -> Result<()> {
         args.opts.kubeflow = Some(kf);
     }
     eprintln!("tfjob-bench: {plane_note}");
-    let report = bench::run(&cluster.client, &args.opts, |msg| eprintln!("tfjob-bench: {msg}")).await?;
+    let report = bench::run(&cluster.client, cluster.plane.as_ref(), &args.opts, |msg| {
+        eprintln!("tfjob-bench: {msg}")
+    })
+    .await?;
     if args.json {
         println!("{}", report.to_json()?);
     } else {

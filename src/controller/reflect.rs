@@ -1,0 +1,151 @@
+//! Reflects a watch into its cache in place. The first list fills the empty store and marks
+//! it ready, as kube's reflector does; a later re-list (after a 410 Gone or an API server
+//! restart) updates the store object by object instead of building a second store beside
+//! it: an object listed again at the version the store holds is kept as it is (the same
+//! allocation), a newer one replaces it, and what the list no longer shows is removed when
+//! the list is complete. A re-list therefore never doubles the cache: it costs one key per
+//! listed object, and the objects that changed.
+//!
+//! Meanwhile reconciles read the store as it is being brought up to date: each object at
+//! the version the watch last showed or the newer one the list shows, never one missing
+//! that the API server still has, which is no worse than a watch that lags.
+
+use std::collections::HashSet;
+
+use kube::Resource;
+use kube::ResourceExt;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+
+/// The cache of one watch and what its current re-list has shown.
+pub struct InPlace<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    writer: Writer<K>,
+    store: Store<K>,
+    /// The first list is complete (the store is ready).
+    listed: bool,
+    /// During a re-list: the objects it has shown so far.
+    relisting: Option<HashSet<ObjectRef<K>>>,
+}
+
+impl<K> InPlace<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    pub fn new(writer: Writer<K>) -> InPlace<K> {
+        let store = writer.as_reader();
+        InPlace { writer, store, listed: false, relisting: None }
+    }
+
+    /// Brings the store up to date with one watch event.
+    pub fn apply(&mut self, event: &watcher::Event<K>) {
+        if !self.listed {
+            // The first list goes whole into the empty store, which is then ready.
+            self.writer.apply_watcher_event(event);
+            self.listed = matches!(event, watcher::Event::InitDone);
+            return;
+        }
+        match event {
+            watcher::Event::Init => self.relisting = Some(HashSet::new()),
+            watcher::Event::InitApply(obj) => {
+                let key = ObjectRef::from_obj(obj);
+                let unchanged = self.store.get(&key).is_some_and(|held| {
+                    held.resource_version().is_some() && held.resource_version() == obj.resource_version()
+                });
+                self.relisting.get_or_insert_with(HashSet::new).insert(key);
+                if !unchanged {
+                    self.writer.apply_watcher_event(&watcher::Event::Apply(obj.clone()));
+                }
+            }
+            watcher::Event::InitDone => {
+                let shown = self.relisting.take().unwrap_or_default();
+                for gone in self.store.state() {
+                    if !shown.contains(&ObjectRef::from_obj(gone.as_ref())) {
+                        self.writer.apply_watcher_event(&watcher::Event::Delete(K::clone(&gone)));
+                    }
+                }
+            }
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => self.writer.apply_watcher_event(event),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ObjectMeta;
+    use kube::runtime::reflector;
+    use std::sync::Arc;
+
+    fn pod(name: &str, rv: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn held(store: &Store<Pod>, name: &str) -> Option<Arc<Pod>> {
+        store.get(&ObjectRef::new(name).within("ns"))
+    }
+
+    fn versions(store: &Store<Pod>) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            store.state().iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_relist_updates_in_place_and_keeps_unchanged_objects() {
+        use watcher::Event::*;
+        let (store, writer) = reflector::store::<Pod>();
+        let mut cache = InPlace::new(writer);
+        for e in [Init, InitApply(pod("a", "1")), InitApply(pod("b", "1")), InitApply(pod("c", "1"))] {
+            cache.apply(&e);
+            assert!(store.is_empty(), "the first list is not shown before it is complete");
+        }
+        cache.apply(&InitDone);
+        cache.apply(&Apply(pod("a", "2")));
+        let a_before = held(&store, "a").unwrap();
+        let b_before = held(&store, "b").unwrap();
+        // The re-list: a unchanged, b newer, c gone, d new.
+        cache.apply(&Init);
+        assert_eq!(store.len(), 3, "the store keeps serving during a re-list");
+        cache.apply(&InitApply(pod("a", "2")));
+        cache.apply(&InitApply(pod("b", "3")));
+        cache.apply(&InitApply(pod("d", "3")));
+        assert_eq!(
+            versions(&store),
+            [
+                ("a".into(), "2".into()),
+                ("b".into(), "3".into()),
+                ("c".into(), "1".into()),
+                ("d".into(), "3".into())
+            ],
+            "updated object by object; c is only known gone once the list is complete"
+        );
+        cache.apply(&InitDone);
+        assert_eq!(
+            versions(&store),
+            [("a".into(), "2".into()), ("b".into(), "3".into()), ("d".into(), "3".into())]
+        );
+        assert!(Arc::ptr_eq(&a_before, &held(&store, "a").unwrap()), "an unchanged object is not copied");
+        assert!(!Arc::ptr_eq(&b_before, &held(&store, "b").unwrap()));
+        // Watch events after the re-list apply as usual.
+        cache.apply(&Delete(pod("d", "4")));
+        cache.apply(&Apply(pod("e", "5")));
+        assert_eq!(
+            versions(&store),
+            [("a".into(), "2".into()), ("b".into(), "3".into()), ("e".into(), "5".into())]
+        );
+    }
+}
