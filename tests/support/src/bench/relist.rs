@@ -119,6 +119,12 @@ pub async fn relist_row(
         )
         .await;
     delete_namespace(client, &ns, Duration::from_secs(600)).await?;
+    // kube-scheduler may exit up to half a minute after the API server is back: whatever
+    // exits within a minute is started again, so the plane is whole when the row ends.
+    while restarted.elapsed() < Duration::from_secs(60) {
+        let _ = plane.revive();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let _ = plane.revive();
     let relist_s = outcome?;
     Ok(RelistReport {
