@@ -310,11 +310,19 @@ pub async fn run(
         progress("putting our TFJob CRD back");
         crate::apply_crd(client, &kf.our_crd).await.context("putting our CRD back")?;
     }
-    // Last: it restarts the API server.
+    // Last: it restarts the API server. A failure is reported without losing the other rows.
     let relist = match (opts.relist, plane) {
         (Some(n), Some(plane)) => {
             progress(&format!("re-list row: {n} jobs running, then a forced 410"));
-            Some(relist_row(client, plane, opts, n).await?)
+            match relist_row(client, plane, opts, n).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let msg = format!("the re-list row: {e:#}");
+                    progress(&format!("failed: {msg}"));
+                    failures.push(msg);
+                    None
+                }
+            }
         }
         (Some(_), None) => {
             progress("re-list row skipped: it needs the local control plane");
