@@ -132,6 +132,25 @@ pub async fn announced(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
         .sum())
 }
 
+/// The object names the events about `name` with `reason` announce (`Created pod: a`,
+/// `Created 3 pods: a, b, c`; names past the first ten are not listed).
+pub async fn announced_names(ctx: &Ctx, name: &str, reason: &str) -> Result<BTreeSet<String>> {
+    let api: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
+    let evs = api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .context("listing events")?
+        .items;
+    Ok(evs
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.message.as_deref()?.split_once(": ").map(|(_, names)| names.to_string()))
+        .flat_map(|names| {
+            names.split(", ").filter(|n| !n.starts_with("and ")).map(str::to_string).collect::<Vec<_>>()
+        })
+        .collect())
+}
+
 /// How many of the events about `name` have `reason`.
 pub async fn count_events(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
     Ok(events(ctx, name).await?.iter().filter(|(r, _)| r == reason).count())
