@@ -273,7 +273,12 @@ impl Applier<'_> {
         let (order, first) = create_order(&plan.create_services, &plan.create_pods);
         let mut step = CreateStep::Done;
         let mut rest = order.as_slice();
-        for size in slow_start(order.len(), first, WRITES_IN_FLIGHT) {
+        let uid = job.uid().unwrap_or_default();
+        for (i, size) in slow_start(order.len(), first, WRITES_IN_FLIGHT).into_iter().enumerate() {
+            // A job deleted meanwhile gets nothing more (what was created goes with it).
+            if i > 0 && self.unseen().status.is_gone(&uid) {
+                return Err(Error::JobGone { job: job.name_any() });
+            }
             let (batch, tail) = rest.split_at(size);
             rest = tail;
             self.metrics.create_batch(size);

@@ -98,6 +98,13 @@ impl Context {
         self.status_writes().forget(uid);
     }
 
+    /// The watch saw the job deleted: its bookkeeping goes, and a reconcile still creating
+    /// for it stops before its next batch.
+    fn deleted(&self, uid: &str) {
+        self.forget(uid);
+        self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.gone(uid, Instant::now());
+    }
+
     fn status_writes(&self) -> MutexGuard<'_, coalesce::StatusWrites> {
         self.status_writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -228,7 +235,7 @@ pub async fn run(
         });
     let forget = {
         let ctx = ctx.clone();
-        move |job: &TFJob| ctx.forget(&job.uid().unwrap_or_default())
+        move |job: &TFJob| ctx.deleted(&job.uid().unwrap_or_default())
     };
     let jobs = observe::job_triggers(
         job_events,

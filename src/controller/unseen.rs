@@ -138,6 +138,11 @@ impl UnseenStatus {
         self.jobs.remove(uid);
         self.gone.insert(uid.to_string(), now);
     }
+
+    /// Whether the job was found gone (deleted by its TTL, answered 404, or seen deleted).
+    pub fn is_gone(&self, uid: &str) -> bool {
+        self.gone.contains_key(uid)
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +229,7 @@ mod tests {
         );
         // Gone: the cache's copy is not shown again until the record expires.
         w.gone("u", t0);
+        assert!(w.is_gone("u") && !w.is_gone("v"));
         assert!(w.view(Arc::new(cached.clone()), t0 + Duration::from_secs(1)).is_none());
         assert!(w.view(Arc::new(cached), t0 + UNSEEN_WRITE_EXPIRY).is_some(), "a record expires");
     }
