@@ -113,9 +113,8 @@ pub async fn other_test_namespaces_gone(ctx: &Ctx) -> Result<()> {
     .await
 }
 
-/// How many objects the events about `name` with `reason` announce: `Created pod: a` is one,
-/// `Created 3 pods: a, b, c` three (the operator announces a step's objects in one event).
-pub async fn announced(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
+/// The messages of the events about `name` with `reason`.
+async fn messages(ctx: &Ctx, name: &str, reason: &str) -> Result<Vec<String>> {
     let api: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
     let evs = api
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
@@ -123,31 +122,30 @@ pub async fn announced(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
         .context("listing events")?
         .items;
     Ok(evs
-        .iter()
+        .into_iter()
         .filter(|e| e.reason.as_deref() == Some(reason))
-        .map(|e| {
-            let msg = e.message.as_deref().unwrap_or_default();
-            msg.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1)
-        })
+        .map(|e| e.message.unwrap_or_default())
+        .collect())
+}
+
+/// How many objects the events about `name` with `reason` announce: `Created pod: a` is one,
+/// `Created 3 pods: a, b, c` three (the operator announces a step's objects in one event).
+pub async fn announced(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
+    Ok(messages(ctx, name, reason)
+        .await?
+        .iter()
+        .map(|msg| msg.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1))
         .sum())
 }
 
 /// The object names the events about `name` with `reason` announce (`Created pod: a`,
 /// `Created 3 pods: a, b, c`; names past the first ten are not listed).
 pub async fn announced_names(ctx: &Ctx, name: &str, reason: &str) -> Result<BTreeSet<String>> {
-    let api: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
-    let evs = api
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .context("listing events")?
-        .items;
-    Ok(evs
+    Ok(messages(ctx, name, reason)
+        .await?
         .iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter_map(|e| e.message.as_deref()?.split_once(": ").map(|(_, names)| names.to_string()))
-        .flat_map(|names| {
-            names.split(", ").filter(|n| !n.starts_with("and ")).map(str::to_string).collect::<Vec<_>>()
-        })
+        .filter_map(|msg| msg.split_once(": ").map(|(_, names)| names))
+        .flat_map(|names| names.split(", ").filter(|n| !n.starts_with("and ")).map(str::to_string))
         .collect())
 }
 
