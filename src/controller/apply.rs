@@ -12,14 +12,15 @@ use tracing::info;
 
 use super::Now;
 use super::backoff::{NewObject, create_order, slow_start};
-use super::observe::Slim;
+use super::observe::{JobCounting, Slim};
 use super::unseen::{UnseenObjects, UnseenWrites};
 use crate::api::{JobView, TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::metrics::jobs::DeleteAnswer;
 use crate::objects::Builder;
 use crate::plan::{Plan, PlannedEvent};
-use crate::writer::{Created, Namespaced, Writer};
+use crate::writer::{Created, JobDeletion, Namespaced, Writer, refused};
 
 /// Creates, and deletes, of one job in flight at once (the largest slow-start batch); other
 /// jobs' reconciles run beside it.
@@ -32,6 +33,8 @@ pub struct Applier<'a> {
     /// Appended to TF_CONFIG addresses when set (`--cluster-domain`).
     pub cluster_domain: Option<&'a str>,
     pub metrics: &'a Metrics,
+    /// Kubeflow's job counters; the TTL deletion moves one.
+    pub counting: &'a JobCounting,
 }
 
 /// What the create step came to.
@@ -174,13 +177,36 @@ impl Applier<'_> {
             };
             crate::fault_point::reached("after-creates", &job.name_any());
         }
-        if plan.delete_job && self.writer.delete_job(job).await? {
-            self.unseen().status.gone(&job.uid().unwrap_or_default(), now.mono);
-            let ttl = job.status.as_ref().and_then(|s| s.applied_policy.as_ref()?.ttl_seconds_after_finished);
-            info!(?ttl, "deleted the finished TFJob (ttlSecondsAfterFinished)");
-            applied.job_deleted = true;
+        if plan.delete_job {
+            applied.job_deleted = self.delete_job(job, now).await?;
         }
         Ok(applied)
+    }
+
+    /// Deletes the finished job for its TTL; `Ok(false)` when a change to it landed first.
+    /// Kubeflow's deleted-jobs counter counts it once, also when the answer is lost.
+    async fn delete_job(&self, job: &TFJob, now: Now) -> Result<bool, Error> {
+        self.counting.delete_sent(job);
+        let deletion = self.writer.delete_job(job).await;
+        let answer = match &deletion {
+            Ok(JobDeletion::Deleted) => DeleteAnswer::Deleted,
+            Ok(JobDeletion::NotFound) => DeleteAnswer::NotFound,
+            Ok(JobDeletion::Changed) => DeleteAnswer::Refused,
+            Err(Error::DeleteJob { source, .. }) if !refused(source) => DeleteAnswer::NoAnswer,
+            Err(_) => DeleteAnswer::Refused,
+        };
+        self.counting.delete_answered(job, answer);
+        match deletion? {
+            JobDeletion::Deleted => {
+                self.unseen().status.gone(&job.uid().unwrap_or_default(), now.mono);
+                let ttl =
+                    job.status.as_ref().and_then(|s| s.applied_policy.as_ref()?.ttl_seconds_after_finished);
+                info!(?ttl, "deleted the finished TFJob (ttlSecondsAfterFinished)");
+                Ok(true)
+            }
+            JobDeletion::NotFound => Err(Error::JobGone { job: job.name_any() }),
+            JobDeletion::Changed => Ok(false),
+        }
     }
 
     /// Deletes the plan's pods, [`WRITES_IN_FLIGHT`] at once; `deleted` gets their names.

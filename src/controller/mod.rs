@@ -130,6 +130,7 @@ impl Context {
             unseen: &self.unseen,
             cluster_domain: self.settings.cluster_domain.as_deref(),
             metrics: &self.metrics,
+            counting: &self.counting,
         }
     }
 }
@@ -333,6 +334,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
             // a cache that has not caught up must not bring it back.
             ctx.backoffs().forget(&uid);
             ctx.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.gone(&uid, now.mono);
+            ctx.counting.gone(&uid);
             return Ok(Action::await_change());
         }
         other => other?,
@@ -343,10 +345,6 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         ctx.status_writes().wrote(&uid, now.mono);
     }
     let report = report::report(&plan, &applied, backoff, now);
-    let ns = job.namespace().unwrap_or_default();
-    for count in &report.counts {
-        ctx.metrics.job(&ns, *count);
-    }
     ctx.backoffs().change_create(&uid, report.create_backoff);
     if let Some(status) = &report.follow_up_status {
         ctx.applier().write_status(&applied.job, status, now).await?;

@@ -3,9 +3,9 @@
 //! last written TFJob, and its pods and services from the caches with the unseen writes
 //! overlaid.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
@@ -25,8 +25,9 @@ use crate::api::TFJob;
 use crate::api::TFJobStatus;
 use crate::gang::PodGroup;
 use crate::leader::Gate;
+use crate::metrics::JobCount;
 use crate::metrics::Metrics;
-use crate::metrics::jobs::JobCounter;
+use crate::metrics::jobs::{DeleteAnswer, JobCounter};
 use crate::names;
 
 /// Keeps in a cached object only what planning reads, so the caches stay small: metadata
@@ -203,6 +204,7 @@ pub fn job_triggers(
 ) -> impl Stream<Item = Result<TFJob, watcher::Error>> + Send {
     let mut listed: Option<Vec<ObjectRef<TFJob>>> = None;
     let mut lists = 0u64;
+    let mut listed_uids = HashSet::new();
     stream.flat_map(move |event| {
         let out: Vec<Result<TFJob, watcher::Error>> = match event {
             Err(e) => {
@@ -218,15 +220,18 @@ pub fn job_triggers(
                 }
                 fresh.store(false, Ordering::SeqCst);
                 listed = Some(Vec::new());
+                listed_uids.clear();
                 vec![]
             }
             Ok(watcher::Event::InitApply(j)) => {
                 counting.observed(&j, lists <= 1);
+                listed_uids.insert(j.uid().unwrap_or_default());
                 listed.get_or_insert_with(Vec::new).push(ObjectRef::from_obj(&j));
                 vec![]
             }
             Ok(watcher::Event::InitDone) => {
                 fresh.store(true, Ordering::SeqCst);
+                counting.relisted(&std::mem::take(&mut listed_uids));
                 listed
                     .take()
                     .unwrap_or_default()
@@ -241,7 +246,7 @@ pub fn job_triggers(
                 vec![Ok(j)]
             }
             Ok(watcher::Event::Delete(j)) => {
-                counting.forget(&j.uid().unwrap_or_default());
+                counting.gone(&j.uid().unwrap_or_default());
                 deleted(&j);
                 vec![]
             }
@@ -291,9 +296,42 @@ impl JobCounting {
         }
     }
 
-    /// The job is gone.
-    pub fn forget(&self, uid: &str) {
-        self.counter.lock().unwrap_or_else(PoisonError::into_inner).forget(uid);
+    fn counter(&self) -> MutexGuard<'_, JobCounter> {
+        self.counter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count_deleted(&self, namespace: Option<String>) {
+        if let Some(ns) = namespace
+            && self.gate.is_open()
+        {
+            self.metrics.job(&ns, JobCount::Deleted);
+        }
+    }
+
+    /// This process sends the TTL delete of `job`.
+    pub fn delete_sent(&self, job: &TFJob) {
+        self.counter().delete_sent(&job.uid().unwrap_or_default(), &job.namespace().unwrap_or_default());
+    }
+
+    /// The answer to the TTL delete of `job`; a deletion counts once, also when its answer
+    /// was lost and the job's disappearance tells instead.
+    pub fn delete_answered(&self, job: &TFJob, answer: DeleteAnswer) {
+        let ns = self.counter().delete_answered(&job.uid().unwrap_or_default(), answer);
+        self.count_deleted(ns);
+    }
+
+    /// The job is gone (the watch saw it deleted, or a request found it missing).
+    pub fn gone(&self, uid: &str) {
+        let ns = self.counter().gone(uid);
+        self.count_deleted(ns);
+    }
+
+    /// A re-list is complete and shows the jobs with the uids `listed`.
+    pub fn relisted(&self, listed: &HashSet<String>) {
+        let gone = self.counter().relisted(listed);
+        for ns in gone {
+            self.count_deleted(Some(ns));
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Report, pure: from the plan, what apply did and `now`, the follow-up status (a refused
-//! create's `ReplicaFailure` condition), the job counters to move, the create backoff and
+//! create's `ReplicaFailure` condition), the create backoff and
 //! when to reconcile again.
 
 use std::time::Duration;
@@ -10,15 +10,11 @@ use super::Now;
 use super::apply::{Applied, CreateStep};
 use super::backoff::{BLOCKED_RETRY, CreateBackoff, CreateBackoffChange, NAMESPACE_GONE_HOLD};
 use crate::api::TFJobStatus;
-use crate::metrics::JobCount;
 use crate::plan::{self, Plan};
 
 /// What follows from one applied plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
-    /// Kubeflow's job counters that this reconcile moved (its TTL deletion; the others are
-    /// counted from what the watch shows, see [`crate::metrics::jobs`]).
-    pub counts: Vec<JobCount>,
     /// A second status to write: the refusal of a create as a `ReplicaFailure` condition.
     pub follow_up_status: Option<TFJobStatus>,
     /// What happens to the job's create backoff.
@@ -38,13 +34,11 @@ pub fn duration_until(t: Timestamp, now: Timestamp) -> Duration {
 pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, now: Now) -> Report {
     if applied.job_deleted {
         return Report {
-            counts: vec![JobCount::Deleted],
             follow_up_status: None,
             create_backoff: CreateBackoffChange::Keep,
             requeue_after: None,
         };
     }
-    let counts = Vec::new();
     let mut requeue_after = plan.requeue_at.map(|t| duration_until(t, now.wall));
     let mut soonest = |d: Duration| requeue_after = Some(requeue_after.map_or(d, |r| r.min(d)));
     let (mut follow_up_status, mut create_backoff) = (None, CreateBackoffChange::Keep);
@@ -75,7 +69,7 @@ pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, no
         // Cut at the per-reconcile bound: the rest follows at once, after the jobs queued.
         soonest(Duration::ZERO);
     }
-    Report { counts, follow_up_status, create_backoff, requeue_after }
+    Report { follow_up_status, create_backoff, requeue_after }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tower_test::mock;
 
 use super::Now;
 use super::apply::{Applied, Applier, CreateStep, announcement};
+use super::observe::JobCounting;
 use super::unseen::UnseenWrites;
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatus};
 use crate::error::Error;
@@ -53,6 +54,19 @@ fn w(index: i32) -> ReplicaId {
     ReplicaId { rtype: ReplicaType::Worker, index }
 }
 
+fn counting() -> JobCounting {
+    JobCounting::new(Gate::always_open(), Arc::new(Metrics::default()))
+}
+
+fn applier<'a>(
+    writer: &'a Writer,
+    unseen: &'a Mutex<UnseenWrites>,
+    counting: &'a JobCounting,
+) -> Applier<'a> {
+    static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
+    Applier { writer, unseen, cluster_domain: None, metrics: &METRICS, counting }
+}
+
 fn now() -> Now {
     Now { wall: Timestamp::from_second(1_700_000_000).expect("time"), mono: Instant::now() }
 }
@@ -67,9 +81,7 @@ fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
         let applied =
-            Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
-                .apply_plan(&job(), &plan, None, false, now())
-                .await;
+            applier(&writer, &unseen, &counting()).apply_plan(&job(), &plan, None, false, now()).await;
         (applied, unseen.into_inner().expect("lock"))
     });
     (handle, Arc::new(Mutex::new(publisher)), task)
@@ -349,9 +361,7 @@ async fn from_a_stale_job_cache_nothing_is_created_for_a_job_that_is_gone() {
     let task = tokio::spawn(async move {
         let unseen = Mutex::default();
         let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
-        Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
-            .apply_plan(&job(), &plan, None, true, now())
-            .await
+        applier(&writer, &unseen, &counting()).apply_plan(&job(), &plan, None, true, now()).await
     });
     let (m, path, _, send) = next(&mut handle).await;
     assert_eq!((m, path.as_str()), (Method::GET, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"));
@@ -370,9 +380,7 @@ async fn creates_wait_out_their_backoff() {
     let unseen = Mutex::default();
     let until = Instant::now() + std::time::Duration::from_secs(5);
     let applied =
-        Applier { writer: &writer, unseen: &unseen, cluster_domain: None, metrics: &Metrics::default() }
-            .apply_plan(&job(), &plan, Some(until), false, now())
-            .await;
+        applier(&writer, &unseen, &counting()).apply_plan(&job(), &plan, Some(until), false, now()).await;
     assert_eq!(applied.expect("applied").creates, CreateStep::Waiting { until });
     drop(writer);
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");
@@ -541,5 +549,62 @@ fn one_event_announces_what_a_step_did_to_one_kind() {
     ];
     for (n, want) in cases {
         assert_eq!(announcement("Created", "pod", &names(n)), want, "{n} pods");
+    }
+}
+
+/// A TTL delete whose answer is lost (a 503 here) counts the job deleted once it is known
+/// gone, from a retry's 404 or from the watch; one that is answered counts at once; a 404 to
+/// a first delete (someone else deleted the job) counts nothing.
+#[tokio::test]
+async fn a_ttl_deletion_whose_answer_is_lost_is_counted_once() {
+    let deleted_count = |m: &Metrics| {
+        let line = r#"training_operator_jobs_deleted_total{job_namespace="ns",framework="tensorflow"} "#;
+        m.encode().lines().find_map(|l| l.strip_prefix(line)?.parse::<u32>().ok()).unwrap_or(0)
+    };
+    // Each case: the answers to successive deletes, whether the watch then sees the job
+    // deleted, and the count.
+    let cases: [(&[u16], bool, u32); 6] = [
+        (&[200], true, 1),
+        (&[503], true, 1),
+        (&[503, 404], true, 1),
+        (&[503, 200], false, 1),
+        (&[404], true, 0),
+        (&[409], false, 0),
+    ];
+    for (answers, watch_sees_it_gone, want) in cases {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (queue, _publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
+        let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
+        let metrics = Arc::new(Metrics::default());
+        let counting = JobCounting::new(Gate::always_open(), metrics.clone());
+        let unseen = Mutex::default();
+        let plan = Plan { delete_job: true, ..Default::default() };
+        for &code in answers {
+            let (a, j) = (applier(&writer, &unseen, &counting), job());
+            let apply = a.apply_plan(&j, &plan, None, false, now());
+            let serve = async {
+                let (m, path, _, send) = next(&mut handle).await;
+                assert_eq!(
+                    (m, path.as_str()),
+                    (Method::DELETE, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j")
+                );
+                let reason = if code == 200 { "Success" } else { "Failure" };
+                respond(send, code, status_body(code, reason));
+            };
+            let (applied, ()) = tokio::join!(apply, serve);
+            match code {
+                200 => assert!(applied.expect("applied").job_deleted),
+                404 => {
+                    assert!(matches!(applied, Err(Error::JobGone { .. })), "{applied:?}");
+                    counting.gone("uid-j"); // as the reconcile does for a job found gone
+                }
+                409 => assert!(!applied.expect("applied").job_deleted, "a changed job is not deleted"),
+                _ => assert!(matches!(applied, Err(Error::DeleteJob { .. })), "{applied:?}"),
+            }
+        }
+        if watch_sees_it_gone {
+            counting.gone("uid-j");
+        }
+        assert_eq!(deleted_count(&metrics), want, "answers {answers:?}, watch {watch_sees_it_gone}");
     }
 }

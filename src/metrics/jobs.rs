@@ -6,7 +6,7 @@
 //! reconciled or written, and what happened before a process started watching is not counted
 //! again by it (a restarted operator or a new leader).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::api::{ConditionType, TFJobStatus};
 
@@ -93,10 +93,36 @@ pub fn moved(before: Seen, after: Seen) -> Vec<JobCount> {
     .collect()
 }
 
-/// The last observation of every job, by uid.
+/// What became of a TTL delete request this process sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteAnswer {
+    /// The API server deleted the job.
+    Deleted,
+    /// The job was not found.
+    NotFound,
+    /// Refused (the job changed since it was read, or another 4xx): it was not deleted.
+    Refused,
+    /// No answer (the connection broke, a timeout, a 5xx): the job may or may not be gone.
+    NoAnswer,
+}
+
+/// This process's TTL deletion of one job, until the job is known gone and counted.
+#[derive(Clone, Debug)]
+struct Deleting {
+    namespace: String,
+    /// A request is on its way.
+    in_flight: bool,
+    /// An earlier request got no answer: it may have deleted the job.
+    unanswered: bool,
+    /// `training_operator_jobs_deleted` has counted the job.
+    counted: bool,
+}
+
+/// The last observation of every job, by uid, and the TTL deletions on their way.
 #[derive(Debug, Default)]
 pub struct JobCounter {
     seen: HashMap<String, Seen>,
+    deleting: HashMap<String, Deleting>,
 }
 
 impl JobCounter {
@@ -123,9 +149,63 @@ impl JobCounter {
         }
     }
 
-    /// The job is gone.
-    pub fn forget(&mut self, uid: &str) {
+    /// This process sends a TTL delete of the job.
+    pub fn delete_sent(&mut self, uid: &str, namespace: &str) {
+        let d = self.deleting.entry(uid.to_string()).or_insert_with(|| Deleting {
+            namespace: namespace.to_string(),
+            in_flight: false,
+            unanswered: false,
+            counted: false,
+        });
+        d.in_flight = true;
+    }
+
+    /// The answer to the TTL delete sent for the job: the namespace to count it deleted in,
+    /// if it is to be counted now. A job is counted deleted once, when this process's delete
+    /// is known to have removed it: answered, or an unanswered one followed by a "not found"
+    /// or by the job's disappearance ([`JobCounter::gone`]).
+    pub fn delete_answered(&mut self, uid: &str, answer: DeleteAnswer) -> Option<String> {
+        let d = self.deleting.get_mut(uid)?;
+        d.in_flight = false;
+        let count = match answer {
+            DeleteAnswer::Deleted => !d.counted,
+            DeleteAnswer::NotFound => d.unanswered && !d.counted,
+            DeleteAnswer::Refused | DeleteAnswer::NoAnswer if d.counted => false,
+            // An earlier request may still have been the one: the job's disappearance decides.
+            DeleteAnswer::Refused if d.unanswered => return None,
+            DeleteAnswer::Refused => false,
+            DeleteAnswer::NoAnswer => {
+                d.unanswered = true;
+                return None;
+            }
+        };
+        let d = self.deleting.remove(uid)?;
+        count.then_some(d.namespace)
+    }
+
+    /// The job is gone (the watch saw it deleted, a re-list no longer shows it, or a request
+    /// found it missing): the namespace to count it deleted in, when a delete of this process
+    /// is on its way or went unanswered.
+    pub fn gone(&mut self, uid: &str) -> Option<String> {
         self.seen.remove(uid);
+        let d = self.deleting.get_mut(uid)?;
+        let count = (d.in_flight || d.unanswered) && !d.counted;
+        let namespace = d.namespace.clone();
+        if d.in_flight {
+            // Its answer is still to come; it must not count the job again.
+            d.counted |= count;
+        } else {
+            self.deleting.remove(uid);
+        }
+        count.then_some(namespace)
+    }
+
+    /// A re-list is complete and shows the jobs `listed` (uids): the deletions on their way
+    /// for jobs it no longer shows are settled as by [`JobCounter::gone`].
+    pub fn relisted(&mut self, listed: &HashSet<String>) -> Vec<String> {
+        let missing: Vec<String> =
+            self.deleting.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
+        missing.iter().filter_map(|uid| self.gone(uid)).collect()
     }
 }
 
@@ -225,7 +305,65 @@ mod tests {
         assert_eq!(c.observed("late", Some(&status(&[Created, Succeeded], 0)), false), [], "counted once");
         // Seen first after a watch gap, already created: its creation counts.
         assert_eq!(c.observed("gap", Some(&status(&[Created], 0)), false), [J::Created]);
-        c.forget("new");
+        assert_eq!(c.gone("new"), None, "deleted by someone else: not counted");
         assert_eq!(c.observed("new", Some(&status(&[Created], 0)), true), [], "forgotten, then listed");
+    }
+
+    /// A TTL deletion counts once, whichever of its answer and the job's disappearance comes
+    /// first, also when the answer was lost; a job someone else deleted is not counted.
+    #[test]
+    fn a_ttl_deletion_counts_once_whatever_the_order() {
+        use DeleteAnswer::*;
+        #[derive(Clone, Copy, Debug)]
+        enum Step {
+            Send,
+            Answer(DeleteAnswer),
+            Gone,
+            Relisted(bool),
+        }
+        use Step::*;
+        let cases: Vec<(&str, Vec<Step>, usize)> = vec![
+            ("answered, then the watch", vec![Send, Answer(Deleted), Gone], 1),
+            ("the watch, then the answer", vec![Send, Gone, Answer(Deleted)], 1),
+            ("answer lost, then the watch", vec![Send, Answer(NoAnswer), Gone], 1),
+            (
+                "answer lost, retried, the watch first",
+                vec![Send, Answer(NoAnswer), Send, Gone, Answer(Deleted)],
+                1,
+            ),
+            (
+                "answer lost, retried: not found",
+                vec![Send, Answer(NoAnswer), Send, Answer(NotFound), Gone],
+                1,
+            ),
+            ("answer lost, retried: deleted", vec![Send, Answer(NoAnswer), Send, Answer(Deleted), Gone], 1),
+            ("answer lost, retry in flight", vec![Send, Answer(NoAnswer), Send, Gone, Answer(NotFound)], 1),
+            ("answer lost, gone in a watch gap", vec![Send, Answer(NoAnswer), Relisted(false)], 1),
+            ("answer lost, still listed", vec![Send, Answer(NoAnswer), Relisted(true)], 0),
+            ("never sent, someone deleted it", vec![Gone], 0),
+            ("not found at once: someone else's", vec![Send, Answer(NotFound), Gone], 0),
+            ("refused: the job changed", vec![Send, Answer(Refused), Gone], 0),
+            ("the watch, then the answer lost", vec![Send, Gone, Answer(NoAnswer), Gone], 1),
+            ("lost, then refused, then gone", vec![Send, Answer(NoAnswer), Send, Answer(Refused), Gone], 1),
+        ];
+        for (name, steps, want) in cases {
+            let mut c = JobCounter::default();
+            let mut counted = Vec::new();
+            for step in &steps {
+                match *step {
+                    Send => c.delete_sent("j", "ns"),
+                    Answer(a) => counted.extend(c.delete_answered("j", a)),
+                    Gone => counted.extend(c.gone("j")),
+                    Relisted(listed) => {
+                        let uids = if listed { HashSet::from(["j".to_string()]) } else { HashSet::new() };
+                        counted.extend(c.relisted(&uids));
+                    }
+                }
+            }
+            assert_eq!(counted.len(), want, "{name}: {steps:?}");
+            assert!(counted.iter().all(|ns| ns == "ns"), "{name}");
+            let settled = !matches!(steps.last(), Some(Relisted(true)));
+            assert_eq!(c.deleting.is_empty(), settled, "{name}: nothing left behind once settled");
+        }
     }
 }

@@ -98,6 +98,22 @@ pub struct Writer {
     events: EventQueue,
 }
 
+/// What the API server made of a TTL delete of a TFJob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobDeletion {
+    Deleted,
+    /// No such job (deleted by someone, or by an earlier request whose answer was lost).
+    NotFound,
+    /// The job changed since the plan read it (a patch landed first): not deleted.
+    Changed,
+}
+
+/// Whether a failed request was answered by the API server with a refusal, so that it
+/// certainly did not take effect (a 4xx); a broken connection, a timeout or a 5xx may have.
+pub fn refused(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code))
+}
+
 fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
@@ -223,16 +239,17 @@ impl Writer {
     }
 
     /// Deletes the TFJob for its TTL, only if it is still the version the plan saw: a patch
-    /// that lands first (a longer TTL) wins. Returns whether it was deleted.
-    pub async fn delete_job(&self, job: &TFJob) -> Result<bool, Error> {
+    /// that lands first (a longer TTL) wins.
+    pub async fn delete_job(&self, job: &TFJob) -> Result<JobDeletion, Error> {
         self.gate.check()?;
         let dp = DeleteParams {
             preconditions: Some(Preconditions { uid: job.uid(), resource_version: job.resource_version() }),
             ..DeleteParams::background()
         };
         match self.jobs(job).delete(&job.name_any(), &dp).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
+            Ok(_) => Ok(JobDeletion::Deleted),
+            Err(e) if is_status(&e, 404) => Ok(JobDeletion::NotFound),
+            Err(e) if is_status(&e, 409) => Ok(JobDeletion::Changed),
             Err(source) => Err(Error::DeleteJob { job: job.name_any(), source }),
         }
     }

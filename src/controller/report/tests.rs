@@ -1,4 +1,4 @@
-//! Table tests of the report: counters, follow-up status, create backoff and requeue.
+//! Table tests of the report: follow-up status, create backoff and requeue.
 
 use std::time::{Duration, Instant};
 
@@ -6,7 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::*;
 use crate::api::{ConditionType, TFJob};
-use crate::plan::{REASON_CREATED, REASON_FAILED_CREATE, REASON_SUCCEEDED};
+use crate::plan::REASON_FAILED_CREATE;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -16,14 +16,6 @@ fn now() -> Now {
 
 fn at(n: Now, secs: i64) -> Timestamp {
     Timestamp::from_second(n.wall.as_second() + secs).unwrap()
-}
-
-fn status(conds: &[(ConditionType, &str)]) -> TFJobStatus {
-    let mut st = TFJobStatus::default();
-    for (t, reason) in conds {
-        plan::set(&mut st, *t, reason, String::new(), Timestamp::UNIX_EPOCH);
-    }
-    st
 }
 
 fn applied(
@@ -185,24 +177,12 @@ fn a_refusal_sets_replica_failure_once() {
 }
 
 #[test]
-fn only_the_ttl_deletion_is_counted_here() {
-    let n = now();
-    let created = status(&[(ConditionType::Created, REASON_CREATED)]);
-    let succeeded =
-        status(&[(ConditionType::Created, REASON_CREATED), (ConditionType::Succeeded, REASON_SUCCEEDED)]);
-    let plan = Plan { status: Some(succeeded), ..Default::default() };
-    let r = report(&plan, &applied(None, Some(Some(created)), CreateStep::NoneNeeded), None, n);
-    assert_eq!(r.counts, [], "status changes are counted from the watch");
-}
-
-#[test]
 fn a_deleted_job_waits_for_nothing() {
     let n = now();
     let plan = Plan { requeue_at: Some(at(n, 5)), ..Default::default() };
     let mut a = applied(None, None, CreateStep::Refused("x".into()));
     a.job_deleted = true;
     let r = report(&plan, &a, None, n);
-    assert_eq!(r.counts, [JobCount::Deleted]);
     assert_eq!(
         (r.requeue_after, r.follow_up_status, r.create_backoff),
         (None, None, CreateBackoffChange::Keep)
