@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         namespace: opts.namespace.clone(),
         concurrency: opts.concurrency,
+        writes_in_flight: usize::from(opts.writes_in_flight),
         cluster_domain: opts.cluster_domain.clone(),
         startup_deadline_seconds: opts.startup_deadline_seconds,
         instance: Some(me.clone()),

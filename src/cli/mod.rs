@@ -24,6 +24,7 @@ pub enum LogFormat {
 pub struct Options {
     pub namespace: Option<String>,
     pub concurrency: u16,
+    pub writes_in_flight: u16,
     pub kube_api_qps: u32,
     pub kube_api_burst: u32,
     pub cluster_domain: Option<String>,
@@ -71,6 +72,12 @@ struct Flags {
     /// TFJobs reconciled at once (0: no limit)
     #[arg(long, value_name = "N", env = "TFJOB_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+
+    /// Pod and service creates and deletes in flight at once, over all TFJobs (at least 1);
+    /// jobs take turns in batches, so the first submitted start first
+    #[arg(long, value_name = "N", env = "TFJOB_WRITES_IN_FLIGHT", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    writes_in_flight: u16,
 
     /// Client-side request rate limit (0: none; the API server's priority and fairness protects it)
     #[arg(long, value_name = "N", env = "TFJOB_KUBE_API_QPS", default_value_t = 0)]
@@ -229,6 +236,7 @@ impl Options {
         Ok(Options {
             namespace: non_empty(flags.namespace.or_else(|| env("KUBEFLOW_NAMESPACE"))),
             concurrency: flags.concurrency,
+            writes_in_flight: flags.writes_in_flight,
             kube_api_qps: qps,
             kube_api_burst: flags.kube_api_burst.unwrap_or(qps).max(qps),
             cluster_domain: non_empty(flags.cluster_domain.or_else(|| env("CUSTOM_CLUSTER_DOMAIN"))),

@@ -32,7 +32,7 @@ fn every_flag_is_its_tfjob_variable() {
         assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(want.as_str()), "--{long}");
         n += 1;
     }
-    assert_eq!(n, 15);
+    assert_eq!(n, 16);
     let help = command().render_help().to_string();
     assert!(help.contains("[env: TFJOB_LEADER_ELECTION_RETRY_PERIOD]"), "{help}");
 }
@@ -42,6 +42,7 @@ fn defaults() {
     let o = parse("", no_env).unwrap();
     assert_eq!(o.namespace, None);
     assert_eq!(o.concurrency, 16);
+    assert_eq!(o.writes_in_flight, 16);
     assert_eq!((o.kube_api_qps, o.kube_api_burst), (0, 0));
     assert_eq!(o.cluster_domain, None);
     assert_eq!(o.startup_deadline_seconds, None);
@@ -151,6 +152,7 @@ fn every_variable() {
         ("TFJOB_NAMESPACE", "--namespace", "a", "b"),
         ("KUBEFLOW_NAMESPACE", "--namespace", "a", "b"),
         ("TFJOB_CONCURRENCY", "--concurrency", "3", "0"),
+        ("TFJOB_WRITES_IN_FLIGHT", "--writes-in-flight", "3", "4"),
         ("TFJOB_KUBE_API_QPS", "--kube-api-qps", "7", "8"),
         ("TFJOB_KUBE_API_BURST", "--kube-api-burst", "9", "11"),
         ("TFJOB_CLUSTER_DOMAIN", "--cluster-domain", "a.b", "c.d"),
@@ -198,6 +200,7 @@ fn refusals_say_what_is_wrong() {
         ("--concurrency", "a value is required for '--concurrency <N>'"),
         ("--concurrency x", "invalid value 'x' for '--concurrency <N>'"),
         ("--concurrency 70000", "invalid value '70000' for '--concurrency <N>': 70000 is not in 0..=65535"),
+        ("--writes-in-flight 0", "invalid value '0' for '--writes-in-flight <N>': 0 is not in 1..=65535"),
         ("--log-format xml", "invalid value 'xml' for '--log-format <F>'"),
         ("--http-addr nope", "invalid value 'nope' for '--http-addr <ADDR>'"),
         ("--leader-elect=maybe", "invalid value 'maybe' for '--leader-elect[=<BOOL>]'"),

@@ -35,6 +35,39 @@ pub struct Applier<'a> {
     pub metrics: &'a Metrics,
     /// Kubeflow's job counters; the TTL deletion moves one.
     pub counting: &'a JobCounting,
+    /// The pod and service writes in flight over all jobs.
+    pub writes: &'a WriteSlots,
+}
+
+/// The pod and service creates and deletes in flight over all jobs (`--writes-in-flight`): a
+/// first-come, first-served semaphore taken a whole batch at a time. Jobs then take turns
+/// batch by batch, in the order they asked, and the API server is not sent every reconcile's
+/// batch at once: the first jobs submitted get their pods first instead of all jobs getting
+/// theirs late, and the API server's queue stays short for the scheduler's and kubelets'
+/// requests too.
+#[derive(Debug)]
+pub struct WriteSlots {
+    slots: tokio::sync::Semaphore,
+    cap: usize,
+}
+
+impl WriteSlots {
+    pub fn new(cap: usize) -> WriteSlots {
+        let cap = cap.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        WriteSlots { slots: tokio::sync::Semaphore::new(cap), cap }
+    }
+
+    /// The largest batch: [`WRITES_IN_FLIGHT`], or fewer when the cap is lower.
+    pub fn batch_max(&self) -> usize {
+        self.cap.min(WRITES_IN_FLIGHT)
+    }
+
+    /// Waits for room for `n` writes (at most the cap); held until dropped.
+    pub async fn take(&self, n: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let n = u32::try_from(n.min(self.cap)).unwrap_or(u32::MAX);
+        // Never closed: `None` cannot happen, and would only mean no wait.
+        self.slots.acquire_many(n).await.ok()
+    }
 }
 
 /// What the create step came to.
@@ -209,7 +242,8 @@ impl Applier<'_> {
         }
     }
 
-    /// Deletes the plan's pods, [`WRITES_IN_FLIGHT`] at once; `deleted` gets their names.
+    /// Deletes the plan's pods in batches of at most [`WRITES_IN_FLIGHT`], each at once when
+    /// [`WriteSlots`] has room for it; `deleted` gets their names.
     async fn delete_pods(
         &self,
         ns: &str,
@@ -217,7 +251,8 @@ impl Applier<'_> {
         deleted: &mut Vec<String>,
         now: Now,
     ) -> Result<(), Error> {
-        for batch in plan.delete_pods.chunks(WRITES_IN_FLIGHT) {
+        for batch in plan.delete_pods.chunks(self.writes.batch_max()) {
+            let _slots = self.writes.take(batch.len()).await;
             let deletes: Vec<_> = batch.iter().map(|pod| self.writer.delete_pod(ns, pod)).collect();
             let results = futures::future::join_all(deletes).await;
             for (pod, r) in batch.iter().zip(results) {
@@ -229,7 +264,8 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Deletes the plan's services, [`WRITES_IN_FLIGHT`] at once; `deleted` gets their names.
+    /// Deletes the plan's services as [`Self::delete_pods`] deletes pods; `deleted` gets their
+    /// names.
     async fn delete_services(
         &self,
         ns: &str,
@@ -237,7 +273,8 @@ impl Applier<'_> {
         deleted: &mut Vec<String>,
         now: Now,
     ) -> Result<(), Error> {
-        for batch in plan.delete_services.chunks(WRITES_IN_FLIGHT) {
+        for batch in plan.delete_services.chunks(self.writes.batch_max()) {
+            let _slots = self.writes.take(batch.len()).await;
             let deletes: Vec<_> = batch.iter().map(|svc| self.writer.delete_service(ns, svc)).collect();
             let results = futures::future::join_all(deletes).await;
             for (svc, r) in batch.iter().zip(results) {
@@ -267,7 +304,7 @@ impl Applier<'_> {
 
     /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
     /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
-    /// at once), stopping after the first batch with a refusal: a template the API server
+    /// at once when [`WriteSlots`] has room for it), stopping after the first batch with a refusal: a template the API server
     /// refuses costs one create, not one per replica. Objects are built batch by batch. With
     /// gang scheduling, the job's PodGroup first, and nothing when it is not there.
     async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
@@ -300,7 +337,8 @@ impl Applier<'_> {
         let mut step = CreateStep::Done;
         let mut rest = order.as_slice();
         let uid = job.uid().unwrap_or_default();
-        for (i, size) in slow_start(order.len(), first, WRITES_IN_FLIGHT).into_iter().enumerate() {
+        for (i, size) in slow_start(order.len(), first, self.writes.batch_max()).into_iter().enumerate() {
+            let _slots = self.writes.take(size).await;
             // A job deleted meanwhile gets nothing more (what was created goes with it).
             if i > 0 && self.unseen().status.is_gone(&uid) {
                 return Err(Error::JobGone { job: job.name_any() });

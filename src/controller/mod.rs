@@ -47,6 +47,9 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Jobs reconciled at once (0: no limit).
     pub concurrency: u16,
+    /// Pod and service creates and deletes in flight at once over all jobs
+    /// (`--writes-in-flight`; 0 is taken as 1).
+    pub writes_in_flight: usize,
     /// Appended to TF_CONFIG service addresses.
     pub cluster_domain: Option<String>,
     /// The startup deadline of jobs without the annotation.
@@ -82,6 +85,8 @@ struct Context {
     jobs_fresh: Arc<AtomicBool>,
     /// Kubeflow's job counters, moved by the watch and by this process's writes.
     counting: Arc<observe::JobCounting>,
+    /// The pod and service writes in flight over all jobs.
+    writes: apply::WriteSlots,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -131,6 +136,7 @@ impl Context {
             cluster_domain: self.settings.cluster_domain.as_deref(),
             metrics: &self.metrics,
             counting: &self.counting,
+            writes: &self.writes,
         }
     }
 }
@@ -200,6 +206,7 @@ pub async fn run(
         status_writes: Mutex::default(),
         jobs_fresh: Arc::default(),
         counting: Arc::new(observe::JobCounting::new(gate.clone(), metrics.clone())),
+        writes: apply::WriteSlots::new(settings.writes_in_flight),
         settings: settings.clone(),
         metrics,
     });

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::Now;
-use super::apply::{Applied, Applier, CreateStep, announcement};
+use super::apply::{Applied, Applier, CreateStep, WriteSlots, announcement};
 use super::observe::JobCounting;
 use super::unseen::UnseenWrites;
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatus};
@@ -64,7 +64,8 @@ fn applier<'a>(
     counting: &'a JobCounting,
 ) -> Applier<'a> {
     static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
-    Applier { writer, unseen, cluster_domain: None, metrics: &METRICS, counting }
+    static WRITES: std::sync::LazyLock<WriteSlots> = std::sync::LazyLock::new(|| WriteSlots::new(32));
+    Applier { writer, unseen, cluster_domain: None, metrics: &METRICS, counting, writes: &WRITES }
 }
 
 fn now() -> Now {
@@ -607,4 +608,31 @@ async fn a_ttl_deletion_whose_answer_is_lost_is_counted_once() {
         }
         assert_eq!(deleted_count(&metrics), want, "answers {answers:?}, watch {watch_sees_it_gone}");
     }
+}
+
+/// The writes in flight over all jobs: whole batches, first come first served, and never a
+/// batch larger than the cap.
+#[tokio::test]
+async fn create_slots_serve_batches_in_the_order_asked() {
+    assert_eq!(WriteSlots::new(0).batch_max(), 1, "0 is taken as 1");
+    assert_eq!(WriteSlots::new(8).batch_max(), 8);
+    assert_eq!(WriteSlots::new(100).batch_max(), 16);
+    let slots = Arc::new(WriteSlots::new(16));
+    let first = slots.take(16).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiting = Vec::new();
+    for (job, n) in [("a", 16), ("b", 1), ("c", 40)] {
+        let (slots, order) = (slots.clone(), order.clone());
+        waiting.push(tokio::spawn(async move {
+            let _held = slots.take(n).await;
+            order.lock().expect("lock").push(job);
+        }));
+        tokio::task::yield_now().await;
+    }
+    assert!(order.lock().expect("lock").is_empty(), "nothing goes while the slots are taken");
+    drop(first);
+    for w in waiting {
+        w.await.expect("task");
+    }
+    assert_eq!(*order.lock().expect("lock"), ["a", "b", "c"], "in the order asked; 40 waits for 16, not 40");
 }
