@@ -39,8 +39,13 @@ async fn clean_pod_policy_after_finish_and_patched(ctx: Ctx) -> Result<()> {
     wait_pods(&ctx, &["fail-worker-0"], Duration::from_secs(5)).await?;
     let took = t0.elapsed();
     ensure!(took < Duration::from_secs(3), "cleanup took {took:?}");
-    let evs = events(&ctx, "none").await?;
-    ensure!(evs.iter().filter(|(r, _)| r == "CleanPodPolicyUpdated").count() == 1, "{evs:?}");
+    // One event, published from the operator's queue (it may land just after the deletes).
+    eventually(Duration::from_secs(5), "one CleanPodPolicyUpdated event", || async {
+        let evs = events(&ctx, "none").await?;
+        ensure!(evs.iter().filter(|(r, _)| r == "CleanPodPolicyUpdated").count() == 1, "{evs:?}");
+        Ok(())
+    })
+    .await?;
     // All -> None after cleanup: nothing comes back.
     merge_patch_job(&ctx, "none", json!({"spec": {"cleanPodPolicy": "None"}})).await?;
     assert_stays(Duration::from_secs(5), "nothing re-created", || async {
