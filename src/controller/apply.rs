@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::metrics::jobs::DeleteAnswer;
 use crate::objects::Builder;
-use crate::plan::{Plan, PlannedEvent};
+use crate::plan::{ObjectKey, Plan, PlannedEvent};
 use crate::writer::{Created, JobDeletion, Namespaced, Writer, refused};
 
 /// Creates, and deletes, of one job in flight at once (the largest slow-start batch); other
@@ -126,10 +126,16 @@ enum CreateOutcome {
     NamespaceGone,
 }
 
-/// Pods and services: their kind's name in events and where their unseen creates are kept.
+/// Pods and services: their kind's name in events, where their unseen writes are kept, and
+/// their delete.
 trait OwnedKind: Namespaced + Slim {
     const KIND: &'static str;
     fn unseen(w: &mut UnseenWrites) -> &mut UnseenObjects<Self>;
+    fn delete<'a>(
+        w: &'a Writer,
+        ns: &'a str,
+        key: &'a ObjectKey,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
 }
 
 impl OwnedKind for Pod {
@@ -137,12 +143,26 @@ impl OwnedKind for Pod {
     fn unseen(w: &mut UnseenWrites) -> &mut UnseenObjects<Pod> {
         &mut w.pods
     }
+    fn delete<'a>(
+        w: &'a Writer,
+        ns: &'a str,
+        key: &'a ObjectKey,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        w.delete_pod(ns, key)
+    }
 }
 
 impl OwnedKind for Service {
     const KIND: &'static str = "Service";
     fn unseen(w: &mut UnseenWrites) -> &mut UnseenObjects<Service> {
         &mut w.services
+    }
+    fn delete<'a>(
+        w: &'a Writer,
+        ns: &'a str,
+        key: &'a ObjectKey,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        w.delete_service(ns, key)
     }
 }
 
@@ -192,11 +212,11 @@ impl Applier<'_> {
         }
         // One event per kind announces what was deleted, also when a delete failed.
         let mut deleted = Vec::new();
-        let pods = self.delete_pods(&ns, plan, &mut deleted, now).await;
+        let pods = self.delete_owned::<Pod>(&ns, &plan.delete_pods, &mut deleted, now).await;
         self.announce(job, "SuccessfulDeletePod", "Deleted", "pod", &deleted, now)?;
         pods?;
         let mut deleted = Vec::new();
-        let services = self.delete_services(&ns, plan, &mut deleted, now).await;
+        let services = self.delete_owned::<Service>(&ns, &plan.delete_services, &mut deleted, now).await;
         self.announce(job, "SuccessfulDeleteService", "Deleted", "service", &deleted, now)?;
         services?;
         self.delete_pod_group(job, plan, now).await?; // gang scheduling: gang.rs
@@ -242,45 +262,24 @@ impl Applier<'_> {
         }
     }
 
-    /// Deletes the plan's pods in batches of at most [`WRITES_IN_FLIGHT`], each at once when
-    /// [`WriteSlots`] has room for it; `deleted` gets their names.
-    async fn delete_pods(
+    /// Deletes `keys` (the plan's pods or services) in batches of at most
+    /// [`WRITES_IN_FLIGHT`], each at once when [`WriteSlots`] has room for it; `deleted` gets
+    /// their names.
+    async fn delete_owned<K: OwnedKind>(
         &self,
         ns: &str,
-        plan: &Plan,
+        keys: &[ObjectKey],
         deleted: &mut Vec<String>,
         now: Now,
     ) -> Result<(), Error> {
-        for batch in plan.delete_pods.chunks(self.writes.batch_max()) {
+        for batch in keys.chunks(self.writes.batch_max()) {
             let _slots = self.writes.take(batch.len()).await;
-            let deletes: Vec<_> = batch.iter().map(|pod| self.writer.delete_pod(ns, pod)).collect();
+            let deletes: Vec<_> = batch.iter().map(|key| K::delete(self.writer, ns, key)).collect();
             let results = futures::future::join_all(deletes).await;
-            for (pod, r) in batch.iter().zip(results) {
+            for (key, r) in batch.iter().zip(results) {
                 r?;
-                self.unseen().pods.deleted(&pod.uid, now.mono);
-                deleted.push(pod.name.clone());
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the plan's services as [`Self::delete_pods`] deletes pods; `deleted` gets their
-    /// names.
-    async fn delete_services(
-        &self,
-        ns: &str,
-        plan: &Plan,
-        deleted: &mut Vec<String>,
-        now: Now,
-    ) -> Result<(), Error> {
-        for batch in plan.delete_services.chunks(self.writes.batch_max()) {
-            let _slots = self.writes.take(batch.len()).await;
-            let deletes: Vec<_> = batch.iter().map(|svc| self.writer.delete_service(ns, svc)).collect();
-            let results = futures::future::join_all(deletes).await;
-            for (svc, r) in batch.iter().zip(results) {
-                r?;
-                self.unseen().services.deleted(&svc.uid, now.mono);
-                deleted.push(svc.name.clone());
+                K::unseen(&mut self.unseen()).deleted(&key.uid, now.mono);
+                deleted.push(key.name.clone());
             }
         }
         Ok(())
@@ -304,8 +303,8 @@ impl Applier<'_> {
 
     /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
     /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
-    /// at once when [`WriteSlots`] has room for it), stopping after the first batch with a refusal: a template the API server
-    /// refuses costs one create, not one per replica. Objects are built batch by batch. With
+    /// at once when [`WriteSlots`] has room for it), stopping after the first batch with a
+    /// refusal: a template the API server refuses costs one create, not one per replica. Objects are built batch by batch. With
     /// gang scheduling, the job's PodGroup first, and nothing when it is not there.
     async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
         // Gang scheduling (gang.rs): the PodGroup before any pod, and no pod without it.
