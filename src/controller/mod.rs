@@ -14,6 +14,7 @@ mod report;
 #[cfg(test)]
 mod tests;
 mod unseen;
+mod watch_backoff;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -233,7 +234,7 @@ pub async fn run(
     // Reflected in place, as the pods and services are (a re-list never doubles the cache).
     let mut job_cache = reflect::InPlace::new(job_writer);
     let job_events = watcher(api::<TFJob>(&client, ns), watcher::Config::default())
-        .default_backoff()
+        .backoff(watch_backoff::WatchBackoff::new())
         .modify(|j: &mut TFJob| j.metadata.managed_fields = None)
         .map(move |event| {
             if let Ok(e) = &event {

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::index::{Owner, OwnerIndex};
 use super::reflect::InPlace;
 use super::unseen::UnseenWrites;
+use super::watch_backoff::WatchBackoff;
 use crate::api::TFJob;
 use crate::api::TFJobStatus;
 use crate::gang::PodGroup;
@@ -115,7 +116,7 @@ where
     // Lists come in pages of 100 (kube's default is 500): a page is held whole before it is
     // slimmed, and a pod of a job at the maximum size carries a TF_CONFIG of some 50 KB.
     let cfg = watcher::Config::default().labels(&names::operator_selector()).page_size(LIST_PAGE_SIZE);
-    let stream = watcher(api, cfg).default_backoff().modify(K::slim);
+    let stream = watcher(api, cfg).backoff(WatchBackoff::new()).modify(K::slim);
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

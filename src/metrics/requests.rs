@@ -59,7 +59,8 @@ where
 }
 
 /// The resources the operator touches; anything else is `other`.
-const RESOURCES: [&str; 7] = ["pods", "services", "tfjobs", "events", "leases", "namespaces", "nodes"];
+const RESOURCES: [&str; 8] =
+    ["pods", "services", "tfjobs", "events", "leases", "podgroups", "namespaces", "nodes"];
 
 /// A request's Kubernetes verb and resource (`tfjobs/status` for the subresource), from its
 /// method and path.
@@ -117,6 +118,7 @@ mod tests {
             ("POST", "/api/v1/namespaces/ns/services?fieldManager=f", ("create", "services")),
             ("DELETE", "/api/v1/namespaces/ns/pods/p-1", ("delete", "pods")),
             ("DELETE", "/api/v1/namespaces/ns/pods", ("deletecollection", "pods")),
+            ("POST", "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups", ("create", "podgroups")),
             (
                 "PATCH",
                 "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j/status?force=true",

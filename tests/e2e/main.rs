@@ -133,6 +133,7 @@ async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
             Outcome::Failed(format!("timed out after {TEST_TIMEOUT:?}"))
         }
     };
+    support::deploy::forget_identities(&Ctx { cluster: cluster.clone(), ns: ns.clone() });
     cluster.delete_namespace(&ns).await;
     outcome
 }
@@ -188,6 +189,23 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
         let t0 = Instant::now();
         let outcome = run_one(cluster.clone(), t, parallel.len() + i + 1).await;
         report(t.name, outcome, t0.elapsed());
+    }
+    // The RBAC audit over every operator process of the run (see `support::audit`).
+    let t0 = Instant::now();
+    let audit_ctx = Ctx { cluster: cluster.clone(), ns: "e2e-audit-0".into() };
+    let no_refusals = support::audit::check_no_refusals();
+    let both_ways = support::audit::check_rbac_both_ways(&audit_ctx, filter.is_none()).await;
+    for (name, result) in [
+        ("audit::no_operator_was_refused", no_refusals),
+        ("audit::rbac_is_exactly_what_the_code_sends", both_ways),
+    ] {
+        match result {
+            Ok(summary) => {
+                println!("    {summary}");
+                report(name, Outcome::Passed, t0.elapsed());
+            }
+            Err(e) => report(name, Outcome::Failed(format!("{e:#}")), t0.elapsed()),
+        }
     }
     if let Err(e) = kueue_env::shutdown().await {
         failed += 1;

@@ -72,6 +72,18 @@ impl Fate {
         }
     }
 
+    /// The fewest pods the job may have made when it failed before all were made: a job
+    /// whose first worker fails ends `Failed` at once and creates nothing more (Kubeflow's
+    /// rule). An outage can delay the second worker's create past the first one's failure:
+    /// kwok, restarted after the outage, plays a stage whose time passed meanwhile at once.
+    /// Such a job must show the failed pod that ended it ([`Fleet::check_outcomes`]).
+    fn pods_if_failed_early(self) -> usize {
+        match self {
+            Fate::Fail => 1,
+            other => other.pods(),
+        }
+    }
+
     /// The final condition's reason; `None` for a job deleted by its TTL.
     fn reason(self) -> Option<&'static str> {
         match self {
@@ -88,6 +100,8 @@ impl Fate {
 /// the watch restarts with backoff and re-lists; failures are counted, not hidden.
 pub struct PodUids {
     seen: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    /// Each pod's creation time, by uid.
+    created: Arc<Mutex<BTreeMap<String, k8s_openapi::jiff::Timestamp>>>,
     failures: Arc<Mutex<usize>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -95,7 +109,8 @@ pub struct PodUids {
 impl PodUids {
     pub fn start(ctx: &Ctx) -> PodUids {
         let (seen, failures) = (Arc::new(Mutex::new(BTreeMap::new())), Arc::new(Mutex::new(0)));
-        let (seen2, failures2, api) = (seen.clone(), failures.clone(), pods(ctx));
+        let created = Arc::new(Mutex::new(BTreeMap::new()));
+        let (seen2, failures2, created2, api) = (seen.clone(), failures.clone(), created.clone(), pods(ctx));
         // A failed watch starts again with a fresh list 300 ms later (no growing backoff: the
         // outage is short and the pods made right after it must be seen).
         let task = tokio::spawn(async move {
@@ -106,6 +121,9 @@ impl PodUids {
                         Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
                             let (name, uid) =
                                 (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default());
+                            if let (Some(t), Ok(mut c)) = (p.metadata.creation_timestamp, created2.lock()) {
+                                c.insert(uid.clone(), t.0);
+                            }
                             if let Ok(mut m) = seen2.lock() {
                                 m.entry(name).or_insert_with(BTreeSet::new).insert(uid);
                             }
@@ -122,7 +140,12 @@ impl PodUids {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
-        PodUids { seen, failures, task }
+        PodUids { seen, created, failures, task }
+    }
+
+    /// When the pod with `uid` was created, if the watch saw it.
+    pub fn created(&self, uid: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.created.lock().ok()?.get(uid).copied()
     }
 
     pub fn names_with_uids(&self) -> BTreeMap<String, BTreeSet<String>> {
@@ -165,8 +188,13 @@ impl Fleet {
         self.jobs.iter().filter(|(_, f)| fates.contains(f)).count() as f64
     }
 
-    /// Waits for every job's expected end and checks the pods' uids.
+    /// Waits for every job's expected end and checks the pods: each job made the pods its fate
+    /// calls for (fewer only when it failed before all were made, and then the failed pod that
+    /// ended it exists), no pod was made after its job finished, and no pod name got more uids
+    /// than the restart policy calls for.
     pub async fn check_outcomes(&self, ctx: &Ctx, uids: &PodUids, timeout: Duration) -> Result<()> {
+        // When each job finished (the last condition's transition), for the jobs that remain.
+        let mut finished_at = BTreeMap::new();
         for (name, fate) in &self.jobs {
             match fate.reason() {
                 None => {
@@ -185,6 +213,9 @@ impl Fleet {
                         last_reason(&j),
                         j.status
                     );
+                    let at =
+                        j.status.as_ref().and_then(|s| s.conditions.last()?.last_transition_time.clone());
+                    finished_at.extend(at.map(|t| (name.clone(), t.0)));
                 }
             }
         }
@@ -216,13 +247,38 @@ impl Fleet {
             };
             let all: BTreeSet<&String> = names.iter().map(|(p, _)| p).chain(announced.iter()).collect();
             ensure!(
-                all.len() >= fate.pods(),
+                all.len() >= fate.pods_if_failed_early(),
                 "{name}: saw {} pod names, want {}: {names:?}, announced {announced:?} (the uid watch saw {} names in all, {} failures)",
                 all.len(),
                 fate.pods(),
                 seen.len(),
                 uids.failures(),
             );
+            if all.len() < fate.pods() {
+                // Fewer only because the job failed first: the pod that ended it failed.
+                let failed = failed_pods(ctx, name).await?;
+                ensure!(
+                    !failed.is_empty(),
+                    "{name}: {} of {} pods made ({all:?}) and none of them failed: a create was lost",
+                    all.len(),
+                    fate.pods()
+                );
+                println!(
+                    "    {name}: failed ({failed:?}) before its other pods were made; nothing more created"
+                );
+            }
+            // Nothing is created for a finished job (times at the API's one-second precision).
+            if let Some(end) = finished_at.get(name) {
+                for (pod, ids) in &names {
+                    for uid in ids {
+                        let made = uids.created(uid);
+                        ensure!(
+                            made.is_none_or(|t| t.as_second() <= end.as_second()),
+                            "{pod} ({uid}) was created at {made:?}, after {name} finished at {end}"
+                        );
+                    }
+                }
+            }
             for (pod, ids) in names {
                 ensure!(
                     ids.len() <= fate.max_uids(),
@@ -253,6 +309,31 @@ impl Fleet {
         }
         Ok(())
     }
+}
+
+/// The job's pods that ended `Failed` with a non-zero exit code.
+async fn failed_pods(ctx: &Ctx, job: &str) -> Result<Vec<String>> {
+    use kube::api::ListParams;
+    let prefix = format!("{job}-");
+    Ok(pods(ctx)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|p| {
+            let status = p.status.as_ref();
+            let phase_failed = status.and_then(|s| s.phase.as_deref()) == Some("Failed");
+            let exit = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
+                .any(|code| code != 0);
+            phase_failed && exit
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect())
 }
 
 /// The operator's requests so far (every attempt, all verbs).

@@ -5,6 +5,7 @@
 //! plane only.
 
 mod fleet;
+mod relist;
 mod split;
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use fleet::{Fleet, PodUids, check_idle, requests};
 pub fn tests() -> Vec<Test> {
     vec![
         test!(api_server_killed_and_restarted).fault(),
+        test!(relist::api_server_restarted_then_a_deleted_pod_is_recreated_at_once).fault(),
         test!(etcd_killed_and_restarted).fault(),
         test!(forced_410_gone_relists_and_loses_nothing).fault(),
         test!(split::paused_leader_writes_nothing_that_sticks_and_steps_down).fault(),
@@ -73,7 +75,7 @@ async fn fleet_in_flight(ctx: &Ctx) -> Result<(Fleet, PodUids)> {
 /// `component` down for `down`, then started again; the fleet must end as it would have.
 /// Returns (requests/s while down, seconds from the API answering to the operator's first
 /// answered request).
-async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Result<(f64, f64)> {
+async fn outage(ctx: &Ctx, op: &mut Operator, component: &str, down: Duration) -> Result<(f64, f64)> {
     let plane = plane(ctx)?;
     let (fleet, uids) = fleet_in_flight(ctx).await?;
     let sent_before = requests(op).await;
@@ -82,6 +84,9 @@ async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Re
     let sent_down = requests(op).await - sent_before;
     plane.restart(component)?;
     let back = api_back(ctx).await?;
+    // A restarted API server refuses (403) until its authorizer has loaded RBAC; from here on
+    // a refusal is the operator's RBAC's doing.
+    op.forgive_refusals_so_far().await;
     let answered_at_back = answered(op).await;
     tfjob_testsupport::wait(
         Duration::from_secs(60),
@@ -117,7 +122,7 @@ async fn outage(ctx: &Ctx, op: &Operator, component: &str, down: Duration) -> Re
 /// or etcd was away and does not retry it) is restarted so it plays every pod's stage afresh;
 /// 5 and 15 s later the unfinished pods are touched as well. The operator has no part in this:
 /// a kubelet retries its status updates.
-async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<Supervisor> {
+pub(super) async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<Supervisor> {
     let plane = plane(ctx)?;
     let revived = plane.revive()?;
     if !revived.is_empty() {
@@ -138,7 +143,7 @@ async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<Supervisor> {
 /// kubelet restarts a static pod: kube-scheduler exits on purpose (`FlushAndExit`, "Scheduler
 /// cache is corrupted") when the re-list after a compaction contradicts its cache, sometimes
 /// half a minute after the API server is back.
-struct Supervisor(tokio::task::JoinHandle<()>);
+pub(super) struct Supervisor(tokio::task::JoinHandle<()>);
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
@@ -180,15 +185,15 @@ async fn nudge_kwok(ctx: &Ctx, n: u64) -> Result<()> {
 /// cluster-wide, as `deploy/` installs it.
 async fn api_server_killed_and_restarted(ctx: Ctx) -> Result<()> {
     other_test_namespaces_gone(&ctx).await?;
-    let op = Operator::start_cluster_wide(&ctx, "tfjob-operator", &[])?;
-    outage(&ctx, &op, "kube-apiserver", Duration::from_secs(15)).await?;
+    let mut op = Operator::start_cluster_wide(&ctx, "tfjob-operator", &[])?;
+    outage(&ctx, &mut op, "kube-apiserver", Duration::from_secs(15)).await?;
     Ok(())
 }
 
 /// etcd SIGKILLed for 10 s and restarted from its data directory.
 async fn etcd_killed_and_restarted(ctx: Ctx) -> Result<()> {
-    let op = Operator::start(&ctx, &[])?;
-    outage(&ctx, &op, "etcd", Duration::from_secs(10)).await?;
+    let mut op = Operator::start(&ctx, &[])?;
+    outage(&ctx, &mut op, "etcd", Duration::from_secs(10)).await?;
     Ok(())
 }
 
@@ -198,10 +203,11 @@ async fn etcd_killed_and_restarted(ctx: Ctx) -> Result<()> {
 /// the re-watch is answered 410 and the operator re-lists.
 async fn forced_410_gone_relists_and_loses_nothing(ctx: Ctx) -> Result<()> {
     let plane = plane(&ctx)?;
-    let op = Operator::start(&ctx, &[])?;
+    let mut op = Operator::start(&ctx, &[])?;
     let (fleet, uids) = fleet_in_flight(&ctx).await?;
     let revision = plane.force_410().await?;
     api_back(&ctx).await?;
+    op.forgive_refusals_so_far().await;
     tfjob_testsupport::wait(
         Duration::from_secs(60),
         "the operator's pod watch to re-list after the 410",

@@ -155,6 +155,7 @@ async fn operator_under_deploy_rbac_runs_the_lifecycle(ctx: Ctx) -> Result<()> {
 async fn leader_that_cannot_renew_its_lease_stops_within_the_renew_deadline(ctx: Ctx) -> Result<()> {
     let (docs, kubeconfig) = as_deploy_service_account(&ctx).await?;
     let mut op = start_as_service_account(&ctx, &kubeconfig)?;
+    op.expect_refusals("its lease RoleBinding is removed on purpose");
     let me = format!("_{}", op.proc.pid());
     eventually(WAIT, "the operator to hold its lease", || async {
         let holder = lease_holder(&ctx).await?;

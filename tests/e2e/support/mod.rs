@@ -1,6 +1,9 @@
-//! Helpers shared by the e2e tests: the operator process, TFJob fixtures, the namespace's
-//! objects, waits, and metrics.
+//! Helpers shared by the e2e tests: the operator process and the identity it runs as
+//! (`deploy/`), the suite's RBAC audit, TFJob fixtures, the namespace's objects, waits, and
+//! metrics.
 
+pub mod audit;
+pub mod deploy;
 mod jobs;
 mod metrics;
 mod objects;

@@ -1,5 +1,7 @@
 //! The operator under test: a process per test, limited to the test's namespace unless
-//! started cluster-wide (as `deploy/` runs it).
+//! started cluster-wide (as `deploy/` runs it), and by default with exactly the permissions
+//! of `deploy/namespaced` or `deploy/` (its ServiceAccount's token). What each process sent is
+//! recorded when it stops, for the suite's RBAC audit ([`super::audit`]).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +10,8 @@ use tfjob_testsupport::free_port;
 pub use tfjob_testsupport::http_get;
 use tfjob_testsupport::process::Proc;
 
+use super::audit;
+use super::deploy::{Install, deploy_identity};
 use crate::Ctx;
 
 /// The operator under test, limited to the test's namespace; stopped (SIGTERM) on drop.
@@ -15,14 +19,18 @@ pub struct Operator {
     pub proc: Proc,
     pub http_port: u16,
     pub log: PathBuf,
+    /// Whose requests these are, for the audit.
+    sender: audit::Sender,
 }
 
 impl Operator {
+    /// The operator for the test's namespace, as `deploy/namespaced` installs it.
     pub fn start(ctx: &Ctx, extra: &[&str]) -> Result<Operator> {
-        Self::start_as(ctx, "tfjob-operator", &ctx.cluster.kubeconfig, extra)
+        Self::launch(ctx, "tfjob-operator", &ctx.cluster.kubeconfig, Some(&ctx.ns), extra, &[])
     }
 
-    /// An operator process logging to `<name>.log`, with its own kubeconfig.
+    /// An operator process logging to `<name>.log`, for the test's namespace, with
+    /// `kubeconfig` (the cluster's own kubeconfig means: as `deploy/namespaced` installs it).
     pub fn start_as(ctx: &Ctx, name: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Operator> {
         Self::launch(ctx, name, kubeconfig, Some(&ctx.ns), extra, &[])
     }
@@ -32,7 +40,11 @@ impl Operator {
         Self::launch(ctx, name, &ctx.cluster.kubeconfig, None, extra, &[])
     }
 
-    /// The general form: `namespace` (None: all), extra flags and environment variables.
+    /// The general form: `namespace` (None: all), extra flags and environment variables. Given
+    /// the cluster's own (admin) kubeconfig, the process runs as `deploy/` installs it instead:
+    /// with the token of the ServiceAccount of `deploy/namespaced` (one namespace) or `deploy/`
+    /// (every namespace), its RBAC applied in the test's namespace. Any other kubeconfig is
+    /// used as it is.
     pub fn launch(
         ctx: &Ctx,
         name: &str,
@@ -40,6 +52,54 @@ impl Operator {
         namespace: Option<&str>,
         extra: &[&str],
         env: &[(&str, &str)],
+    ) -> Result<Operator> {
+        let deployed = if kubeconfig == ctx.cluster.kubeconfig.as_path() {
+            let install = if namespace.is_some() { Install::Namespaced } else { Install::ClusterWide };
+            Some(deploy_identity(ctx, install)?)
+        } else {
+            None
+        };
+        let kubeconfig = deployed.as_deref().unwrap_or(kubeconfig);
+        let sender = audit::Sender::new(ctx, name, kubeconfig);
+        Self::spawn(ctx, name, kubeconfig, namespace, extra, env, sender)
+    }
+
+    /// As [`Operator::launch`], but as cluster-admin: only for a test that needs more than
+    /// `deploy/` grants, which says why in `reason` (the audit prints it).
+    #[allow(dead_code)]
+    pub fn launch_as_admin(
+        ctx: &Ctx,
+        name: &str,
+        namespace: Option<&str>,
+        extra: &[&str],
+        reason: &'static str,
+    ) -> Result<Operator> {
+        let sender = audit::Sender::admin(ctx, name, reason);
+        Self::spawn(ctx, name, &ctx.cluster.kubeconfig, namespace, extra, &[], sender)
+    }
+
+    /// Expects this process to be refused (401 or 403) on purpose; the audit then does not
+    /// count its refusals as a failure.
+    pub fn expect_refusals(&mut self, why: &'static str) {
+        self.sender.expect_refusals(why);
+    }
+
+    /// The refusals this process got so far are the plane's doing, not its RBAC's (an API
+    /// server restarting answers 403 until its authorizer has loaded RBAC): the audit counts
+    /// only later ones. Call it once the API server answers `/readyz` again.
+    pub async fn forgive_refusals_so_far(&mut self) {
+        let m = self.metrics().await;
+        self.sender.forgive_refusals_in(&m);
+    }
+
+    fn spawn(
+        ctx: &Ctx,
+        name: &str,
+        kubeconfig: &Path,
+        namespace: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        sender: audit::Sender,
     ) -> Result<Operator> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("tfjob-e2e-op-{}", ctx.ns));
@@ -51,7 +111,7 @@ impl Operator {
         let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![("KUBECONFIG", kubeconfig.as_os_str())];
         vars.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
         let proc = Proc::spawn_with_env(name, &bin, &args, &dir, &vars)?;
-        Ok(Operator { proc, http_port: port, log: dir.join(format!("{name}.log")) })
+        Ok(Operator { proc, http_port: port, log: dir.join(format!("{name}.log")), sender })
     }
 
     /// Every thread's stack, for a failure that looks like a hang (gdb, where installed).
@@ -97,6 +157,14 @@ impl Operator {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    /// Records what the process sent (its `/metrics`, read while it still answers), before
+    /// `proc` stops it.
+    fn drop(&mut self) {
+        self.sender.record(self.http_port);
     }
 }
 
