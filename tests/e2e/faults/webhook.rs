@@ -99,14 +99,9 @@ pub async fn a_webhook_down_is_the_clusters_failure_and_nothing_is_lost(ctx: Ctx
     }
 }
 
-async fn webhook_down_then_removed(
-    ctx: &Ctx,
-    hooks: &Api<ValidatingWebhookConfiguration>,
-    name: &str,
-    port: u16,
-) -> Result<()> {
-    // The API server calls the webhook once its configuration is loaded: a dry-run create
-    // proves it.
+/// Waits until the API server calls the webhook (it loads configurations asynchronously): a
+/// dry-run pod create fails with its message.
+async fn webhook_loaded(ctx: &Ctx, port: u16) -> Result<()> {
     let probe: Pod = serde_json::from_value(json!({
         "metadata": {"name": "probe"},
         "spec": {"containers": [{"name": "c", "image": "x"}]}
@@ -119,6 +114,16 @@ async fn webhook_down_then_removed(
         }
     })
     .await?;
+    Ok(())
+}
+
+async fn webhook_down_then_removed(
+    ctx: &Ctx,
+    hooks: &Api<ValidatingWebhookConfiguration>,
+    name: &str,
+    port: u16,
+) -> Result<()> {
+    webhook_loaded(ctx, port).await?;
     let (_, kubeconfig) = crate::install::as_deploy_service_account(ctx).await?;
     let op = Operator::launch(ctx, "tfjob-operator", &kubeconfig, Some(&ctx.ns), &[], &[])?;
     let uids = UidWatch::start(ctx);
@@ -165,6 +170,22 @@ async fn webhook_down_then_removed(
         "the condition still claims the failure: {:?}",
         replica_failure(&j)
     );
+    let warnings = nothing_lost_nothing_refused(ctx, &uids).await?;
+    let m = op.metrics().await;
+    let refused = metric_sum(&m, "tfjob_operator_create_failures_total", &["cause=\"refused\""]);
+    ensure!(refused == 0.0, "refused creates counted: {refused}");
+    println!(
+        "    webhook down: reported {:.1} s after the job's creation ({warnings} Warning); \
+         Succeeded {:.1} s after the webhook was removed",
+        reported.as_secs_f64(),
+        succeeded.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Every pod of the job was created once (each name with one uid), and no event called the
+/// cluster's failure a refusal; returns the number of `CreateRetrying` Warnings.
+async fn nothing_lost_nothing_refused(ctx: &Ctx, uids: &UidWatch) -> Result<usize> {
     let want = ["wh-ps-0", "wh-worker-0", "wh-worker-1"];
     let created_pods = announced_names(ctx, JOB, "SuccessfulCreatePod").await?;
     ensure!(created_pods.iter().eq(want.iter()), "pods announced created: {created_pods:?}, want {want:?}");
@@ -179,14 +200,5 @@ async fn webhook_down_then_removed(
         warnings == 1,
         "{warnings} CreateRetrying Warnings, want one for the one run of failures: {evs:?}"
     );
-    let m = op.metrics().await;
-    let refused = metric_sum(&m, "tfjob_operator_create_failures_total", &["cause=\"refused\""]);
-    ensure!(refused == 0.0, "refused creates counted: {refused}");
-    println!(
-        "    webhook down: reported {:.1} s after the job's creation ({warnings} Warning); \
-         Succeeded {:.1} s after the webhook was removed",
-        reported.as_secs_f64(),
-        succeeded.as_secs_f64()
-    );
-    Ok(())
+    Ok(warnings)
 }
