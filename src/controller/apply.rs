@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Now;
 use super::backoff::{NewObject, create_order, slow_start};
@@ -16,11 +16,12 @@ use super::observe::{JobCounting, Slim};
 use super::unseen::{UnseenObjects, UnseenWrites};
 use crate::api::{JobView, TFJob, TFJobStatus};
 use crate::error::Error;
+use crate::metrics::CreateFailureCause;
 use crate::metrics::Metrics;
 use crate::metrics::jobs::DeleteAnswer;
 use crate::objects::Builder;
 use crate::plan::{ObjectKey, Plan, PlannedEvent};
-use crate::writer::{Created, JobDeletion, Namespaced, Writer, refused};
+use crate::writer::{Created, JobDeletion, Namespaced, Writer, failure_message, refused};
 
 /// Creates, and deletes, of one job in flight at once (the largest slow-start batch); other
 /// jobs' reconciles run beside it.
@@ -83,6 +84,9 @@ pub enum CreateStep {
     Blocked,
     /// The API server refused a create, with its message.
     Refused(String),
+    /// A create failed for a reason not the job's (no answer, 429, 5xx such as an admission
+    /// webhook that cannot be called): which create, and the API server's answer.
+    Transient(String),
     /// The namespace is being deleted: nothing more is created, nothing is reported.
     NamespaceGone,
 }
@@ -124,6 +128,7 @@ enum CreateOutcome {
     Blocked,
     Refused(String),
     NamespaceGone,
+    Transient(String),
 }
 
 /// Pods and services: their kind's name in events, where their unseen writes are kept, and
@@ -359,8 +364,10 @@ impl Applier<'_> {
                 futures::future::join(futures::future::join_all(services), futures::future::join_all(pods))
                     .await;
             // Every outcome of the batch is read (its new objects are announced) before a
-            // refusal or an error ends the step.
+            // refusal or an error ends the step; a failure not the job's ends it when the
+            // batch had nothing else to stop for.
             let mut stop: Option<Result<CreateStep, Error>> = None;
+            let mut transient = None;
             for (results, names) in [(services, &mut *created.0), (pods, &mut *created.1)] {
                 for r in results {
                     match r {
@@ -372,6 +379,7 @@ impl Applier<'_> {
                         Ok(CreateOutcome::NamespaceGone) => {
                             stop = stop.or(Some(Ok(CreateStep::NamespaceGone)))
                         }
+                        Ok(CreateOutcome::Transient(msg)) => transient = transient.or(Some(msg)),
                         Err(e) => stop = stop.or(Some(Err(e))),
                     }
                 }
@@ -379,16 +387,32 @@ impl Applier<'_> {
             if let Some(stop) = stop {
                 return stop;
             }
+            if let Some(msg) = transient {
+                warn!(error = %msg, "a create failed for a reason not the job's: retried with backoff");
+                return Ok(CreateStep::Transient(msg));
+            }
         }
         Ok(step)
     }
 
-    /// Creates one pod or service and records it as unseen; a refusal gets its Warning.
+    /// Creates one pod or service and records it as unseen; a refusal gets its Warning. Failed
+    /// creates are counted by cause: refused (the user's to fix) or transient (not the job's).
     async fn create_one<K: OwnedKind>(&self, job: &TFJob, obj: &K, now: Now) -> Result<CreateOutcome, Error> {
         let name = obj.name_any();
         let (kind, noun) = (K::KIND, K::KIND.to_lowercase());
         let uid = job.uid().unwrap_or_default();
-        match self.writer.create(&uid, obj).await? {
+        let created = match self.writer.create(&uid, obj).await {
+            Err(Error::Create { source, .. }) => {
+                self.metrics.create_failed(CreateFailureCause::Transient);
+                let msg = format!("Creating {noun} {name} failed: {}", failure_message(&source));
+                return Ok(CreateOutcome::Transient(msg));
+            }
+            other => other?,
+        };
+        if matches!(created, Created::Refused(_) | Created::Foreign) {
+            self.metrics.create_failed(CreateFailureCause::Refused);
+        }
+        match created {
             Created::New(mut o) => {
                 // Kept as the watch keeps it: what planning reads, not the pod's TF_CONFIG.
                 o.slim();

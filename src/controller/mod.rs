@@ -354,6 +354,9 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let report = report::report(&plan, &applied, backoff, now);
     ctx.backoffs().change_create(&uid, report.create_backoff);
+    for ev in &report.events {
+        ctx.writer.publish(&applied.job, ev, now.wall)?;
+    }
     if let Some(status) = &report.follow_up_status {
         ctx.applier().write_status(&applied.job, status, now).await?;
     }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
 use kube::client::Body;
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tower_test::mock;
 
@@ -75,17 +75,32 @@ fn now() -> Now {
 /// Runs `plan` through a writer whose client is the mock; returns the handle that serves the
 /// requests, the event queue's receiving end, and the apply task.
 fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
+    let (handle, events, task, _) = start_counted(plan, gate);
+    (handle, events, task)
+}
+
+/// [`start`], with the applier's own metrics, returned.
+fn start_counted(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask, Arc<Metrics>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (queue, publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
     let writer = Writer::new(client, gate, queue);
+    let metrics = Arc::new(Metrics::default());
+    let task_metrics = metrics.clone();
     let task = tokio::spawn(async move {
-        let unseen = Mutex::default();
-        let applied =
-            applier(&writer, &unseen, &counting()).apply_plan(&job(), &plan, None, false, now()).await;
+        let (unseen, counting, writes) = (Mutex::default(), counting(), WriteSlots::new(32));
+        let a = Applier {
+            writer: &writer,
+            unseen: &unseen,
+            cluster_domain: None,
+            metrics: &task_metrics,
+            counting: &counting,
+            writes: &writes,
+        };
+        let applied = a.apply_plan(&job(), &plan, None, false, now()).await;
         (applied, unseen.into_inner().expect("lock"))
     });
-    (handle, Arc::new(Mutex::new(publisher)), task)
+    (handle, Arc::new(Mutex::new(publisher)), task, metrics)
 }
 
 /// The next request: its method, path (without the query) and JSON body, and its responder.
@@ -285,15 +300,73 @@ async fn a_refused_create_carries_the_api_servers_message_and_stops_the_rest() {
     assert!(h.next_request().await.is_none(), "the second pod was not sent");
 }
 
+/// The samples of `tfjob_operator_create_failures_total` (cause, count).
+fn create_failures(m: &Metrics) -> Vec<(String, String)> {
+    m.encode()
+        .lines()
+        .filter_map(|l| l.strip_prefix("tfjob_operator_create_failures_total{cause=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(cause, n)| (cause.to_string(), n.to_string()))
+        .collect()
+}
+
 #[tokio::test]
-async fn a_transient_failure_is_an_error_not_a_refusal() {
-    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
-    let (mut h, events, task) = start(plan, Gate::always_open());
+async fn a_transient_failure_ends_the_step_unreported_and_counted_apart() {
+    let plan =
+        Plan { create_services: vec![w(0), w(1)], create_pods: vec![w(0), w(1)], ..Default::default() };
+    let (mut h, events, task, metrics) = start_counted(plan, Gate::always_open());
+    // The first batch: the first service and the first pod; an admission webhook that cannot
+    // be called fails the pod with 500.
+    let (_, path, body, send) = next(&mut h).await;
+    assert_eq!(path, "/api/v1/namespaces/ns/services");
+    respond(send, 201, stored(body, "uid-s0"));
+    let (_, path, _, send) = next(&mut h).await;
+    assert_eq!(path, "/api/v1/namespaces/ns/pods");
+    let mut down = status_body(500, "InternalError");
+    down["message"] = json!("Internal error occurred: failed calling webhook \"w.test\": connection refused");
+    respond(send, 500, down);
+    let (applied, mut unseen) = task.await.expect("task");
+    let applied = applied.expect("a transient failure is a create step's outcome, not an error");
+    assert_eq!(
+        applied.creates,
+        CreateStep::Transient(
+            "Creating pod j-worker-0 failed: the API server answered 500: Internal error occurred: failed \
+             calling webhook \"w.test\": connection refused"
+                .into()
+        )
+    );
+    assert!(h.next_request().await.is_none(), "no further batch after the failure");
+    assert_eq!(
+        queued_reasons(&events, &mut Vec::new()),
+        ["SuccessfulCreateService"],
+        "what was created is announced; no Warning for the user yet (the report decides when)"
+    );
+    let shown: Vec<_> =
+        unseen.services.view(&[], Instant::now(), |_| true).iter().map(|s| s.name_any()).collect();
+    assert_eq!(shown, ["j-worker-0"], "the created service is remembered");
+    assert_eq!(create_failures(&metrics), [("transient".to_string(), "1".to_string())]);
+}
+
+#[tokio::test]
+async fn a_refusal_in_the_same_batch_wins_over_a_transient_failure() {
+    let plan = Plan { create_services: vec![w(0)], create_pods: vec![w(0)], ..Default::default() };
+    let (mut h, events, task, metrics) = start_counted(plan, Gate::always_open());
     let (_, _, _, send) = next(&mut h).await;
     respond(send, 503, status_body(503, "ServiceUnavailable"));
+    let (_, _, _, send) = next(&mut h).await;
+    respond(send, 422, status_body(422, "Invalid"));
     let (applied, _) = task.await.expect("task");
-    assert!(matches!(applied, Err(Error::Create { .. })), "retried with backoff: {applied:?}");
-    assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no Warning for the user");
+    assert_eq!(
+        applied.expect("applied").creates,
+        CreateStep::Refused("Error creating pod j-worker-0: Invalid (test)".into())
+    );
+    assert_eq!(queued_reasons(&events, &mut Vec::new()), ["FailedCreatePod"]);
+    let mut counted = create_failures(&metrics);
+    counted.sort();
+    assert_eq!(
+        counted,
+        [("refused".to_string(), "1".to_string()), ("transient".to_string(), "1".to_string())]
+    );
 }
 
 #[tokio::test]

@@ -43,6 +43,31 @@ struct ErrorLabels {
     kind: &'static str,
 }
 
+/// Why a pod or service create failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CreateFailureCause {
+    /// The API server refused the object (400, 403, 422), or the name is another's: the
+    /// user's to fix, reported as `FailedCreate*`.
+    Refused,
+    /// No answer, or an answer that is not about the object (429, 5xx such as an admission
+    /// webhook that cannot be called): retried, reported as `CreateRetrying` once it lasts.
+    Transient,
+}
+
+impl CreateFailureCause {
+    fn label(self) -> &'static str {
+        match self {
+            CreateFailureCause::Refused => "refused",
+            CreateFailureCause::Transient => "transient",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
 /// Labels of one API request: its verb, resource and HTTP status (or `error` when no
 /// response came back).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +87,7 @@ pub struct Metrics {
     events_dropped: Counter,
     watch_restarts: Family<WatchLabels, Counter>,
     create_batches: Family<BatchLabels, Counter>,
+    create_failures: Family<CauseLabels, Counter>,
     status_writes_held: Counter,
     jobs: [Family<JobLabels, Counter>; 5],
 }
@@ -121,6 +147,13 @@ impl Metrics {
              doubling up to 16), by batch size",
             create_batches.clone(),
         );
+        let create_failures = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "tfjob_operator_create_failures",
+            "Pod and service creates that failed, by cause: refused (the object, the user's to fix) or \
+             transient (no answer, 429, 5xx such as an admission webhook that cannot be called; retried)",
+            create_failures.clone(),
+        );
         let status_writes_held = Counter::default();
         registry.register(
             "tfjob_operator_status_writes_held",
@@ -141,6 +174,7 @@ impl Metrics {
             events_dropped,
             watch_restarts,
             create_batches,
+            create_failures,
             status_writes_held,
             jobs,
         }
@@ -174,6 +208,11 @@ impl Metrics {
     /// Counts a batch of `size` creates sent at once.
     pub fn create_batch(&self, size: usize) {
         self.create_batches.get_or_create(&BatchLabels { size: size.to_string() }).inc();
+    }
+
+    /// Counts a failed pod or service create by its cause.
+    pub fn create_failed(&self, cause: CreateFailureCause) {
+        self.create_failures.get_or_create(&CauseLabels { cause: cause.label() }).inc();
     }
 
     /// Counts a status write held back ([`crate::controller`]'s coalescing).
@@ -212,6 +251,9 @@ mod tests {
         m.watch_restarted("pods");
         m.create_batch(16);
         m.create_batch(16);
+        m.create_failed(CreateFailureCause::Transient);
+        m.create_failed(CreateFailureCause::Transient);
+        m.create_failed(CreateFailureCause::Refused);
         let text = m.encode();
         for line in [
             r#"training_operator_jobs_created_total{job_namespace="team-a",framework="tensorflow"} 2"#,
@@ -224,6 +266,8 @@ mod tests {
             "tfjob_operator_leader 1",
             r#"tfjob_operator_watch_restarts_total{resource="pods"} 1"#,
             r#"tfjob_operator_create_batches_total{size="16"} 2"#,
+            r#"tfjob_operator_create_failures_total{cause="transient"} 2"#,
+            r#"tfjob_operator_create_failures_total{cause="refused"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -14,6 +14,11 @@ pub const REASON_DEADLINE: &str = "DeadlineExceeded";
 pub const REASON_BACKOFF: &str = "BackoffLimitExceeded";
 pub const REASON_INVALID: &str = "InvalidTFJobSpec";
 pub const REASON_FAILED_CREATE: &str = "FailedCreatePod";
+/// Creates fail for a reason that is not the job's (the API server, or an admission webhook
+/// it calls, fails them) and are retried: the `ReplicaFailure` condition's reason then, and
+/// the Warning event's. Distinct from [`REASON_FAILED_CREATE`], which Kubeflow users read as
+/// "the template was refused".
+pub const REASON_CREATE_RETRYING: &str = "CreateRetrying";
 pub const REASON_SUSPENDED: &str = "TFJobSuspended";
 pub const REASON_RESUMED: &str = "TFJobResumed";
 
@@ -72,6 +77,37 @@ pub fn set(
     }
     st.conditions.push(holding(type_, reason, message, now));
     true
+}
+
+/// `now` in whole seconds, as the API server stores condition times.
+fn whole_seconds(now: Timestamp) -> Timestamp {
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// The status with the `ReplicaFailure` condition saying creates fail and are retried (reason
+/// [`REASON_CREATE_RETRYING`], `message` naming the cause); a refusal's condition is
+/// superseded by it.
+pub fn with_create_retrying(status: &TFJobStatus, message: &str, now: Timestamp) -> TFJobStatus {
+    let now = whole_seconds(now);
+    let mut st = status.clone();
+    if set(&mut st, ConditionType::ReplicaFailure, REASON_CREATE_RETRYING, message.to_string(), now) {
+        st.last_reconcile_time = Some(Time(now));
+    }
+    st
+}
+
+/// The status without a `ReplicaFailure` condition of reason [`REASON_CREATE_RETRYING`] (the
+/// creates went through); a refusal's condition is the plan's to clear.
+pub fn without_create_retrying(status: &TFJobStatus, now: Timestamp) -> TFJobStatus {
+    let mut st = status.clone();
+    let before = st.conditions.len();
+    st.conditions.retain(|c| {
+        !(c.type_ == ConditionType::ReplicaFailure && c.reason.as_deref() == Some(REASON_CREATE_RETRYING))
+    });
+    if st.conditions.len() != before {
+        st.last_reconcile_time = Some(Time(whole_seconds(now)));
+    }
+    st
 }
 
 /// A new condition that holds (status True) from `now`.
@@ -157,6 +193,56 @@ mod tests {
         );
         assert!(set(&mut st, Suspended, REASON_SUSPENDED, "s".into(), ts(5)), "suspended again");
         assert_eq!(types(&st), [(Suspended, "True")]);
+    }
+
+    #[test]
+    fn create_retrying_supersedes_a_refusal_and_only_it_is_cleared() {
+        use ConditionType::*;
+        let reasons = |st: &TFJobStatus| -> Vec<(ConditionType, String, String)> {
+            st.conditions
+                .iter()
+                .map(|c| {
+                    (c.type_, c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
+                })
+                .collect()
+        };
+        let rf = |reason: &str, msg: &str| (ReplicaFailure, reason.to_string(), msg.to_string());
+        let created = (Created, REASON_CREATED.to_string(), "c".to_string());
+        let mut base = TFJobStatus::default();
+        set(&mut base, Created, REASON_CREATED, "c".into(), ts(1));
+        let mut refused = base.clone();
+        set(&mut refused, ReplicaFailure, REASON_FAILED_CREATE, "quota".into(), ts(2));
+        // (case, status before, what it becomes with "webhook down", and without it)
+        type Case = (&'static str, TFJobStatus, Vec<(ConditionType, String, String)>, usize);
+        let cases: Vec<Case> = vec![
+            (
+                "none yet: added",
+                base.clone(),
+                vec![created.clone(), rf(REASON_CREATE_RETRYING, "webhook down")],
+                1,
+            ),
+            (
+                "a refusal: superseded",
+                refused.clone(),
+                vec![created.clone(), rf(REASON_CREATE_RETRYING, "webhook down")],
+                1,
+            ),
+        ];
+        for (name, before, want, conditions_after_clear) in cases {
+            let st = with_create_retrying(&before, "webhook down", ts(3));
+            assert_eq!(reasons(&st), want, "{name}");
+            assert_eq!(st.last_reconcile_time, Some(Time(ts(3))), "{name}");
+            assert_eq!(
+                with_create_retrying(&st, "webhook down", ts(4)),
+                st,
+                "{name}: the same again is no change"
+            );
+            let cleared = without_create_retrying(&st, ts(5));
+            assert_eq!(cleared.conditions.len(), conditions_after_clear, "{name}");
+            assert_eq!(cleared.last_reconcile_time, Some(Time(ts(5))), "{name}");
+        }
+        let kept = without_create_retrying(&refused, ts(5));
+        assert_eq!(kept, refused, "a refusal is not cleared here");
     }
 
     #[test]

@@ -71,8 +71,9 @@ pub enum CreateFailure {
     Refused(String),
     /// The namespace is terminating or gone: creates stop, silently.
     NamespaceGone,
-    /// Anything else (no answer, a timeout, 429, 5xx): retried with backoff, logged, never
-    /// reported to the user as their fault.
+    /// Anything else (no answer, a timeout, 429, 5xx such as an admission webhook that cannot
+    /// be called): retried with backoff and logged; once it lasts, shown to the user as the
+    /// cluster's failure (`CreateRetrying`), never as a refusal of the object.
     Transient,
 }
 
@@ -123,6 +124,16 @@ pub fn api_message(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => s.message.clone(),
         other => other.to_string(),
+    }
+}
+
+/// What became of a request that failed without refusing anything, for the user: the API
+/// server's code and message (an admission webhook that cannot be called names itself and
+/// why), or that no answer came.
+pub fn failure_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("the API server answered {}: {}", s.code, s.message),
+        other => format!("no answer from the API server: {other}"),
     }
 }
 
@@ -311,6 +322,22 @@ mod tests {
         ];
         for (name, e, want) in cases {
             assert_eq!(classify_create_error(&e), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_failure_message_says_who_answered_what() {
+        let webhook = "Internal error occurred: failed calling webhook \"w.test\": connection refused";
+        let cases = [
+            (api(500, webhook, None), format!("the API server answered 500: {webhook}")),
+            (api(429, "too many requests", None), "the API server answered 429: too many requests".into()),
+            (
+                kube::Error::Service("connection refused".into()),
+                "no answer from the API server: ServiceError: connection refused".into(),
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(failure_message(&e), want);
         }
     }
 }

@@ -7,6 +7,7 @@
 mod fleet;
 mod relist;
 mod split;
+mod webhook;
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ pub fn tests() -> Vec<Test> {
         test!(split::paused_leader_writes_nothing_that_sticks_and_steps_down).fault(),
         test!(split::killed_between_creates_and_status_write).fault(),
         test!(split::namespace_and_job_deleted_under_running_work).fault(),
+        test!(webhook::a_webhook_down_is_the_clusters_failure_and_nothing_is_lost).serial(),
     ]
 }
 
