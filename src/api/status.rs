@@ -191,8 +191,11 @@ pub struct JobCondition {
     ///   run again.
     /// - `Succeeded`: the job has succeeded (final).
     /// - `Failed`: the job has failed (final); the reason says why.
-    /// - `ReplicaFailure`: pods or services cannot be created (reason `FailedCreatePod`,
-    ///   with the API server's message); removed once they are.
+    /// - `ReplicaFailure`: pods or services cannot be created: reason `FailedCreatePod` when
+    ///   the API server refuses the template (fix the TFJob), `CreateRetrying` when the
+    ///   cluster has failed the creates for 30 s for a reason not the job's (an admission
+    ///   webhook that cannot be called, a 5xx or 429, no answer; they are retried); with the
+    ///   API server's message. Removed once the creates go through.
     /// - `Suspended`: `True` (reason `TFJobSuspended`) while `runPolicy.suspend` holds the
     ///   job without pods; `False` (reason `TFJobResumed`) once it is resumed.
     /// - `PodsNotStarted`: a pod has not started for longer than the grace (30 s) because it
@@ -213,7 +216,7 @@ pub struct JobCondition {
     /// A machine-readable reason: `TFJobCreated`, `TFJobRunning`, `TFJobRestarting`,
     /// `TFJobSucceeded`, `TFJobFailed` (a replica failed), `BackoffLimitExceeded`,
     /// `DeadlineExceeded`, `StartupDeadlineExceeded`, `InvalidTFJobSpec`, `FailedCreatePod`,
-    /// `TFJobSuspended` or `TFJobResumed`; for `PodsNotStarted` and `InvalidStartupDeadline`,
+    /// `CreateRetrying`, `TFJobSuspended` or `TFJobResumed`; for `PodsNotStarted` and `InvalidStartupDeadline`,
     /// see `type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

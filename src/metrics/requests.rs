@@ -62,8 +62,8 @@ where
 const RESOURCES: [&str; 8] =
     ["pods", "services", "tfjobs", "events", "leases", "podgroups", "namespaces", "nodes"];
 
-/// A request's Kubernetes verb and resource (`tfjobs/status` for the subresource), from its
-/// method and path.
+/// A request's Kubernetes verb and resource (`tfjobs/status` for the subresource,
+/// `discovery` for a group version's list of resources), from its method and path.
 pub fn classify(method: &Method, uri: &Uri) -> (&'static str, &'static str) {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let rest = match segments.as_slice() {
@@ -80,7 +80,8 @@ pub fn classify(method: &Method, uri: &Uri) -> (&'static str, &'static str) {
         [r] => (*r, false, None),
         [r, _name] => (*r, true, None),
         [r, _name, sub, ..] => (*r, true, Some(*sub)),
-        [] => return (verb(method, uri, false), "other"),
+        // `/api/v1`, `/apis/<group>/<version>`: what a group serves (open to every user).
+        [] => return (verb(method, uri, false), "discovery"),
     };
     let resource = match (resource, sub) {
         ("tfjobs", Some("status")) => "tfjobs/status",
@@ -119,6 +120,7 @@ mod tests {
             ("DELETE", "/api/v1/namespaces/ns/pods/p-1", ("delete", "pods")),
             ("DELETE", "/api/v1/namespaces/ns/pods", ("deletecollection", "pods")),
             ("POST", "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups", ("create", "podgroups")),
+            ("GET", "/apis/scheduling.k8s.io/v1alpha2", ("list", "discovery")),
             (
                 "PATCH",
                 "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j/status?force=true",

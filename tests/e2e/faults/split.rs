@@ -177,7 +177,8 @@ pub async fn killed_between_creates_and_status_write(ctx: Ctx) -> Result<()> {
 /// deleted under running jobs: creates stop, nothing loops, the operator goes idle.
 pub async fn namespace_and_job_deleted_under_running_work(ctx: Ctx) -> Result<()> {
     super::plane(&ctx)?.revive()?;
-    let op = Operator::start(&ctx, &[])?;
+    let mut op = Operator::start(&ctx, &[])?;
+    op.expect_refusals("its namespace is deleted under running work: pod creates there are refused (403, NamespaceTerminating)");
     create(&ctx, job("big", &[replica("Worker", 60)], json!({}))).await?;
     tfjob_testsupport::wait(WAIT, "big's first pods", || async {
         !live_pods(&ctx).await.unwrap_or_default().is_empty()
