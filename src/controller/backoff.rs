@@ -215,6 +215,18 @@ impl Backoffs {
     }
 }
 
+impl super::books::PerJob for Backoffs {
+    #[cfg(test)]
+    fn jobs(&self) -> HashSet<String> {
+        self.creates.keys().chain(self.errors.keys()).cloned().collect()
+    }
+
+    fn retain_jobs(&mut self, listed: &HashSet<String>) {
+        self.creates.retain(|uid, _| listed.contains(uid));
+        self.errors.retain(|uid, _| listed.contains(uid));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
