@@ -213,7 +213,8 @@ mod tests {
             Ok(JobEvent::Watch(InitApply(succeeded("done")))),
             Ok(JobEvent::Watch(InitDone)),
         ];
-        let (metrics, _, _) = run_triggers(events);
+        let (metrics, _, triggered) = run_triggers(events);
+        assert!(triggered.is_empty(), "the failure is not passed on to the controller: {triggered:?}");
         let text = metrics.encode();
         for name in ["training_operator_jobs_created_total{", "training_operator_jobs_successful_total{"] {
             assert!(!text.contains(name), "{name} counted:\n{text}");

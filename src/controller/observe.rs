@@ -199,7 +199,7 @@ fn owner_of(meta: &ObjectMeta) -> Option<Owner> {
 /// are moved here, from the changes the watch shows (see [`JobCounting`]); the past of the
 /// jobs in the first list that completes is not counted, also when earlier attempts failed.
 /// `fresh` is true while the job cache follows the API server (false from a watch failure or
-/// the start of a re-list until the list is complete).
+/// the start of a re-list until the list is complete). Watch failures are not passed on.
 pub fn job_triggers(
     stream: impl Stream<Item = Result<JobEvent, watcher::Error>> + Send + 'static,
     store: Store<TFJob>,
@@ -218,7 +218,9 @@ pub fn job_triggers(
                 fresh.store(false, Ordering::SeqCst);
                 metrics.watch_restarted("tfjobs");
                 warn!(resource = "tfjobs", error = %e, "the watch failed; it restarts with backoff");
-                vec![Err(e)]
+                // Not passed on: the controller would back its triggers off for up to a minute
+                // on top of the watch's own backoff (kube's `trigger_backoff`).
+                vec![]
             }
             Ok(JobEvent::Watch(watcher::Event::Init)) => {
                 if listed_once {
