@@ -169,8 +169,8 @@ pub enum CreateBackoffChange {
 /// The backoff records of every job, by uid.
 #[derive(Debug, Default)]
 pub struct Backoffs {
-    creates: HashMap<String, CreateBackoff>,
-    errors: HashMap<String, u32>,
+    pub(super) creates: HashMap<String, CreateBackoff>,
+    pub(super) errors: HashMap<String, u32>,
 }
 
 impl Backoffs {
@@ -212,18 +212,6 @@ impl Backoffs {
     pub fn forget(&mut self, uid: &str) {
         self.creates.remove(uid);
         self.errors.remove(uid);
-    }
-}
-
-impl super::books::PerJob for Backoffs {
-    #[cfg(test)]
-    fn jobs(&self) -> HashSet<String> {
-        self.creates.keys().chain(self.errors.keys()).cloned().collect()
-    }
-
-    fn retain_jobs(&mut self, listed: &HashSet<String>) {
-        self.creates.retain(|uid, _| listed.contains(uid));
-        self.errors.retain(|uid, _| listed.contains(uid));
     }
 }
 

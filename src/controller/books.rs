@@ -32,6 +32,19 @@ impl<T: Forget + ?Sized> Forget for std::sync::Arc<T> {
     }
 }
 
+/// The create and reconcile backoffs.
+impl PerJob for super::backoff::Backoffs {
+    #[cfg(test)]
+    fn jobs(&self) -> HashSet<String> {
+        self.creates.keys().chain(self.errors.keys()).cloned().collect()
+    }
+
+    fn retain_jobs(&mut self, listed: &HashSet<String>) {
+        self.creates.retain(|uid, _| listed.contains(uid));
+        self.errors.retain(|uid, _| listed.contains(uid));
+    }
+}
+
 /// Kubeflow's job counters: what was seen of each job, and the TTL deletions on their way.
 impl PerJob for crate::metrics::jobs::JobCounter {
     #[cfg(test)]
