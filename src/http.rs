@@ -12,24 +12,47 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::controller::freshness::Watches;
 use crate::leader::Gate;
 use crate::metrics::{self, Metrics};
 
-/// Readiness: whether the caches have synced, read with the leadership gate.
+/// Readiness: whether the caches have synced and every watch still follows the API server,
+/// read with the leadership gate.
 #[derive(Debug)]
 pub struct Readiness {
     gate: Gate,
     synced: AtomicBool,
+    watches: Arc<Watches>,
 }
 
 impl Readiness {
     pub fn new(gate: Gate) -> Readiness {
-        Readiness { gate, synced: AtomicBool::new(false) }
+        Readiness { gate, synced: AtomicBool::new(false), watches: Arc::default() }
     }
 
-    /// Ready: a follower waiting for the lease is ready; the leader once its caches synced.
+    /// Ready: a follower waiting for the lease is ready; the leader once its caches synced,
+    /// and while no watch has been unsynced for longer than [`crate::controller::freshness::UNSYNCED_LIMIT`].
     pub fn ready(&self) -> bool {
-        self.gate.ready(self.synced.load(Ordering::Relaxed))
+        self.not_ready().is_none()
+    }
+
+    /// Why the process is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        let unsynced = self.watches.unsynced();
+        let synced = self.synced.load(Ordering::Relaxed);
+        if self.gate.ready(synced && unsynced.is_empty()) {
+            return None;
+        }
+        if !synced {
+            return Some("leader: caches not synced yet\n".into());
+        }
+        let names: Vec<String> = unsynced.iter().map(|(n, d)| format!("{n} for {}s", d.as_secs())).collect();
+        Some(format!("leader: watches not synced: {}\n", names.join(", ")))
+    }
+
+    /// The watches the controller runs, followed for readiness.
+    pub fn watches(&self) -> Arc<Watches> {
+        self.watches.clone()
     }
 
     /// Records that the controller's caches have synced.
@@ -50,12 +73,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `/readyz`: [`Readiness::ready`].
-async fn readyz(State(s): State<Served>) -> (StatusCode, &'static str) {
-    if s.readiness.ready() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "leader: caches not synced yet\n")
+/// `/readyz`: [`Readiness::ready`], and why not.
+async fn readyz(State(s): State<Served>) -> (StatusCode, String) {
+    match s.readiness.not_ready() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

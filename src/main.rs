@@ -101,10 +101,7 @@ async fn main() -> anyhow::Result<()> {
     if opts.kube_api_qps > 0 {
         warn!(qps = opts.kube_api_qps, burst = opts.kube_api_burst, "client-side rate limit on");
     }
-    let synced = {
-        let readiness = readiness.clone();
-        move || readiness.set_synced()
-    };
+    let synced = readiness.clone();
     let Some(election) = opts.leader_election else {
         controller::run(client, settings, metrics, gate, synced, shutdown).await;
         return Ok(());
@@ -120,7 +117,7 @@ async fn lead(
     settings: Settings,
     metrics: Arc<Metrics>,
     gate: Gate,
-    synced: impl FnOnce(),
+    synced: Arc<Readiness>,
     election: LeaderElection,
     me: String,
     shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,

@@ -169,8 +169,8 @@ pub enum CreateBackoffChange {
 /// The backoff records of every job, by uid.
 #[derive(Debug, Default)]
 pub struct Backoffs {
-    creates: HashMap<String, CreateBackoff>,
-    errors: HashMap<String, u32>,
+    pub(super) creates: HashMap<String, CreateBackoff>,
+    pub(super) errors: HashMap<String, u32>,
 }
 
 impl Backoffs {

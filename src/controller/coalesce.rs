@@ -4,9 +4,10 @@
 //! one each. Conditions, times, successes, failures, restarts and everything else are written
 //! at once: no reader waits for them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use super::books::PerJob;
 use crate::api::TFJobStatus;
 
 /// How long after a status write another write that only moves `active` counts waits.
@@ -55,6 +56,17 @@ impl StatusWrites {
 
     pub fn forget(&mut self, uid: &str) {
         self.last.remove(uid);
+    }
+}
+
+impl PerJob for StatusWrites {
+    #[cfg(test)]
+    fn jobs(&self) -> HashSet<String> {
+        self.last.keys().cloned().collect()
+    }
+
+    fn retain_jobs(&mut self, listed: &HashSet<String>) {
+        self.last.retain(|uid, _| listed.contains(uid));
     }
 }
 

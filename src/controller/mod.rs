@@ -5,9 +5,13 @@
 
 mod apply;
 mod backoff;
+mod books;
 mod coalesce;
+mod decode;
+pub mod freshness;
 mod gang;
 mod index;
+mod job_watch;
 mod observe;
 mod reflect;
 mod report;
@@ -16,6 +20,7 @@ mod tests;
 mod unseen;
 mod watch_backoff;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -23,21 +28,22 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::TFJob;
 use crate::error::Error;
+use crate::http::Readiness;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::plan;
 use crate::writer::{Writer, events};
 use apply::Applier;
 use backoff::Backoffs;
+use books::{Forget, PerJob};
 use observe::Caches;
 use unseen::UnseenWrites;
 
@@ -142,6 +148,19 @@ impl Context {
     }
 }
 
+impl Forget for Context {
+    fn deleted(&self, uid: &str) {
+        Context::deleted(self, uid);
+    }
+
+    /// Every per-job map but the counters' ([`observe::JobCounting::relisted`]).
+    fn relisted(&self, listed: &HashSet<String>) {
+        self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.retain_jobs(listed);
+        self.backoffs().retain_jobs(listed);
+        self.status_writes().retain_jobs(listed);
+    }
+}
+
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
@@ -153,29 +172,31 @@ where
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first, then the
-/// queued events are published. Every write asks `gate`; `synced` is called once the caches
-/// have listed everything.
+/// queued events are published. Every write asks `gate`; `readiness` is told once the pod
+/// and service caches have listed everything, and follows every watch
+/// ([`freshness::watch_client`]).
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
     gate: Gate,
-    synced: impl FnOnce(),
+    readiness: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = settings.namespace.as_deref();
+    let watched = |name| freshness::watch_client(&client, readiness.watches(), name);
     let (pods, pod_writer) = reflector::store();
     let (services, svc_writer) = reflector::store();
     let (pod_index, service_index) = (Arc::default(), Arc::default());
     let pod_stream = observe::owned_stream(
-        api::<Pod>(&client, ns),
+        api::<Pod>(&watched("pods"), ns),
         pod_writer,
         Arc::clone(&pod_index),
         metrics.clone(),
         "pods",
     );
     let svc_stream = observe::owned_stream(
-        api::<Service>(&client, ns),
+        api::<Service>(&watched("services"), ns),
         svc_writer,
         Arc::clone(&service_index),
         metrics.clone(),
@@ -186,7 +207,7 @@ pub async fn run(
         let (store, writer) = reflector::store();
         let index: Arc<Mutex<index::OwnerIndex>> = Arc::default();
         let stream = observe::owned_stream(
-            api::<crate::gang::PodGroup>(&client, ns),
+            api::<crate::gang::PodGroup>(&watched("podgroups"), ns),
             writer,
             Arc::clone(&index),
             metrics.clone(),
@@ -228,31 +249,23 @@ pub async fn run(
         },
         () = shutdown.clone() => return,
     }
-    synced();
-    // TFJobs are cached without managedFields too.
+    readiness.set_synced();
+    // TFJobs are cached without managedFields too, and decoded one by one ([`decode`]).
     let (job_store, job_writer) = reflector::store();
     // Reflected in place, as the pods and services are (a re-list never doubles the cache).
-    let mut job_cache = reflect::InPlace::new(job_writer);
-    let job_events = watcher(api::<TFJob>(&client, ns), watcher::Config::default())
-        .backoff(watch_backoff::WatchBackoff::new())
-        .modify(|j: &mut TFJob| j.metadata.managed_fields = None)
-        .map(move |event| {
-            if let Ok(e) = &event {
-                job_cache.apply(e);
-            }
-            event
-        });
-    let forget = {
-        let ctx = ctx.clone();
-        move |job: &TFJob| ctx.deleted(&job.uid().unwrap_or_default())
+    let resource = ApiResource::erase::<TFJob>(&());
+    let job_api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(watched("tfjobs"), ns, &resource),
+        None => Api::all_with(watched("tfjobs"), &resource),
     };
+    let job_events = job_watch::events(job_api, reflect::InPlace::new(job_writer), ctx.writer.clone());
     let jobs = observe::job_triggers(
         job_events,
         job_store.clone(),
         ctx.metrics.clone(),
         ctx.counting.clone(),
         ctx.jobs_fresh.clone(),
-        forget,
+        ctx.clone(),
     );
     info!(
         namespace = ns.unwrap_or("(all)"),
@@ -342,7 +355,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
             // a cache that has not caught up must not bring it back.
             ctx.backoffs().forget(&uid);
             ctx.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.gone(&uid, now.mono);
-            ctx.counting.gone(&uid);
+            ctx.counting.found_gone(&uid);
             return Ok(Action::await_change());
         }
         other => other?,

@@ -18,6 +18,8 @@ use kube::{Resource, ResourceExt};
 
 use tracing::{info, warn};
 
+use super::books::Forget;
+use super::decode::JobEvent;
 use super::index::{Owner, OwnerIndex};
 use super::reflect::InPlace;
 use super::unseen::UnseenWrites;
@@ -190,21 +192,25 @@ fn owner_of(meta: &ObjectMeta) -> Option<Owner> {
 
 /// The TFJob watch as the controller's trigger stream: every changed job, and after a re-list
 /// every listed job, once the new list is complete (a job created while the watch was down
-/// is then found). `deleted` is called for each job the watch sees deleted, to drop its
-/// bookkeeping. Failures are logged at warn and counted. Kubeflow's job counters are moved
-/// here, from the changes the watch shows (see [`JobCounting`]).
+/// is then found). `books` drops the bookkeeping of each job the watch sees deleted and, once
+/// a re-list is complete, of every job it no longer shows (deleted while the watch was down).
+/// A job that cannot be decoded ([`JobEvent::Undecodable`]) triggers nothing, but counts as
+/// listed: it still exists. Failures are logged at warn and counted. Kubeflow's job counters
+/// are moved here, from the changes the watch shows (see [`JobCounting`]); the past of the
+/// jobs in the first list that completes is not counted, also when earlier attempts failed.
 /// `fresh` is true while the job cache follows the API server (false from a watch failure or
-/// the start of a re-list until the list is complete).
+/// the start of a re-list until the list is complete). Watch failures are not passed on.
 pub fn job_triggers(
-    stream: impl Stream<Item = Result<watcher::Event<TFJob>, watcher::Error>> + Send + 'static,
+    stream: impl Stream<Item = Result<JobEvent, watcher::Error>> + Send + 'static,
     store: Store<TFJob>,
     metrics: Arc<Metrics>,
     counting: Arc<JobCounting>,
     fresh: Arc<AtomicBool>,
-    deleted: impl Fn(&TFJob) + Send + 'static,
+    books: impl Forget + Send + 'static,
 ) -> impl Stream<Item = Result<TFJob, watcher::Error>> + Send {
     let mut listed: Option<Vec<ObjectRef<TFJob>>> = None;
-    let mut lists = 0u64;
+    // A list has completed: a later one is a re-list.
+    let mut listed_once = false;
     let mut listed_uids = HashSet::new();
     stream.flat_map(move |event| {
         let out: Vec<Result<TFJob, watcher::Error>> = match event {
@@ -212,11 +218,12 @@ pub fn job_triggers(
                 fresh.store(false, Ordering::SeqCst);
                 metrics.watch_restarted("tfjobs");
                 warn!(resource = "tfjobs", error = %e, "the watch failed; it restarts with backoff");
-                vec![Err(e)]
+                // Not passed on: the controller would back its triggers off for up to a minute
+                // on top of the watch's own backoff (kube's `trigger_backoff`).
+                vec![]
             }
-            Ok(watcher::Event::Init) => {
-                lists += 1;
-                if lists > 1 {
+            Ok(JobEvent::Watch(watcher::Event::Init)) => {
+                if listed_once {
                     warn!(resource = "tfjobs", "re-listing TFJobs");
                 }
                 fresh.store(false, Ordering::SeqCst);
@@ -224,15 +231,29 @@ pub fn job_triggers(
                 listed_uids.clear();
                 vec![]
             }
-            Ok(watcher::Event::InitApply(j)) => {
-                counting.observed(&j, lists <= 1);
+            Ok(JobEvent::Watch(watcher::Event::InitApply(j))) => {
+                counting.observed(&j, !listed_once);
                 listed_uids.insert(j.uid().unwrap_or_default());
                 listed.get_or_insert_with(Vec::new).push(ObjectRef::from_obj(&j));
                 vec![]
             }
-            Ok(watcher::Event::InitDone) => {
+            Ok(JobEvent::Undecodable { meta, listed: in_list, .. }) => {
+                if in_list {
+                    listed_uids.insert(meta.uid.unwrap_or_default());
+                } else {
+                    fresh.store(true, Ordering::SeqCst);
+                }
+                vec![]
+            }
+            Ok(JobEvent::Watch(watcher::Event::InitDone)) => {
                 fresh.store(true, Ordering::SeqCst);
-                counting.relisted(&std::mem::take(&mut listed_uids));
+                let uids = std::mem::take(&mut listed_uids);
+                counting.relisted(&uids);
+                books.relisted(&uids);
+                if listed_once {
+                    info!(resource = "tfjobs", objects = uids.len(), "re-list complete");
+                }
+                listed_once = true;
                 listed
                     .take()
                     .unwrap_or_default()
@@ -241,14 +262,15 @@ pub fn job_triggers(
                     .map(|j| Ok(TFJob::clone(&j)))
                     .collect()
             }
-            Ok(watcher::Event::Apply(j)) => {
+            Ok(JobEvent::Watch(watcher::Event::Apply(j))) => {
                 fresh.store(true, Ordering::SeqCst);
                 counting.observed(&j, false);
                 vec![Ok(j)]
             }
-            Ok(watcher::Event::Delete(j)) => {
-                counting.gone(&j.uid().unwrap_or_default());
-                deleted(&j);
+            Ok(JobEvent::Watch(watcher::Event::Delete(j))) => {
+                let uid = j.uid().unwrap_or_default();
+                counting.gone(&uid);
+                books.deleted(&uid);
                 vec![]
             }
         };
@@ -321,9 +343,16 @@ impl JobCounting {
         self.count_deleted(ns);
     }
 
-    /// The job is gone (the watch saw it deleted, or a request found it missing).
+    /// The watch saw the job deleted.
     pub fn gone(&self, uid: &str) {
         let ns = self.counter().gone(uid);
+        self.count_deleted(ns);
+    }
+
+    /// A request found the job missing: what was seen of it stays until the watch shows it
+    /// deleted, so an older change the watch still delivers counts nothing again.
+    pub fn found_gone(&self, uid: &str) {
+        let ns = self.counter().found_gone(uid);
         self.count_deleted(ns);
     }
 

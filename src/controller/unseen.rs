@@ -3,7 +3,7 @@
 //! runs before the watch catches up neither creates, deletes nor announces anything twice.
 //! Pure: the caller passes the time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 
+use super::books::PerJob;
 use crate::api::TFJob;
 
 /// How long an unseen write may wait for the cache before it is dropped anyway.
@@ -142,6 +143,18 @@ impl UnseenStatus {
     /// Whether the job was found gone (deleted by its TTL, answered 404, or seen deleted).
     pub fn is_gone(&self, uid: &str) -> bool {
         self.gone.contains_key(uid)
+    }
+}
+
+impl PerJob for UnseenStatus {
+    #[cfg(test)]
+    fn jobs(&self) -> HashSet<String> {
+        self.jobs.keys().chain(self.gone.keys()).cloned().collect()
+    }
+
+    fn retain_jobs(&mut self, listed: &HashSet<String>) {
+        self.jobs.retain(|uid, _| listed.contains(uid));
+        self.gone.retain(|uid, _| listed.contains(uid));
     }
 }
 

@@ -183,11 +183,18 @@ impl JobCounter {
         count.then_some(d.namespace)
     }
 
-    /// The job is gone (the watch saw it deleted, a re-list no longer shows it, or a request
-    /// found it missing): the namespace to count it deleted in, when a delete of this process
-    /// is on its way or went unanswered.
+    /// The job is gone (the watch saw it deleted, or a re-list no longer shows it): the
+    /// namespace to count it deleted in, when a delete of this process is on its way or went
+    /// unanswered. What was seen of it is forgotten: the watch shows no more of it.
     pub fn gone(&mut self, uid: &str) -> Option<String> {
         self.seen.remove(uid);
+        self.found_gone(uid)
+    }
+
+    /// A request found the job missing: its deletion is settled as by [`JobCounter::gone`],
+    /// but what was seen of it is kept until the watch shows it deleted, so a change the watch
+    /// still delivers from before is not counted again.
+    pub fn found_gone(&mut self, uid: &str) -> Option<String> {
         let d = self.deleting.get_mut(uid)?;
         let count = (d.in_flight || d.unanswered) && !d.counted;
         let namespace = d.namespace.clone();
@@ -201,11 +208,26 @@ impl JobCounter {
     }
 
     /// A re-list is complete and shows the jobs `listed` (uids): the deletions on their way
-    /// for jobs it no longer shows are settled as by [`JobCounter::gone`].
+    /// for jobs it no longer shows are settled as by [`JobCounter::gone`], and nothing is
+    /// kept of those jobs any more.
     pub fn relisted(&mut self, listed: &HashSet<String>) -> Vec<String> {
         let missing: Vec<String> =
             self.deleting.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
-        missing.iter().filter_map(|uid| self.gone(uid)).collect()
+        let counted = missing.iter().filter_map(|uid| self.gone(uid)).collect();
+        self.retain_jobs(listed);
+        counted
+    }
+
+    /// The jobs (uids) something is kept for.
+    pub fn jobs(&self) -> HashSet<String> {
+        self.seen.keys().chain(self.deleting.keys()).cloned().collect()
+    }
+
+    /// Keeps nothing of the jobs not in `listed` (a deletion still counted when its answer
+    /// comes is one already counted: [`JobCounter::gone`] marks it).
+    pub fn retain_jobs(&mut self, listed: &HashSet<String>) {
+        self.seen.retain(|uid, _| listed.contains(uid));
+        self.deleting.retain(|uid, _| listed.contains(uid));
     }
 }
 

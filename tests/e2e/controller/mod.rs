@@ -7,6 +7,7 @@ mod failures;
 mod lifecycle;
 mod policy;
 mod timing;
+mod undecodable;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub fn tests() -> Vec<Test> {
     all.extend(failures::tests());
     all.extend(policy::tests());
     all.extend(timing::tests());
+    all.extend(undecodable::tests());
     all
 }
 
