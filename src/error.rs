@@ -40,6 +40,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// How long the API server asked to wait before trying again: a 429 with
+    /// `details.retryAfterSeconds` (an API server whose storage is still initializing after
+    /// a restart answers 429 with 1 s).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let source = match self {
+            Error::PatchStatus { source, .. }
+            | Error::ReadJob { source, .. }
+            | Error::Create { source, .. }
+            | Error::DeletePod { source, .. }
+            | Error::DeleteService { source, .. }
+            | Error::DeleteJob { source, .. }
+            | Error::DeletePodGroup { source, .. } => source,
+            _ => return None,
+        };
+        let kube::Error::Api(status) = source else { return None };
+        let seconds = status.details.as_ref()?.retry_after_seconds;
+        (status.code == 429 && seconds > 0).then(|| std::time::Duration::from_secs(u64::from(seconds)))
+    }
+
     /// A bounded label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -58,6 +77,42 @@ impl Error {
             Error::MissingField(_) => "missing_field",
             Error::BuildObjects { .. } => "build_objects",
             Error::NotLeader => "not_leader",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+    use kube::core::response::StatusDetails;
+
+    fn api(code: u16, retry: Option<u32>) -> kube::Error {
+        let mut s = Status::failure("storage is (re)initializing", "TooManyRequests").with_code(code);
+        s.details = retry.map(|r| StatusDetails {
+            name: String::new(),
+            group: String::new(),
+            kind: String::new(),
+            uid: String::new(),
+            causes: Vec::new(),
+            retry_after_seconds: r,
+        });
+        kube::Error::Api(Box::new(s))
+    }
+
+    #[test]
+    fn only_a_429_with_retry_after_asks_for_a_wait() {
+        let job = || "j".to_string();
+        let cases = [
+            (Error::ReadJob { job: job(), source: api(429, Some(1)) }, Some(1)),
+            (Error::PatchStatus { job: job(), source: api(429, Some(3)) }, Some(3)),
+            (Error::PatchStatus { job: job(), source: api(429, None) }, None),
+            (Error::PatchStatus { job: job(), source: api(429, Some(0)) }, None),
+            (Error::ReadJob { job: job(), source: api(503, Some(1)) }, None),
+            (Error::JobGone { job: job() }, None),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.retry_after(), want.map(std::time::Duration::from_secs), "{err}");
         }
     }
 }

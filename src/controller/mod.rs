@@ -296,7 +296,10 @@ pub async fn run(
 }
 
 fn error_policy(job: Arc<TFJob>, err: &Error, ctx: Arc<Context>) -> Action {
-    let wait = ctx.backoffs().failed(&job.uid().unwrap_or_default());
+    // A 429 that says when to try again (an API server's storage initializing after a
+    // restart) is tried again then, not after the growing backoff.
+    let backoff = ctx.backoffs().failed(&job.uid().unwrap_or_default());
+    let wait = err.retry_after().map_or(backoff, |asked| asked.min(backoff));
     warn!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), error = %err, kind = err.kind(), retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }
