@@ -193,7 +193,7 @@ async fn run(filter: Option<String>) -> Result<(usize, usize, usize)> {
     // The RBAC audit over every operator process of the run (see `support::audit`).
     let t0 = Instant::now();
     let audit_ctx = Ctx { cluster: cluster.clone(), ns: "e2e-audit-0".into() };
-    let no_refusals = support::audit::check_no_refusals();
+    let no_refusals = support::audit::check_no_refusals(filter.is_none());
     let both_ways = support::audit::check_rbac_both_ways(&audit_ctx, filter.is_none()).await;
     for (name, result) in [
         ("audit::no_operator_was_refused", no_refusals),

@@ -40,8 +40,8 @@ const GRANTED_RARE: &[(&str, &str, &str, &str)] = &[
 pub struct Sender {
     ns: String,
     name: String,
-    /// Authenticated with a ServiceAccount token (as deployed), or else with the plane's
-    /// admin certificate, for the reason given.
+    /// Authenticated with a ServiceAccount token (as deployed), or else with a certificate of
+    /// its own kubeconfig (a second plane's), for the reason given.
     admin: Option<&'static str>,
     refusals_expected: Option<&'static str>,
     /// Refusals answered before a known instant (an API server restarting, whose authorizer
@@ -68,18 +68,6 @@ impl Sender {
             ns: ctx.ns.clone(),
             name: name.to_string(),
             admin,
-            refusals_expected: None,
-            refusals_before: BTreeMap::new(),
-        }
-    }
-
-    /// A process run as cluster-admin, for `reason`.
-    #[allow(dead_code)]
-    pub fn admin(ctx: &Ctx, name: &str, reason: &'static str) -> Sender {
-        Sender {
-            ns: ctx.ns.clone(),
-            name: name.to_string(),
-            admin: Some(reason),
             refusals_expected: None,
             refusals_before: BTreeMap::new(),
         }
@@ -184,9 +172,11 @@ fn deploy_grants(ctx: &Ctx) -> Result<BTreeSet<Grant>> {
 }
 
 /// After the suite: no refusal nobody expected, in any test.
-pub fn check_no_refusals() -> Result<String> {
+/// `whole` is false for a filtered run, whose operators may all have exited before they could
+/// report (a test of a leader that steps down).
+pub fn check_no_refusals(whole: bool) -> Result<String> {
     let all = SENT.lock().map(|s| s.clone()).unwrap_or_default();
-    ensure!(!all.is_empty(), "no operator process reported its requests");
+    ensure!(!whole || !all.is_empty(), "no operator process reported its requests");
     let mut refused = Vec::new();
     let mut expected = 0;
     for s in &all {

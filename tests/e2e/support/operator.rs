@@ -64,20 +64,6 @@ impl Operator {
         Self::spawn(ctx, name, kubeconfig, namespace, extra, env, sender)
     }
 
-    /// As [`Operator::launch`], but as cluster-admin: only for a test that needs more than
-    /// `deploy/` grants, which says why in `reason` (the audit prints it).
-    #[allow(dead_code)]
-    pub fn launch_as_admin(
-        ctx: &Ctx,
-        name: &str,
-        namespace: Option<&str>,
-        extra: &[&str],
-        reason: &'static str,
-    ) -> Result<Operator> {
-        let sender = audit::Sender::admin(ctx, name, reason);
-        Self::spawn(ctx, name, &ctx.cluster.kubeconfig, namespace, extra, &[], sender)
-    }
-
     /// Expects this process to be refused (401 or 403) on purpose; the audit then does not
     /// count its refusals as a failure.
     pub fn expect_refusals(&mut self, why: &'static str) {

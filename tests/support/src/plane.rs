@@ -105,8 +105,24 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
 }
 
 impl ControlPlane {
-    /// Starts everything and waits until the nodes are Ready and schedulable.
+    /// Starts everything and waits until the nodes are Ready and schedulable. A free port
+    /// is picked by binding and releasing it, so another process can take it before a
+    /// component binds it: a start that fails on `address already in use` is tried again
+    /// with new ports (three times at most).
     pub async fn start(opts: &PlaneOptions) -> Result<ControlPlane> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start_once(opts).await {
+                Err(e) if tries < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("control plane: a port was taken meanwhile, starting again: {e:#}");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(opts: &PlaneOptions) -> Result<ControlPlane> {
         let dir = std::env::temp_dir().join(format!("tfjob-plane-{}-{}", std::process::id(), free_port()?));
         std::fs::create_dir_all(&dir)?;
         let [etcd, peer, api, kcm, sched] =
