@@ -1,6 +1,7 @@
 //! Leader election on a `coordination.k8s.io` Lease, as client-go does it: the decision what
-//! to do with the lease just read is pure ([`step`], [`claim`], [`release`]); [`Elector`]
-//! reads and writes the lease every retry period and opens or closes the [`Gate`].
+//! to do with the lease just read is pure ([`step`], [`claim`], [`release`], [`attempt_bound`]);
+//! [`Elector`] reads and writes the lease every retry period (a leader renews with one write of
+//! the record it wrote last) and opens or closes the [`Gate`].
 //!
 //! A follower trusts its own clock, not the holder's: a held lease expires when its record
 //! has not changed for `leaseDurationSeconds` of local time. A leader that has not renewed
