@@ -295,6 +295,9 @@ impl Elector {
 }
 
 #[cfg(test)]
+mod elector_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
