@@ -63,10 +63,11 @@ impl Proxy {
     }
 
     /// A proxy to the server of `kubeconfig`'s current cluster, and a copy of the kubeconfig
-    /// at `out` that points there (only the port changes: the server's certificate names
-    /// 127.0.0.1).
+    /// at `out` that points there, otherwise the same text (only the server's port changes:
+    /// its certificate names 127.0.0.1).
     pub async fn for_kubeconfig(kubeconfig: &Path, out: &Path) -> Result<Proxy> {
-        let mut kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let text = std::fs::read_to_string(kubeconfig)?;
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
         let current = kc.current_context.clone().context("the kubeconfig has no current context")?;
         let cluster_name = kc
             .contexts
@@ -77,11 +78,12 @@ impl Proxy {
             .context("the current context names no cluster")?;
         let cluster = kc
             .clusters
-            .iter_mut()
+            .iter()
             .find(|c| c.name == cluster_name)
-            .and_then(|c| c.cluster.as_mut())
+            .and_then(|c| c.cluster.as_ref())
             .context("the current cluster is missing")?;
-        let server: http::Uri = cluster.server.as_deref().context("the cluster has no server")?.parse()?;
+        let url = cluster.server.as_deref().context("the cluster has no server")?;
+        let server: http::Uri = url.parse()?;
         let authority = server.authority().context("the server URL has no host")?;
         let port = authority.port_u16().unwrap_or(443);
         let upstream = tokio::net::lookup_host((authority.host(), port))
@@ -91,9 +93,8 @@ impl Proxy {
         anyhow::ensure!(upstream.ip().is_loopback(), "the proxy only forwards to loopback: {upstream}");
         let proxy = Proxy::start(upstream).await?;
         let scheme = server.scheme_str().unwrap_or("https");
-        cluster.server = Some(format!("{scheme}://127.0.0.1:{}", proxy.addr.port()));
-        // JSON is YAML: kube reads it back as a kubeconfig.
-        std::fs::write(out, serde_json::to_string_pretty(&kc)?)?;
+        anyhow::ensure!(text.contains(url), "the server URL {url} is not written as such in the kubeconfig");
+        std::fs::write(out, text.replace(url, &format!("{scheme}://127.0.0.1:{}", proxy.addr.port())))?;
         Ok(proxy)
     }
 
@@ -342,6 +343,14 @@ mod tests {
         );
         assert_eq!(cluster.certificate_authority_data.as_deref(), Some("Y2E="));
         assert_eq!(kc.current_context.as_deref(), Some("x"));
+        let (before, after) =
+            (std::fs::read_to_string(&src).unwrap(), std::fs::read_to_string(&out).unwrap());
+        let port = |p: u16| format!("127.0.0.1:{p}");
+        assert_eq!(
+            after,
+            before.replace(&port(upstream.port()), &port(proxy.addr().port())),
+            "only the port"
+        );
         let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
         round_trip(&mut s, b"through", Duration::from_secs(5)).await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
