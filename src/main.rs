@@ -34,24 +34,34 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The API client: kube's stack without its retry layer (a failed request returns to the
+/// The API clients: kube's stack without its retry layer (a failed request returns to the
 /// reconcile, which backs off), then, outermost last: every request but a watch bounded in
-/// time, every attempt counted, every write but the Lease's held at the gate, and the
-/// optional rate limit.
-async fn client(opts: &cli::Options, metrics: Arc<Metrics>, gate: &Gate) -> anyhow::Result<kube::Client> {
+/// time, every attempt counted, every write but the Lease's held at the gate. The controller's
+/// client adds the optional rate limit; the elector's (second) has none and its own
+/// connections: a renewal never waits in kube's queue behind hundreds of rate-limited creates.
+async fn clients(
+    opts: &cli::Options,
+    metrics: Arc<Metrics>,
+    gate: &Gate,
+) -> anyhow::Result<(kube::Client, kube::Client)> {
     let mut config =
         kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     config.default_retry = false;
-    let builder = ClientBuilder::try_from(config)?
-        .with_layer(&DeadlineLayer(opts.request_timeout))
-        .with_layer(&CountLayer(metrics))
-        .with_layer(&GateLayer(gate.clone()));
+    let stack = |config: kube::Config| -> anyhow::Result<_> {
+        Ok(ClientBuilder::try_from(config)?
+            .with_layer(&DeadlineLayer(opts.request_timeout))
+            .with_layer(&CountLayer(metrics.clone()))
+            .with_layer(&GateLayer(gate.clone())))
+    };
+    let elector = stack(config.clone())?.build();
+    let builder = stack(config)?;
     if opts.kube_api_qps == 0 {
-        return Ok(builder.build());
+        return Ok((builder.build(), elector));
     }
     // `burst` requests per `burst / qps` seconds: the rate is qps, bursts up to `burst`.
     let per = Duration::from_secs_f64(f64::from(opts.kube_api_burst) / f64::from(opts.kube_api_qps));
-    Ok(builder.with_layer(&tower::limit::RateLimitLayer::new(u64::from(opts.kube_api_burst), per)).build())
+    let limit = tower::limit::RateLimitLayer::new(u64::from(opts.kube_api_burst), per);
+    Ok((builder.with_layer(&limit).build(), elector))
 }
 
 /// This process's name in the Lease and in its events: the pod name, else host and pid.
@@ -69,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let gate = if opts.leader_election.is_some() { Gate::elected() } else { Gate::always_open() };
     let metrics = Arc::new(Metrics::new(&gate));
     let readiness = Arc::new(Readiness::new(gate.clone()));
-    let client = client(&opts, metrics.clone(), &gate).await?;
+    let (client, elector_client) = clients(&opts, metrics.clone(), &gate).await?;
     if opts.gang_scheduling == GangScheduling::Native {
         tfjob_operator::writer::check_pod_groups_served(&client).await?;
         info!("gang scheduling: one scheduling.k8s.io/v1alpha2 PodGroup per TFJob");
@@ -106,14 +116,15 @@ async fn main() -> anyhow::Result<()> {
         controller::run(client, settings, metrics, gate, synced, shutdown).await;
         return Ok(());
     };
-    lead(client, settings, metrics, gate, synced, election, me, shutdown).await
+    let clients = [client, elector_client];
+    lead(clients, settings, metrics, gate, synced, election, me, shutdown).await
 }
 
 /// Waits for the lease, then runs the controller until shutdown (then releases the lease) or
 /// until the lease is lost (then exits with an error, to start again as a follower).
 #[allow(clippy::too_many_arguments)]
 async fn lead(
-    client: kube::Client,
+    [client, elector_client]: [kube::Client; 2],
     settings: Settings,
     metrics: Arc<Metrics>,
     gate: Gate,
@@ -123,7 +134,7 @@ async fn lead(
     shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let elector = Elector::new(client.clone(), &election.namespace, me.clone(), election.timings);
+    let elector = Elector::new(elector_client, &election.namespace, me.clone(), election.timings);
     info!(identity = %me, namespace = %election.namespace, lease = tfjob_operator::leader::LEASE_NAME, "waiting for the leader lease");
     let mut elector = tokio::spawn(elector.run(gate.clone(), async move {
         let _ = stop_rx.await;

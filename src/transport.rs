@@ -1,8 +1,9 @@
 //! The API client's own tower layers, around kube's stack (whose retry layer is off: a failed
 //! request goes back to the reconcile, which backs off, so every attempt passes these layers):
-//! a deadline for every request but watches ([`DeadlineLayer`]), and the leadership gate for
-//! every write but the Lease's ([`GateLayer`]). The request counter is
-//! [`crate::metrics::requests::CountLayer`].
+//! a deadline for every request and every response body but a watch's ([`DeadlineLayer`]), and
+//! the leadership gate for every write but the Lease's ([`GateLayer`]). The request counter is
+//! [`crate::metrics::requests::CountLayer`]. A watch's body is bounded by
+//! [`WATCH_TIMEOUT_SECS`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,12 @@ use tower::{BoxError, Layer, Service};
 use crate::leader::Gate;
 use crate::metrics::requests::classify;
 
+/// How long the API server keeps a watch open (`timeoutSeconds`). kube's watcher gives up on a
+/// watch silent for this plus 5 s, and watches again from where it was: a watch whose
+/// connection hangs (a black hole: no answer, no reset) is replaced within a minute, not
+/// kube's default 295 s. The price is one re-watch per watch per 55 s.
+pub const WATCH_TIMEOUT_SECS: u32 = 55;
+
 /// Whether the request is a watch (which lives as long as the server keeps it open).
 pub fn is_watch<B>(req: &Request<B>) -> bool {
     req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
@@ -27,7 +34,8 @@ pub fn gated(method: &Method, resource: &str) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) && resource != "leases"
 }
 
-/// Gives every request but a watch `timeout` to complete, its response body included.
+/// Gives every request `timeout` for its answer to start (a watch's comes at once), and every
+/// response body but a watch's the same deadline to complete.
 #[derive(Clone, Copy, Debug)]
 pub struct DeadlineLayer(pub Duration);
 
@@ -63,19 +71,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let deadline = (!is_watch(&req)).then(|| tokio::time::Instant::now() + self.timeout);
+        let (at, watch) = (tokio::time::Instant::now() + self.timeout, is_watch(&req));
         let (timeout, fut) = (self.timeout, self.inner.call(req));
         Box::pin(async move {
-            let response = match deadline {
-                Some(at) => tokio::time::timeout_at(at, fut)
-                    .await
-                    .map_err(|_| BoxError::from(format!("no response within {timeout:?}")))?,
-                None => fut.await,
-            }
-            .map_err(Into::into)?;
+            // A watch sent on a connection that hangs is cut here too.
+            let response = tokio::time::timeout_at(at, fut)
+                .await
+                .map_err(|_| BoxError::from(format!("no response within {timeout:?}")))?
+                .map_err(Into::into)?;
             Ok(response.map(|body| DeadlineBody {
                 inner: Box::pin(body),
-                deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+                deadline: (!watch).then(|| Box::pin(tokio::time::sleep_until(at))),
             }))
         })
     }
@@ -218,6 +224,49 @@ mod tests {
         }
     }
 
+    /// A body whose one frame comes after `0`.
+    struct LateBody(Pin<Box<tokio::time::Sleep>>, bool);
+
+    impl Body for LateBody {
+        type Data = &'static [u8];
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            if self.1 {
+                return Poll::Ready(None);
+            }
+            std::task::ready!(self.0.as_mut().poll(cx));
+            self.1 = true;
+            Poll::Ready(Some(Ok(Frame::data(b"{}".as_slice()))))
+        }
+    }
+
+    /// Answers at once with a body that takes 30 s.
+    #[derive(Clone)]
+    struct SlowBody;
+
+    impl Service<Request<String>> for SlowBody {
+        type Response = Response<LateBody>;
+        type Error = BoxError;
+        type Future = BoxFuture<Response<LateBody>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<String>) -> Self::Future {
+            let body = LateBody(Box::pin(tokio::time::sleep(Duration::from_secs(30))), false);
+            Box::pin(std::future::ready(Ok(Response::new(body))))
+        }
+    }
+
+    async fn read_body<B: Body<Error = BoxError> + Unpin>(mut body: B) -> Result<(), BoxError> {
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            frame?;
+        }
+        Ok(())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn requests_but_watches_meet_their_deadline() {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -225,11 +274,19 @@ mod tests {
         let mut svc = DeadlineLayer(Duration::from_secs(10)).layer(slow);
         let err = svc.call(req("GET", "/api/v1/namespaces/ns/pods/p")).await.expect_err("timed out");
         assert!(err.to_string().contains("no response within 10s"), "{err}");
-        assert!(svc.call(req("GET", "/api/v1/pods?watch=true")).await.is_ok(), "a watch has no deadline");
+        let err = svc.call(req("GET", "/api/v1/pods?watch=true")).await.expect_err("hung watch");
+        assert!(err.to_string().contains("no response within 10s"), "a watch's answer must start: {err}");
         let mut fast = DeadlineLayer(Duration::from_secs(10))
             .layer(Slow { calls: calls.clone(), delay: Duration::from_secs(1) });
         assert!(fast.call(req("POST", "/api/v1/namespaces/ns/pods")).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let mut bodies = DeadlineLayer(Duration::from_secs(10)).layer(SlowBody);
+        let get = bodies.call(req("GET", "/api/v1/pods")).await.expect("answered at once");
+        let err = read_body(get.into_body()).await.expect_err("the body is late");
+        assert!(err.to_string().contains("did not arrive before the deadline"), "{err}");
+        let watch = bodies.call(req("GET", "/api/v1/pods?watch=true")).await.expect("answered at once");
+        read_body(watch.into_body()).await.expect("a watch's body has no deadline");
     }
 
     #[tokio::test]

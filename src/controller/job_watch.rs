@@ -27,7 +27,7 @@ pub fn events(
     mut cache: InPlace<TFJob>,
     writer: Writer,
 ) -> impl Stream<Item = Result<JobEvent, watcher::Error>> + Send {
-    watcher(api, watcher::Config::default())
+    watcher(api, watcher::Config::default().timeout(crate::transport::WATCH_TIMEOUT_SECS))
         .backoff(WatchBackoff::new())
         .modify(|j: &mut DynamicObject| j.metadata.managed_fields = None)
         .map(move |event| {

@@ -117,7 +117,10 @@ where
     let mut cache = InPlace::new(writer);
     // Lists come in pages of 100 (kube's default is 500): a page is held whole before it is
     // slimmed, and a pod of a job at the maximum size carries a TF_CONFIG of some 50 KB.
-    let cfg = watcher::Config::default().labels(&names::operator_selector()).page_size(LIST_PAGE_SIZE);
+    let cfg = watcher::Config::default()
+        .labels(&names::operator_selector())
+        .page_size(LIST_PAGE_SIZE)
+        .timeout(crate::transport::WATCH_TIMEOUT_SECS);
     let stream = watcher(api, cfg).backoff(WatchBackoff::new()).modify(K::slim);
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {

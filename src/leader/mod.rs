@@ -1,6 +1,7 @@
 //! Leader election on a `coordination.k8s.io` Lease, as client-go does it: the decision what
-//! to do with the lease just read is pure ([`step`], [`claim`], [`release`]); [`Elector`]
-//! reads and writes the lease every retry period and opens or closes the [`Gate`].
+//! to do with the lease just read is pure ([`step`], [`claim`], [`release`], [`attempt_bound`]);
+//! [`Elector`] reads and writes the lease every retry period (a leader renews with one write of
+//! the record it wrote last) and opens or closes the [`Gate`].
 //!
 //! A follower trusts its own clock, not the holder's: a held lease expires when its record
 //! has not changed for `leaseDurationSeconds` of local time. A leader that has not renewed
@@ -103,10 +104,17 @@ pub fn release(prev: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     }
 }
 
-/// How long one read-and-write of the lease may take: a leader's by its renew deadline, a
-/// follower's by the retry period.
-pub fn attempt_bound(timings: Timings, leading: bool) -> Duration {
-    if leading { timings.renew_deadline } else { timings.retry }
+/// How long one attempt on the lease may take, given how long ago our last renewal left
+/// (`None`: we do not lead). A leader's by what is left of its renew deadline (it stops then
+/// anyway). A follower's by the renew deadline too, not the retry period: a slow answer (an API
+/// server queueing under load) still counts, while an acquisition slower than that is worth
+/// nothing (it vouches for a renew deadline from when its write left, already past), so a hung
+/// request never outlives the attempt it serves.
+pub fn attempt_bound(timings: Timings, since_renewal: Option<Duration>) -> Duration {
+    match since_renewal {
+        Some(elapsed) => timings.renew_deadline.saturating_sub(elapsed),
+        None => timings.renew_deadline,
+    }
 }
 
 /// Why an attempt on the lease failed.
@@ -125,11 +133,13 @@ pub struct Elector {
     timings: Timings,
     /// The record last read, and when (local clock) it last changed.
     observed: Option<(Option<LeaseSpec>, Instant)>,
+    /// The lease as we last wrote it, while we hold it: renewed without reading it first.
+    held: Option<Lease>,
 }
 
 impl Elector {
     pub fn new(client: Client, namespace: &str, me: String, timings: Timings) -> Elector {
-        Elector { api: Api::namespaced(client, namespace), me, timings, observed: None }
+        Elector { api: Api::namespaced(client, namespace), me, timings, observed: None, held: None }
     }
 
     /// When the lease another process holds expires, by our clock, if it is not renewed.
@@ -142,8 +152,21 @@ impl Elector {
         Some(*at + secs.map_or(self.timings.lease, Duration::from_secs))
     }
 
-    /// One read and, if due, one write. Returns whether we hold the lease now.
-    async fn attempt(&mut self) -> Result<bool, AttemptError> {
+    /// At most one read and one write. Returns, if we hold the lease now, when the write that
+    /// took or renewed it left.
+    async fn attempt(&mut self) -> Result<Option<Instant>, AttemptError> {
+        if let Some(mut lease) = self.held.take() {
+            // As client-go: a leader renews the record it wrote last without reading it first
+            // (one request, not two, per renewal: it keeps up with a slow API server); the
+            // resourceVersion refuses it (409) if anyone else wrote since, then we read.
+            lease.spec = Some(claim(lease.spec.as_ref(), &self.me, Timestamp::now(), self.timings.lease));
+            let sent = Instant::now();
+            match self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
+                Ok(written) => return Ok(Some(self.wrote(written, Step::Renew, sent))),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let current = self.api.get_opt(LEASE_NAME).await?;
         let spec = current.as_ref().and_then(|l| l.spec.clone());
         let now = Instant::now();
@@ -154,8 +177,9 @@ impl Elector {
         self.observed = Some((spec.clone(), since));
         let step = step(spec.as_ref(), &self.me, now - since, self.timings.lease);
         let new_spec = claim(spec.as_ref(), &self.me, Timestamp::now(), self.timings.lease);
+        let sent = Instant::now();
         let written = match (step, current) {
-            (Step::Wait, _) => return Ok(false),
+            (Step::Wait, _) => return Ok(None),
             (Step::Create, _) => {
                 let lease = Lease {
                     metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
@@ -167,20 +191,24 @@ impl Elector {
                 lease.spec = Some(new_spec);
                 self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await
             }
-            (_, None) => return Ok(false),
+            (_, None) => return Ok(None),
         };
         match written {
-            Ok(lease) => {
-                if step != Step::Renew {
-                    info!(identity = %self.me, lease = LEASE_NAME, "acquired the lease");
-                }
-                self.observed = Some((lease.spec, Instant::now()));
-                Ok(true)
-            }
+            Ok(lease) => Ok(Some(self.wrote(lease, step, sent))),
             // Someone else wrote first: read again next time.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Records the lease we wrote (sent at `sent`); returns `sent`.
+    fn wrote(&mut self, lease: Lease, step: Step, sent: Instant) -> Instant {
+        if step != Step::Renew {
+            info!(identity = %self.me, lease = LEASE_NAME, "acquired the lease");
+        }
+        self.observed = Some((lease.spec.clone(), Instant::now()));
+        self.held = Some(lease);
+        sent
     }
 
     /// Competes for the lease until `stop` resolves, keeping `gate` open while we hold it.
@@ -205,13 +233,11 @@ impl Elector {
                     gate.set(false);
                     return;
                 }
-                (started, held) = async {
+                held = async {
                     tokio::time::sleep_until(next).await;
-                    // A hung request must not outlive the role: a leader's is bounded by its
-                    // renew deadline, a follower's by the retry period, so it tries again.
-                    let bound = attempt_bound(self.timings, last_renew.is_some());
-                    let started = Instant::now();
-                    (started, tokio::time::timeout(bound, self.attempt()).await.unwrap_or(Err(AttemptError::TimedOut(bound))))
+                    // A hung request must not outlive the attempt (see `attempt_bound`).
+                    let bound = attempt_bound(self.timings, last_renew.map(|t| t.elapsed()));
+                    tokio::time::timeout(bound, self.attempt()).await.unwrap_or(Err(AttemptError::TimedOut(bound)))
                 } => {
                     // Every retry period, and at once when the holder's lease expires: a
                     // follower takes over within lease duration + retry period of the
@@ -221,19 +247,19 @@ impl Elector {
                         next = next.min(expiry);
                     }
                     match held {
-                        Ok(true) => {
-                            // Counted from before the request left: the new record cannot be
+                        Ok(Some(sent)) => {
+                            // Counted from before the write left: the new record cannot be
                             // older than this, so a follower, which counts from when it saw the
                             // record, never takes over while this renewal still vouches for us.
-                            last_renew = Some(started);
-                            gate.renewed((started + self.timings.renew_deadline).into_std());
+                            last_renew = Some(sent);
+                            gate.renewed((sent + self.timings.renew_deadline).into_std());
                         }
-                        Ok(false) if last_renew.is_some() => {
+                        Ok(None) if last_renew.is_some() => {
                             warn!(identity = %self.me, "the lease is held by another process: stopping");
                             gate.set(false);
                             return;
                         }
-                        Ok(false) => {}
+                        Ok(None) => {}
                         Err(e) => warn!(identity = %self.me, error = %e, "reading or writing the lease failed"),
                     }
                 }
@@ -267,6 +293,9 @@ impl Elector {
         }
     }
 }
+
+#[cfg(test)]
+mod elector_tests;
 
 #[cfg(test)]
 mod tests {
@@ -303,9 +332,20 @@ mod tests {
 
     #[test]
     fn attempts_are_bounded_by_role() {
+        let s = Duration::from_secs;
         let t = Timings::default();
-        assert_eq!(attempt_bound(t, true), t.renew_deadline);
-        assert_eq!(attempt_bound(t, false), t.retry);
+        let cases = [
+            ("leader, just renewed", Some(s(0)), s(10)),
+            ("leader, 7 s after its renewal", Some(s(7)), s(3)),
+            ("leader, past its renew deadline", Some(s(12)), s(0)),
+            // Not the retry period (2 s): lease answers that take 3 s must still count.
+            ("follower", None, s(10)),
+        ];
+        for (name, since, want) in cases {
+            assert_eq!(attempt_bound(t, since), want, "{name}");
+        }
+        let slow = Timings { lease: s(60), renew_deadline: s(40), retry: s(5) };
+        assert_eq!(attempt_bound(slow, None), s(40), "a follower's bound follows the renew deadline");
     }
 
     #[test]

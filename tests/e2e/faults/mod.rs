@@ -5,6 +5,7 @@
 //! plane only.
 
 mod fleet;
+mod hung;
 mod relist;
 mod split;
 mod webhook;
@@ -28,6 +29,11 @@ pub fn tests() -> Vec<Test> {
         test!(split::killed_between_creates_and_status_write).fault(),
         test!(split::namespace_and_job_deleted_under_running_work).fault(),
         test!(webhook::a_webhook_down_is_the_clusters_failure_and_nothing_is_lost).serial(),
+        test!(hung::a_hung_reconcile_request_is_cut_at_the_request_timeout).fault(),
+        test!(hung::hung_watches_come_back).fault(),
+        test!(hung::a_leader_whose_renewals_hang_stops_at_its_renew_deadline).fault(),
+        test!(hung::a_follower_takes_over_while_lease_answers_take_3_s).fault(),
+        test!(hung::a_rate_limited_leader_renews_on_time_under_a_300_replica_job).fault(),
     ]
 }
 

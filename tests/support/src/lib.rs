@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod pki;
 pub mod plane;
 pub mod process;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
