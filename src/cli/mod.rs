@@ -104,8 +104,9 @@ struct Flags {
     #[arg(long, value_name = "F", env = "TFJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// How long an API request (but a watch) may take, its response included; under leader
-    /// election at most the renew deadline
+    /// How long an API request may take, its response included (a watch: until its answer
+    /// starts; the API server ends each watch after 55 s); under leader election at most the
+    /// renew deadline
     #[arg(
         long,
         value_name = "D",
