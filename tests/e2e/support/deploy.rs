@@ -70,21 +70,7 @@ pub fn apply(ctx: &Ctx, docs: &[&Value]) -> Result<()> {
 
 /// A kubeconfig for the cluster's current context that authenticates with `token` only.
 pub fn token_kubeconfig(ctx: &Ctx, token: &str) -> Result<PathBuf> {
-    let kc = kube::config::Kubeconfig::read_from(&ctx.cluster.kubeconfig)?;
-    let current = kc.current_context.clone().context("the kubeconfig has no current context")?;
-    let cluster_name = kc
-        .contexts
-        .iter()
-        .find(|c| c.name == current)
-        .and_then(|c| c.context.as_ref())
-        .map(|c| c.cluster.clone())
-        .context("the current context names no cluster")?;
-    let cluster = kc
-        .clusters
-        .iter()
-        .find(|c| c.name == cluster_name)
-        .and_then(|c| c.cluster.clone())
-        .context("the current cluster is missing")?;
+    let cluster = tfjob_testsupport::current_cluster(&ctx.cluster.kubeconfig)?;
     let server = cluster.server.context("the cluster has no server")?;
     let ca = cluster
         .certificate_authority_data

@@ -104,6 +104,24 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// The cluster of a kubeconfig's current context (its server, CA, ...).
+pub fn current_cluster(kubeconfig: &Path) -> Result<kube::config::Cluster> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let current = kc.current_context.clone().context("the kubeconfig has no current context")?;
+    let cluster_name = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .context("the current context names no cluster")?;
+    kc.clusters
+        .into_iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster)
+        .context("the current cluster is missing")
+}
+
 impl ControlPlane {
     /// Starts everything and waits until the nodes are Ready and schedulable. A free port
     /// is picked by binding and releasing it, so another process can take it before a

@@ -67,21 +67,7 @@ impl Proxy {
     /// its certificate names 127.0.0.1).
     pub async fn for_kubeconfig(kubeconfig: &Path, out: &Path) -> Result<Proxy> {
         let text = std::fs::read_to_string(kubeconfig)?;
-        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-        let current = kc.current_context.clone().context("the kubeconfig has no current context")?;
-        let cluster_name = kc
-            .contexts
-            .iter()
-            .find(|c| c.name == current)
-            .and_then(|c| c.context.as_ref())
-            .map(|c| c.cluster.clone())
-            .context("the current context names no cluster")?;
-        let cluster = kc
-            .clusters
-            .iter()
-            .find(|c| c.name == cluster_name)
-            .and_then(|c| c.cluster.as_ref())
-            .context("the current cluster is missing")?;
+        let cluster = crate::current_cluster(kubeconfig)?;
         let url = cluster.server.as_deref().context("the cluster has no server")?;
         let server: http::Uri = url.parse()?;
         let authority = server.authority().context("the server URL has no host")?;
