@@ -287,101 +287,33 @@ mod tests {
                            "worker": ["j-worker-0.ns.svc:2222", "j-worker-1.ns.svc:2222", "j-worker-2.ns.svc:2222"]});
         let own_eval = json!({"evaluator": ["j-evaluator-0.ns.svc:2222"]});
         let w2 = json!({"worker": {"2": "j-worker-2.ns.svc:2222"}, "ps": ps});
+        let mwms_all = json!({"chief": ["j-chief-0.ns.svc:2222"], "worker": ["j-worker-0.ns.svc:2222"],
+                              "evaluator": ["j-evaluator-0.ns.svc:2222"]});
+        let (empty, all_ps) = (json!({"worker": {}, "ps": []}), json!({"worker": {}, "ps": ps}));
+        let own_ps = json!({"worker": {}, "ps": ["j-ps-1.ns.svc:2222"]});
         use ReplicaType::*;
-        // (case, types, enableDynamicWorker, kubeflow annotation, replica, index, cluster, environment)
+        // (case, types, mode: "dyn" enableDynamicWorker, "kf" the annotation, replica, index, cluster)
         let cases = [
-            ("PS + sidecar evaluator: a trainer", ps_eval, false, false, Worker, 0, trainers.clone(), true),
-            (
-                "PS + sidecar evaluator: the coordinator",
-                ps_eval,
-                false,
-                false,
-                Chief,
-                0,
-                trainers.clone(),
-                true,
-            ),
-            (
-                "PS + sidecar evaluator: the evaluator",
-                ps_eval,
-                false,
-                false,
-                Evaluator,
-                0,
-                own_eval.clone(),
-                true,
-            ),
-            ("PS + evaluator, kubeflow: a trainer", ps_eval, false, true, PS, 1, all.clone(), true),
-            (
-                "PS + evaluator, kubeflow: the evaluator",
-                ps_eval,
-                false,
-                true,
-                Evaluator,
-                0,
-                all.clone(),
-                true,
-            ),
-            (
-                "MWMS + evaluator: evaluator stays",
-                mwms_eval,
-                false,
-                false,
-                Worker,
-                0,
-                json!({"chief": ["j-chief-0.ns.svc:2222"], "worker": ["j-worker-0.ns.svc:2222"],
-                    "evaluator": ["j-evaluator-0.ns.svc:2222"]}),
-                true,
-            ),
-            ("dynamic: a worker sees itself and the PS", dynamic, true, false, Worker, 2, w2.clone(), false),
-            ("dynamic: the coordinator sees every trainer", dynamic, true, false, Chief, 0, dense, false),
-            (
-                "dynamic: a PS sees every PS",
-                dynamic,
-                true,
-                false,
-                PS,
-                1,
-                json!({"worker": {}, "ps": ps}),
-                false,
-            ),
-            ("dynamic: the evaluator sees itself", dynamic, true, false, Evaluator, 0, own_eval, false),
-            ("dynamic, kubeflow: a worker", dynamic, true, true, Worker, 2, w2, false),
-            (
-                "dynamic, kubeflow: the chief's is empty",
-                dynamic,
-                true,
-                true,
-                Chief,
-                0,
-                json!({"worker": {}, "ps": []}),
-                false,
-            ),
-            (
-                "dynamic, kubeflow: a PS has its own only",
-                dynamic,
-                true,
-                true,
-                PS,
-                1,
-                json!({"worker": {}, "ps": ["j-ps-1.ns.svc:2222"]}),
-                false,
-            ),
-            (
-                "dynamic, kubeflow: the evaluator's is empty",
-                dynamic,
-                true,
-                true,
-                Evaluator,
-                0,
-                json!({"worker": {}, "ps": []}),
-                false,
-            ),
+            ("PS + sidecar evaluator: a trainer", ps_eval, "", Worker, 0, &trainers),
+            ("PS + sidecar evaluator: the coordinator", ps_eval, "", Chief, 0, &trainers),
+            ("PS + sidecar evaluator: the evaluator", ps_eval, "", Evaluator, 0, &own_eval),
+            ("PS + evaluator, kubeflow: a trainer", ps_eval, "kf", PS, 1, &all),
+            ("PS + evaluator, kubeflow: the evaluator", ps_eval, "kf", Evaluator, 0, &all),
+            ("MWMS + evaluator: the evaluator stays", mwms_eval, "", Worker, 0, &mwms_all),
+            ("dynamic: a worker sees itself and the PS", dynamic, "dyn", Worker, 2, &w2),
+            ("dynamic: the coordinator sees every trainer", dynamic, "dyn", Chief, 0, &dense),
+            ("dynamic: a PS sees every PS", dynamic, "dyn", PS, 1, &all_ps),
+            ("dynamic: the evaluator sees itself", dynamic, "dyn", Evaluator, 0, &own_eval),
+            ("dynamic, kubeflow: a worker", dynamic, "dyn kf", Worker, 2, &w2),
+            ("dynamic, kubeflow: the chief's is empty", dynamic, "dyn kf", Chief, 0, &empty),
+            ("dynamic, kubeflow: a PS has its own only", dynamic, "dyn kf", PS, 1, &own_ps),
+            ("dynamic, kubeflow: the evaluator's is empty", dynamic, "dyn kf", Evaluator, 0, &empty),
         ];
-        for (case, types, dynamic, kf, t, i, cluster, env) in cases {
-            let j = if kf { kubeflow(job(types, dynamic)) } else { job(types, dynamic) };
+        for (case, types, mode, t, i, cluster) in cases {
+            let j = job(types, mode.contains("dyn"));
+            let j = if mode.contains("kf") { kubeflow(j) } else { j };
             let mut want = json!({"cluster": cluster, "task": {"type": t.lower(), "index": i}});
-            if env {
+            if !mode.contains("dyn") {
                 want["environment"] = json!("cloud");
             }
             assert_eq!(parsed(&j, t, i, None), want, "{case}");
