@@ -17,7 +17,7 @@ test: ## Everything CI runs: rustfmt, clippy -D warnings, unit, API and e2e test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	bindir=$$(hack/build-control-plane.sh) && kueuedir=$$(hack/build-kueue.sh) && \
-	  TFJOB_BIN_DIR="$$bindir" TFJOB_KUEUE_DIR="$$kueuedir" TFJOB_E2E_STATE="$(E2E_STATE)" \
+	  TFJOB_BIN_DIR="$$bindir" TFJOB_KUEUE_DIR="$$kueuedir" TFJOB_TENSORFLOW_DIR="$$(hack/install-tensorflow.sh)" TFJOB_E2E_STATE="$(E2E_STATE)" \
 	  $(CARGO) test --locked --no-fail-fast --workspace --tests --features tfjob-operator/fault-points
 	hack/check-plane-stopped.sh "$(E2E_STATE)"
 

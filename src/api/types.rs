@@ -84,7 +84,10 @@ pub struct TFJobSpec {
     /// replica type only when its key is spelled exactly `Chief`, `Master`, `PS`, `Worker`
     /// or `Evaluator`: use these spellings for a job queued by Kueue. Required; cannot be
     /// changed after the job is created, except the pod templates' scheduling directives
-    /// while the job is suspended (see `template`).
+    /// while the job is suspended (see `template`). Each pod gets a `TF_CONFIG`; beside
+    /// parameter servers an `Evaluator` is TensorFlow's sidecar evaluator (only itself in its
+    /// cluster, left out of the others'); the annotation `tfjob.kubeflow.org/tf-config:
+    /// kubeflow` gives Kubeflow's exact `TF_CONFIG` instead.
     pub tf_replica_specs: BTreeMap<String, ReplicaSpec>,
 
     /// When the job counts as succeeded:

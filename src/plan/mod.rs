@@ -172,6 +172,20 @@ fn record_policy(st: &mut TFJobStatus, policy: &EffectivePolicy, events: &mut Ve
     st.applied_policy = Some(applied);
 }
 
+/// The Warning for a new job with a `Master` replica type, which still runs as before:
+/// TensorFlow 2's strategies refuse a cluster with a `master` job (an Estimator-era role).
+fn master_warning(job: &TFJob) -> Option<PlannedEvent> {
+    let key =
+        job.spec.tf_replica_specs.keys().find(|k| ReplicaType::parse(k) == Some(ReplicaType::Master))?;
+    Some(PlannedEvent::warning(
+        "MasterReplicaType",
+        format!(
+            "replica type {key} runs as before, but TensorFlow 2's distribution strategies refuse a cluster \
+             with a \"master\" job (\"Disallowed task type\"): Chief is the replacement"
+        ),
+    ))
+}
+
 /// The operator's settings the planner follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -229,6 +243,7 @@ pub fn plan_with(
             ));
         }
         p.events.extend(suspend::kueue_warnings(job));
+        p.events.extend(master_warning(job));
     }
 
     if !old.is_finished() {

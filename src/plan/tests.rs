@@ -1247,3 +1247,33 @@ fn creates_and_deletes_are_bounded_per_reconcile() {
     let p = plan(&failing, &pods, &services(&failing), t(2));
     assert_eq!((p.delete_pods.len(), p.delete_services.len(), p.more), (500, 0, true));
 }
+
+#[test]
+fn master_replica_type_gets_one_warning() {
+    // (case, replica keys, warned)
+    let cases: [(&str, &[&str], bool); 4] = [
+        ("Master", &["Master", "Worker"], true),
+        ("master, another spelling", &["master", "PS"], true),
+        ("Chief", &["Chief", "Worker"], false),
+        ("workers only", &["Worker"], false),
+    ];
+    for (case, keys, warned) in cases {
+        let j = job(&keys.iter().map(|k| (*k, 1, None)).collect::<Vec<_>>());
+        let p = plan(&j, &[], &[], t(0));
+        let got: Vec<&PlannedEvent> = p.events.iter().filter(|e| e.reason == "MasterReplicaType").collect();
+        assert_eq!(got.len(), usize::from(warned), "{case}");
+        if let Some(e) = got.first() {
+            assert_eq!(e.type_, EventType::Warning, "{case}");
+            assert!(
+                e.note.starts_with(&format!("replica type {} runs as before", keys[0])),
+                "{case}: {}",
+                e.note
+            );
+            assert!(e.note.contains("Chief is the replacement"), "{case}");
+        }
+        // Still planned as before: a pod for every replica.
+        assert_eq!(p.create_pods.len(), keys.len(), "{case}");
+        let again = plan(&applied(j, &p), &[], &[], t(1));
+        assert!(again.events.iter().all(|e| e.reason != "MasterReplicaType"), "{case}: warned twice");
+    }
+}

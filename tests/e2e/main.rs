@@ -20,6 +20,7 @@ mod smoke;
 mod stuck;
 mod support;
 mod suspend;
+mod tensorflow;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -93,6 +94,7 @@ fn tests() -> Vec<Test> {
     all.extend(kueue_keys::tests());
     all.extend(multikueue::tests());
     all.extend(gang::tests());
+    all.extend(tensorflow::tests());
     // Last: serial tests run in this order, and the faults leave a plane that was restarted.
     all.extend(faults::tests());
     all.extend(stuck::tests());
