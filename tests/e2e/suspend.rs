@@ -323,22 +323,43 @@ impl<K: Watchable> Recorder<K> {
         let (events, failed) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
         let (into, fail) = (events.clone(), failed.clone());
         let task = tokio::spawn(async move {
-            let mut stream = stream.boxed();
-            let why = loop {
-                let (kind, obj) = match stream.next().await {
-                    Some(Ok(WatchEvent::Added(o))) => ("ADDED", o),
-                    Some(Ok(WatchEvent::Modified(o))) => ("MODIFIED", o),
-                    Some(Ok(WatchEvent::Deleted(o))) => ("DELETED", o),
-                    Some(Ok(WatchEvent::Bookmark(_))) => continue,
-                    Some(Ok(WatchEvent::Error(e))) => break format!("watch error: {e:?}"),
-                    Some(Err(e)) => break format!("watch failed: {e}"),
-                    None => break "the watch ended".to_string(),
-                };
-                into.lock().map(|mut v| v.push(Seen { kind, obj })).ok();
-            };
+            let why = Self::record(api, stream.boxed(), from, into).await;
             fail.lock().map(|mut f| *f = Some(why)).ok();
         });
         Ok(Recorder { events, failed, task })
+    }
+
+    /// Records the watch's events into `into`; a watch the API server ends (its request
+    /// timeout) goes on from the last resourceVersion seen, so nothing is missed. Returns why
+    /// it stopped.
+    async fn record(
+        api: Api<K>,
+        mut stream: futures::stream::BoxStream<'static, kube::Result<WatchEvent<K>>>,
+        mut last: String,
+        into: Arc<Mutex<Vec<Seen<K>>>>,
+    ) -> String {
+        loop {
+            let (kind, obj) = match stream.next().await {
+                Some(Ok(WatchEvent::Added(o))) => ("ADDED", o),
+                Some(Ok(WatchEvent::Modified(o))) => ("MODIFIED", o),
+                Some(Ok(WatchEvent::Deleted(o))) => ("DELETED", o),
+                Some(Ok(WatchEvent::Bookmark(b))) => {
+                    last = b.metadata.resource_version;
+                    continue;
+                }
+                Some(Ok(WatchEvent::Error(e))) => return format!("watch error: {e:?}"),
+                Some(Err(e)) => return format!("watch failed: {e}"),
+                None => match api.watch(&WatchParams::default(), &last).await {
+                    Ok(s) => {
+                        stream = s.boxed();
+                        continue;
+                    }
+                    Err(e) => return format!("the watch ended and could not go on: {e}"),
+                },
+            };
+            last = obj.meta().resource_version.clone().unwrap_or(last);
+            into.lock().map(|mut v| v.push(Seen { kind, obj })).ok();
+        }
     }
 
     /// What the watch has shown so far.
@@ -396,9 +417,10 @@ async fn a_300_replica_job_suspended_mid_creation_gets_no_further_batch_and_acti
     let pods_seen = pod_watch.events()?;
     let created = added(&pods_seen);
     let (before, after): (Vec<_>, Vec<_>) = created.iter().partition(|(rv, _)| *rv < at);
+    let first: Vec<_> = after.iter().take(5).collect();
     ensure!(
         after.len() <= ONE_BATCH,
-        "{} pods created after the stored suspend (rv {at}): {after:?}",
+        "{} pods created after the stored suspend (rv {at}), first {first:?}",
         after.len()
     );
     ensure!(
@@ -423,7 +445,13 @@ async fn a_300_replica_job_suspended_mid_creation_gets_no_further_batch_and_acti
             deleted.is_none_or(|d| d.rv() > zero.rv())
         })
         .collect();
-    ensure!(undeleted.is_empty(), "active 0 (rv {}) before a delete of {undeleted:?}", zero.rv());
+    let first: Vec<_> = undeleted.iter().take(5).collect();
+    ensure!(
+        undeleted.is_empty(),
+        "active 0 (rv {}) before a delete of {} pods, first {first:?}",
+        zero.rv(),
+        undeleted.len()
+    );
     ensure!(has_condition(&j, ConditionType::Suspended) && all_inactive(&j));
     println!(
         "    suspended mid-creation: {} pods before the suspend, {} after it (the batch in flight); active 0 {:.0} ms \
