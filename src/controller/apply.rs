@@ -1,7 +1,7 @@
 //! Apply: executes a [`Plan`] in its order through the [`Writer`] (status, events, pod
-//! deletes, service deletes, creates, the TTL deletion of the job), records every write as
-//! unseen until the caches show it, and returns what happened. No decisions here: what to do
-//! is the plan's, what follows is [`super::report`]'s.
+//! deletes, a suspended job's `active: 0`, service deletes, creates, the TTL deletion of the
+//! job), records every write as unseen until the caches show it, and returns what happened.
+//! No decisions here: what to do is the plan's, what follows is [`super::report`]'s.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
