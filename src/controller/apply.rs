@@ -1,13 +1,14 @@
 //! Apply: executes a [`Plan`] in its order through the [`Writer`] (status, events, pod
-//! deletes, service deletes, creates, the TTL deletion of the job), records every write as
-//! unseen until the caches show it, and returns what happened. No decisions here: what to do
-//! is the plan's, what follows is [`super::report`]'s.
+//! deletes, a suspended job's `active: 0`, service deletes, creates, the TTL deletion of the
+//! job), records every write as unseen until the caches show it, and returns what happened.
+//! No decisions here: what to do is the plan's, what follows is [`super::report`]'s.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
 use super::Now;
@@ -38,6 +39,9 @@ pub struct Applier<'a> {
     pub counting: &'a JobCounting,
     /// The pod and service writes in flight over all jobs.
     pub writes: &'a WriteSlots,
+    /// The job cache, as the TFJob watch keeps it: a job it shows suspended since its plan
+    /// gets no more creates.
+    pub jobs: &'a Store<TFJob>,
 }
 
 /// The pod and service creates and deletes in flight over all jobs (`--writes-in-flight`): a
@@ -74,7 +78,8 @@ impl WriteSlots {
 /// What the create step came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CreateStep {
-    /// The plan creates nothing.
+    /// The plan creates nothing, or nothing more: the job cache showed the job suspended
+    /// since it was planned (the suspension's own reconcile follows).
     NoneNeeded,
     /// The job's create backoff runs until then: nothing was sent.
     Waiting { until: Instant },
@@ -220,6 +225,12 @@ impl Applier<'_> {
         let pods = self.delete_owned::<Pod>(&ns, &plan.delete_pods, &mut deleted, now).await;
         self.announce(job, "SuccessfulDeletePod", "Deleted", "pod", &deleted, now)?;
         pods?;
+        if let Some(status) = &plan.status_after_pod_deletes {
+            // Every pod has a delete accepted: now the suspended job shows `active: 0`.
+            applied.status_written_over = applied.status_written_over.or(Some(job.status.clone()));
+            applied.job = self.write_status(job, status, now).await?;
+        }
+        let job = &applied.job;
         let mut deleted = Vec::new();
         let services = self.delete_owned::<Service>(&ns, &plan.delete_services, &mut deleted, now).await;
         self.announce(job, "SuccessfulDeleteService", "Deleted", "service", &deleted, now)?;
@@ -312,6 +323,9 @@ impl Applier<'_> {
     /// refusal: a template the API server refuses costs one create, not one per replica. Objects are built batch by batch. With
     /// gang scheduling, the job's PodGroup first, and nothing when it is not there.
     async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
+        if self.suspended_since(job) {
+            return Ok(CreateStep::NoneNeeded);
+        }
         // Gang scheduling (gang.rs): the PodGroup before any pod, and no pod without it.
         match self.create_pod_group(job, plan, now).await? {
             CreateStep::Done | CreateStep::NoneNeeded => {}
@@ -346,6 +360,11 @@ impl Applier<'_> {
             // A job deleted meanwhile gets nothing more (what was created goes with it).
             if i > 0 && self.unseen().status.is_gone(&uid) {
                 return Err(Error::JobGone { job: job.name_any() });
+            }
+            // A job suspended meanwhile gets nothing more (its suspension deletes what was).
+            if self.suspended_since(job) {
+                info!(created = created.1.len(), "suspended meanwhile: the creates stop");
+                return Ok(CreateStep::NoneNeeded);
             }
             let (batch, tail) = rest.split_at(size);
             rest = tail;
@@ -393,6 +412,13 @@ impl Applier<'_> {
             }
         }
         Ok(step)
+    }
+
+    /// Whether the job cache shows `job` (the same uid) suspended: a `suspend: true` stored
+    /// since `job` was planned from a version that was not.
+    fn suspended_since(&self, job: &TFJob) -> bool {
+        let cached = self.jobs.get(&ObjectRef::from_obj(job));
+        cached.is_some_and(|c| c.uid() == job.uid() && c.spec.is_suspended())
     }
 
     /// Creates one pod or service and records it as unseen; a refusal gets its Warning. Failed

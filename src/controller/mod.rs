@@ -94,6 +94,8 @@ struct Context {
     counting: Arc<observe::JobCounting>,
     /// The pod and service writes in flight over all jobs.
     writes: apply::WriteSlots,
+    /// The job cache: apply reads it between create batches (a job suspended meanwhile).
+    jobs: reflector::Store<TFJob>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -144,6 +146,7 @@ impl Context {
             metrics: &self.metrics,
             counting: &self.counting,
             writes: &self.writes,
+            jobs: &self.jobs,
         }
     }
 }
@@ -220,6 +223,8 @@ pub async fn run(
     let instance = settings.instance.clone().unwrap_or_else(|| crate::writer::FIELD_MANAGER.into());
     let (queue, publisher) = events::queue(instance, metrics.clone());
     let publisher = tokio::spawn(publisher.run(client.clone(), gate.clone()));
+    // TFJobs are cached without managedFields too, and decoded one by one ([`decode`]).
+    let (job_store, job_writer) = reflector::store();
     let ctx = Arc::new(Context {
         writer: Writer::new(client.clone(), gate.clone(), queue),
         caches: Caches { pods, services, pod_index, service_index, pod_groups },
@@ -229,6 +234,7 @@ pub async fn run(
         jobs_fresh: Arc::default(),
         counting: Arc::new(observe::JobCounting::new(gate.clone(), metrics.clone())),
         writes: apply::WriteSlots::new(settings.writes_in_flight),
+        jobs: job_store.clone(),
         settings: settings.clone(),
         metrics,
     });
@@ -250,8 +256,6 @@ pub async fn run(
         () = shutdown.clone() => return,
     }
     readiness.set_synced();
-    // TFJobs are cached without managedFields too, and decoded one by one ([`decode`]).
-    let (job_store, job_writer) = reflector::store();
     // Reflected in place, as the pods and services are (a re-list never doubles the cache).
     let resource = ApiResource::erase::<TFJob>(&());
     let job_api: Api<DynamicObject> = match ns {

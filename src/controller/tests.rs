@@ -9,6 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
+use kube::runtime::reflector::{self, Store};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tower_test::mock;
@@ -65,7 +66,16 @@ fn applier<'a>(
 ) -> Applier<'a> {
     static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
     static WRITES: std::sync::LazyLock<WriteSlots> = std::sync::LazyLock::new(|| WriteSlots::new(32));
-    Applier { writer, unseen, cluster_domain: None, metrics: &METRICS, counting, writes: &WRITES }
+    static JOBS: std::sync::LazyLock<Store<TFJob>> = std::sync::LazyLock::new(|| reflector::store().0);
+    Applier {
+        writer,
+        unseen,
+        cluster_domain: None,
+        metrics: &METRICS,
+        counting,
+        writes: &WRITES,
+        jobs: &JOBS,
+    }
 }
 
 fn now() -> Now {
@@ -81,6 +91,15 @@ fn start(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask) {
 
 /// [`start`], with the applier's own metrics, returned.
 fn start_counted(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask, Arc<Metrics>) {
+    start_with(plan, gate, reflector::store().0)
+}
+
+/// [`start_counted`], with `jobs` as the job cache.
+fn start_with(
+    plan: Plan,
+    gate: Gate,
+    jobs: Store<TFJob>,
+) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask, Arc<Metrics>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (queue, publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
@@ -96,6 +115,7 @@ fn start_counted(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, Appl
             metrics: &task_metrics,
             counting: &counting,
             writes: &writes,
+            jobs: &jobs,
         };
         let applied = a.apply_plan(&job(), &plan, None, false, now()).await;
         (applied, unseen.into_inner().expect("lock"))
@@ -158,6 +178,7 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         requeue_at: None,
         more: false,
         gang: Default::default(),
+        status_after_pod_deletes: None,
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let mut seen = Vec::new();
@@ -251,6 +272,18 @@ async fn create_conflict(found: Value) -> (CreateStep, Vec<String>) {
     let (applied, _) = task.await.expect("task");
     let mut seen = Vec::new();
     (applied.expect("applied").creates, queued_reasons(&events, &mut seen))
+}
+
+/// What the apply task returned; a request sent instead fails the test at once, named.
+async fn ended(h: &mut Handle, mut task: ApplyTask, what: &str) -> (Result<Applied, Error>, UnseenWrites) {
+    tokio::select! {
+        biased;
+        r = &mut task => r.expect("task"),
+        req = h.next_request() => match req {
+            Some((req, _)) => panic!("{what}: {} {} was sent", req.method(), req.uri().path()),
+            None => task.await.expect("task"),
+        },
+    }
 }
 
 #[tokio::test]
@@ -564,6 +597,41 @@ async fn a_pod_group_that_cannot_be_created_stops_the_pods_with_a_warning() {
 }
 
 #[tokio::test]
+async fn a_resume_waits_for_the_jobs_own_terminating_pod_group() {
+    // The job's own PodGroup of before the suspension, still terminating: not joined.
+    let mut own = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    own.metadata.uid = Some("uid-old-pg".into());
+    own.metadata.resource_version = Some("11".into());
+    own.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(1_700_000_000).expect("time"),
+    ));
+    assert!(crate::names::controlled_by(&own.metadata, "uid-j"), "the job's own");
+    let (mut h, events, task) =
+        start(gang_plan(crate::gang::GangScheduling::Native, None), Gate::always_open());
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::POST, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups")
+    );
+    respond(send, 409, status_body(409, "AlreadyExists"));
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!(
+        (m, path.as_str()),
+        (Method::GET, "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups/j")
+    );
+    respond(send, 200, serde_json::to_value(&own).expect("json"));
+    let (applied, _) = ended(&mut h, task, "a create beside the terminating PodGroup").await;
+    assert_eq!(applied.expect("applied").creates, CreateStep::Blocked, "the create waits for it to go");
+    assert!(queued_reasons(&events, &mut Vec::new()).is_empty());
+    // The job's own pod, terminating: waited for too, not taken as created.
+    let mut own_pod = stored(serde_json::to_value(pod(0)).expect("json"), "uid-old");
+    own_pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let (creates, events) = create_conflict(own_pod).await;
+    assert_eq!(creates, CreateStep::Blocked);
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[tokio::test]
 async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
     let mut observed = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
     observed.metadata.uid = Some("uid-pg".into());
@@ -708,4 +776,117 @@ async fn create_slots_serve_batches_in_the_order_asked() {
         w.await.expect("task");
     }
     assert_eq!(*order.lock().expect("lock"), ["a", "b", "c"], "in the order asked; 40 waits for 16, not 40");
+}
+
+// Suspension: a reconcile still creating stops once the job cache shows the job suspended,
+// and a suspended job's `active: 0` is written only after every pod delete is accepted.
+
+/// `j` as the TFJob watch shows it: with `uid` and `suspend`.
+fn shown(uid: &str, suspend: bool) -> kube::runtime::watcher::Event<TFJob> {
+    let mut j = job();
+    j.metadata.uid = Some(uid.into());
+    j.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(suspend), ..Default::default() });
+    kube::runtime::watcher::Event::Apply(j)
+}
+
+#[tokio::test]
+async fn a_suspend_seen_between_batches_stops_the_creates() {
+    // (what the watch shows after the first batch is sent: uid, suspend; whether the second
+    // pod goes)
+    let cases = [("uid-j", true, false), ("uid-j", false, true), ("an-earlier-j", true, true)];
+    for (uid, suspend, second_sent) in cases {
+        let (jobs, mut cache) = reflector::store();
+        cache.apply_watcher_event(&shown("uid-j", false));
+        let plan = Plan { create_pods: vec![w(0), w(1)], ..Default::default() };
+        let (mut h, events, task, _) = start_with(plan, Gate::always_open(), jobs);
+        // Slow start: the first batch is one pod.
+        let (_, _, body, send) = next(&mut h).await;
+        assert_eq!(body["metadata"]["name"], "j-worker-0");
+        cache.apply_watcher_event(&shown(uid, suspend));
+        respond(send, 201, stored(body, "uid-p0"));
+        if second_sent {
+            let (_, _, body, send) = next(&mut h).await;
+            assert_eq!(body["metadata"]["name"], "j-worker-1", "{uid} suspend={suspend}");
+            respond(send, 201, stored(body, "uid-p1"));
+        }
+        let (applied, _) = ended(&mut h, task, &format!("{uid} suspend={suspend}")).await;
+        let want = if second_sent { CreateStep::Done } else { CreateStep::NoneNeeded };
+        assert_eq!(applied.expect("applied").creates, want, "{uid} suspend={suspend}");
+        assert!(h.next_request().await.is_none(), "{uid} suspend={suspend}: nothing more sent");
+        let want =
+            if second_sent { "Created 2 pods: j-worker-0, j-worker-1" } else { "Created pod: j-worker-0" };
+        let notes: Vec<_> = events.lock().expect("lock").drain().into_iter().filter_map(|e| e.note).collect();
+        assert_eq!(notes, [want], "what was created is announced");
+    }
+}
+
+/// `written_status()` with `active` Workers.
+fn with_active(active: i32) -> TFJobStatus {
+    let mut st = written_status();
+    st.replica_statuses.entry(ReplicaType::Worker).or_default().active = active;
+    st
+}
+
+#[tokio::test]
+async fn a_suspended_jobs_active_0_is_written_once_every_pod_delete_is_accepted() {
+    let plan = Plan {
+        status: Some(with_active(2)),
+        delete_pods: vec![
+            ObjectKey { name: "j-worker-0".into(), uid: "uid-p0".into() },
+            ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() },
+        ],
+        status_after_pod_deletes: Some(with_active(0)),
+        delete_services: vec![ObjectKey { name: "j-worker-0".into(), uid: "uid-s0".into() }],
+        ..Default::default()
+    };
+    // Each pod delete answered: accepted (200), gone (404), or failed (500).
+    for (answers, written) in [([200, 404], true), ([200, 500], false)] {
+        let (mut h, _, task) = start(plan.clone(), Gate::always_open());
+        let (m, _, body, send) = next(&mut h).await;
+        assert_eq!((m, &body["status"]["replicaStatuses"]["Worker"]["active"]), (Method::PATCH, &json!(2)));
+        let mut stored_job = serde_json::to_value(job()).expect("json");
+        stored_job["status"] = body["status"].clone();
+        stored_job["metadata"]["resourceVersion"] = json!("12");
+        respond(send, 200, stored_job.clone());
+        // The two deletes go in one batch, in either order.
+        let mut deleted = Vec::new();
+        for _ in 0..2 {
+            let (m, path, _, send) = next(&mut h).await;
+            assert_eq!(m, Method::DELETE);
+            let code = if path.ends_with("j-worker-0") { answers[0] } else { answers[1] };
+            respond(send, code, status_body(code, "test"));
+            deleted.push(path);
+        }
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            ["/api/v1/namespaces/ns/pods/j-worker-0", "/api/v1/namespaces/ns/pods/j-worker-1"]
+        );
+        if written {
+            let (m, path, body, send) = next(&mut h).await;
+            assert_eq!(
+                (m, path.as_str()),
+                (Method::PATCH, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j/status")
+            );
+            assert_eq!(body["status"], serde_json::to_value(with_active(0)).expect("json"), "after the pods");
+            assert_eq!(body["metadata"]["resourceVersion"], "12", "fenced by the first write's answer");
+            stored_job["status"] = body["status"].clone();
+            stored_job["metadata"]["resourceVersion"] = json!("13");
+            respond(send, 200, stored_job);
+            let (m, path, _, send) = next(&mut h).await;
+            assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/services/j-worker-0"));
+            respond(send, 200, status_body(200, "Success"));
+            let applied = task.await.expect("task").0.expect("applied");
+            assert_eq!(
+                applied.job.metadata.resource_version.as_deref(),
+                Some("13"),
+                "the job as stored last"
+            );
+            assert_eq!(applied.status_written_over, Some(None), "what the first write replaced");
+        } else {
+            let (applied, _) = task.await.expect("task");
+            assert!(matches!(applied, Err(Error::DeletePod { .. })), "{applied:?}");
+        }
+        assert!(h.next_request().await.is_none(), "written={written}: nothing more sent");
+    }
 }

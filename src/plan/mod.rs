@@ -2,8 +2,9 @@
 //!
 //! No client, no clock, no async. [`plan`] returns a [`Plan`] whose parts are applied in
 //! order: status (a job that finishes is marked finished, with `completionTime`, before any
-//! of its pods is touched; a job that is suspended shows `active: 0` before its pods go), then
-//! events, then deletes, then creates, then the TTL deletion of the job.
+//! of its pods is touched; a job that is suspended records what its pods did before they go),
+//! then events, then deletes (a suspended job shows `active: 0` once every pod has a delete
+//! accepted), then creates, then the TTL deletion of the job.
 
 mod active;
 mod cleanup;
@@ -74,6 +75,10 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
     /// Pods to delete (with the uid seen, as a precondition).
     pub delete_pods: Vec<ObjectKey>,
+    /// A second status, written once every pod delete of the plan is accepted: a suspended
+    /// job's `active: 0`, which releases its quota in Kueue (only when the plan deletes every
+    /// pod the job still has).
+    pub status_after_pod_deletes: Option<TFJobStatus>,
     /// Services to delete (with the uid seen, as a precondition).
     pub delete_services: Vec<ObjectKey>,
     /// Replicas whose service to create.
@@ -246,9 +251,11 @@ pub fn plan_with(
         p.events.extend(master_warning(job));
     }
 
+    let mut suspending = false;
     if !old.is_finished() {
         match JobView::new(job) {
             Ok(view) if job.spec.is_suspended() => {
+                suspending = true;
                 suspend::plan_suspended(&view, &mut st, &mut p, &pods, &services, now);
                 // No pods while suspended: nothing to diagnose, no startup deadline running.
                 diagnosis::clear(&mut st);
@@ -291,6 +298,11 @@ pub fn plan_with(
         p.requeue_at = p.requeue_at.into_iter().chain(deadlines).min();
     }
 
+    // A suspended job's pods stay `active` until each has a delete accepted: the status after
+    // the deletes shows 0 when this plan deletes every pod left (none cut at the bound).
+    let inactive = (suspending && p.delete_pods.len() <= MAX_WRITES_PER_RECONCILE)
+        .then(|| suspend::inactive(&st))
+        .filter(|s| *s != st);
     p.more = cap(&mut p.delete_pods, &mut p.delete_services, MAX_WRITES_PER_RECONCILE)
         | cap(&mut p.create_services, &mut p.create_pods, MAX_WRITES_PER_RECONCILE);
 
@@ -298,6 +310,10 @@ pub fn plan_with(
         st.last_reconcile_time = Some(Time(now));
         p.status = Some(st);
     }
+    p.status_after_pod_deletes = inactive.map(|mut s| {
+        s.last_reconcile_time = Some(Time(now));
+        s
+    });
     p
 }
 

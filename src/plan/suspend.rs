@@ -13,10 +13,12 @@ use crate::api::{ConditionType, JobView, ReplicaType, TFJob, TFJobStatus};
 use crate::names;
 
 /// Plans an unfinished job whose spec says `suspend: true`: every pod and service of the job
-/// is deleted, whatever `cleanPodPolicy` says, and in the same status write every replica
-/// type shows `active: 0`, `Running` turns False and `Suspended` True, and the deadline
-/// stops. Succeeded replica indexes (also of pods seen for the first time now) are kept, so
-/// a resume does not run them again. Nothing here counts as a failure or a restart.
+/// is deleted, whatever `cleanPodPolicy` says, and the status written before the deletes
+/// turns `Running` False and `Suspended` True and stops the deadline. Succeeded replica
+/// indexes (also of pods seen for the first time now) are kept in it, so a resume does not
+/// run them again. Its `active` counts each type's pods still holding a place (pending or
+/// running, not yet deleted); [`inactive`] is the status written once their deletes are
+/// accepted. Nothing here counts as a failure or a restart.
 pub(super) fn plan_suspended(
     job: &JobView,
     st: &mut TFJobStatus,
@@ -38,6 +40,11 @@ pub(super) fn plan_suspended(
     }
     for r in st.replica_statuses.values_mut() {
         r.active = 0;
+    }
+    for pod in pods.iter().filter(|pod| holds_place(pod)) {
+        if let Some(r) = names::replica_of(&pod.metadata).and_then(|(t, _)| st.replica_statuses.get_mut(&t)) {
+            r.active += 1;
+        }
     }
     let msg = format!("TFJob {} is suspended.", job.name);
     for c in [ConditionType::Running, ConditionType::Restarting] {
@@ -61,6 +68,21 @@ pub(super) fn plan_suspended(
 
 fn succeeded(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+}
+
+/// A pod not yet deleted that has not finished: it runs, or may be bound and run any moment.
+fn holds_place(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A suspended job's status once every pod has a delete accepted: `active: 0` everywhere.
+pub(super) fn inactive(st: &TFJobStatus) -> TFJobStatus {
+    let mut st = st.clone();
+    for r in st.replica_statuses.values_mut() {
+        r.active = 0;
+    }
+    st
 }
 
 /// Resumes a job whose `Suspended` condition holds while its spec no longer suspends it:

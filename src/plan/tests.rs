@@ -120,7 +120,7 @@ fn services(j: &TFJob) -> Vec<Service> {
 
 /// The job after the plan's status write.
 fn applied(mut j: TFJob, p: &Plan) -> TFJob {
-    if let Some(st) = &p.status {
+    if let Some(st) = p.status_after_pod_deletes.as_ref().or(p.status.as_ref()) {
         j.status = Some(st.clone());
     }
     j
@@ -1058,7 +1058,7 @@ fn resume_creates_pods_from_the_templates_as_they_are_now() {
 }
 
 #[test]
-fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once() {
+fn suspending_a_running_job_deletes_everything_and_reports_zero_active_after_the_deletes() {
     use ReplicaType::*;
     let mut j = ps_worker(Some(RestartPolicy::OnFailure));
     j.spec.active_deadline_seconds = Some(30);
@@ -1077,6 +1077,12 @@ fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once()
     assert!(p.create_pods.is_empty() && p.create_services.is_empty());
     assert_eq!(reasons(&p), ["TFJobSuspended"]);
     assert_eq!(p.requeue_at, None, "the deadline stops");
+    let before = p.status.as_ref().unwrap();
+    let counts =
+        |st: &TFJobStatus| st.replica_statuses.iter().map(|(t, r)| (*t, r.active)).collect::<Vec<_>>();
+    assert_eq!(counts(before), [(PS, 1), (Worker, 1)], "before the deletes: the pods not yet deleted");
+    let after = p.status_after_pod_deletes.as_ref().expect("a status after the deletes");
+    assert_eq!(*after, suspend::inactive(before), "the same status with active 0");
     let j = applied(j, &p);
     let st = j.status.clone().unwrap();
     assert_eq!(active(&j), [(PS, 0), (Worker, 0)]);
@@ -1114,6 +1120,65 @@ fn suspending_a_running_job_deletes_everything_and_reports_zero_active_at_once()
     let st = p.status.unwrap();
     assert_eq!((st.start_time, st.deadline), (Some(Time(t(600))), Some(Time(t(630)))));
     assert_eq!(st.replica_statuses[&Worker].completed_indexes.to_string(), "1");
+}
+
+#[test]
+fn a_suspended_jobs_pods_stay_active_until_each_has_a_delete_accepted() {
+    use ReplicaType::*;
+    let j = job(&[("PS", 1, None), ("Worker", 600, None)]);
+    let running: Vec<Pod> = (0..3).map(|i| pod(&j, Worker, i, "Running")).collect();
+    let j = suspend(started(j.clone(), &[&running[..], &[pod(&j, PS, 0, "Running")]].concat()), true);
+    let p = |pods: &[Pod]| plan(&j, pods, &[], t(10));
+    let counts = |st: Option<&TFJobStatus>| {
+        st.map(|st| st.replica_statuses.iter().map(|(t, r)| (*t, r.active)).collect::<Vec<_>>())
+    };
+    let workers = |n: i32, phase: &str| (0..n).map(|i| pod(&j, Worker, i, phase)).collect::<Vec<_>>();
+    // (case, pods; active written before the deletes; after them; pods deleted)
+    type Counts = Option<Vec<(ReplicaType, i32)>>;
+    let cases: Vec<(&str, Vec<Pod>, Counts, Counts, usize)> = vec![
+        (
+            "running",
+            workers(3, "Running"),
+            Some(vec![(PS, 0), (Worker, 3)]),
+            Some(vec![(PS, 0), (Worker, 0)]),
+            3,
+        ),
+        (
+            "pending counts, terminating does not",
+            vec![pod(&j, PS, 0, "Pending"), deleting(pod(&j, Worker, 0, "Running"))],
+            Some(vec![(PS, 1), (Worker, 0)]),
+            Some(vec![(PS, 0), (Worker, 0)]),
+            1,
+        ),
+        (
+            "every delete accepted before: 0 at once",
+            workers(3, "Running").into_iter().map(deleting).collect(),
+            Some(vec![(PS, 0), (Worker, 0)]),
+            None,
+            0,
+        ),
+        ("only finished pods: 0 at once", workers(2, "Succeeded"), Some(vec![(PS, 0), (Worker, 0)]), None, 2),
+        (
+            "cut at the bound: not yet 0",
+            workers(600, "Running"),
+            Some(vec![(PS, 0), (Worker, 600)]),
+            None,
+            500,
+        ),
+    ];
+    for (case, pods, before, after, deletes) in cases {
+        let p = p(&pods);
+        assert_eq!(counts(p.status.as_ref()), before, "{case}");
+        assert_eq!(counts(p.status_after_pod_deletes.as_ref()), after, "{case}");
+        assert_eq!(p.delete_pods.len(), deletes, "{case}");
+        if let Some(after) = &p.status_after_pod_deletes {
+            assert_eq!(
+                *after,
+                suspend::inactive(p.status.as_ref().unwrap()),
+                "{case}: only the counts differ"
+            );
+        }
+    }
 }
 
 #[test]

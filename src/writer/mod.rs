@@ -52,9 +52,11 @@ impl<K> Namespaced for K where
 pub enum Created<K> {
     /// Created now.
     New(K),
-    /// Already there and controlled by this job (a create the cache had not shown yet).
+    /// Already there, controlled by this job and not terminating (a create the cache had not
+    /// shown yet).
     Existing(K),
-    /// An object of the same name is being deleted (an earlier one's): wait for it to go.
+    /// An object of the same name is being deleted (an earlier one's, or this job's own, such
+    /// as its PodGroup of before a suspension): wait for it to go.
     Terminating,
     /// An object of the same name exists and is not this job's: never adopted.
     Foreign,
@@ -205,8 +207,10 @@ impl Writer {
         match api.create(&pp, obj).await {
             Ok(o) => Ok(Created::New(o)),
             Err(e) if is_status(&e, 409) => match api.get_opt(&obj.name_any()).await {
-                Ok(Some(found)) if names::controlled_by(found.meta(), owner) => Ok(Created::Existing(found)),
+                // Terminating first, also when it is this job's own (its PodGroup of before a
+                // suspension): a new object is wanted, not one that is going away.
                 Ok(Some(found)) if found.meta().deletion_timestamp.is_some() => Ok(Created::Terminating),
+                Ok(Some(found)) if names::controlled_by(found.meta(), owner) => Ok(Created::Existing(found)),
                 Ok(Some(_)) => Ok(Created::Foreign),
                 Ok(None) => Ok(Created::Terminating), // gone between the two calls: try again
                 Err(source) => {

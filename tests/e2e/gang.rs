@@ -32,6 +32,7 @@ pub fn tests() -> Vec<Test> {
         test!(gang_none_two_jobs_on_six_places_deadlock),
         test!(gang_min_available_places_part_of_the_job),
         test!(gang_pod_group_follows_suspend_finish_and_deletion),
+        test!(gang_resume_waits_for_the_jobs_terminating_pod_group),
         test!(gang_pod_group_that_cannot_be_created_stops_the_pods),
         test!(gang_binding_time_of_4_and_64_pods).serial(),
         local(test!(gang_native_exits_at_start_without_the_api)),
@@ -433,6 +434,92 @@ async fn gang_pod_group_follows_suspend_finish_and_deletion(ctx: Ctx) -> Result<
         })
         .await?;
     }
+    Ok(())
+}
+
+/// A finalizer of the test's, holding the job's old PodGroup terminating.
+const HOLD: &str = "tfjob.test/hold";
+
+/// Adds (`hold`) or removes [`HOLD`] from the PodGroup's finalizers, as they are now.
+async fn hold(groups: &Api<PodGroup>, name: &str, hold: bool) -> Result<()> {
+    let mut finalizers = groups.get(name).await?.metadata.finalizers.unwrap_or_default();
+    finalizers.retain(|f| f != HOLD);
+    if hold {
+        finalizers.push(HOLD.into());
+    }
+    let patch = json!({"metadata": {"finalizers": finalizers}});
+    groups.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+async fn gang_resume_waits_for_the_jobs_terminating_pod_group(ctx: Ctx) -> Result<()> {
+    use crate::suspend::{Recorder, rv_of};
+    let op = Operator::start(&ctx, &[NATIVE])?;
+    let groups = pod_groups(&ctx);
+    // With a grace period, a deleted pod stays terminating for about a second (kwok's stage).
+    let mut j = job("r", &[replica("Worker", 2)], json!({}));
+    j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    create(&ctx, j).await?;
+    let old = wait_for(&groups, "r", WAIT, "the PodGroup", |_| true).await.with_context(|| op.log_tail())?;
+    wait_job(&ctx, "r", WAIT, "Running", |j| has_condition(j, ConditionType::Running)).await?;
+    // kube-controller-manager keeps a PodGroup terminating while pods of it remain (its
+    // podgroup-protection finalizer); a finalizer of the test's keeps it so for as long as the
+    // test needs.
+    hold(&groups, "r", true).await?;
+    let (pod_watch, group_watch) =
+        (Recorder::start(pods(&ctx)).await?, Recorder::start(groups.clone()).await?);
+    merge_patch_job(&ctx, "r", json!({"spec": {"runPolicy": {"suspend": true}}})).await?;
+    watch_until(&groups, "r", WAIT, "the PodGroup terminating", |g| g.metadata.deletion_timestamp.is_some())
+        .await
+        .with_context(|| op.log_tail())?;
+    // Resumed at once, while the old pods still end (kwok ends a deleted pod after a second).
+    let resumed =
+        rv_of(&merge_patch_job(&ctx, "r", json!({"spec": {"runPolicy": {"suspend": false}}})).await?);
+    assert_stays(Duration::from_secs(5), "nothing created while the job's PodGroup terminates", || async {
+        let g = groups.get("r").await?;
+        ensure!(g.metadata.uid == old.metadata.uid && g.metadata.deletion_timestamp.is_some(), "{g:?}");
+        let pods = live_pods(&ctx).await?;
+        ensure!(pods.is_empty(), "pods {pods:?} created to join the PodGroup being deleted");
+        Ok(())
+    })
+    .await
+    .with_context(|| op.log_tail())?;
+    let gone_after: Vec<_> = pod_watch
+        .events()?
+        .into_iter()
+        .filter(|e| e.kind == "DELETED" && e.rv() > resumed)
+        .filter_map(|e| e.obj.metadata.name)
+        .collect();
+    ensure!(!gone_after.is_empty(), "every old pod was gone before the resume: not the case under test");
+
+    // The old PodGroup goes: a new one, then the pods, which run.
+    hold(&groups, "r", false).await?;
+    let new = wait_for(&groups, "r", WAIT, "a new PodGroup", |g| g.metadata.uid != old.metadata.uid).await?;
+    wait_job(&ctx, "r", WAIT, "running again", |j| {
+        has_condition(j, ConditionType::Running) && !has_condition(j, ConditionType::Suspended)
+    })
+    .await?;
+    let groups_seen = group_watch.events()?;
+    let created = groups_seen.iter().find(|e| e.kind == "ADDED" && e.obj.metadata.uid == new.metadata.uid);
+    let created = created.context("the new PodGroup's creation was not seen")?.rv();
+    let old_gone = groups_seen.iter().find(|e| e.kind == "DELETED").context("the old PodGroup's end")?.rv();
+    let new_pods: Vec<_> =
+        pod_watch.events()?.into_iter().filter(|e| e.kind == "ADDED" && e.rv() > resumed).collect();
+    ensure!(
+        new_pods.len() == 2,
+        "pods of the resumed run: {:?}",
+        new_pods.iter().map(|e| e.rv()).collect::<Vec<_>>()
+    );
+    for p in &new_pods {
+        ensure!(
+            p.rv() > created && created > old_gone,
+            "pod {:?} (rv {}) before the new PodGroup (rv {created}, old gone at {old_gone})",
+            p.obj.metadata.name,
+            p.rv()
+        );
+    }
+    let n = count_events(&ctx, "r", "SuccessfulCreatePodGroup").await?;
+    ensure!(n == 2, "{n} SuccessfulCreatePodGroup events: {:?}", events(&ctx, "r").await?);
     Ok(())
 }
 
