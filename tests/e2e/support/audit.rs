@@ -26,6 +26,12 @@ const GRANTED_UNSENT: &[(&str, &str, &str, &str)] = &[(
 
 /// Granted, sent only in a rare case that the suite may not provoke in every run, and when.
 const GRANTED_RARE: &[(&str, &str, &str, &str)] = &[
+    (
+        "",
+        "pods",
+        "get",
+        "only after a pod create answered 409 (a cache behind a kill or a re-list), to see whose pod it is",
+    ),
     ("", "services", "get", "only after a service create answered 409, to see whose service it is"),
     (
         "scheduling.k8s.io",
