@@ -13,8 +13,6 @@ pub enum Error {
     StaleStatus { job: String },
     #[error("reading TFJob {job}: {source}")]
     ReadJob { job: String, source: kube::Error },
-    #[error("the reconcile took longer than {0:?} and was abandoned")]
-    ReconcileTimeout(std::time::Duration),
     #[error("TFJob {job} is gone")]
     JobGone { job: String },
     #[error("creating {kind} {name} (will be retried): {source}")]
@@ -68,7 +66,6 @@ impl Error {
             Error::Create { .. } => "create",
             Error::JobGone { .. } => "job_gone",
             Error::ReadJob { .. } => "read_job",
-            Error::ReconcileTimeout(_) => "reconcile_timeout",
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteService { .. } => "delete_service",
             Error::DeleteJob { .. } => "delete_job",

@@ -12,9 +12,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
 use super::Now;
-use super::backoff::{NewObject, create_order, slow_start};
+use super::backoff::{NewObject, SlowStart, create_order};
 use super::observe::{JobCounting, Slim};
 use super::unseen::{UnseenObjects, UnseenWrites};
+use super::write_slots::{Room, WRITES_IN_FLIGHT, WriteSlots};
 use crate::api::{JobView, TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::metrics::CreateFailureCause;
@@ -23,10 +24,6 @@ use crate::metrics::jobs::DeleteAnswer;
 use crate::objects::Builder;
 use crate::plan::{ObjectKey, Plan, PlannedEvent};
 use crate::writer::{Created, JobDeletion, Namespaced, Writer, failure_message, refused};
-
-/// Creates, and deletes, of one job in flight at once (the largest slow-start batch); other
-/// jobs' reconciles run beside it.
-pub const WRITES_IN_FLIGHT: usize = 16;
 
 /// Where apply writes: the writer, and the record of writes the caches have not shown.
 pub struct Applier<'a> {
@@ -37,42 +34,11 @@ pub struct Applier<'a> {
     pub metrics: &'a Metrics,
     /// Kubeflow's job counters; the TTL deletion moves one.
     pub counting: &'a JobCounting,
-    /// The pod and service writes in flight over all jobs.
+    /// The pod and service creates in flight over all jobs.
     pub writes: &'a WriteSlots,
     /// The job cache, as the TFJob watch keeps it: a job it shows suspended since its plan
     /// gets no more creates.
     pub jobs: &'a Store<TFJob>,
-}
-
-/// The pod and service creates and deletes in flight over all jobs (`--writes-in-flight`): a
-/// first-come, first-served semaphore taken a whole batch at a time. Jobs then take turns
-/// batch by batch, in the order they asked, and the API server is not sent every reconcile's
-/// batch at once: the first jobs submitted get their pods first instead of all jobs getting
-/// theirs late, and the API server's queue stays short for the scheduler's and kubelets'
-/// requests too.
-#[derive(Debug)]
-pub struct WriteSlots {
-    slots: tokio::sync::Semaphore,
-    cap: usize,
-}
-
-impl WriteSlots {
-    pub fn new(cap: usize) -> WriteSlots {
-        let cap = cap.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        WriteSlots { slots: tokio::sync::Semaphore::new(cap), cap }
-    }
-
-    /// The largest batch: [`WRITES_IN_FLIGHT`], or fewer when the cap is lower.
-    pub fn batch_max(&self) -> usize {
-        self.cap.min(WRITES_IN_FLIGHT)
-    }
-
-    /// Waits for room for `n` writes (at most the cap); held until dropped.
-    pub async fn take(&self, n: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        let n = u32::try_from(n.min(self.cap)).unwrap_or(u32::MAX);
-        // Never closed: `None` cannot happen, and would only mean no wait.
-        self.slots.acquire_many(n).await.ok()
-    }
 }
 
 /// What the create step came to.
@@ -94,6 +60,9 @@ pub enum CreateStep {
     Transient(String),
     /// The namespace is being deleted: nothing more is created, nothing is reported.
     NamespaceGone,
+    /// Older jobs' creates come first: the job is queued for room and woken when it has it
+    /// ([`WriteSlots`]).
+    Queued,
 }
 
 /// What applying a plan did.
@@ -279,8 +248,8 @@ impl Applier<'_> {
     }
 
     /// Deletes `keys` (the plan's pods or services) in batches of at most
-    /// [`WRITES_IN_FLIGHT`], each at once when [`WriteSlots`] has room for it; `deleted` gets
-    /// their names.
+    /// [`WRITES_IN_FLIGHT`]; `deleted` gets their names. Deletes never wait for other jobs'
+    /// creates: they are few, and they free what the cluster holds.
     async fn delete_owned<K: OwnedKind>(
         &self,
         ns: &str,
@@ -288,8 +257,7 @@ impl Applier<'_> {
         deleted: &mut Vec<String>,
         now: Now,
     ) -> Result<(), Error> {
-        for batch in keys.chunks(self.writes.batch_max()) {
-            let _slots = self.writes.take(batch.len()).await;
+        for batch in keys.chunks(WRITES_IN_FLIGHT) {
             let deletes: Vec<_> = batch.iter().map(|key| K::delete(self.writer, ns, key)).collect();
             let results = futures::future::join_all(deletes).await;
             for (key, r) in batch.iter().zip(results) {
@@ -319,7 +287,8 @@ impl Applier<'_> {
 
     /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
     /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
-    /// at once when [`WriteSlots`] has room for it), stopping after the first batch with a
+    /// as large as the room [`WriteSlots`] gives; none when older jobs' creates come first: the
+    /// job is then queued and woken), stopping after the first batch with a
     /// refusal: a template the API server refuses costs one create, not one per replica. Objects are built batch by batch. With
     /// gang scheduling, the job's PodGroup first, and nothing when it is not there.
     async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
@@ -355,10 +324,20 @@ impl Applier<'_> {
         let mut step = CreateStep::Done;
         let mut rest = order.as_slice();
         let uid = job.uid().unwrap_or_default();
-        for (i, size) in slow_start(order.len(), first, self.writes.batch_max()).into_iter().enumerate() {
-            let _slots = self.writes.take(size).await;
+        let mut slow_start = SlowStart::new(first, self.writes.batch_max());
+        let mut room: Option<Room<'_>> = None;
+        let mut batches = 0usize;
+        while !rest.is_empty() {
+            let asked = slow_start.ask(rest.len());
+            room = match room.take() {
+                None => self.writes.take(job, asked),
+                Some(r) => r.next_batch(asked),
+            };
+            let Some(held) = room.as_ref().map(|r| r.held()) else {
+                return Ok(CreateStep::Queued);
+            };
             // A job deleted meanwhile gets nothing more (what was created goes with it).
-            if i > 0 && self.unseen().status.is_gone(&uid) {
+            if batches > 0 && self.unseen().status.is_gone(&uid) {
                 return Err(Error::JobGone { job: job.name_any() });
             }
             // A job suspended meanwhile gets nothing more (its suspension deletes what was).
@@ -366,6 +345,9 @@ impl Applier<'_> {
                 info!(created = created.1.len(), "suspended meanwhile: the creates stop");
                 return Ok(CreateStep::NoneNeeded);
             }
+            let size = held.min(rest.len());
+            batches += 1;
+            slow_start.sent(size);
             let (batch, tail) = rest.split_at(size);
             rest = tail;
             self.metrics.create_batch(size);

@@ -16,6 +16,9 @@ pub const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub const NAMESPACE_GONE_HOLD: Duration = Duration::from_secs(30);
 /// A create blocked by an object of the same name still terminating is retried after this.
 pub const BLOCKED_RETRY: Duration = Duration::from_secs(1);
+/// A job queued for room to create ([`super::write_slots`]) is woken when it has it, and looked
+/// at again after this all the same.
+pub const QUEUED_RECHECK: Duration = Duration::from_secs(30);
 /// Creates that failed for a reason not the job's (no answer, 429, 5xx such as an admission
 /// webhook that cannot be called) are retried after 1 s, doubling to at most this; the first
 /// attempt after the cause is gone is at most this late.
@@ -49,19 +52,30 @@ pub fn error_delay(errors: u32) -> Duration {
     ERROR_BACKOFF_UNIT.saturating_mul(1 << errors.min(7)).min(ERROR_BACKOFF_MAX)
 }
 
-/// The sizes of the batches `n` writes go out in: `first`, then doubling up to `max` (as
-/// Kubernetes' Job controller does from 1), so a refusal is met after the first batch, not
-/// after `n` writes.
-pub fn slow_start(n: usize, first: usize, max: usize) -> Vec<usize> {
-    let mut out = Vec::new();
-    let (mut left, mut size) = (n, first.max(1));
-    while left > 0 {
-        let take = size.min(left).min(max.max(1));
-        out.push(take);
-        left -= take;
-        size = take.saturating_mul(2);
+/// The sizes of the batches a job's creates go out in: `first`, then twice the last batch
+/// sent, up to `max` (as Kubernetes' Job controller does from 1), so a refusal is met after
+/// the first batch, not after every create. A batch is smaller when less room was given
+/// ([`super::write_slots`]), and the next grows from what was sent.
+#[derive(Clone, Copy, Debug)]
+pub struct SlowStart {
+    next: usize,
+    max: usize,
+}
+
+impl SlowStart {
+    pub fn new(first: usize, max: usize) -> SlowStart {
+        SlowStart { next: first.max(1), max: max.max(1) }
     }
-    out
+
+    /// The batch to ask room for with `left` creates to go.
+    pub fn ask(&self, left: usize) -> usize {
+        self.next.min(left).min(self.max)
+    }
+
+    /// A batch of `sent` went out: the next may be twice as large.
+    pub fn sent(&mut self, sent: usize) {
+        self.next = sent.max(1).saturating_mul(2);
+    }
 }
 
 /// One object a plan creates.
@@ -298,23 +312,43 @@ mod tests {
         }
     }
 
+    /// The batches `n` creates go out in when every batch gets the room it asks for, or at
+    /// most `room`.
+    fn batches(n: usize, first: usize, max: usize, room: usize) -> Vec<usize> {
+        let (mut s, mut left, mut out) = (SlowStart::new(first, max), n, Vec::new());
+        while left > 0 {
+            let size = s.ask(left).min(room);
+            s.sent(size);
+            out.push(size);
+            left -= size;
+        }
+        out
+    }
+
     #[test]
     fn slow_start_doubles_to_the_cap() {
-        let cases: [(usize, usize, usize, &[usize]); 10] = [
-            (0, 1, 16, &[]),
-            (1, 1, 16, &[1]),
-            (2, 1, 16, &[1, 1]),
-            (5, 1, 16, &[1, 2, 2]),
-            (7, 1, 16, &[1, 2, 4]),
-            (40, 1, 16, &[1, 2, 4, 8, 16, 9]),
-            (10, 1, 0, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
-            (10, 4, 16, &[4, 6]),
-            (40, 3, 16, &[3, 6, 12, 16, 3]),
-            (30, 20, 16, &[16, 14]),
+        let cases: [(usize, usize, usize, usize, &[usize]); 13] = [
+            (0, 1, 16, 16, &[]),
+            (1, 1, 16, 16, &[1]),
+            (2, 1, 16, 16, &[1, 1]),
+            (5, 1, 16, 16, &[1, 2, 2]),
+            (7, 1, 16, 16, &[1, 2, 4]),
+            (40, 1, 16, 16, &[1, 2, 4, 8, 16, 9]),
+            (10, 1, 0, 16, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+            (10, 4, 16, 16, &[4, 6]),
+            (40, 3, 16, 16, &[3, 6, 12, 16, 3]),
+            (30, 20, 16, 16, &[16, 14]),
+            // Less room than asked: the batch is smaller, and the next doubles from it.
+            (10, 4, 16, 2, &[2, 2, 2, 2, 2]),
+            (40, 1, 16, 5, &[1, 2, 4, 5, 5, 5, 5, 5, 5, 3]),
+            (3, 0, 16, 16, &[1, 2]),
         ];
-        for (n, first, max, want) in cases {
-            assert_eq!(slow_start(n, first, max), want, "{n} creates, {first} first, {max} at most");
-            assert_eq!(slow_start(n, first, max).iter().sum::<usize>(), n);
+        for (n, first, max, room, want) in cases {
+            assert_eq!(
+                batches(n, first, max, room),
+                want,
+                "{n} creates, {first} first, {max} at most, room {room}"
+            );
         }
     }
 

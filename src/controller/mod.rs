@@ -19,6 +19,7 @@ mod report;
 mod tests;
 mod unseen;
 mod watch_backoff;
+mod write_slots;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,8 +93,8 @@ struct Context {
     jobs_fresh: Arc<AtomicBool>,
     /// Kubeflow's job counters, moved by the watch and by this process's writes.
     counting: Arc<observe::JobCounting>,
-    /// The pod and service writes in flight over all jobs.
-    writes: apply::WriteSlots,
+    /// The pod and service creates in flight over all jobs, handed out oldest job first.
+    writes: write_slots::WriteSlots,
     /// The job cache: apply reads it between create batches (a job suspended meanwhile).
     jobs: reflector::Store<TFJob>,
     settings: Settings,
@@ -110,6 +111,7 @@ impl Context {
         self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.forget(uid);
         self.backoffs().forget(uid);
         self.status_writes().forget(uid);
+        self.writes.cancel(uid);
     }
 
     /// The watch saw the job deleted: its bookkeeping goes, and a reconcile still creating
@@ -223,6 +225,9 @@ pub async fn run(
     let instance = settings.instance.clone().unwrap_or_else(|| crate::writer::FIELD_MANAGER.into());
     let (queue, publisher) = events::queue(instance, metrics.clone());
     let publisher = tokio::spawn(publisher.run(client.clone(), gate.clone()));
+    // Jobs given room to create are reconciled again through this channel.
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    let woken = futures::stream::unfold(woken, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
     // TFJobs are cached without managedFields too, and decoded one by one ([`decode`]).
     let (job_store, job_writer) = reflector::store();
     let ctx = Arc::new(Context {
@@ -233,7 +238,11 @@ pub async fn run(
         status_writes: Mutex::default(),
         jobs_fresh: Arc::default(),
         counting: Arc::new(observe::JobCounting::new(gate.clone(), metrics.clone())),
-        writes: apply::WriteSlots::new(settings.writes_in_flight),
+        writes: write_slots::WriteSlots::new(
+            settings.writes_in_flight,
+            write_slots::WriteSlots::holders_for(settings.concurrency),
+            Some(wake),
+        ),
         jobs: job_store.clone(),
         settings: settings.clone(),
         metrics,
@@ -276,8 +285,14 @@ pub async fn run(
         concurrency = settings.concurrency,
         "starting the TFJob controller"
     );
-    let controller =
-        Controller::for_stream(jobs, job_store).reconcile_on(pod_stream).reconcile_on(svc_stream);
+    let expiry = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { ctx.writes.expire_every_second().await })
+    };
+    let controller = Controller::for_stream(jobs, job_store)
+        .reconcile_on(pod_stream)
+        .reconcile_on(svc_stream)
+        .reconcile_on(woken);
     let controller = match pod_group_stream {
         Some(stream) => controller.reconcile_on(stream),
         None => controller,
@@ -292,6 +307,7 @@ pub async fn run(
             }
         })
         .await;
+    expiry.abort();
     // The controller dropped the writer: the publisher ends once the queued events are out.
     if tokio::time::timeout(Duration::from_secs(10), publisher).await.is_err() {
         warn!("events still queued 10 s after the controller stopped were not published");
@@ -368,6 +384,11 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         other => other?,
     };
 
+    if applied.creates != apply::CreateStep::Queued {
+        // Nothing to create now, or created: the job leaves the queue for room if it was in it.
+        ctx.writes.cancel(&uid);
+    }
+    ctx.metrics.jobs_queued_to_create(ctx.writes.queued());
     if let (Some(_), Some(status)) = (&applied.status_written_over, &plan.status) {
         ctx.counting.wrote(&job, status);
         ctx.status_writes().wrote(&uid, now.mono);

@@ -9,7 +9,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::Now;
 use super::apply::{Applied, CreateStep};
-use super::backoff::{BLOCKED_RETRY, CreateBackoff, CreateBackoffChange, NAMESPACE_GONE_HOLD};
+use super::backoff::{
+    BLOCKED_RETRY, CreateBackoff, CreateBackoffChange, NAMESPACE_GONE_HOLD, QUEUED_RECHECK,
+};
 use crate::api::TFJobStatus;
 use crate::plan::{
     self, Plan, PlannedEvent, REASON_CREATE_RETRYING, with_create_retrying, without_create_retrying,
@@ -72,6 +74,8 @@ pub fn report(plan: &Plan, applied: &Applied, backoff: Option<CreateBackoff>, no
             follow_up_status = changed(without_create_retrying(&current, now.wall));
         }
         CreateStep::Blocked => soonest(BLOCKED_RETRY),
+        // Woken when room is set aside for it; looked at again meanwhile all the same.
+        CreateStep::Queued => soonest(QUEUED_RECHECK),
         CreateStep::Refused(message) => {
             let next = CreateBackoff::after_refusal(backoff, now.mono);
             soonest(next.until.saturating_duration_since(now.mono));

@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::Now;
-use super::apply::{Applied, Applier, CreateStep, WriteSlots, announcement};
+use super::apply::{Applied, Applier, CreateStep, announcement};
 use super::observe::JobCounting;
 use super::unseen::UnseenWrites;
+use super::write_slots::WriteSlots;
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatus};
 use crate::error::Error;
 use crate::leader::Gate;
@@ -65,7 +66,8 @@ fn applier<'a>(
     counting: &'a JobCounting,
 ) -> Applier<'a> {
     static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
-    static WRITES: std::sync::LazyLock<WriteSlots> = std::sync::LazyLock::new(|| WriteSlots::new(32));
+    static WRITES: std::sync::LazyLock<WriteSlots> =
+        std::sync::LazyLock::new(|| WriteSlots::new(32, 8, None));
     static JOBS: std::sync::LazyLock<Store<TFJob>> = std::sync::LazyLock::new(|| reflector::store().0);
     Applier {
         writer,
@@ -107,7 +109,7 @@ fn start_with(
     let metrics = Arc::new(Metrics::default());
     let task_metrics = metrics.clone();
     let task = tokio::spawn(async move {
-        let (unseen, counting, writes) = (Mutex::default(), counting(), WriteSlots::new(32));
+        let (unseen, counting, writes) = (Mutex::default(), counting(), WriteSlots::new(32, 8, None));
         let a = Applier {
             writer: &writer,
             unseen: &unseen,
@@ -751,31 +753,58 @@ async fn a_ttl_deletion_whose_answer_is_lost_is_counted_once() {
     }
 }
 
-/// The writes in flight over all jobs: whole batches, first come first served, and never a
-/// batch larger than the cap.
+/// A job whose creates find no room (an older job holds it) is not kept waiting: apply sends
+/// its status and deletes, creates nothing, says `Queued`, and the job is woken once the
+/// room is set aside for it; its next apply creates in that room.
 #[tokio::test]
-async fn create_slots_serve_batches_in_the_order_asked() {
-    assert_eq!(WriteSlots::new(0).batch_max(), 1, "0 is taken as 1");
-    assert_eq!(WriteSlots::new(8).batch_max(), 8);
-    assert_eq!(WriteSlots::new(100).batch_max(), 16);
-    let slots = Arc::new(WriteSlots::new(16));
-    let first = slots.take(16).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let mut waiting = Vec::new();
-    for (job, n) in [("a", 16), ("b", 1), ("c", 40)] {
-        let (slots, order) = (slots.clone(), order.clone());
-        waiting.push(tokio::spawn(async move {
-            let _held = slots.take(n).await;
-            order.lock().expect("lock").push(job);
-        }));
-        tokio::task::yield_now().await;
-    }
-    assert!(order.lock().expect("lock").is_empty(), "nothing goes while the slots are taken");
-    drop(first);
-    for w in waiting {
-        w.await.expect("task");
-    }
-    assert_eq!(*order.lock().expect("lock"), ["a", "b", "c"], "in the order asked; 40 waits for 16, not 40");
+async fn a_job_without_room_is_queued_not_kept_waiting() {
+    assert_eq!(WriteSlots::new(0, 1, None).batch_max(), 1, "0 is taken as 1");
+    assert_eq!(WriteSlots::new(8, 1, None).batch_max(), 8);
+    assert_eq!(WriteSlots::new(100, 1, None).batch_max(), 16);
+    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
+    let writes = WriteSlots::new(2, 8, Some(wake));
+    let mut older = job();
+    older.metadata.name = Some("older".into());
+    older.metadata.uid = Some("uid-older".into());
+    older.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(1_600_000_000).expect("time"),
+    ));
+    let held = writes.take(&older, 2).expect("free room");
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let (queue, _publisher) = events::queue("test".into(), Arc::new(Metrics::default()));
+    let writer = Writer::new(Client::new(service, "default"), Gate::always_open(), queue);
+    let (unseen, counting) = (Mutex::default(), counting());
+    let jobs = reflector::store().0;
+    let a = Applier { writes: &writes, jobs: &jobs, ..applier(&writer, &unseen, &counting) };
+    let plan = Plan {
+        delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
+        create_pods: vec![w(0)],
+        ..Default::default()
+    };
+    let j = job();
+    let apply = a.apply_plan(&j, &plan, None, false, now());
+    let serve = async {
+        let (m, path, _, send) = next(&mut h).await;
+        assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/pods/j-worker-1"));
+        respond(send, 200, json!({"kind": "Status", "status": "Success"}));
+    };
+    let (applied, ()) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), futures::future::join(apply, serve))
+            .await
+            .expect("apply returns at once, not when the room frees");
+    assert_eq!(applied.expect("applied").creates, CreateStep::Queued);
+    assert!(woken.try_recv().is_err(), "not woken while the room is held");
+    drop(held);
+    assert_eq!(woken.try_recv().expect("woken").name, "j", "the room went to j");
+    let plan = Plan { create_pods: vec![w(0)], ..Default::default() };
+    let apply = a.apply_plan(&j, &plan, None, false, now());
+    let serve = async {
+        let (m, path, body, send) = next(&mut h).await;
+        assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"));
+        respond(send, 201, stored(body, "uid-0"));
+    };
+    let (applied, ()) = futures::future::join(apply, serve).await;
+    assert_eq!(applied.expect("applied").creates, CreateStep::Done);
 }
 
 // Suspension: a reconcile still creating stops once the job cache shows the job suspended,

@@ -9,6 +9,7 @@ pub mod requests;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -89,6 +90,7 @@ pub struct Metrics {
     create_batches: Family<BatchLabels, Counter>,
     create_failures: Family<CauseLabels, Counter>,
     status_writes_held: Counter,
+    jobs_queued_to_create: Gauge,
     jobs: [Family<JobLabels, Counter>; 5],
 }
 
@@ -161,6 +163,13 @@ impl Metrics {
              the job's last status write (the pods of a job starting one after the other cost one write)",
             status_writes_held.clone(),
         );
+        let jobs_queued_to_create = Gauge::default();
+        registry.register(
+            "tfjob_operator_jobs_queued_to_create",
+            "Jobs waiting for room to create pods and services (--writes-in-flight is taken, older jobs \
+             first); none of them holds a reconcile",
+            jobs_queued_to_create.clone(),
+        );
         let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
         for (count, family) in JobCount::ALL.iter().zip(&jobs) {
             registry.register(count.metric_name(), count.help(), family.clone());
@@ -176,6 +185,7 @@ impl Metrics {
             create_batches,
             create_failures,
             status_writes_held,
+            jobs_queued_to_create,
             jobs,
         }
     }
@@ -203,6 +213,11 @@ impl Metrics {
     /// Counts a failed watch of `resource` (it restarts with backoff).
     pub fn watch_restarted(&self, resource: &'static str) {
         self.watch_restarts.get_or_create(&WatchLabels { resource }).inc();
+    }
+
+    /// How many jobs wait for room to create.
+    pub fn jobs_queued_to_create(&self, n: usize) {
+        self.jobs_queued_to_create.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts a batch of `size` creates sent at once.

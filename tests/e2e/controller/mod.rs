@@ -4,6 +4,7 @@
 //! run alone.
 
 mod failures;
+mod fairness;
 mod lifecycle;
 mod policy;
 mod timing;
@@ -20,6 +21,7 @@ use crate::{Ctx, Test};
 pub fn tests() -> Vec<Test> {
     let mut all = lifecycle::tests();
     all.extend(failures::tests());
+    all.extend(fairness::tests());
     all.extend(policy::tests());
     all.extend(timing::tests());
     all.extend(undecodable::tests());

@@ -1,0 +1,513 @@
+//! The pod and service creates in flight over all jobs (`--writes-in-flight`): room is handed
+//! out oldest job first, to at most half as many jobs at once as reconciles run at once, and a
+//! reconcile never waits for it. A job that finds no room is queued and its reconcile ends;
+//! when room frees up it is set aside for the oldest queued job, which is woken to take it. A
+//! reconcile holding room waits only for its own creates, and the other half of the reconcile
+//! slots stay free for status writes, deletes and deadlines. The bookkeeping ([`Turns`]) is
+//! plain data, table-tested.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::api::TFJob;
+
+/// Creates of one job in flight at once (the largest slow-start batch); deletes go out in
+/// batches of this size too.
+pub const WRITES_IN_FLIGHT: usize = 16;
+
+/// How long room set aside for a woken job waits for its reconcile to take it before it goes
+/// to the next job (the job was deleted, or needs no creates any more).
+pub const SET_ASIDE_FOR: Duration = Duration::from_secs(5);
+
+/// A job's place in the queue: older first (its `creationTimestamp`), then by namespace and
+/// name, so jobs submitted together are served in a fixed order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Age {
+    created: Timestamp,
+    namespace: String,
+    name: String,
+}
+
+/// The job asking for room.
+#[derive(Clone, Debug)]
+pub struct Asker {
+    pub uid: String,
+    pub age: Age,
+    /// Who to wake when room is set aside for it.
+    pub job: ObjectRef<TFJob>,
+}
+
+impl Asker {
+    pub fn of(job: &TFJob) -> Asker {
+        let created = job.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+        Asker {
+            uid: job.uid().unwrap_or_default(),
+            age: Age { created, namespace: job.namespace().unwrap_or_default(), name: job.name_any() },
+            job: ObjectRef::from_obj(job),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Waiter {
+    uid: String,
+    want: usize,
+    job: ObjectRef<TFJob>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SetAside {
+    n: usize,
+    since: Instant,
+}
+
+/// Who holds, waits for and has room set aside: pure bookkeeping (no clock, no tokio).
+#[derive(Debug)]
+pub struct Turns {
+    cap: usize,
+    free: usize,
+    /// Jobs that may hold room at once (holding it, or with room set aside for them).
+    max_holders: usize,
+    /// Room held by each job's reconcile.
+    holding: HashMap<String, usize>,
+    waiting: BTreeMap<Age, Waiter>,
+    /// The place in `waiting` of each queued job.
+    queued: HashMap<String, Age>,
+    set_aside: HashMap<String, SetAside>,
+    /// Jobs to wake: room was set aside for them.
+    wake: Vec<ObjectRef<TFJob>>,
+}
+
+impl Turns {
+    pub fn new(cap: usize, max_holders: usize) -> Turns {
+        let cap = cap.max(1);
+        Turns {
+            cap,
+            free: cap,
+            max_holders: max_holders.max(1),
+            holding: HashMap::new(),
+            waiting: BTreeMap::new(),
+            queued: HashMap::new(),
+            set_aside: HashMap::new(),
+            wake: Vec::new(),
+        }
+    }
+
+    /// Room for up to `want` creates of `asker`, now: what was set aside for it, else free
+    /// room when no older job waits and fewer than the most jobs hold room. `0` when there is
+    /// none: the job is queued (once) and is woken when room is set aside for it.
+    pub fn take(&mut self, asker: &Asker, want: usize, now: Instant) -> usize {
+        let want = want.clamp(1, self.cap);
+        self.expire(now);
+        self.release(&asker.uid, now);
+        if let Some(mine) = self.set_aside.remove(&asker.uid) {
+            let n = mine.n.min(want);
+            self.holding.insert(asker.uid.clone(), n);
+            self.free += mine.n - n;
+            self.pump(now);
+            return n;
+        }
+        let older_waits =
+            self.waiting.first_key_value().is_some_and(|(age, w)| w.uid != asker.uid && *age < asker.age);
+        self.dequeue(&asker.uid);
+        if !older_waits && self.free > 0 && self.holders() < self.max_holders {
+            let n = want.min(self.free);
+            self.free -= n;
+            self.holding.insert(asker.uid.clone(), n);
+            return n;
+        }
+        self.enqueue(asker, want);
+        0
+    }
+
+    fn enqueue(&mut self, asker: &Asker, want: usize) {
+        self.dequeue(&asker.uid);
+        self.queued.insert(asker.uid.clone(), asker.age.clone());
+        self.waiting
+            .insert(asker.age.clone(), Waiter { uid: asker.uid.clone(), want, job: asker.job.clone() });
+    }
+
+    /// `asker` holds room and wants `want` for its next batch: it keeps what it holds (and
+    /// takes free room up to `want`) while no older job waits; otherwise it gives everything
+    /// back and is queued. Returns what it holds now (`0`: queued).
+    pub fn next_batch(&mut self, asker: &Asker, want: usize, now: Instant) -> usize {
+        let want = want.clamp(1, self.cap);
+        let held = self.holding.get(&asker.uid).copied().unwrap_or(0);
+        let older_waits = self.waiting.first_key_value().is_some_and(|(age, _)| *age < asker.age);
+        if held == 0 {
+            return self.take(asker, want, now);
+        }
+        if older_waits {
+            // Back in line, in its place by age; should the room come round to it at once,
+            // it takes it here rather than being woken.
+            self.holding.remove(&asker.uid);
+            self.free += held;
+            self.enqueue(asker, want);
+            self.pump(now);
+            if self.set_aside.contains_key(&asker.uid) {
+                self.wake.retain(|job| *job != asker.job);
+                return self.take(asker, want, now);
+            }
+            return 0;
+        }
+        let kept = if held >= want {
+            self.free += held - want;
+            want
+        } else {
+            let more = (want - held).min(self.free);
+            self.free -= more;
+            held + more
+        };
+        self.holding.insert(asker.uid.clone(), kept);
+        self.pump(now);
+        kept
+    }
+
+    /// `uid`'s reconcile is done with its room: it goes to the oldest waiting jobs.
+    pub fn release(&mut self, uid: &str, now: Instant) {
+        if let Some(n) = self.holding.remove(uid) {
+            self.free += n;
+            self.pump(now);
+        }
+    }
+
+    /// The job needs no room (any more): it leaves the queue, and what was set aside for it
+    /// goes to the next.
+    pub fn cancel(&mut self, uid: &str, now: Instant) {
+        self.dequeue(uid);
+        if let Some(mine) = self.set_aside.remove(uid) {
+            self.free += mine.n;
+            self.pump(now);
+        }
+    }
+
+    /// Room set aside longer than [`SET_ASIDE_FOR`] goes to the next jobs.
+    pub fn expire(&mut self, now: Instant) {
+        let stale: Vec<String> = self
+            .set_aside
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.since) >= SET_ASIDE_FOR)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            self.cancel(&uid, now);
+        }
+    }
+
+    /// The jobs to wake since the last call.
+    pub fn woken(&mut self) -> Vec<ObjectRef<TFJob>> {
+        std::mem::take(&mut self.wake)
+    }
+
+    /// Jobs queued for room.
+    pub fn queued(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Free room goes to the oldest waiting jobs, a whole batch each, while fewer than the
+    /// most jobs hold room.
+    fn pump(&mut self, now: Instant) {
+        self.free = self.free.min(self.cap);
+        while self.holders() < self.max_holders {
+            let Some(entry) = self.waiting.first_entry() else { break };
+            let want = entry.get().want;
+            if self.free < want {
+                break;
+            }
+            let waiter = entry.remove();
+            self.queued.remove(&waiter.uid);
+            self.free -= want;
+            self.set_aside.insert(waiter.uid, SetAside { n: want, since: now });
+            self.wake.push(waiter.job);
+        }
+    }
+
+    /// Jobs holding room, or with room set aside for them.
+    fn holders(&self) -> usize {
+        self.holding.len() + self.set_aside.len()
+    }
+
+    fn dequeue(&mut self, uid: &str) {
+        if let Some(age) = self.queued.remove(uid) {
+            self.waiting.remove(&age);
+        }
+    }
+}
+
+/// [`Turns`] shared by the reconciles, waking the jobs room was set aside for through the
+/// controller's trigger channel.
+#[derive(Debug)]
+pub struct WriteSlots {
+    turns: Arc<Mutex<Turns>>,
+    cap: usize,
+    wake: Option<UnboundedSender<ObjectRef<TFJob>>>,
+}
+
+/// Room held by one reconcile for its creates; given back when dropped.
+#[derive(Debug)]
+pub struct Room<'a> {
+    slots: &'a WriteSlots,
+    asker: Asker,
+    /// Still held: given back when dropped.
+    held: bool,
+    n: usize,
+}
+
+impl WriteSlots {
+    /// `cap` creates in flight, held by at most `max_holders` jobs at once; `wake` gets the
+    /// jobs to reconcile when room was set aside for them (`None`: nobody is woken, for tests
+    /// that take room directly).
+    pub fn new(
+        cap: usize,
+        max_holders: usize,
+        wake: Option<UnboundedSender<ObjectRef<TFJob>>>,
+    ) -> WriteSlots {
+        WriteSlots { turns: Arc::new(Mutex::new(Turns::new(cap, max_holders))), cap: cap.max(1), wake }
+    }
+
+    /// The most jobs holding room at once for `concurrency` reconciles at once (0: no limit):
+    /// half of them, so the other half is always free for reconciles that create nothing.
+    pub fn holders_for(concurrency: u16) -> usize {
+        match concurrency {
+            0 => usize::MAX,
+            n => usize::from(n / 2).max(1),
+        }
+    }
+
+    /// The largest batch: [`WRITES_IN_FLIGHT`], or fewer when the cap is lower.
+    pub fn batch_max(&self) -> usize {
+        self.cap.min(WRITES_IN_FLIGHT)
+    }
+
+    fn turns(&self) -> MutexGuard<'_, Turns> {
+        self.turns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the bookkeeping, then wakes whoever it set room aside for.
+    fn with<T>(&self, f: impl FnOnce(&mut Turns) -> T) -> T {
+        let (out, woken) = {
+            let mut turns = self.turns();
+            let out = f(&mut turns);
+            (out, turns.woken())
+        };
+        if let Some(wake) = &self.wake {
+            for job in woken {
+                // The controller is gone only at shutdown: nobody is left to wake.
+                let _ = wake.send(job);
+            }
+        }
+        out
+    }
+
+    /// Room for up to `want` creates of `job` now, or `None`: the job is queued and will be
+    /// woken.
+    pub fn take(&self, job: &TFJob, want: usize) -> Option<Room<'_>> {
+        let asker = Asker::of(job);
+        let n = self.with(|t| t.take(&asker, want, Instant::now()));
+        (n > 0).then_some(Room { slots: self, asker, held: true, n })
+    }
+
+    /// The job needs no room now (nothing to create, or it is gone).
+    pub fn cancel(&self, uid: &str) {
+        self.with(|t| t.cancel(uid, Instant::now()));
+    }
+
+    /// Hands room set aside too long to the next jobs; run every second.
+    pub async fn expire_every_second(&self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.with(|t| t.expire(Instant::now()));
+        }
+    }
+
+    /// Jobs queued for room.
+    pub fn queued(&self) -> usize {
+        self.turns().queued()
+    }
+}
+
+impl Room<'_> {
+    /// How many creates this room holds.
+    pub fn held(&self) -> usize {
+        self.n
+    }
+
+    /// Resizes the room for the next batch of up to `want`: kept while no older job waits,
+    /// else given back (`None`: the job is queued and will be woken).
+    pub fn next_batch(mut self, want: usize) -> Option<Self> {
+        self.held = false;
+        let asker = self.asker.clone();
+        let n = self.slots.with(|t| t.next_batch(&asker, want, Instant::now()));
+        (n > 0).then_some(Room { slots: self.slots, asker, held: true, n })
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let uid = self.asker.uid.clone();
+            self.slots.with(|t| t.release(&uid, Instant::now()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asker(name: &str, created_s: i64) -> Asker {
+        let created = Timestamp::from_second(created_s).unwrap_or(Timestamp::UNIX_EPOCH);
+        Asker {
+            uid: format!("uid-{name}"),
+            age: Age { created, namespace: "ns".into(), name: name.into() },
+            job: ObjectRef::new(name).within("ns"),
+        }
+    }
+
+    fn woken_names(t: &mut Turns) -> Vec<String> {
+        t.woken().into_iter().map(|r| r.name).collect()
+    }
+
+    fn order(t: &Turns) -> Vec<&str> {
+        t.waiting.values().map(|w| w.uid.as_str()).collect()
+    }
+
+    #[test]
+    fn room_is_handed_out_oldest_job_first() {
+        let now = Instant::now();
+        let mut t = Turns::new(16, 8);
+        let (a, b, c) = (asker("a", 10), asker("b", 20), asker("c", 30));
+        assert_eq!(t.take(&b, 16, now), 16, "free room is taken at once");
+        // Younger c asks first, then older a: a is served first all the same.
+        assert_eq!(t.take(&c, 4, now), 0);
+        assert_eq!(t.take(&a, 8, now), 0);
+        assert_eq!(order(&t), ["uid-a", "uid-c"]);
+        assert_eq!(t.next_batch(&b, 8, now), 8, "older a waits: b gives back its 16, a gets 8, b 8");
+        assert_eq!(woken_names(&mut t), ["a"], "b takes its 8 at once, it is not woken");
+        assert_eq!(order(&t), ["uid-c"]);
+        t.release("uid-b", now);
+        assert_eq!(woken_names(&mut t), ["c"]);
+        assert_eq!(t.take(&a, 8, now), 8, "set aside for a");
+        assert_eq!(t.take(&c, 2, now), 2, "set aside for c: 4, of which it now wants 2");
+        assert_eq!(t.free, 6);
+    }
+
+    #[test]
+    fn a_waiting_batch_is_never_split_and_never_overtaken() {
+        let now = Instant::now();
+        let mut t = Turns::new(16, 8);
+        let (a, b, c) = (asker("a", 10), asker("b", 20), asker("c", 30));
+        assert_eq!(t.take(&a, 16, now), 16);
+        assert_eq!(t.take(&b, 16, now), 0);
+        assert_eq!(t.next_batch(&a, 12, now), 12, "4 free");
+        assert!(t.woken().is_empty(), "4 free is not b's batch of 16");
+        assert_eq!(t.take(&c, 2, now), 0, "younger c does not overtake b");
+        assert_eq!(t.next_batch(&a, 14, now), 14, "older a may grow into free room");
+    }
+
+    #[test]
+    fn a_job_keeps_its_room_between_batches_while_no_older_job_waits() {
+        let now = Instant::now();
+        let mut t = Turns::new(16, 8);
+        let (a, b, c, old) = (asker("a", 10), asker("b", 20), asker("c", 30), asker("old", 5));
+        assert_eq!(t.take(&a, 4, now), 4);
+        assert_eq!(t.take(&b, 8, now), 8, "free room, nobody older waiting");
+        assert_eq!(t.take(&c, 16, now), 4, "free room is taken in part");
+        assert_eq!(t.next_batch(&c, 16, now), 4, "c keeps its 4; nothing free to grow");
+        assert_eq!(t.next_batch(&a, 8, now), 4, "a keeps its 4; nothing free to grow");
+        t.release("uid-b", now);
+        assert_eq!(t.next_batch(&a, 8, now), 8, "a grows into b's room");
+        assert_eq!(t.next_batch(&a, 2, now), 2, "a shrinks: 6 go back");
+        assert_eq!(t.take(&old, 16, now), 10, "an older job takes the free room");
+        assert_eq!(t.next_batch(&old, 16, now), 10, "and keeps it");
+        t.release("uid-old", now);
+        assert_eq!(t.take(&old, 16, now), 10, "asks again: the free 10");
+        t.release("uid-old", now);
+        t.release("uid-c", now);
+        assert_eq!(t.next_batch(&a, 16, now), 16, "alone: a grows to the cap");
+        assert_eq!(t.take(&old, 4, now), 0, "none free: old queues");
+        assert_eq!(t.next_batch(&a, 16, now), 0, "an older job waits: a gives back and queues");
+        assert_eq!(woken_names(&mut t), ["old"]);
+        assert_eq!(order(&t), ["uid-a"]);
+    }
+
+    #[test]
+    fn at_most_max_holders_jobs_hold_room() {
+        let now = Instant::now();
+        let mut t = Turns::new(16, 2);
+        let (a, b, c, d) = (asker("a", 10), asker("b", 20), asker("c", 30), asker("d", 40));
+        assert_eq!(t.take(&a, 2, now), 2);
+        assert_eq!(t.take(&b, 2, now), 2);
+        assert_eq!(t.take(&c, 2, now), 0, "12 free, but two jobs hold room already");
+        assert_eq!(t.take(&d, 2, now), 0);
+        t.release("uid-a", now);
+        assert_eq!(woken_names(&mut t), ["c"], "one job's room freed: one job woken");
+        t.release("uid-b", now);
+        assert_eq!(woken_names(&mut t), ["d"]);
+    }
+
+    #[test]
+    fn room_set_aside_and_not_taken_goes_to_the_next_job() {
+        let now = Instant::now();
+        let mut t = Turns::new(4, 8);
+        let (a, b, c) = (asker("a", 10), asker("b", 20), asker("c", 30));
+        assert_eq!(t.take(&a, 4, now), 4);
+        assert_eq!(t.take(&b, 4, now), 0);
+        assert_eq!(t.take(&c, 4, now), 0);
+        t.release("uid-a", now);
+        assert_eq!(woken_names(&mut t), ["b"]);
+        t.expire(now + SET_ASIDE_FOR - Duration::from_millis(1));
+        assert!(t.woken().is_empty(), "still b's");
+        t.expire(now + SET_ASIDE_FOR);
+        assert_eq!(woken_names(&mut t), ["c"], "b never came: c is woken");
+        assert_eq!(t.take(&b, 4, now + SET_ASIDE_FOR), 0, "b queues again");
+    }
+
+    #[test]
+    fn a_cancelled_job_leaves_the_queue_and_its_room_goes_on() {
+        let now = Instant::now();
+        let mut t = Turns::new(4, 8);
+        let (a, b, c) = (asker("a", 10), asker("b", 20), asker("c", 30));
+        assert_eq!(t.take(&a, 4, now), 4);
+        assert_eq!(t.take(&b, 4, now), 0);
+        assert_eq!(t.take(&c, 4, now), 0);
+        t.cancel("uid-b", now);
+        assert_eq!(t.queued(), 1);
+        t.release("uid-a", now);
+        assert_eq!(woken_names(&mut t), ["c"]);
+        t.cancel("uid-c", now);
+        assert_eq!(t.free, 4, "c's room is free again");
+    }
+
+    #[test]
+    fn asking_twice_keeps_one_place_and_the_latest_want() {
+        let now = Instant::now();
+        let mut t = Turns::new(8, 8);
+        let (a, b) = (asker("a", 10), asker("b", 20));
+        assert_eq!(t.take(&a, 8, now), 8);
+        assert_eq!(t.take(&b, 8, now), 0);
+        assert_eq!(t.take(&b, 2, now), 0);
+        assert_eq!(t.queued(), 1);
+        assert_eq!(t.next_batch(&a, 6, now), 6);
+        assert_eq!(woken_names(&mut t), ["b"], "b now wants 2");
+        assert_eq!(t.take(&b, 8, now), 2, "set aside: 2");
+    }
+
+    #[test]
+    fn wants_are_capped_and_zero_cap_is_one() {
+        let now = Instant::now();
+        assert_eq!(Turns::new(0, 1).take(&asker("a", 1), 5, now), 1);
+        assert_eq!(Turns::new(4, 1).take(&asker("a", 1), 100, now), 4);
+        assert_eq!(Turns::new(4, 1).take(&asker("a", 1), 0, now), 1);
+        assert_eq!(WriteSlots::holders_for(16), 8);
+        assert_eq!(WriteSlots::holders_for(1), 1);
+        assert_eq!(WriteSlots::holders_for(0), usize::MAX);
+    }
+}
