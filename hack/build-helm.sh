@@ -71,7 +71,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 log "building $MODULE@$HELM_VERSION with $GO_VERSION into $DIR"
-log "cold (empty Go caches): a few minutes of CPU; warm GOCACHE: seconds"
+log "cold (client-go and the rest not in GOCACHE): 405 s wall on 2 busy shared cores, a 64 MB binary; warm GOCACHE: seconds"
 SECONDS=0
 setsid env GOBIN="$TMP" nice -n 10 go install "${FLAGS[@]}" "$MODULE/cmd/helm@$HELM_VERSION" 9>&- &
 CHILD=$!
