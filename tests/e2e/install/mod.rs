@@ -1,8 +1,10 @@
 //! The in-cluster install end to end: `deploy/` rendered and applied under restricted Pod
 //! Security admission, the operator running under exactly `deploy/`'s RBAC with a token from
-//! the TokenRequest API, leader election across processes, and `/metrics`.
+//! the TokenRequest API, leader election across processes, `/metrics`, and the Helm chart
+//! installed with `helm install`.
 
 mod deploy;
+mod helm;
 mod leader;
 mod rbac;
 
@@ -14,6 +16,7 @@ pub fn tests() -> Vec<Test> {
     let mut all = deploy::tests();
     all.extend(rbac::tests());
     all.extend(leader::tests());
+    all.extend(helm::tests());
     all
 }
 
