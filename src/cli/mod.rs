@@ -73,8 +73,8 @@ struct Flags {
     #[arg(long, value_name = "N", env = "TFJOB_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
 
-    /// Pod and service creates and deletes in flight at once, over all TFJobs (at least 1);
-    /// jobs take turns in batches, so the first submitted start first
+    /// Pod and service creates in flight at once, over all TFJobs (at least 1); the oldest
+    /// jobs create first, and a job waiting for room holds no reconcile
     #[arg(long, value_name = "N", env = "TFJOB_WRITES_IN_FLIGHT", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
     writes_in_flight: u16,

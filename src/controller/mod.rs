@@ -55,7 +55,7 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Jobs reconciled at once (0: no limit).
     pub concurrency: u16,
-    /// Pod and service creates and deletes in flight at once over all jobs
+    /// Pod and service creates in flight at once over all jobs
     /// (`--writes-in-flight`; 0 is taken as 1).
     pub writes_in_flight: usize,
     /// Appended to TF_CONFIG service addresses.
