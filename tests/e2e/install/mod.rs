@@ -1,11 +1,13 @@
 //! The in-cluster install end to end: `deploy/` rendered and applied under restricted Pod
 //! Security admission, the operator running under exactly `deploy/`'s RBAC with a token from
 //! the TokenRequest API, leader election across processes, `/metrics`, and the Helm chart
-//! installed with `helm install`.
+//! installed with `helm install`, and the migration from Kubeflow's training-operator.
 
 mod deploy;
 mod helm;
+mod kubeflow;
 mod leader;
+mod migrate;
 mod rbac;
 
 pub use rbac::as_deploy_service_account;
@@ -17,6 +19,7 @@ pub fn tests() -> Vec<Test> {
     all.extend(rbac::tests());
     all.extend(leader::tests());
     all.extend(helm::tests());
+    all.extend(migrate::tests());
     all
 }
 

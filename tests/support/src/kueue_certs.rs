@@ -1,4 +1,5 @@
-//! The certificate Kueue's webhooks serve, made the way its certificate rotator accepts:
+//! The certificate Kueue's webhooks serve (and Kubeflow training-operator's, in the migration
+//! test: the same rotator), made the way its certificate rotator accepts:
 //! an RSA CA named `kueue-ca` (PKCS#1 key, which the rotator parses) and a server
 //! certificate for the webhook Service's DNS name plus 127.0.0.1, the address the API
 //! server calls.
@@ -29,16 +30,22 @@ pub struct WebhookCerts {
 impl WebhookCerts {
     /// A fresh CA and a server certificate for `dns_name` and 127.0.0.1.
     pub fn generate(dns_name: &str) -> Result<WebhookCerts> {
+        Self::generate_with_ca(dns_name, CA_NAME, "kueue")
+    }
+
+    /// The same with another CA name and organization (another operator's rotator, such as
+    /// Kubeflow's training-operator's, checks its own CA name).
+    pub fn generate_with_ca(dns_name: &str, ca_name: &str, org: &str) -> Result<WebhookCerts> {
         let rsa_key =
             rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).context("generating the RSA CA key")?;
         let ca_key = rsa_key.to_pkcs1_pem(LineEnding::LF).context("encoding the CA key")?.to_string();
         let pkcs8 = rsa_key.to_pkcs8_pem(LineEnding::LF).context("encoding the CA key")?;
         let signer = KeyPair::from_pem_and_sign_algo(&pkcs8, &PKCS_RSA_SHA256)?;
 
-        let mut ca = CertificateParams::new(vec![CA_NAME.to_string()])?;
+        let mut ca = CertificateParams::new(vec![ca_name.to_string()])?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, CA_NAME);
-        dn.push(DnType::OrganizationName, "kueue");
+        dn.push(DnType::CommonName, ca_name);
+        dn.push(DnType::OrganizationName, org);
         ca.distinguished_name = dn;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];

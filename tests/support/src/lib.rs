@@ -5,7 +5,7 @@
 
 pub mod bench;
 pub mod kueue;
-mod kueue_certs;
+pub mod kueue_certs;
 pub mod nodes;
 pub mod pki;
 pub mod plane;

@@ -154,7 +154,7 @@ pub(super) async fn prepare(client: &Client, ns: &str) -> Result<()> {
 
 /// After a start: waits for the rotator to fill the Secret and writes its keys into
 /// [`CERT_DIR`], as a Secret volume would. Fails if the operator exits first.
-pub(super) async fn mount_certs(client: &Client, ns: &str, proc: &mut Proc, log: &Path) -> Result<()> {
+pub async fn mount_certs(client: &Client, ns: &str, proc: &mut Proc, log: &Path) -> Result<()> {
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     let end = Instant::now() + Duration::from_secs(60);
     let data: BTreeMap<String, Vec<u8>> = loop {
