@@ -3,7 +3,7 @@
 # side with ours: `go install github.com/kubeflow/training-operator/cmd/training-operator.v1@$V`.
 # If the go command refuses to install the module as is (a replace or exclude directive in its
 # go.mod), it is built from a temporary module that requires it and copies its replace
-# directives. `make test` never runs this: it is for `make bench` only.
+# directives. `make bench` runs it, and `make test` (the migration e2e test).
 #
 # Needs only Go and the Go module proxy (no git clone, no other download). Logs go to stderr;
 # the last line on stdout is the directory holding
