@@ -10,7 +10,10 @@ use super::raw::{RawResults, RawRow};
 pub const X_TITLE: &str = "jobs, sorted by time to Succeeded (% of the size's jobs)";
 pub const Y_TITLE: &str = "seconds from create to Succeeded";
 
-const PANEL: (u32, u32) = (600, 440);
+const PANEL: (u32, u32) = (600, 520);
+/// Below each panel's plot: its legend, a row per operator.
+const LEGEND_HEIGHT: i32 = 84;
+const LEGEND_ROW: i32 = 22;
 const TITLE_HEIGHT: u32 = 40;
 const FONT: &str = "sans-serif";
 
@@ -87,7 +90,7 @@ pub fn svg(raw: &RawResults) -> Result<String> {
     Ok(out)
 }
 
-/// One size's panel: a line per operator, with a legend.
+/// One size's panel: a line per operator, with its legend below the plot.
 fn panel(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     n: usize,
@@ -96,7 +99,8 @@ fn panel(
 ) -> Result<()> {
     let top = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.1)).fold(0.0_f64, f64::max);
     let y_max = if top > 0.0 { top * 1.08 } else { 1.0 };
-    let mut chart = ChartBuilder::on(area)
+    let (plot, legend) = area.split_vertically(area.dim_in_pixel().1 as i32 - LEGEND_HEIGHT);
+    let mut chart = ChartBuilder::on(&plot)
         .caption(format!("{n} jobs"), (FONT, 24))
         .margin(14)
         .x_label_area_size(44)
@@ -114,23 +118,18 @@ fn panel(
         .y_label_formatter(&|y| if y_max < 10.0 { format!("{y:.1}") } else { format!("{y:.0}") })
         .draw()
         .map_err(draw_error)?;
+    let mut keys = Vec::new();
     for (label, points) in lines {
         let place = labels.iter().position(|l| l == label).unwrap_or(0);
         let c = colour(label, place);
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))
-            .map_err(draw_error)?
-            .label(format!("{label} ({} of {n} succeeded)", points.len() / 2))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2))).map_err(draw_error)?;
+        keys.push((format!("{label} ({} of {n} succeeded)", points.len() / 2), c));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 17))
-        .draw()
-        .map_err(draw_error)?;
+    for (i, (text, c)) in keys.into_iter().enumerate() {
+        let y = 8 + i as i32 * LEGEND_ROW;
+        legend.draw(&PathElement::new(vec![(72, y), (102, y)], c.stroke_width(2))).map_err(draw_error)?;
+        legend.draw(&Text::new(text, (110, y - 9), (FONT, 17))).map_err(draw_error)?;
+    }
     Ok(())
 }
 
