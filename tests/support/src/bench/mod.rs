@@ -6,10 +6,12 @@
 //! The jobs use the Kubeflow `runPolicy` shape and set `cleanPodPolicy` explicitly, so any
 //! kubeflow.org/v1 TFJob operator does the same work.
 mod bound;
+pub mod chart;
 pub mod footprint;
 mod jobs;
 pub mod kubeflow;
 pub mod plane_profile;
+pub mod raw;
 pub mod record;
 mod relist;
 mod report;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 pub use jobs::{batch_job, deadline_job, huge_job};
 pub use kubeflow::{Kubeflow, KubeflowVariant};
+pub use raw::{JobTimes, RawResults};
 pub use relist::RelistReport;
 pub use report::{HugeReport, Report, SizeReport};
 pub use run::run;

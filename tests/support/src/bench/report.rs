@@ -52,6 +52,9 @@ pub struct SizeReport {
     /// The huge-job row: the huge job created just before the jobs of this size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub huge: Option<HugeReport>,
+    /// Each batch job's times, by name (saved apart, in the raw results: `raw`).
+    #[serde(skip)]
+    pub per_job: Vec<super::JobTimes>,
 }
 
 /// The huge job of a row: how soon all its pods existed, and what it cost the other jobs.

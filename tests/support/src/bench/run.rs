@@ -16,8 +16,8 @@ use super::record::{Recorder, tfjob_resource};
 use super::relist::relist_row;
 use super::stats::lateness;
 use super::{
-    HugeReport, OperatorSpec, Options, Report, SizeReport, Stats, batch_job, deadline_job, footprint,
-    huge_job, kubeflow, plane_profile,
+    HugeReport, JobTimes, OperatorSpec, Options, Report, SizeReport, Stats, batch_job, deadline_job,
+    footprint, huge_job, kubeflow, plane_profile,
 };
 use crate::process::Proc;
 
@@ -456,10 +456,20 @@ async fn run_operator(
         let mut success_late = Vec::new();
         let mut ttl_late = Vec::new();
         let mut stages: [Vec<f64>; 5] = Default::default();
+        let mut per_job = Vec::new();
         let mut last_success = t0;
         for (name, at) in &created_at {
             let Some(s) = seen.jobs.get(name) else { continue };
             if batch(&name) {
+                per_job.push(JobTimes {
+                    name: name.clone(),
+                    to_running_s: s.running.map(|r| secs(r.saturating_duration_since(*at))),
+                    to_succeeded_s: s.succeeded.map(|d| secs(d.saturating_duration_since(*at))),
+                    success_late_s: s
+                        .succeeded_at
+                        .zip(seen.finished.get(&format!("{name}-worker-0")))
+                        .map(|(arrived, finished)| lateness(arrived, *finished)),
+                });
                 if let Some(r) = s.running {
                     running.push(secs(r.saturating_duration_since(*at)));
                 }
@@ -539,6 +549,7 @@ async fn run_operator(
                 ratio: 0.0,
                 running_p50_vs_without: None,
             }),
+            per_job,
         };
         let created = Created {
             pods: seen.pods.values().map(|(_, p)| p.clone()).collect(),

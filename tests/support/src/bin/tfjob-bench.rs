@@ -1,14 +1,16 @@
 //! `make bench`: the TFJob benchmark. Starts a local control plane sized for the load (or uses
 //! `--kubeconfig`) and the operator (or measures one already running), runs each size, and
-//! prints a table (or, with `--json`, one JSON document).
+//! prints a table (or, with `--json`, one JSON document); saves them with each job's times
+//! and their chart in `--out`. `--plot-from` only redraws the chart from saved times.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Parser};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use tfjob_testsupport::bench::{self, Kubeflow, OperatorSpec, Options};
+use k8s_openapi::jiff::Timestamp;
+use tfjob_testsupport::bench::{self, Kubeflow, OperatorSpec, Options, RawResults, raw};
 use tfjob_testsupport::{Cluster, ControlPlane, PlaneOptions, bin_dir, client_for};
 
 /// N TFJobs at once against a TFJob operator, and the bound.
@@ -91,6 +93,17 @@ struct Flags {
     /// Print one JSON document instead of the table
     #[arg(long)]
     json: bool,
+    /// Where to save the report (report.txt, report.json), each job's times (per-job.json)
+    /// and their chart (time-to-succeeded.svg) (default: bench/<UTC time> in the cargo
+    /// target directory of this binary)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Run nothing: draw the chart from these saved per-job.json files (their rows together)
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    plot_from: Vec<PathBuf>,
+    /// With --plot-from: the SVG to write (default: time-to-succeeded.svg beside the first FILE)
+    #[arg(long, value_name = "FILE", requires = "plot_from")]
+    plot_out: Option<PathBuf>,
 }
 
 /// One of `--sizes`, spaces around it allowed.
@@ -100,6 +113,7 @@ fn size(s: &str) -> Result<usize, String> {
 
 struct Args {
     opts: Options,
+    out: PathBuf,
     kubeflow: Option<(PathBuf, u64, Option<Vec<String>>)>,
     json: bool,
     kubeconfig: Option<PathBuf>,
@@ -107,8 +121,40 @@ struct Args {
     component_qps: u32,
 }
 
-fn parse() -> Result<Args> {
-    let flags = Flags::parse();
+/// `--plot-from`: the chart of saved runs, and where it went.
+fn plot(from: &[PathBuf], out: Option<PathBuf>) -> Result<PathBuf> {
+    let runs = from.iter().map(|f| RawResults::read(f)).collect::<Result<Vec<_>>>()?;
+    let svg = bench::chart::svg(&RawResults::merge(runs)?)?;
+    let out = out.unwrap_or_else(|| from[0].with_file_name(raw::CHART_SVG));
+    std::fs::write(&out, svg).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
+/// `--out`'s default: `<target>/bench/<UTC time>` for `<target>/release/tfjob-bench`.
+fn default_out(started: Timestamp) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe.parent().and_then(Path::parent).context("the binary's target directory")?;
+    Ok(target.join("bench").join(started.strftime("%Y%m%dT%H%M%SZ").to_string()))
+}
+
+/// The commit of the checkout, `-dirty` with uncommitted changes (best effort).
+fn commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(tfjob_testsupport::repo_root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{head}-dirty") } else { head })
+}
+
+fn parse(flags: Flags, started: Timestamp) -> Result<Args> {
     let mut opts = Options::new(OperatorSpec::External { pid: None, metrics_port: None });
     if let Some(sizes) = flags.sizes {
         opts.sizes = sizes;
@@ -164,6 +210,10 @@ fn parse() -> Result<Args> {
     }
     Ok(Args {
         opts,
+        out: match flags.out {
+            Some(out) => out,
+            None => default_out(started)?,
+        },
         kubeflow: flags.kubeflow.map(|d| (d, flags.kubeflow_grace, flags.kubeflow_variants)),
         json: flags.json,
         kubeconfig: flags.kubeconfig,
@@ -174,7 +224,14 @@ fn parse() -> Result<Args> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = parse()?;
+    let flags = Flags::parse();
+    if !flags.plot_from.is_empty() {
+        let out = plot(&flags.plot_from, flags.plot_out)?;
+        eprintln!("tfjob-bench: chart in {}", out.display());
+        return Ok(());
+    }
+    let started = Timestamp::now();
+    let mut args = parse(flags, started)?;
     let (cluster, plane_note) = match &args.kubeconfig {
         Some(kc) => {
             let client = client_for(kc).await?;
@@ -244,6 +301,18 @@ async fn main() -> Result<()> {
     } else {
         println!("{plane_note}\n{}", report.table());
     }
+    let raw = RawResults::of(&report, Some(started.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()), commit());
+    let saved = raw::save(&args.out, &plane_note, &report, &raw)?;
+    eprintln!(
+        "tfjob-bench: saved in {}: {}",
+        args.out.display(),
+        saved
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     drop(cluster);
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
