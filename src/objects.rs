@@ -163,7 +163,7 @@ mod tests {
         for (k, n, rp) in types {
             spec.tf_replica_specs.insert(
                 k.to_string(),
-                ReplicaSpec { replicas: Some(*n), template: template.clone(), restart_policy: *rp },
+                ReplicaSpec { replicas: Some(*n), template: template.clone().into(), restart_policy: *rp },
             );
         }
         let mut j = TFJob::new("j", spec);

@@ -196,7 +196,8 @@ mod tests {
                     ..Default::default()
                 }),
                 ..Default::default()
-            },
+            }
+            .into(),
             restart_policy: None,
         }
     }

@@ -295,7 +295,7 @@ pub struct ReplicaSpec {
     /// `metadata.annotations`, `spec.nodeSelector`, `spec.tolerations` and
     /// `spec.schedulingGates` may be changed, added or removed, as Kueue does when it admits
     /// the job to a flavor; pods created after the resume carry them.
-    pub template: PodTemplateSpec,
+    pub template: Box<PodTemplateSpec>,
 
     /// What to do when a pod of this type fails:
     /// - `Never` (the default): the job fails.

@@ -33,35 +33,8 @@ use crate::metrics::Metrics;
 use crate::metrics::jobs::{DeleteAnswer, JobCounter};
 use crate::names;
 
-/// Keeps in a cached object only what planning reads, so the caches stay small: metadata
-/// without managedFields and annotations, and a pod's status. Specs are dropped.
-pub trait Slim {
-    fn slim(&mut self);
-}
-
-impl Slim for Pod {
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        self.metadata.annotations = None;
-        self.spec = None;
-    }
-}
-
-impl Slim for Service {
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        self.metadata.annotations = None;
-        self.spec = None;
-        self.status = None;
-    }
-}
-
-impl Slim for PodGroup {
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        self.metadata.annotations = None;
-    }
-}
+mod slim;
+pub use slim::Slim;
 
 /// Objects per page of a watch's list.
 const LIST_PAGE_SIZE: u32 = 100;

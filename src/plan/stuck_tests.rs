@@ -39,7 +39,7 @@ fn job(annotation: Option<&str>) -> TFJob {
             k.into(),
             ReplicaSpec {
                 replicas: Some(n),
-                template: template.clone(),
+                template: template.clone().into(),
                 restart_policy: Some(RestartPolicy::Never),
             },
         );

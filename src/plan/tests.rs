@@ -53,7 +53,7 @@ fn job(types: &[(&str, i32, Option<RestartPolicy>)]) -> TFJob {
     for (k, n, rp) in types {
         spec.tf_replica_specs.insert(
             k.to_string(),
-            ReplicaSpec { replicas: Some(*n), template: template(), restart_policy: *rp },
+            ReplicaSpec { replicas: Some(*n), template: template().into(), restart_policy: *rp },
         );
     }
     let mut j = TFJob::new("j", spec);
