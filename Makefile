@@ -21,7 +21,7 @@ test: ## Everything CI runs: rustfmt, clippy -D warnings, unit, API and e2e test
 	  $(CARGO) test --locked --no-fail-fast --workspace --tests --features tfjob-operator/fault-points
 	hack/check-plane-stopped.sh "$(E2E_STATE)"
 
-bins: ## Build (once, cached under ~/.cache/tfjob-operator) the control-plane binaries and Kueue; prints their directories
+bins: ## Build (once, cached under ~/.cache/tfjob-operator) the control-plane binaries, Kueue and Helm; prints their directories
 	@hack/build-control-plane.sh
 	@hack/build-kueue.sh
 	@hack/build-helm.sh
