@@ -17,6 +17,7 @@ test: ## Everything CI runs: rustfmt, clippy -D warnings, unit, API and e2e test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	bindir=$$(hack/build-control-plane.sh) && kueuedir=$$(hack/build-kueue.sh) && helmdir=$$(hack/build-helm.sh) && { kfdir=$$(hack/build-training-operator.sh) || kfdir=; } && export TFJOB_TRAINING_OPERATOR_DIR="$$kfdir" && \
+	  image=$$(IMAGE=tfjob-operator:e2e hack/build-image.sh --podman-or-nothing) && export TFJOB_IMAGE="$$image" && \
 	  TFJOB_BIN_DIR="$$bindir" TFJOB_KUEUE_DIR="$$kueuedir" TFJOB_HELM_DIR="$$helmdir" TFJOB_TENSORFLOW_DIR="$$(hack/install-tensorflow.sh)" TFJOB_E2E_STATE="$(E2E_STATE)" \
 	  $(CARGO) test --locked --no-fail-fast --workspace --tests --features tfjob-operator/fault-points
 	hack/check-plane-stopped.sh "$(E2E_STATE)"
@@ -49,8 +50,8 @@ deploy-namespaced: ## Install the operator for its own namespace only (deploy/na
 undeploy: ## Remove what deploy/ installed, the CRD and every TFJob included
 	kubectl delete --ignore-not-found -k deploy/
 
-image: ## Build the image tfjob-operator:dev (needs a container engine)
-	docker build -t tfjob-operator:dev .
+image: ## Build the image tfjob-operator:dev (IMAGE=ref to tag another): docker build where a Docker engine answers, else a static binary in a scratch image with podman or buildah
+	IMAGE="$(or $(IMAGE),tfjob-operator:dev)" hack/build-image.sh
 
 BENCH_ARGS ?=
 BENCH_KUBEFLOW ?= 1

@@ -1,10 +1,12 @@
 //! The in-cluster install end to end: `deploy/` rendered and applied under restricted Pod
 //! Security admission, the operator running under exactly `deploy/`'s RBAC with a token from
-//! the TokenRequest API, leader election across processes, `/metrics`, and the Helm chart
-//! installed with `helm install`, and the migration from Kubeflow's training-operator.
+//! the TokenRequest API, leader election across processes, `/metrics`, the Helm chart
+//! installed with `helm install`, the image run with podman, and the migration from Kubeflow's
+//! training-operator.
 
 mod deploy;
 mod helm;
+mod image;
 mod kubeflow;
 mod leader;
 mod migrate;
@@ -20,6 +22,7 @@ pub fn tests() -> Vec<Test> {
     all.extend(leader::tests());
     all.extend(helm::tests());
     all.extend(migrate::tests());
+    all.extend(image::tests());
     all
 }
 
