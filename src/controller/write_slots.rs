@@ -133,32 +133,22 @@ impl Turns {
             .insert(asker.age.clone(), Waiter { uid: asker.uid.clone(), want, job: asker.job.clone() });
     }
 
-    /// `asker` holds room and wants `want` for its next batch: it keeps what it holds (and
-    /// takes free room up to `want`) while no older job waits; otherwise it gives everything
-    /// back and is queued. Returns what it holds now (`0`: queued).
+    /// `asker` holds room and wants `want` for its next batch: it keeps what it holds, giving
+    /// back what it does not want, and grows into free room only while no older job waits.
+    /// A job that started creating is never stopped halfway for an older one (a half-made job
+    /// helps nobody); the older one gets the next room freed. Returns what it holds now.
     pub fn next_batch(&mut self, asker: &Asker, want: usize, now: Instant) -> usize {
         let want = want.clamp(1, self.cap);
         let held = self.holding.get(&asker.uid).copied().unwrap_or(0);
-        let older_waits = self.waiting.first_key_value().is_some_and(|(age, _)| *age < asker.age);
         if held == 0 {
             return self.take(asker, want, now);
         }
-        if older_waits {
-            // Back in line, in its place by age; should the room come round to it at once,
-            // it takes it here rather than being woken.
-            self.holding.remove(&asker.uid);
-            self.free += held;
-            self.enqueue(asker, want);
-            self.pump(now);
-            if self.set_aside.contains_key(&asker.uid) {
-                self.wake.retain(|job| *job != asker.job);
-                return self.take(asker, want, now);
-            }
-            return 0;
-        }
+        let older_waits = self.waiting.first_key_value().is_some_and(|(age, _)| *age < asker.age);
         let kept = if held >= want {
             self.free += held - want;
             want
+        } else if older_waits {
+            held
         } else {
             let more = (want - held).min(self.free);
             self.free -= more;
@@ -339,8 +329,8 @@ impl Room<'_> {
         self.n
     }
 
-    /// Resizes the room for the next batch of up to `want`: kept while no older job waits,
-    /// else given back (`None`: the job is queued and will be woken).
+    /// Resizes the room for the next batch of up to `want` ([`Turns::next_batch`]; `None`
+    /// only if it held none).
     pub fn next_batch(mut self, want: usize) -> Option<Self> {
         self.held = false;
         let asker = self.asker.clone();

@@ -47,6 +47,8 @@ pub struct Test {
     pub run: fn(Ctx) -> TestFuture,
     pub serial: bool,
     pub local_only: Option<&'static str>,
+    /// Skipped everywhere, for this reason (what it needs is not on this machine).
+    pub skip: Option<&'static str>,
 }
 
 impl Test {
@@ -59,6 +61,12 @@ impl Test {
     /// Needs Kueue, which the suite starts on its local plane only (see `kueue_env`).
     pub fn kueue(mut self) -> Test {
         self.local_only = Some("needs Kueue, which the suite starts on its local control plane only");
+        self
+    }
+
+    /// Skipped, for `why`: what it needs is not on this machine.
+    pub fn skip(mut self, why: &'static str) -> Test {
+        self.skip = Some(why);
         self
     }
 
@@ -78,6 +86,7 @@ macro_rules! test {
             run: |ctx| Box::pin($f(ctx)),
             serial: false,
             local_only: None,
+            skip: None,
         }
     };
 }
@@ -111,6 +120,9 @@ enum Outcome {
 }
 
 async fn run_one(cluster: Arc<Cluster>, t: &Test, n: usize) -> Outcome {
+    if let Some(why) = t.skip {
+        return Outcome::Skipped(why);
+    }
     if let (Some(why), None) = (t.local_only, &cluster.plane) {
         return Outcome::Skipped(why);
     }

@@ -29,8 +29,8 @@ fn room_is_handed_out_oldest_job_first() {
     assert_eq!(t.take(&c, 4, now), 0);
     assert_eq!(t.take(&a, 8, now), 0);
     assert_eq!(order(&t), ["uid-a", "uid-c"]);
-    assert_eq!(t.next_batch(&b, 8, now), 8, "older a waits: b gives back its 16, a gets 8, b 8");
-    assert_eq!(woken_names(&mut t), ["a"], "b takes its 8 at once, it is not woken");
+    assert_eq!(t.next_batch(&b, 8, now), 8, "b keeps 8 of its 16: a's 8 are set aside");
+    assert_eq!(woken_names(&mut t), ["a"]);
     assert_eq!(order(&t), ["uid-c"]);
     t.release("uid-b", now);
     assert_eq!(woken_names(&mut t), ["c"]);
@@ -73,9 +73,13 @@ fn a_job_keeps_its_room_between_batches_while_no_older_job_waits() {
     t.release("uid-c", now);
     assert_eq!(t.next_batch(&a, 16, now), 16, "alone: a grows to the cap");
     assert_eq!(t.take(&old, 4, now), 0, "none free: old queues");
-    assert_eq!(t.next_batch(&a, 16, now), 0, "an older job waits: a gives back and queues");
+    assert_eq!(t.next_batch(&a, 16, now), 16, "a started creating: it is not stopped halfway");
+    assert_eq!(t.next_batch(&a, 12, now), 12, "a shrinks: the 4 freed go to old");
     assert_eq!(woken_names(&mut t), ["old"]);
-    assert_eq!(order(&t), ["uid-a"]);
+    assert_eq!(t.next_batch(&a, 16, now), 12, "an older job waits: a does not grow");
+    t.release("uid-a", now);
+    assert_eq!(t.take(&old, 4, now), 4);
+    assert_eq!(t.free, 12);
 }
 
 #[test]
