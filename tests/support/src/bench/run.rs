@@ -390,11 +390,21 @@ async fn run_operator(
     let per_job = (opts.ps + opts.workers) as usize;
     let huge_objects = huge.map_or(0, |r| r as usize);
     let want = n * per_job + deadline_jobs + huge_objects;
-    // Every pod and service exists.
+    // Every pod and service exists, or every job is gone: a job that ends before all its
+    // objects are made (a deadline job whose creates queued behind older jobs') never gets
+    // the rest, rightly.
     let all_created = loop {
         {
             let seen = recorder.seen();
-            if seen.pods.len() >= want && seen.services.len() >= want {
+            let all_gone = created_at.keys().all(|j| seen.jobs.get(j).is_some_and(|s| s.deleted.is_some()));
+            if (seen.pods.len() >= want && seen.services.len() >= want) || all_gone {
+                if all_gone && seen.pods.len() < want {
+                    eprintln!(
+                        "tfjob-bench: {} of {want} pods and {} services made before every job was gone",
+                        seen.pods.len(),
+                        seen.services.len()
+                    );
+                }
                 let last =
                     seen.pods.values().map(|(t, _)| *t).chain(seen.services.values().map(|(t, _)| *t)).max();
                 break last.map_or(0.0, |l| secs(l - t0));
