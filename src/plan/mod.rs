@@ -198,7 +198,8 @@ pub struct Settings {
     pub startup_deadline_seconds: Option<i64>,
 }
 
-/// [`plan_with`] with the default settings.
+/// [`plan_with`] with the default settings (the planner's table tests).
+#[cfg(test)]
 pub fn plan(job: &TFJob, pods: &[Pod], services: &[Service], now: Timestamp) -> Plan {
     plan_with(job, pods, services, now, Settings::default())
 }

@@ -152,11 +152,6 @@ impl Writer {
         Writer { client, gate, events }
     }
 
-    /// The leadership gate every write asks.
-    pub fn gate(&self) -> &Gate {
-        &self.gate
-    }
-
     fn jobs(&self, job: &TFJob) -> Api<TFJob> {
         Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default())
     }
