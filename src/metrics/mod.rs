@@ -93,6 +93,29 @@ pub struct RequestLabels {
     pub code: String,
 }
 
+/// The kinds of failed operations ([`crate::Error::kind`]) a reconcile reports, exported at
+/// zero from the start so that a dashboard's errors-by-kind panel and an alert on their rate
+/// have a series before the first error (a kind missing here is still counted, from 1).
+pub const RECONCILE_ERROR_KINDS: [&str; 13] = [
+    "patch_status",
+    "stale_status",
+    "create",
+    "job_gone",
+    "read_job",
+    "delete_pod",
+    "delete_service",
+    "delete_job",
+    "delete_pod_group",
+    "gang_api",
+    "missing_field",
+    "build_objects",
+    "not_leader",
+];
+
+/// The resources every operator watches, whose watch restarts are exported at zero from the
+/// start (PodGroups, watched only with gang scheduling, appear at their first restart).
+pub const WATCHED: [&str; 3] = ["tfjobs", "pods", "services"];
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -129,6 +152,9 @@ impl Metrics {
             "Reconciles that failed, by the kind of the failed operation",
             reconcile_errors.clone(),
         );
+        for kind in RECONCILE_ERROR_KINDS {
+            reconcile_errors.get_or_create(&ErrorLabels { kind });
+        }
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "tfjob_operator_reconcile_duration_seconds",
@@ -158,6 +184,9 @@ impl Metrics {
             "Watches that failed and restarted (with backoff; after a 410 Gone with a re-list), by resource",
             watch_restarts.clone(),
         );
+        for resource in WATCHED {
+            watch_restarts.get_or_create(&WatchLabels { resource });
+        }
         let create_batches = Family::<BatchLabels, Counter>::default();
         registry.register(
             "tfjob_operator_create_batches",
@@ -311,6 +340,9 @@ mod tests {
             r#"tfjob_operator_api_requests_total{verb="create",resource="pods",code="201"} 1"#,
             "tfjob_operator_leader 1",
             r#"tfjob_operator_watch_restarts_total{resource="pods"} 1"#,
+            r#"tfjob_operator_watch_restarts_total{resource="tfjobs"} 0"#,
+            r#"tfjob_operator_reconcile_errors_total{kind="create"} 0"#,
+            r#"tfjob_operator_reconcile_errors_total{kind="not_leader"} 0"#,
             r#"tfjob_operator_create_batches_total{size="16"} 2"#,
             r#"tfjob_operator_create_failures_total{cause="transient"} 2"#,
             r#"tfjob_operator_create_failures_total{cause="refused"} 1"#,
