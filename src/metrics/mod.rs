@@ -153,7 +153,7 @@ impl Metrics {
             reconcile_errors.clone(),
         );
         for kind in RECONCILE_ERROR_KINDS {
-            reconcile_errors.get_or_create(&ErrorLabels { kind });
+            reconcile_errors.get_or_create(&ErrorLabels { kind }).inc_by(0);
         }
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
@@ -185,7 +185,7 @@ impl Metrics {
             watch_restarts.clone(),
         );
         for resource in WATCHED {
-            watch_restarts.get_or_create(&WatchLabels { resource });
+            watch_restarts.get_or_create(&WatchLabels { resource }).inc_by(0);
         }
         let create_batches = Family::<BatchLabels, Counter>::default();
         registry.register(

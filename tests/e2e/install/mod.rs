@@ -1,13 +1,15 @@
 //! The in-cluster install end to end: `deploy/` rendered and applied under restricted Pod
 //! Security admission, the operator running under exactly `deploy/`'s RBAC with a token from
 //! the TokenRequest API, leader election across processes, `/metrics`, and the Helm chart
-//! installed with `helm install`, and the migration from Kubeflow's training-operator.
+//! installed with `helm install`, the migration from Kubeflow's training-operator, and the
+//! dashboard's expressions evaluated by real Prometheus scraping the operator.
 
 mod deploy;
 mod helm;
 mod kubeflow;
 mod leader;
 mod migrate;
+mod prometheus;
 mod rbac;
 
 pub use rbac::as_deploy_service_account;
@@ -20,6 +22,7 @@ pub fn tests() -> Vec<Test> {
     all.extend(leader::tests());
     all.extend(helm::tests());
     all.extend(migrate::tests());
+    all.extend(prometheus::tests());
     all
 }
 
