@@ -78,7 +78,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 log "building $PKG@$VERSION (Prometheus v$REL) with $GO_VERSION into $DIR"
-log "cold (empty Go caches): many minutes of CPU on 2 shared cores; warm GOCACHE: seconds"
+log "cold (empty Go caches): ~15 min wall on 2 busy shared cores (every service discovery of cmd/prometheus); warm GOCACHE: seconds"
 SECONDS=0
 setsid env GOBIN="$TMP" nice -n 10 go install "${FLAGS[@]}" "$PKG@$VERSION" 9>&- &
 CHILD=$!
