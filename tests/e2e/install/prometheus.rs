@@ -101,22 +101,27 @@ async fn prometheus_evaluates_every_dashboard_expression(ctx: Ctx) -> Result<()>
         "labels {keys:?}: namespace only"
     );
 
-    let mut failed = Vec::new();
-    for (panel, expr) in &exprs {
-        let q = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$job_namespace", &ctx.ns);
-        match prom.query(&q).await {
-            Ok(result) if !result.is_empty() => {}
-            Ok(_) => failed.push(format!("{panel}: {q}: no data")),
-            Err(e) => failed.push(format!("{panel}: {q}: {e:#}")),
+    // A counter born at the jobs' end (deleted) has a rate once Prometheus holds two samples.
+    eventually(Duration::from_secs(5), "every dashboard expression to return data", || async {
+        let mut failed = Vec::new();
+        for (panel, expr) in &exprs {
+            let q = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$job_namespace", &ctx.ns);
+            match prom.query(&q).await {
+                Ok(result) if !result.is_empty() => {}
+                Ok(_) => failed.push(format!("{panel}: {q}: no data")),
+                Err(e) => failed.push(format!("{panel}: {q}: {e:#}")),
+            }
         }
-    }
-    ensure!(
-        failed.is_empty(),
-        "{} of {} expressions failed:\n{}",
-        failed.len(),
-        exprs.len(),
-        failed.join("\n")
-    );
+        ensure!(
+            failed.is_empty(),
+            "{} of {} expressions failed:\n{}",
+            failed.len(),
+            exprs.len(),
+            failed.join("\n")
+        );
+        Ok(())
+    })
+    .await?;
     drop(prom);
     drop(op);
     Ok(())
