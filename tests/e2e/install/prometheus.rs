@@ -51,7 +51,10 @@ async fn prometheus_evaluates_every_dashboard_expression(ctx: Ctx) -> Result<()>
     let op = Operator::start(&ctx, &[])?;
     let prom = Prometheus::start(&ctx, op.http_port)?;
     eventually(WAIT, "Prometheus scraping the operator", || async {
-        ensure!(prom.scalar(r#"up{job="tfjob-operator"}"#).await? == Some(1.0), "target not up");
+        ensure!(
+            prom.scalar(r#"up{job="tfjob-operator"}"#).await? == Some(1.0),
+            "target not up (or not alone)"
+        );
         Ok(())
     })
     .await
@@ -157,6 +160,11 @@ impl Prometheus {
         let bin = tfjob_testsupport::built_dir("TFJOB_PROMETHEUS_DIR", "hack/build-prometheus.sh")?
             .join("prometheus");
         let dir = std::env::temp_dir().join(format!("tfjob-e2e-prometheus-{}", ctx.ns));
+        // A fresh TSDB: an earlier run's series (same namespace, another port) would still
+        // answer for 5 minutes.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("prometheus.yml");
         std::fs::write(
