@@ -16,16 +16,17 @@ E2E_STATE := $(CARGO_TARGET_DIR)/e2e-plane.state
 test: ## Everything CI runs: rustfmt, clippy -D warnings, unit, API and e2e tests on a local control plane
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	bindir=$$(hack/build-control-plane.sh) && kueuedir=$$(hack/build-kueue.sh) && helmdir=$$(hack/build-helm.sh) && { kfdir=$$(hack/build-training-operator.sh) || kfdir=; } && export TFJOB_TRAINING_OPERATOR_DIR="$$kfdir" && \
+	bindir=$$(hack/build-control-plane.sh) && kueuedir=$$(hack/build-kueue.sh) && helmdir=$$(hack/build-helm.sh) && promdir=$$(hack/build-prometheus.sh) && { kfdir=$$(hack/build-training-operator.sh) || kfdir=; } && export TFJOB_TRAINING_OPERATOR_DIR="$$kfdir" && \
 	  image=$$(IMAGE=tfjob-operator:e2e hack/build-image.sh --podman-or-nothing) && export TFJOB_IMAGE="$$image" && \
-	  TFJOB_BIN_DIR="$$bindir" TFJOB_KUEUE_DIR="$$kueuedir" TFJOB_HELM_DIR="$$helmdir" TFJOB_TENSORFLOW_DIR="$$(hack/install-tensorflow.sh)" TFJOB_E2E_STATE="$(E2E_STATE)" \
+	  TFJOB_BIN_DIR="$$bindir" TFJOB_KUEUE_DIR="$$kueuedir" TFJOB_HELM_DIR="$$helmdir" TFJOB_PROMETHEUS_DIR="$$promdir" TFJOB_TENSORFLOW_DIR="$$(hack/install-tensorflow.sh)" TFJOB_E2E_STATE="$(E2E_STATE)" \
 	  $(CARGO) test --locked --no-fail-fast --workspace --tests --features tfjob-operator/fault-points
 	hack/check-plane-stopped.sh "$(E2E_STATE)"
 
-bins: ## Build (once, cached under ~/.cache/tfjob-operator) the control-plane binaries, Kueue and Helm; prints their directories
+bins: ## Build (once, cached under ~/.cache/tfjob-operator) the control-plane binaries, Kueue, Helm and Prometheus; prints their directories
 	@hack/build-control-plane.sh
 	@hack/build-kueue.sh
 	@hack/build-helm.sh
+	@hack/build-prometheus.sh
 
 cluster: ## Run a local control plane in the foreground (kubeconfig in .dev/kubeconfig) until Ctrl-C
 	bindir=$$(hack/build-control-plane.sh) && TFJOB_BIN_DIR="$$bindir" \

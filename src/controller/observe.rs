@@ -286,11 +286,19 @@ impl JobCounting {
             return;
         }
         let uid = job.uid().unwrap_or_default();
-        let moved =
-            self.counter.lock().unwrap_or_else(PoisonError::into_inner).observed(&uid, status, first_list);
+        let (moved, reached) = self
+            .counter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observed_all(&uid, status, first_list);
         if self.gate.is_open() {
+            let ns = job.namespace().unwrap_or_default();
             for c in moved {
-                self.metrics.job(&job.namespace().unwrap_or_default(), c);
+                self.metrics.job(&ns, c);
+            }
+            let created = job.metadata.creation_timestamp.as_ref();
+            for (m, seconds) in reached.into_iter().filter_map(|m| Some((m, m.seconds(created, status?)?))) {
+                self.metrics.reached(&ns, m, seconds);
             }
         }
     }

@@ -4,6 +4,7 @@
 //! `framework="tensorflow"`) so existing dashboards work; no label carries a pod or job name.
 
 pub mod jobs;
+pub mod milestones;
 pub mod requests;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use jobs::JobCount;
+pub use milestones::Milestone;
 
 use crate::leader::Gate;
 
@@ -27,6 +29,19 @@ const FRAMEWORK: &str = "tensorflow";
 struct JobLabels {
     job_namespace: String,
     framework: &'static str,
+}
+
+/// The namespace label of the milestone histograms: `job_namespace` as in Kubeflow's job
+/// families (a scrape's own `namespace` label, the operator's, is not overwritten).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    job_namespace: String,
+}
+
+type MilestoneFamily = Family<NamespaceLabels, Histogram, fn() -> Histogram>;
+
+fn milestone_histogram() -> Histogram {
+    Histogram::new(milestones::BUCKETS)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +93,29 @@ pub struct RequestLabels {
     pub code: String,
 }
 
+/// The kinds of failed operations ([`crate::Error::kind`]) a reconcile reports, exported at
+/// zero from the start so that a dashboard's errors-by-kind panel and an alert on their rate
+/// have a series before the first error (a kind missing here is still counted, from 1).
+pub const RECONCILE_ERROR_KINDS: [&str; 13] = [
+    "patch_status",
+    "stale_status",
+    "create",
+    "job_gone",
+    "read_job",
+    "delete_pod",
+    "delete_service",
+    "delete_job",
+    "delete_pod_group",
+    "gang_api",
+    "missing_field",
+    "build_objects",
+    "not_leader",
+];
+
+/// The resources every operator watches, whose watch restarts are exported at zero from the
+/// start (PodGroups, watched only with gang scheduling, appear at their first restart).
+pub const WATCHED: [&str; 3] = ["tfjobs", "pods", "services"];
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -92,6 +130,7 @@ pub struct Metrics {
     status_writes_held: Counter,
     jobs_queued_to_create: Gauge,
     jobs: [Family<JobLabels, Counter>; 5],
+    milestones: [MilestoneFamily; 2],
 }
 
 impl Default for Metrics {
@@ -113,6 +152,9 @@ impl Metrics {
             "Reconciles that failed, by the kind of the failed operation",
             reconcile_errors.clone(),
         );
+        for kind in RECONCILE_ERROR_KINDS {
+            reconcile_errors.get_or_create(&ErrorLabels { kind }).inc_by(0);
+        }
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "tfjob_operator_reconcile_duration_seconds",
@@ -142,6 +184,9 @@ impl Metrics {
             "Watches that failed and restarted (with backoff; after a 410 Gone with a re-list), by resource",
             watch_restarts.clone(),
         );
+        for resource in WATCHED {
+            watch_restarts.get_or_create(&WatchLabels { resource }).inc_by(0);
+        }
         let create_batches = Family::<BatchLabels, Counter>::default();
         registry.register(
             "tfjob_operator_create_batches",
@@ -174,6 +219,11 @@ impl Metrics {
         for (count, family) in JobCount::ALL.iter().zip(&jobs) {
             registry.register(count.metric_name(), count.help(), family.clone());
         }
+        let milestones: [MilestoneFamily; 2] =
+            std::array::from_fn(|_| MilestoneFamily::new_with_constructor(milestone_histogram));
+        for (m, family) in Milestone::ALL.iter().zip(&milestones) {
+            registry.register(m.metric_name(), m.help(), family.clone());
+        }
         Metrics {
             registry,
             reconciles,
@@ -187,6 +237,7 @@ impl Metrics {
             status_writes_held,
             jobs_queued_to_create,
             jobs,
+            milestones,
         }
     }
 
@@ -208,6 +259,12 @@ impl Metrics {
     pub fn job(&self, namespace: &str, count: JobCount) {
         let labels = JobLabels { job_namespace: namespace.to_string(), framework: FRAMEWORK };
         self.jobs[count as usize].get_or_create(&labels).inc();
+    }
+
+    /// Observes the seconds a job in `namespace` took from its creation to `milestone`.
+    pub fn reached(&self, namespace: &str, milestone: Milestone, seconds: f64) {
+        let labels = NamespaceLabels { job_namespace: namespace.to_string() };
+        self.milestones[milestone as usize].get_or_create(&labels).observe(seconds);
     }
 
     /// Counts a failed watch of `resource` (it restarts with backoff).
@@ -269,6 +326,9 @@ mod tests {
         m.create_failed(CreateFailureCause::Transient);
         m.create_failed(CreateFailureCause::Transient);
         m.create_failed(CreateFailureCause::Refused);
+        m.reached("team-a", Milestone::Running, 4.0);
+        m.reached("team-a", Milestone::Running, 40.0);
+        m.reached("team-b", Milestone::Succeeded, 9.0);
         let text = m.encode();
         for line in [
             r#"training_operator_jobs_created_total{job_namespace="team-a",framework="tensorflow"} 2"#,
@@ -280,13 +340,26 @@ mod tests {
             r#"tfjob_operator_api_requests_total{verb="create",resource="pods",code="201"} 1"#,
             "tfjob_operator_leader 1",
             r#"tfjob_operator_watch_restarts_total{resource="pods"} 1"#,
+            r#"tfjob_operator_watch_restarts_total{resource="tfjobs"} 0"#,
+            r#"tfjob_operator_reconcile_errors_total{kind="create"} 0"#,
+            r#"tfjob_operator_reconcile_errors_total{kind="not_leader"} 0"#,
             r#"tfjob_operator_create_batches_total{size="16"} 2"#,
             r#"tfjob_operator_create_failures_total{cause="transient"} 2"#,
             r#"tfjob_operator_create_failures_total{cause="refused"} 1"#,
+            r#"tfjob_operator_job_time_to_running_seconds_count{job_namespace="team-a"} 2"#,
+            r#"tfjob_operator_job_time_to_running_seconds_sum{job_namespace="team-a"} 44.0"#,
+            r#"tfjob_operator_job_time_to_running_seconds_bucket{le="5.0",job_namespace="team-a"} 1"#,
+            r#"tfjob_operator_job_time_to_running_seconds_bucket{le="60.0",job_namespace="team-a"} 2"#,
+            r#"tfjob_operator_job_time_to_succeeded_seconds_bucket{le="10.0",job_namespace="team-b"} 1"#,
+            r#"tfjob_operator_job_time_to_succeeded_seconds_bucket{le="5.0",job_namespace="team-b"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains(r#"training_operator_jobs_failed_total{"#), "no sample before a failure");
+        assert!(
+            !text.contains(r#"time_to_succeeded_seconds_count{job_namespace="team-a"}"#),
+            "per namespace"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -12,6 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+mod monitoring;
 mod values;
 
 /// The labels Helm's convention adds to every object of a release (`metadata.labels` only,
