@@ -23,7 +23,11 @@ fn tiny_options(ctx: &Ctx) -> Options {
         log_dir: std::env::temp_dir().join(format!("tfjob-e2e-op-{}", ctx.ns)),
     });
     opts.sizes = vec![2];
-    opts.run_for = "1s".into();
+    // Long enough that a job is seen Running before worker 0 succeeds even on a loaded
+    // machine: with 1 s, a CI run's reconcile once came after the workers had finished, the
+    // job went from Created to Succeeded (rightly, as Kubeflow's does), and only one of two
+    // jobs had a time to Running.
+    opts.run_for = "3s".into();
     opts.ttl = 1;
     opts.deadline = 3;
     opts.prefix = ctx.ns.clone();
