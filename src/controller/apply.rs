@@ -12,8 +12,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
 use super::Now;
-use super::backoff::{NewObject, SlowStart, create_order};
-use super::observe::{JobCounting, Slim};
+use super::job_counting::JobCounting;
+use super::observe::Slim;
+use super::slow_start::{NewObject, SlowStart, create_order};
 use super::unseen::{UnseenObjects, UnseenWrites};
 use super::write_slots::{Room, WRITES_IN_FLIGHT, WriteSlots};
 use crate::api::{JobView, TFJob, TFJobStatus};

@@ -73,7 +73,8 @@ mod tests {
     use crate::controller::backoff::{Backoffs, CreateBackoff, CreateBackoffChange};
     use crate::controller::coalesce::StatusWrites;
     use crate::controller::decode::JobEvent;
-    use crate::controller::observe::{JobCounting, job_triggers};
+    use crate::controller::job_counting::JobCounting;
+    use crate::controller::observe::job_triggers;
     use crate::controller::unseen::UnseenStatus;
     use crate::leader::Gate;
     use crate::metrics::Metrics;

@@ -11,37 +11,40 @@ mod decode;
 pub mod freshness;
 mod gang;
 mod index;
+mod job_counting;
 mod job_watch;
 mod observe;
+#[cfg(test)]
+mod reconcile_tests;
 mod reflect;
 mod report;
+mod slow_start;
 #[cfg(test)]
 mod tests;
 mod unseen;
 mod watch_backoff;
+mod wiring;
 mod write_slots;
+
+pub use wiring::run;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector;
-use kube::{Client, Resource, ResourceExt};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::api::TFJob;
 use crate::error::Error;
-use crate::http::Readiness;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::plan;
-use crate::writer::{Writer, events};
+use crate::writer::Writer;
 use apply::Applier;
 use backoff::Backoffs;
 use books::{Forget, PerJob};
@@ -92,7 +95,7 @@ struct Context {
     /// Whether the job cache follows the API server (see [`observe::job_triggers`]).
     jobs_fresh: Arc<AtomicBool>,
     /// Kubeflow's job counters, moved by the watch and by this process's writes.
-    counting: Arc<observe::JobCounting>,
+    counting: Arc<job_counting::JobCounting>,
     /// The pod and service creates in flight over all jobs, handed out oldest job first.
     writes: write_slots::WriteSlots,
     /// The job cache: apply reads it between create batches (a job suspended meanwhile).
@@ -102,6 +105,35 @@ struct Context {
 }
 
 impl Context {
+    /// A context with empty bookkeeping; `wake` reconciles a job given room to create.
+    fn new(
+        writer: Writer,
+        caches: Caches,
+        jobs: reflector::Store<TFJob>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        gate: Gate,
+        wake: Option<tokio::sync::mpsc::UnboundedSender<reflector::ObjectRef<TFJob>>>,
+    ) -> Context {
+        Context {
+            writer,
+            caches,
+            unseen: Mutex::default(),
+            backoffs: Mutex::default(),
+            status_writes: Mutex::default(),
+            jobs_fresh: Arc::default(),
+            counting: Arc::new(job_counting::JobCounting::new(gate, metrics.clone())),
+            writes: write_slots::WriteSlots::new(
+                settings.writes_in_flight,
+                write_slots::WriteSlots::holders_for(settings.concurrency),
+                wake,
+            ),
+            jobs,
+            settings,
+            metrics,
+        }
+    }
+
     fn backoffs(&self) -> MutexGuard<'_, Backoffs> {
         self.backoffs.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -158,161 +190,12 @@ impl Forget for Context {
         Context::deleted(self, uid);
     }
 
-    /// Every per-job map but the counters' ([`observe::JobCounting::relisted`]).
+    /// Every per-job map but the counters' ([`job_counting::JobCounting::relisted`]).
     fn relisted(&self, listed: &HashSet<String>) {
         self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.retain_jobs(listed);
         self.backoffs().retain_jobs(listed);
         self.status_writes().retain_jobs(listed);
     }
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// Runs the controller until `shutdown` resolves; in-flight reconciles finish first, then the
-/// queued events are published. Every write asks `gate`; `readiness` is told once the pod
-/// and service caches have listed everything, and follows every watch
-/// ([`freshness::watch_client`]).
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    gate: Gate,
-    readiness: Arc<Readiness>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let ns = settings.namespace.as_deref();
-    let watched = |name| freshness::watch_client(&client, readiness.watches(), name);
-    let (pods, pod_writer) = reflector::store();
-    let (services, svc_writer) = reflector::store();
-    let (pod_index, service_index) = (Arc::default(), Arc::default());
-    let pod_stream = observe::owned_stream(
-        api::<Pod>(&watched("pods"), ns),
-        pod_writer,
-        Arc::clone(&pod_index),
-        metrics.clone(),
-        "pods",
-    );
-    let svc_stream = observe::owned_stream(
-        api::<Service>(&watched("services"), ns),
-        svc_writer,
-        Arc::clone(&service_index),
-        metrics.clone(),
-        "services",
-    );
-    // Gang scheduling: the PodGroups, watched as the pods are.
-    let (pod_groups, pod_group_stream) = if settings.gang == crate::gang::GangScheduling::Native {
-        let (store, writer) = reflector::store();
-        let index: Arc<Mutex<index::OwnerIndex>> = Arc::default();
-        let stream = observe::owned_stream(
-            api::<crate::gang::PodGroup>(&watched("podgroups"), ns),
-            writer,
-            Arc::clone(&index),
-            metrics.clone(),
-            "podgroups",
-        );
-        (Some((store, index)), Some(stream))
-    } else {
-        (None, None)
-    };
-    let instance = settings.instance.clone().unwrap_or_else(|| crate::writer::FIELD_MANAGER.into());
-    let (queue, publisher) = events::queue(instance, metrics.clone());
-    let publisher = tokio::spawn(publisher.run(client.clone(), gate.clone()));
-    // Jobs given room to create are reconciled again through this channel.
-    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
-    let woken = futures::stream::unfold(woken, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
-    // TFJobs are cached without managedFields too, and decoded one by one ([`decode`]).
-    let (job_store, job_writer) = reflector::store();
-    let ctx = Arc::new(Context {
-        writer: Writer::new(client.clone(), gate.clone(), queue),
-        caches: Caches { pods, services, pod_index, service_index, pod_groups },
-        unseen: Mutex::default(),
-        backoffs: Mutex::default(),
-        status_writes: Mutex::default(),
-        jobs_fresh: Arc::default(),
-        counting: Arc::new(observe::JobCounting::new(gate.clone(), metrics.clone())),
-        writes: write_slots::WriteSlots::new(
-            settings.writes_in_flight,
-            write_slots::WriteSlots::holders_for(settings.concurrency),
-            Some(wake),
-        ),
-        jobs: job_store.clone(),
-        settings: settings.clone(),
-        metrics,
-    });
-    // Plan only from caches that have listed everything: a half-filled cache shows pods missing.
-    let shutdown = shutdown.shared();
-    let caches_synced = async {
-        ctx.caches.pods.wait_until_ready().await.is_ok()
-            && ctx.caches.services.wait_until_ready().await.is_ok()
-            && match &ctx.caches.pod_groups {
-                Some((store, _)) => store.wait_until_ready().await.is_ok(),
-                None => true,
-            }
-    };
-    tokio::select! {
-        ok = caches_synced => if !ok {
-            warn!("the pod and service caches stopped before they synced");
-            return;
-        },
-        () = shutdown.clone() => return,
-    }
-    readiness.set_synced();
-    // Reflected in place, as the pods and services are (a re-list never doubles the cache).
-    let resource = ApiResource::erase::<TFJob>(&());
-    let job_api: Api<DynamicObject> = match ns {
-        Some(ns) => Api::namespaced_with(watched("tfjobs"), ns, &resource),
-        None => Api::all_with(watched("tfjobs"), &resource),
-    };
-    let job_events = job_watch::events(job_api, reflect::InPlace::new(job_writer), ctx.writer.clone());
-    let jobs = observe::job_triggers(
-        job_events,
-        job_store.clone(),
-        ctx.metrics.clone(),
-        ctx.counting.clone(),
-        ctx.jobs_fresh.clone(),
-        ctx.clone(),
-    );
-    info!(
-        namespace = ns.unwrap_or("(all)"),
-        concurrency = settings.concurrency,
-        "starting the TFJob controller"
-    );
-    let expiry = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move { ctx.writes.expire_every_second().await })
-    };
-    let controller = Controller::for_stream(jobs, job_store)
-        .reconcile_on(pod_stream)
-        .reconcile_on(svc_stream)
-        .reconcile_on(woken);
-    let controller = match pod_group_stream {
-        Some(stream) => controller.reconcile_on(stream),
-        None => controller,
-    };
-    controller
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(timed_reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                debug!(error = %e, "reconcile failed");
-            }
-        })
-        .await;
-    expiry.abort();
-    // The controller dropped the writer: the publisher ends once the queued events are out.
-    if tokio::time::timeout(Duration::from_secs(10), publisher).await.is_err() {
-        warn!("events still queued 10 s after the controller stopped were not published");
-    }
-    info!("the TFJob controller stopped");
 }
 
 fn error_policy(job: Arc<TFJob>, err: &Error, ctx: Arc<Context>) -> Action {

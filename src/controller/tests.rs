@@ -16,7 +16,7 @@ use tower_test::mock;
 
 use super::Now;
 use super::apply::{Applied, Applier, CreateStep, announcement};
-use super::observe::JobCounting;
+use super::job_counting::JobCounting;
 use super::unseen::UnseenWrites;
 use super::write_slots::WriteSlots;
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec, TFJobStatus};
