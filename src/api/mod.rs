@@ -4,23 +4,22 @@
 
 pub mod contract;
 mod crd;
+mod enums;
 mod indexes;
 mod policy;
 mod replica;
 pub mod rules;
-mod scheduling;
 mod status;
 mod types;
 mod view;
 
 pub use crd::{crd, crd_yaml};
+pub use enums::{CleanPodPolicy, ReplicaType, RestartPolicy, SuccessPolicy};
 pub use indexes::IndexSet;
 pub use policy::EffectivePolicy;
-pub use replica::{ReplicaType, Replicas, SpecError};
+pub use replica::{Replicas, SpecError};
 pub use status::{
     AppliedPolicy, ConditionStatus, ConditionType, JobCondition, PodRestarts, ReplicaStatus, TFJobStatus,
 };
-pub use types::{
-    CleanPodPolicy, ReplicaSpec, RestartPolicy, RunPolicy, SchedulingPolicy, SuccessPolicy, TFJob, TFJobSpec,
-};
+pub use types::{ReplicaSpec, RunPolicy, SchedulingPolicy, TFJob, TFJobSpec};
 pub use view::JobView;
