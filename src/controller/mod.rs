@@ -65,7 +65,7 @@ pub struct Settings {
     /// The events' reporting instance (the pod name).
     pub instance: Option<String>,
     /// Gang scheduling (`--gang-scheduling`).
-    pub gang: crate::gang::GangScheduling,
+    pub gang: crate::plan::gang::GangScheduling,
 }
 
 /// The one clock read of a reconcile: wall time for status and events, monotonic time for
@@ -208,11 +208,11 @@ pub async fn run(
         "services",
     );
     // Gang scheduling: the PodGroups, watched as the pods are.
-    let (pod_groups, pod_group_stream) = if settings.gang == crate::gang::GangScheduling::Native {
+    let (pod_groups, pod_group_stream) = if settings.gang == crate::plan::gang::GangScheduling::Native {
         let (store, writer) = reflector::store();
         let index: Arc<Mutex<index::OwnerIndex>> = Arc::default();
         let stream = observe::owned_stream(
-            api::<crate::gang::PodGroup>(&watched("podgroups"), ns),
+            api::<crate::api::PodGroup>(&watched("podgroups"), ns),
             writer,
             Arc::clone(&index),
             metrics.clone(),
@@ -355,7 +355,8 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
 
     let settings = plan::Settings { startup_deadline_seconds: ctx.settings.startup_deadline_seconds };
     let mut plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
-    crate::gang::plan(ctx.settings.gang, &job, &observed.pods, &mut plan, observed.pod_group.as_ref());
+    plan.gang =
+        plan::gang::decide(ctx.settings.gang, &job, &observed.pods, &plan, observed.pod_group.as_ref());
     ctx.coalesce_status(&uid, &job, &mut plan, now);
     debug!(
         resource_version = job.resource_version().unwrap_or_default(),

@@ -10,6 +10,9 @@ mod active;
 mod cleanup;
 mod conditions;
 pub mod diagnosis;
+pub mod gang;
+#[cfg(test)]
+mod gang_tests;
 mod replica_state;
 pub mod startup;
 #[cfg(test)]
@@ -94,8 +97,8 @@ pub struct Plan {
     /// When to plan again even if nothing changes: the next deadline or TTL expiry.
     pub requeue_at: Option<Timestamp>,
     /// Gang scheduling: the job's PodGroup to create (before any pod) or delete (after the
-    /// pods). Decided after this planner by [`crate::gang::plan`].
-    pub gang: crate::gang::GangPlan,
+    /// pods). Decided after this planner by [`gang::decide`].
+    pub gang: gang::GangPlan,
 }
 
 /// At most this many creates, and this many deletes, in one reconcile (Kubernetes' Job
