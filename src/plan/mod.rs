@@ -1,6 +1,6 @@
 //! The pure planner: what to do for a job, given its observed pods and services and the time.
 //!
-//! No client, no clock, no async. [`plan`] returns a [`Plan`] whose parts are applied in
+//! No client, no clock, no async. [`plan_with`] returns a [`Plan`] whose parts are applied in
 //! order: status (a job that finishes is marked finished, with `completionTime`, before any
 //! of its pods is touched; a job that is suspended records what its pods did before they go),
 //! then events, then deletes (a suspended job shows `active: 0` once every pod has a delete
