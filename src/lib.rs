@@ -14,7 +14,6 @@ pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod fault_point;
-pub mod gang;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! The effective run policy: the seed's fields under `spec` win over `spec.runPolicy`, then defaults.
 
-use super::types::{CleanPodPolicy, SuccessPolicy, TFJobSpec};
+use super::enums::{CleanPodPolicy, SuccessPolicy};
+use super::types::TFJobSpec;
 
 /// The run policy the operator acts on, after precedence and defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

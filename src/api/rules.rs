@@ -5,7 +5,8 @@
 //! job is suspended, the scheduling directives of the pod templates ([`super::contract`]).
 //! Transition rules do not fire on a field that is added or removed, so each immutable field
 //! is guarded by a rule on its parent (`spec`, which always exists) that compares presence as
-//! well as value.
+//! well as value. The rules of `runPolicy.schedulingPolicy` accept what native gang scheduling
+//! reads and refuse what only other gang schedulers read.
 
 use serde_json::{Value, json};
 
@@ -146,34 +147,70 @@ pub fn rules() -> Vec<SchemaRule> {
             ),
         ),
     ];
-    out.extend(super::scheduling::rules()); // runPolicy.schedulingPolicy: gang scheduling
-    for field in IMMUTABLE_SPEC_FIELDS.into_iter().filter(|f| *f != "tfReplicaSpecs") {
-        let present = |o: &str| format!("has({o}.{field})");
-        out.push(SchemaRule {
-            path: &["spec"],
-            rule: format!(
-                "{new} == {old} && (!{new} || self.{field} == oldSelf.{field})",
-                new = present("self"),
-                old = present("oldSelf"),
-            ),
-            message: format!("spec.{field} cannot be changed: {CONTRACT}"),
-            field_path: Some(format!(".{field}")),
-        });
-    }
-    for field in IMMUTABLE_RUN_POLICY_FIELDS {
-        let present = |o: &str| format!("(has({o}.runPolicy) && has({o}.runPolicy.{field}))");
-        out.push(SchemaRule {
-            path: &["spec"],
-            rule: format!(
-                "{new} == {old} && (!{new} || self.runPolicy.{field} == oldSelf.runPolicy.{field})",
-                new = present("self"),
-                old = present("oldSelf"),
-            ),
-            message: format!("spec.runPolicy.{field} cannot be changed: {CONTRACT}"),
-            field_path: Some(format!(".runPolicy.{field}")),
-        });
-    }
+    out.extend(scheduling_rules()); // runPolicy.schedulingPolicy: gang scheduling
+    out.extend(
+        IMMUTABLE_SPEC_FIELDS.into_iter().filter(|f| *f != "tfReplicaSpecs").map(|f| immutable(None, f)),
+    );
+    out.extend(IMMUTABLE_RUN_POLICY_FIELDS.into_iter().map(|f| immutable(Some("runPolicy"), f)));
     out
+}
+
+/// The rule on `spec` that keeps `spec.[parent.]field` as it was: present as before, and equal.
+fn immutable(parent: Option<&str>, field: &str) -> SchemaRule {
+    let path = parent.map_or_else(|| field.to_string(), |p| format!("{p}.{field}"));
+    let present = |o: &str| match parent {
+        None => format!("has({o}.{path})"),
+        Some(p) => format!("(has({o}.{p}) && has({o}.{path}))"),
+    };
+    SchemaRule {
+        path: &["spec"],
+        rule: format!(
+            "{new} == {old} && (!{new} || self.{path} == oldSelf.{path})",
+            new = present("self"),
+            old = present("oldSelf"),
+        ),
+        message: format!("spec.{path} cannot be changed: {CONTRACT}"),
+        field_path: Some(format!(".{path}")),
+    }
+}
+
+const SCHEDULING_POLICY: &[&str] = &["spec", "runPolicy", "schedulingPolicy"];
+
+const NATIVE: &str = "this operator gang-schedules only with Kubernetes' own PodGroup (--gang-scheduling=native), \
+which has no such setting; leave it unset";
+
+/// The rules of `runPolicy.schedulingPolicy`: what native gang scheduling reads (`minAvailable`,
+/// `priorityClass`) is accepted; the fields only Volcano or scheduler-plugins read are refused,
+/// naming the backend that would need them (on `spec.runPolicy.schedulingPolicy`, and on `spec`
+/// for `minAvailable`).
+fn scheduling_rules() -> Vec<SchemaRule> {
+    let refuse = |field: &str, backend: &str| SchemaRule {
+        path: SCHEDULING_POLICY,
+        rule: format!("!has(self.{field})"),
+        message: format!("spec.runPolicy.schedulingPolicy.{field} is read only by {backend}: {NATIVE}"),
+        field_path: Some(format!(".{field}")),
+    };
+    vec![
+        refuse("queue", "Volcano's gang scheduler (its queues; Kueue queues TFJobs here)"),
+        refuse("minResources", "Volcano's and scheduler-plugins' gang schedulers"),
+        refuse(
+            "scheduleTimeoutSeconds",
+            "scheduler-plugins' coscheduling (kube-scheduler's GangScheduling plugin waits a fixed 5 minutes)",
+        ),
+        SchemaRule {
+            path: &["spec"],
+            rule: "!has(self.runPolicy) || !has(self.runPolicy.schedulingPolicy) || \
+                   !has(self.runPolicy.schedulingPolicy.minAvailable) || \
+                   self.runPolicy.schedulingPolicy.minAvailable <= self.tfReplicaSpecs.map(k, \
+                   has(self.tfReplicaSpecs[k].replicas) ? self.tfReplicaSpecs[k].replicas : 1).sum()"
+                .into(),
+            message:
+                "spec.runPolicy.schedulingPolicy.minAvailable cannot be more than the job's replicas of \
+                      all types together: such a gang would never be scheduled"
+                    .into(),
+            field_path: Some(".runPolicy.schedulingPolicy.minAvailable".into()),
+        },
+    ]
 }
 
 /// Schema bounds the generated types lack: (path, keyword, value).

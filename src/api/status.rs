@@ -6,9 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::enums::{CleanPodPolicy, ReplicaType};
 use super::indexes::IndexSet;
-use super::replica::ReplicaType;
-use super::types::CleanPodPolicy;
 
 /// What the operator observed and decided for a TFJob. Written only by the operator, through
 /// the status subresource.

@@ -8,6 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::enums::{CleanPodPolicy, RestartPolicy, SuccessPolicy};
 use super::status::TFJobStatus;
 
 /// A distributed TensorFlow training job: one pod and one headless service per replica,
@@ -314,52 +315,4 @@ pub struct ReplicaSpec {
     /// `Never` for `Never` and `ExitCode`. Cannot be changed after the job is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
-}
-
-// The three enums below have no doc comment on purpose: for an optional enum field, kube puts
-// the enum's own description over the field's, so the values are documented on each field.
-
-// What to do when a replica's pod fails (`ReplicaSpec::restart_policy`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum RestartPolicy {
-    /// Restart the container in place, whatever its exit status.
-    Always,
-    /// Restart the container in place when it fails.
-    OnFailure,
-    /// Never restart: a failed pod fails the job.
-    Never,
-    /// Re-create the pod when the exit code is retryable (128 or more).
-    ExitCode,
-}
-
-// Which pods to delete once the job has finished (`TFJobSpec::clean_pod_policy`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum CleanPodPolicy {
-    /// Delete every pod.
-    All,
-    /// Delete pods still running or pending.
-    Running,
-    /// Keep every pod.
-    None,
-}
-
-// When a job without a chief counts as succeeded (`TFJobSpec::success_policy`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
-pub enum SuccessPolicy {
-    /// When worker 0 succeeds.
-    #[default]
-    #[serde(rename = "")]
-    Default,
-    /// When every worker has succeeded.
-    AllWorkers,
-}
-
-impl std::fmt::Display for CleanPodPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CleanPodPolicy::All => "All",
-            CleanPodPolicy::Running => "Running",
-            CleanPodPolicy::None => "None",
-        })
-    }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 
-use super::replica::{ReplicaType, Replicas, SpecError};
+use super::enums::ReplicaType;
+use super::replica::{Replicas, SpecError};
 use super::{EffectivePolicy, TFJob};
 
 /// A TFJob with its spec resolved: the raw object is kept only for its metadata (name,

@@ -5,18 +5,36 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::gang::GangScheduling;
 use crate::leader::Timings;
+use crate::plan::gang::GangScheduling;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `--gang-scheduling`'s values (the planner's mode, [`GangScheduling`], knows no clap).
+impl ValueEnum for GangScheduling {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[GangScheduling::None, GangScheduling::Native]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            GangScheduling::None => PossibleValue::new("none")
+                .help("No gang scheduling: `runPolicy.schedulingPolicy` is ignored and pods are scheduled one by one"),
+            GangScheduling::Native => PossibleValue::new("native").help(
+                "Kubernetes' own PodGroup (`scheduling.k8s.io/v1alpha2`) and kube-scheduler's `GangScheduling` plugin",
+            ),
+        })
+    }
 }
 
 /// The operator's options.

@@ -68,7 +68,7 @@ pub struct Settings {
     /// The events' reporting instance (the pod name).
     pub instance: Option<String>,
     /// Gang scheduling (`--gang-scheduling`).
-    pub gang: crate::gang::GangScheduling,
+    pub gang: crate::plan::gang::GangScheduling,
 }
 
 /// The one clock read of a reconcile: wall time for status and events, monotonic time for
@@ -238,7 +238,8 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
 
     let settings = plan::Settings { startup_deadline_seconds: ctx.settings.startup_deadline_seconds };
     let mut plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
-    crate::gang::plan(ctx.settings.gang, &job, &observed.pods, &mut plan, observed.pod_group.as_ref());
+    plan.gang =
+        plan::gang::decide(ctx.settings.gang, &job, &observed.pods, &plan, observed.pod_group.as_ref());
     ctx.coalesce_status(&uid, &job, &mut plan, now);
     debug!(
         resource_version = job.resource_version().unwrap_or_default(),

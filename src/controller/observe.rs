@@ -25,8 +25,9 @@ use super::job_counting::JobCounting;
 use super::reflect::InPlace;
 use super::unseen::UnseenWrites;
 use super::watch_backoff::WatchBackoff;
+use crate::api::PodGroup;
 use crate::api::TFJob;
-use crate::gang::PodGroup;
+
 use crate::metrics::Metrics;
 use crate::names;
 

@@ -495,19 +495,19 @@ async fn creates_wait_out_their_backoff() {
     assert!(handle.next_request().await.is_none(), "nothing sent while the backoff runs");
 }
 
-// Gang scheduling (crate::gang): the PodGroup is deleted after the pods and services and
+// Gang scheduling (crate::plan::gang): the PodGroup is deleted after the pods and services and
 // created before anything else; a refused or foreign PodGroup stops the pods.
 
-fn gang_plan(mode: crate::gang::GangScheduling, observed: Option<&crate::gang::PodGroup>) -> Plan {
+fn gang_plan(mode: crate::plan::gang::GangScheduling, observed: Option<&crate::api::PodGroup>) -> Plan {
     let mut plan = Plan { create_services: vec![w(0)], create_pods: vec![w(0)], ..Default::default() };
-    crate::gang::plan(mode, &job(), &[], &mut plan, observed);
+    plan.gang = crate::plan::gang::decide(mode, &job(), &[], &plan, observed);
     plan
 }
 
 #[tokio::test]
 async fn the_pod_group_is_created_before_the_services_and_pods() {
     let (mut h, events, task) =
-        start(gang_plan(crate::gang::GangScheduling::Native, None), Gate::always_open());
+        start(gang_plan(crate::plan::gang::GangScheduling::Native, None), Gate::always_open());
     let (m, path, body, send) = next(&mut h).await;
     assert_eq!(
         (m, path.as_str()),
@@ -526,7 +526,7 @@ async fn the_pod_group_is_created_before_the_services_and_pods() {
         assert_eq!(m, Method::POST);
         if path == "/api/v1/namespaces/ns/pods" {
             assert_eq!(body["spec"]["schedulingGroup"], json!({"podGroupName": "j"}), "every pod names it");
-            assert_eq!(body["metadata"]["labels"][crate::gang::LABEL_POD_GROUP], "j");
+            assert_eq!(body["metadata"]["labels"][crate::plan::gang::LABEL_POD_GROUP], "j");
         }
         paths.push(path);
         respond(send, 201, stored(body, "uid-0"));
@@ -545,7 +545,7 @@ async fn the_pod_group_is_created_before_the_services_and_pods() {
 /// Serves the PodGroup create of a gang plan with `code` and `answer` (and, for a 409, the GET
 /// with `found`); returns the outcome and the events. No pod is ever created.
 async fn pod_group_refused(code: u16, answer: Value, found: Option<Value>) -> (CreateStep, Vec<String>) {
-    let mut plan = gang_plan(crate::gang::GangScheduling::Native, None);
+    let mut plan = gang_plan(crate::plan::gang::GangScheduling::Native, None);
     plan.create_services.clear();
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (m, path, _, send) = next(&mut h).await;
@@ -601,7 +601,7 @@ async fn a_pod_group_that_cannot_be_created_stops_the_pods_with_a_warning() {
 #[tokio::test]
 async fn a_resume_waits_for_the_jobs_own_terminating_pod_group() {
     // The job's own PodGroup of before the suspension, still terminating: not joined.
-    let mut own = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    let mut own = crate::plan::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
     own.metadata.uid = Some("uid-old-pg".into());
     own.metadata.resource_version = Some("11".into());
     own.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -609,7 +609,7 @@ async fn a_resume_waits_for_the_jobs_own_terminating_pod_group() {
     ));
     assert!(crate::names::controlled_by(&own.metadata, "uid-j"), "the job's own");
     let (mut h, events, task) =
-        start(gang_plan(crate::gang::GangScheduling::Native, None), Gate::always_open());
+        start(gang_plan(crate::plan::gang::GangScheduling::Native, None), Gate::always_open());
     let (m, path, _, send) = next(&mut h).await;
     assert_eq!(
         (m, path.as_str()),
@@ -635,7 +635,7 @@ async fn a_resume_waits_for_the_jobs_own_terminating_pod_group() {
 
 #[tokio::test]
 async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
-    let mut observed = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    let mut observed = crate::plan::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
     observed.metadata.uid = Some("uid-pg".into());
     let mut j = job();
     j.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(true), ..Default::default() });
@@ -643,7 +643,8 @@ async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
         delete_pods: vec![ObjectKey { name: "j-worker-0".into(), uid: "uid-p0".into() }],
         ..Default::default()
     };
-    crate::gang::plan(crate::gang::GangScheduling::Native, &j, &[], &mut plan, Some(&observed));
+    plan.gang =
+        crate::plan::gang::decide(crate::plan::gang::GangScheduling::Native, &j, &[], &plan, Some(&observed));
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (m, path, _, send) = next(&mut h).await;
     assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/pods/j-worker-0"));
@@ -666,12 +667,18 @@ async fn the_pod_group_is_deleted_after_the_pods_with_its_uid() {
 
 #[tokio::test]
 async fn a_pod_group_already_gone_is_not_announced_deleted() {
-    let mut observed = crate::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
+    let mut observed = crate::plan::gang::pod_group_for(&JobView::new(&job()).expect("view")).expect("group");
     observed.metadata.uid = Some("uid-pg".into());
     let mut done = job();
     done.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(true), ..Default::default() });
     let mut plan = Plan::default();
-    crate::gang::plan(crate::gang::GangScheduling::Native, &done, &[], &mut plan, Some(&observed));
+    plan.gang = crate::plan::gang::decide(
+        crate::plan::gang::GangScheduling::Native,
+        &done,
+        &[],
+        &plan,
+        Some(&observed),
+    );
     let (mut h, events, task) = start(plan, Gate::always_open());
     let (m, _, _, send) = next(&mut h).await;
     assert_eq!(m, Method::DELETE);

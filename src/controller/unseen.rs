@@ -24,8 +24,8 @@ pub const UNSEEN_WRITE_EXPIRY: Duration = Duration::from_secs(60);
 pub struct UnseenWrites {
     pub pods: UnseenObjects<Pod>,
     pub services: UnseenObjects<Service>,
-    /// Gang scheduling's PodGroups ([`crate::gang`]).
-    pub pod_groups: UnseenObjects<crate::gang::PodGroup>,
+    /// Gang scheduling's PodGroups ([`crate::plan::gang`]).
+    pub pod_groups: UnseenObjects<crate::api::PodGroup>,
     pub status: UnseenStatus,
 }
 

@@ -64,12 +64,12 @@ fn owned_watches(
         .boxed(),
     ];
     // Gang scheduling: the PodGroups, watched as the pods are.
-    let pod_groups = (settings.gang == crate::gang::GangScheduling::Native).then(|| {
+    let pod_groups = (settings.gang == crate::plan::gang::GangScheduling::Native).then(|| {
         let (store, writer) = reflector::store();
         let index: Arc<Mutex<index::OwnerIndex>> = Arc::default();
         triggers.push(
             observe::owned_stream(
-                api::<crate::gang::PodGroup>(&watched("podgroups"), ns),
+                api::<crate::api::PodGroup>(&watched("podgroups"), ns),
                 writer,
                 Arc::clone(&index),
                 metrics.clone(),

@@ -27,31 +27,13 @@ pub(super) struct ActivePlanner<'a> {
 impl ActivePlanner<'_> {
     pub fn plan(&self, st: &mut TFJobStatus, p: &mut Plan, pods: &[&Pod], services: &[&Service]) {
         let now = self.now;
-        let replicas = &self.job.replicas;
-        let policy = &self.job.policy;
         let start = st.start_time.get_or_insert(Time(now)).clone();
-        st.deadline = policy.active_deadline_seconds.and_then(|ads| after(&start, ads)).map(Time);
-
-        let mut observed = BTreeMap::new();
-        for (&t, r) in replicas {
-            let of_type: Vec<(&Pod, i32)> = pods
-                .iter()
-                .filter_map(|pod| match names::replica_of(&pod.metadata) {
-                    Some((pt, i)) if pt == t => Some((*pod, i)),
-                    _ => None,
-                })
-                .collect();
-            let old = st.replica_statuses.get(&t).cloned().unwrap_or_default();
-            let tolerate = policy.dynamic_worker && t == ReplicaType::Worker;
-            observed.insert(
-                t,
-                replica_state::observe(r.count, r.restart_policy, tolerate, &of_type, &old, start.0),
-            );
-        }
+        st.deadline = self.job.policy.active_deadline_seconds.and_then(|ads| after(&start, ads)).map(Time);
+        let observed = self.observe(st, pods, start.0);
         st.replica_statuses = observed.iter().map(|(t, o)| (*t, o.status.clone())).collect();
 
         let stuck = diagnosis::diagnose(pods, now);
-        let unstarted = startup::unstarted(replicas, &observed, pods);
+        let unstarted = startup::unstarted(&self.job.replicas, &observed, pods);
         startup::track(st, self.startup.0, self.startup.1, unstarted, now);
         let outcome = self.outcome(st, &observed).or_else(|| {
             let (reason, msg) =
@@ -70,7 +52,49 @@ impl ActivePlanner<'_> {
         }
         diagnosis::record(st, &stuck, now, &mut p.events);
         p.requeue_at = stuck.next_due(now);
+        self.progress(st, p, &observed);
+        self.objects(p, &observed, pods, services);
+        if p.create_pods.is_empty() && p.create_services.is_empty() {
+            st.conditions.retain(|c| c.type_ != ConditionType::ReplicaFailure);
+        }
+    }
 
+    /// Each replica type's pods as observed against its status so far (`start`: the job's
+    /// start time).
+    fn observe(
+        &self,
+        st: &TFJobStatus,
+        pods: &[&Pod],
+        start: Timestamp,
+    ) -> BTreeMap<ReplicaType, replica_state::Observed> {
+        let mut observed = BTreeMap::new();
+        for (&t, r) in &self.job.replicas {
+            let of_type: Vec<(&Pod, i32)> = pods
+                .iter()
+                .filter_map(|pod| match names::replica_of(&pod.metadata) {
+                    Some((pt, i)) if pt == t => Some((*pod, i)),
+                    _ => None,
+                })
+                .collect();
+            let old = st.replica_statuses.get(&t).cloned().unwrap_or_default();
+            let tolerate = self.job.policy.dynamic_worker && t == ReplicaType::Worker;
+            observed.insert(
+                t,
+                replica_state::observe(r.count, r.restart_policy, tolerate, &of_type, &old, start),
+            );
+        }
+        observed
+    }
+
+    /// The `Restarting` condition (and its Warning) when replicas restart now, else `Running`
+    /// once the deciding type has an active pod.
+    fn progress(
+        &self,
+        st: &mut TFJobStatus,
+        p: &mut Plan,
+        observed: &BTreeMap<ReplicaType, replica_state::Observed>,
+    ) {
+        let now = self.now;
         let new_restarts: i32 = observed.values().map(|o| o.new_restarts).sum();
         let deciding = self.job.deciding_type();
         if new_restarts > 0 {
@@ -91,8 +115,19 @@ impl ActivePlanner<'_> {
             let msg = format!("TFJob {} is running.", self.job.name);
             conditions::set(st, ConditionType::Running, REASON_RUNNING, msg, now);
         }
+    }
 
-        for (&t, o) in &observed {
+    /// The pods and services to delete (to be re-created, out of range, of no replica of the
+    /// spec) and to create (missing).
+    fn objects(
+        &self,
+        p: &mut Plan,
+        observed: &BTreeMap<ReplicaType, replica_state::Observed>,
+        pods: &[&Pod],
+        services: &[&Service],
+    ) {
+        let replicas = &self.job.replicas;
+        for (&t, o) in observed {
             p.delete_pods.extend(o.to_recreate.iter().cloned());
             p.delete_pods.extend(o.out_of_range.iter().cloned());
             p.create_pods.extend(o.missing.iter().map(|&index| ReplicaId { rtype: t, index }));
@@ -122,9 +157,6 @@ impl ActivePlanner<'_> {
                     p.create_services.push(ReplicaId { rtype: t, index: i });
                 }
             }
-        }
-        if p.create_pods.is_empty() && p.create_services.is_empty() {
-            st.conditions.retain(|c| c.type_ != ConditionType::ReplicaFailure);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The pure planner: what to do for a job, given its observed pods and services and the time.
 //!
-//! No client, no clock, no async. [`plan`] returns a [`Plan`] whose parts are applied in
+//! No client, no clock, no async. [`plan_with`] returns a [`Plan`] whose parts are applied in
 //! order: status (a job that finishes is marked finished, with `completionTime`, before any
 //! of its pods is touched; a job that is suspended records what its pods did before they go),
 //! then events, then deletes (a suspended job shows `active: 0` once every pod has a delete
@@ -10,6 +10,9 @@ mod active;
 mod cleanup;
 mod conditions;
 pub mod diagnosis;
+pub mod gang;
+#[cfg(test)]
+mod gang_tests;
 mod replica_state;
 pub mod startup;
 #[cfg(test)]
@@ -94,8 +97,8 @@ pub struct Plan {
     /// When to plan again even if nothing changes: the next deadline or TTL expiry.
     pub requeue_at: Option<Timestamp>,
     /// Gang scheduling: the job's PodGroup to create (before any pod) or delete (after the
-    /// pods). Decided after this planner by [`crate::gang::plan`].
-    pub gang: crate::gang::GangPlan,
+    /// pods). Decided after this planner by [`gang::decide`].
+    pub gang: gang::GangPlan,
 }
 
 /// At most this many creates, and this many deletes, in one reconcile (Kubernetes' Job
@@ -224,76 +227,13 @@ pub fn plan_with(
     record_policy(&mut st, &policy, &mut p.events);
     let startup_secs =
         startup::record_policy(&mut st, &old, job, settings.startup_deadline_seconds, now, &mut p.events);
-
-    let name = job.name_any();
-    let full_name = format!("{}/{name}", job.namespace().unwrap_or_default());
     if st.condition(ConditionType::Created).is_none() {
-        let msg = format!("TFJob {name} is created.");
-        // The condition says it; Kubeflow emits no event for it (one write less per job).
-        conditions::set(&mut st, ConditionType::Created, REASON_CREATED, msg, now);
-        let overridden: Vec<String> = job
-            .spec
-            .tf_replica_specs
-            .iter()
-            .filter_map(|(key, r)| {
-                Some(format!("{key} ({})", r.template.spec.as_ref()?.restart_policy.as_deref()?))
-            })
-            .collect();
-        if !overridden.is_empty() {
-            p.events.push(PlannedEvent::warning(
-                "SetPodTemplateRestartPolicy",
-                format!(
-                    "The restart policy in the pod template of {} is replaced by the replica's restartPolicy",
-                    overridden.join(", ")
-                ),
-            ));
-        }
-        p.events.extend(suspend::kueue_warnings(job));
-        p.events.extend(master_warning(job));
+        created(job, &mut st, &mut p.events, now);
     }
-
-    let mut suspending = false;
-    if !old.is_finished() {
-        match JobView::new(job) {
-            Ok(view) if job.spec.is_suspended() => {
-                suspending = true;
-                suspend::plan_suspended(&view, &mut st, &mut p, &pods, &services, now);
-                // No pods while suspended: nothing to diagnose, no startup deadline running.
-                diagnosis::clear(&mut st);
-                st.startup_deadline = None;
-            }
-            Ok(view) => {
-                suspend::resume(&view.name, &mut st, &mut p, now);
-                let startup = (startup_secs, startup::base(job, &st));
-                let planner = ActivePlanner { job: &view, full_name: &full_name, now, startup };
-                planner.plan(&mut st, &mut p, &pods, &services);
-            }
-            Err(e) => {
-                let msg = format!("TFJob {full_name} has an invalid spec: {e}");
-                conditions::set(&mut st, ConditionType::Failed, REASON_INVALID, msg.clone(), now);
-                st.completion_time = Some(Time(now));
-                p.events.push(PlannedEvent::warning(REASON_INVALID, msg));
-            }
-        }
-    }
-
+    let suspending =
+        !old.is_finished() && unfinished(job, startup_secs, &mut st, &mut p, (&pods, &services), now);
     if st.is_finished() {
-        diagnosis::clear(&mut st);
-        st.startup_deadline = None;
-        let (dp, ds) = cleanup::to_delete(policy.clean_pod_policy, &pods, &services);
-        p.delete_pods.extend(dp);
-        p.delete_services.extend(ds);
-        st.expires = match (&st.completion_time, policy.ttl_seconds_after_finished) {
-            (Some(done), Some(ttl)) => after(done, i64::from(ttl)).map(Time),
-            _ => None,
-        };
-        if let Some(expires) = &st.expires {
-            if now >= expires.0 {
-                p.delete_job = true;
-            } else {
-                p.requeue_at = Some(expires.0);
-            }
-        }
+        finished(&policy, &mut st, &mut p, (&pods, &services), now);
     } else {
         let deadlines = [&st.deadline, &st.startup_deadline].into_iter().flatten().map(|t| t.0);
         p.requeue_at = p.requeue_at.into_iter().chain(deadlines).min();
@@ -316,6 +256,96 @@ pub fn plan_with(
         s
     });
     p
+}
+
+/// A new job: the `Created` condition, and the Warnings about what its spec does not do as
+/// written (a pod template's restart policy, Kueue, a `Master` replica type).
+fn created(job: &TFJob, st: &mut TFJobStatus, events: &mut Vec<PlannedEvent>, now: Timestamp) {
+    let msg = format!("TFJob {} is created.", job.name_any());
+    // The condition says it; Kubeflow emits no event for it (one write less per job).
+    conditions::set(st, ConditionType::Created, REASON_CREATED, msg, now);
+    let overridden: Vec<String> = job
+        .spec
+        .tf_replica_specs
+        .iter()
+        .filter_map(|(key, r)| {
+            Some(format!("{key} ({})", r.template.spec.as_ref()?.restart_policy.as_deref()?))
+        })
+        .collect();
+    if !overridden.is_empty() {
+        events.push(PlannedEvent::warning(
+            "SetPodTemplateRestartPolicy",
+            format!(
+                "The restart policy in the pod template of {} is replaced by the replica's restartPolicy",
+                overridden.join(", ")
+            ),
+        ));
+    }
+    events.extend(suspend::kueue_warnings(job));
+    events.extend(master_warning(job));
+}
+
+/// A job not finished when observed: suspended, running (or resumed), or failed for an
+/// invalid spec. Returns whether it is suspended.
+fn unfinished(
+    job: &TFJob,
+    startup_secs: Option<i64>,
+    st: &mut TFJobStatus,
+    p: &mut Plan,
+    (pods, services): (&[&Pod], &[&Service]),
+    now: Timestamp,
+) -> bool {
+    let full_name = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+    match JobView::new(job) {
+        Ok(view) if job.spec.is_suspended() => {
+            suspend::plan_suspended(&view, st, p, pods, services, now);
+            // No pods while suspended: nothing to diagnose, no startup deadline running.
+            diagnosis::clear(st);
+            st.startup_deadline = None;
+            true
+        }
+        Ok(view) => {
+            suspend::resume(&view.name, st, p, now);
+            let startup = (startup_secs, startup::base(job, st));
+            let planner = ActivePlanner { job: &view, full_name: &full_name, now, startup };
+            planner.plan(st, p, pods, services);
+            false
+        }
+        Err(e) => {
+            let msg = format!("TFJob {full_name} has an invalid spec: {e}");
+            conditions::set(st, ConditionType::Failed, REASON_INVALID, msg.clone(), now);
+            st.completion_time = Some(Time(now));
+            p.events.push(PlannedEvent::warning(REASON_INVALID, msg));
+            false
+        }
+    }
+}
+
+/// A finished job: its pods and services to delete by `cleanPodPolicy`, and its TTL (the job
+/// deleted once it has expired, a requeue at its expiry before).
+fn finished(
+    policy: &EffectivePolicy,
+    st: &mut TFJobStatus,
+    p: &mut Plan,
+    (pods, services): (&[&Pod], &[&Service]),
+    now: Timestamp,
+) {
+    diagnosis::clear(st);
+    st.startup_deadline = None;
+    let (dp, ds) = cleanup::to_delete(policy.clean_pod_policy, pods, services);
+    p.delete_pods.extend(dp);
+    p.delete_services.extend(ds);
+    st.expires = match (&st.completion_time, policy.ttl_seconds_after_finished) {
+        (Some(done), Some(ttl)) => after(done, i64::from(ttl)).map(Time),
+        _ => None,
+    };
+    if let Some(expires) = &st.expires {
+        if now >= expires.0 {
+            p.delete_job = true;
+        } else {
+            p.requeue_at = Some(expires.0);
+        }
+    }
 }
 
 /// The status with a `ReplicaFailure` condition (reason `FailedCreatePod`) carrying the API

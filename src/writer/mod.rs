@@ -5,7 +5,7 @@
 //! with one field manager. Events go through the queue of [`events`].
 
 pub mod events;
-mod pod_group;
+pub mod pod_group;
 
 pub use pod_group::check_pod_groups_served;
 

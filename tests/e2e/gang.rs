@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tfjob_operator::api::ConditionType;
-use tfjob_operator::gang::PodGroup;
+use tfjob_operator::api::PodGroup;
 use tfjob_testsupport::nodes::node_ready;
 use tfjob_testsupport::{ControlPlane, PlaneOptions, kwok_node};
 
@@ -527,9 +527,9 @@ async fn gang_pod_group_that_cannot_be_created_stops_the_pods(ctx: Ctx) -> Resul
     // Someone else's PodGroup holds the job's name.
     let foreign = PodGroup {
         metadata: kube::api::ObjectMeta { name: Some("x".into()), ..Default::default() },
-        spec: tfjob_operator::gang::PodGroupSpec {
-            scheduling_policy: tfjob_operator::gang::SchedulingPolicy {
-                gang: Some(tfjob_operator::gang::GangPolicy { min_count: 1 }),
+        spec: tfjob_operator::api::pod_group::PodGroupSpec {
+            scheduling_policy: tfjob_operator::api::pod_group::SchedulingPolicy {
+                gang: Some(tfjob_operator::api::pod_group::GangPolicy { min_count: 1 }),
                 basic: None,
             },
             priority_class_name: None,
@@ -683,9 +683,9 @@ async fn gang_under_deploy_rbac(ctx: Ctx) -> Result<()> {
     let (_, kubeconfig) = crate::install::as_deploy_service_account(&ctx).await?;
     let foreign = PodGroup {
         metadata: kube::api::ObjectMeta { name: Some("taken".into()), ..Default::default() },
-        spec: tfjob_operator::gang::PodGroupSpec {
-            scheduling_policy: tfjob_operator::gang::SchedulingPolicy {
-                gang: Some(tfjob_operator::gang::GangPolicy { min_count: 1 }),
+        spec: tfjob_operator::api::pod_group::PodGroupSpec {
+            scheduling_policy: tfjob_operator::api::pod_group::SchedulingPolicy {
+                gang: Some(tfjob_operator::api::pod_group::GangPolicy { min_count: 1 }),
                 basic: None,
             },
             priority_class_name: None,

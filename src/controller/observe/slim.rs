@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::gang::PodGroup;
+use crate::api::PodGroup;
 use crate::names;
 
 /// Keeps in a cached object only what planning reads, so the caches stay small.
@@ -25,9 +25,9 @@ pub trait Slim {
 }
 
 /// The labels read from a cached pod or service: its replica ([`names::replica_of`]) and
-/// whether it is a member of the job's PodGroup ([`crate::gang::LABEL_POD_GROUP`]).
+/// whether it is a member of the job's PodGroup ([`crate::plan::gang::LABEL_POD_GROUP`]).
 pub const LABELS_READ: [&str; 3] =
-    [names::LABEL_REPLICA_TYPE, names::LABEL_REPLICA_INDEX, crate::gang::LABEL_POD_GROUP];
+    [names::LABEL_REPLICA_TYPE, names::LABEL_REPLICA_INDEX, crate::plan::gang::LABEL_POD_GROUP];
 
 /// The pod conditions read: `PodScheduled` (the diagnosis's `Unschedulable`) and
 /// `DisruptionTarget` (a disrupted pod's failure is not counted).

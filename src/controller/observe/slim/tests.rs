@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::api::{JobView, ReplicaType, TFJob};
-use crate::gang::GangScheduling;
+use crate::plan::gang::GangScheduling;
 use crate::plan::{self, ReplicaId, Settings};
 
 pub(super) const T0: &str = "2026-12-02T10:00:00Z";
@@ -183,7 +183,7 @@ pub(super) fn full_pod(j: &TFJob, rtype: ReplicaType, index: i32, state: &str, t
         "f:spec": {"f:containers": {"k:{\"name\":\"tensorflow\"}": {"f:env": {}, "f:image": {}, "f:ports": {}}}}});
     let i = rtype as usize * 100 + usize::try_from(index).unwrap();
     let mut o = stored(serde_json::to_value(built).unwrap(), i, fields);
-    o["metadata"]["labels"][crate::gang::LABEL_POD_GROUP] = json!("b-17");
+    o["metadata"]["labels"][crate::plan::gang::LABEL_POD_GROUP] = json!("b-17");
     o["metadata"]["labels"]["app"] = json!("train");
     o["metadata"]["ownerReferences"]
         .as_array_mut()
@@ -261,11 +261,11 @@ fn a_slim_pod_plans_as_the_full_one() {
         let slim = slimmed(&full);
         for now in [5, 45, 200] {
             let settings = Settings { startup_deadline_seconds: Some(120) };
-            let mut want = plan::plan_with(&j, &full, &services, t(now), settings);
-            let mut got = plan::plan_with(&j, &slim, &slimmed(&services), t(now), settings);
+            let want = plan::plan_with(&j, &full, &services, t(now), settings);
+            let got = plan::plan_with(&j, &slim, &slimmed(&services), t(now), settings);
             assert_eq!(got, want, "{name} at {now} s");
-            let gang_want = crate::gang::plan(GangScheduling::Native, &j, &full, &mut want, None);
-            let gang_got = crate::gang::plan(GangScheduling::Native, &j, &slim, &mut got, None);
+            let gang_want = plan::gang::decide(GangScheduling::Native, &j, &full, &want, None);
+            let gang_got = plan::gang::decide(GangScheduling::Native, &j, &slim, &got, None);
             assert_eq!(gang_got, gang_want, "{name} at {now} s: gang");
             let refs = |p: &[Pod]| plan::diagnosis::diagnose(&p.iter().collect::<Vec<_>>(), t(now));
             assert_eq!(refs(&slim), refs(&full), "{name} at {now} s: diagnosis");
