@@ -628,22 +628,17 @@ async fn binding_times(ctx: &Ctx) -> Result<()> {
 /// Waits until the watch has seen all `n` pods of `job` bound; returns the timeline.
 async fn eventually_timeline(watch: &PodWatch, job: &str, n: usize) -> Result<Timeline> {
     let prefix = format!("{job}-worker-");
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
+    eventually(Duration::from_secs(120), &format!("{job}: {n} pods bound"), || async {
         let t = watch.timeline();
         let mut bound: BTreeMap<&str, bool> = BTreeMap::new();
         for e in t.events.iter().filter(|e| e.1.starts_with(&prefix)) {
             bound.insert(e.1.as_str(), e.2.is_some());
         }
         let count = bound.values().filter(|b| **b).count();
-        if count == n {
-            return Ok(t);
-        }
-        if Instant::now() > end {
-            bail!("{job}: {count} of {n} pods bound after 120s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ensure!(count == n, "{count} of {n} bound");
+        Ok(t)
+    })
+    .await
 }
 
 /// A plane without the gates and the API: `--gang-scheduling=native` exits at start, saying
@@ -703,7 +698,7 @@ async fn gang_under_deploy_rbac(ctx: Ctx) -> Result<()> {
     wait_gone(&pod_groups(&ctx), "ok", WAIT).await?;
     wait_job(&ctx, "taken", WAIT, "ReplicaFailure", |j| has_condition(j, ConditionType::ReplicaFailure))
         .await?;
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     ensure!(metric_sum(&m, "tfjob_operator_api_requests_total", &["code=\"403\""]) == 0.0, "403s:\n{m}");
     Ok(())
 }
