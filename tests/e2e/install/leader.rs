@@ -145,20 +145,25 @@ async fn until_leads(op: &Operator, timeout: Duration) -> Result<Duration> {
     .with_context(|| op.log_tail())
 }
 
-async fn leader_election_hands_over_on_sigkill_and_sigterm(ctx: Ctx) -> Result<()> {
-    let ns_flag = format!("--leader-election-namespace={}", ctx.ns);
-    let args = ["--leader-elect", ns_flag.as_str()];
-    let kc = ctx.cluster.kubeconfig.clone();
-    let mut ops =
-        vec![Operator::start_as(&ctx, "op-a", &kc, &args)?, Operator::start_as(&ctx, "op-b", &kc, &args)?];
-    let leader = eventually(WAIT, "a single leader", || async {
+/// Waits until exactly one of the two leads; returns which.
+async fn single_leader(ops: &[Operator]) -> Result<usize> {
+    eventually(WAIT, "a single leader", || async {
         match [leads(&ops[0]).await, leads(&ops[1]).await] {
             [Some(true), Some(false)] => Ok(0),
             [Some(false), Some(true)] => Ok(1),
             l => bail!("leading: {l:?}"),
         }
     })
-    .await?;
+    .await
+}
+
+async fn leader_election_hands_over_on_sigkill_and_sigterm(ctx: Ctx) -> Result<()> {
+    let ns_flag = format!("--leader-election-namespace={}", ctx.ns);
+    let args = ["--leader-elect", ns_flag.as_str()];
+    let kc = ctx.cluster.kubeconfig.clone();
+    let mut ops =
+        vec![Operator::start_as(&ctx, "op-a", &kc, &args)?, Operator::start_as(&ctx, "op-b", &kc, &args)?];
+    let leader = single_leader(&ops).await?;
     let follower = 1 - leader;
     // Both ready: the follower while it waits, the leader once its caches synced.
     for op in &ops {
