@@ -165,9 +165,13 @@ mod tests {
     #[test]
     fn notes_are_bounded_on_char_boundaries() {
         assert_eq!(bounded("short"), "short");
-        let long = "é".repeat(600); // 1200 bytes
+        let exact = "a".repeat(MAX_NOTE);
+        assert_eq!(bounded(&exact), exact);
+        // 1201 bytes, each "é" two of them from byte 1: byte 1000 falls inside one.
+        let long = format!("a{}", "é".repeat(600));
+        assert!(!long.is_char_boundary(MAX_NOTE));
         let cut = bounded(&long);
-        assert!(cut.len() <= MAX_NOTE && cut.len() >= MAX_NOTE - 1, "{}", cut.len());
+        assert_eq!(cut.len(), MAX_NOTE - 1);
         assert!(long.starts_with(&cut));
     }
 

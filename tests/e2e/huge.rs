@@ -52,7 +52,7 @@ async fn a_300_replica_job_is_created_in_slow_start_batches_and_succeeds(ctx: Ct
 
     // 600 objects: the first reconcile creates the 500 allowed (300 services, then 200 pods:
     // one object per template first, then doubling to 16), the next the last 100 pods.
-    let sizes = batches(&op.metrics().await);
+    let sizes = batches(&op.metrics().await?);
     let sent: usize = sizes.iter().map(|(size, n)| size * n).sum();
     let want = BTreeMap::from([(1, 1), (2, 1), (4, 2), (5, 1), (8, 3), (16, 35)]);
     ensure!(sent == 600, "creates sent: {sent}, want 600 (each object once): {sizes:?}");
@@ -83,19 +83,25 @@ async fn a_refused_200_replica_template_costs_one_create_per_backoff_period(ctx:
     .await
     .with_context(|| op.log_tail())?;
     let first = Instant::now();
-    // Pokes trigger reconciles; the backoff holds the creates (5 s, then 10 s, then 20 s).
+    // Pokes trigger reconciles; the backoff holds the creates (5 s, then 10 s, then 20 s). The
+    // pauses pace the pokes; they assert nothing.
     for i in 0..20 {
         merge_patch_job(&ctx, "refused", json!({"metadata": {"labels": {"poke": i.to_string()}}})).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let pod_creates = |m: &str| {
+        metric_sum(m, "tfjob_operator_api_requests_total", &[r#"verb="create""#, r#"resource="pods""#])
+    };
     // Attempts at about 0, 5 and 15 s after the first; the fourth is due at 35 s.
-    tokio::time::sleep(Duration::from_secs(25).saturating_sub(first.elapsed())).await;
-    let metrics = op.metrics().await;
-    let pod_creates = metric_sum(
-        &metrics,
-        "tfjob_operator_api_requests_total",
-        &[r#"verb="create""#, r#"resource="pods""#],
-    );
+    let window = Duration::from_secs(25).saturating_sub(first.elapsed());
+    assert_stays(window, "at most 3 pod creates in 25 s", || async {
+        let n = pod_creates(&op.metrics().await?);
+        ensure!(n <= 3.0, "pod creates sent: {n}");
+        Ok(())
+    })
+    .await?;
+    let metrics = op.metrics().await?;
+    let pod_creates = pod_creates(&metrics);
     let evs = events(&ctx, "refused").await?;
     let warnings: i32 = evs.iter().filter(|(r, _)| r == "FailedCreatePod").map(|(_, n)| *n).sum();
     let reconciles = metric_sum(&metrics, "tfjob_operator_reconciles_total", &[]);

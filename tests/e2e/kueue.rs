@@ -3,9 +3,10 @@
 //! SDK's queue label and replica keys Kueue does not read.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -64,21 +65,17 @@ fn on_the_pool(p: &Pod) -> Result<()> {
 }
 
 async fn workloads_finished(ctx: &Ctx, want: usize) -> Result<Vec<Value>> {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), &format!("{want} Finished Workloads"), || async {
         let wls: Vec<Value> =
             workloads(ctx).list(&ListParams::default()).await?.items.into_iter().map(|w| w.data).collect();
-        if wls.len() == want && wls.iter().all(|w| condition(w, "Finished")) {
-            return Ok(wls);
-        }
-        if Instant::now() > end {
-            bail!(
-                "want {want} Finished Workloads, have {:?}",
-                wls.iter().map(|w| &w["status"]["conditions"]).collect::<Vec<_>>()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ensure!(
+            wls.len() == want && wls.iter().all(|w| condition(w, "Finished")),
+            "have {:?}",
+            wls.iter().map(|w| &w["status"]["conditions"]).collect::<Vec<_>>()
+        );
+        Ok(wls)
+    })
+    .await
 }
 
 /// Quota for two one-cpu jobs, four queued: never more than two run, the other two wait
@@ -95,9 +92,9 @@ async fn four_jobs_share_quota_for_two(ctx: Ctx) -> Result<()> {
             "{n}: Kueue's webhook did not suspend it"
         );
     }
-    let (mut waited, mut seen_pods) = (BTreeSet::new(), BTreeSet::new());
-    let end = Instant::now() + T;
-    loop {
+    // (the two seen waiting while two ran, every pod seen)
+    let seen: Mutex<(BTreeSet<String>, BTreeSet<String>)> = Mutex::default();
+    let seen_pods = until(T, "all four to succeed", || async {
         // Pods first: a pod seen here was created before the job was read below.
         let ps = pods(&ctx).list(&ListParams::default()).await?.items;
         let mut js = BTreeMap::new();
@@ -106,44 +103,39 @@ async fn four_jobs_share_quota_for_two(ctx: Ctx) -> Result<()> {
         }
         let running: BTreeSet<String> = ps.iter().filter(|p| live(p)).map(job_of).collect();
         ensure!(running.len() <= 2, "quota for two, yet {running:?} have running pods");
-        for p in &ps {
-            on_the_pool(p)?;
-            seen_pods.insert(p.metadata.name.clone().unwrap_or_default());
-        }
         let suspended: Vec<&str> = names.iter().copied().filter(|n| suspended_in_spec(&js[n])).collect();
         for n in &suspended {
             ensure!(!ps.iter().any(|p| job_of(p) == *n), "{n} is suspended but has pods");
         }
-        if running.len() == 2 && suspended.len() == 2 && waited.is_empty() {
-            waited = suspended.iter().map(|s| s.to_string()).collect();
+        let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        for p in &ps {
+            on_the_pool(p)?;
+            seen.1.insert(p.metadata.name.clone().unwrap_or_default());
         }
-        if names.iter().all(|n| condition(&js[n], "Succeeded")) {
-            ensure!(waited.len() == 2, "never saw two running and two waiting");
-            // The waiting ones were admitted (startTime) no earlier than a first one finished.
-            let first_done = names
-                .iter()
-                .filter(|n| !waited.contains(**n))
-                .filter_map(|n| js[n]["status"]["completionTime"].as_str().map(String::from))
-                .min()
-                .context("completionTime")?;
-            for n in &waited {
-                let start = js[n.as_str()]["status"]["startTime"].as_str().unwrap_or_default().to_string();
-                ensure!(
-                    start >= first_done,
-                    "{n} started at {start}, before any job finished ({first_done})"
-                );
-            }
-            break;
+        if running.len() == 2 && suspended.len() == 2 && seen.0.is_empty() {
+            seen.0 = suspended.iter().map(|s| s.to_string()).collect();
         }
-        if Instant::now() > end {
-            bail!(
-                "not all four succeeded: {:?}\n{}",
-                js.values().map(|j| summary(Some(j))).collect::<Vec<_>>(),
-                op.log_tail()
-            );
+        if !names.iter().all(|n| condition(&js[n], "Succeeded")) {
+            let states = js.values().map(|j| summary(Some(j))).collect::<Vec<_>>();
+            return Ok(Progress::NotYet(format!("{states:?}")));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let waited = &seen.0;
+        ensure!(waited.len() == 2, "never saw two running and two waiting");
+        // The waiting ones were admitted (startTime) no earlier than a first one finished.
+        let first_done = names
+            .iter()
+            .filter(|n| !waited.contains(**n))
+            .filter_map(|n| js[n]["status"]["completionTime"].as_str().map(String::from))
+            .min()
+            .context("completionTime")?;
+        for n in waited {
+            let start = js[n.as_str()]["status"]["startTime"].as_str().unwrap_or_default().to_string();
+            ensure!(start >= first_done, "{n} started at {start}, before any job finished ({first_done})");
+        }
+        Ok(Progress::Done(seen.1.clone()))
+    })
+    .await
+    .with_context(|| op.log_tail())?;
     ensure!(seen_pods.len() == 4, "pods {seen_pods:?}");
     workloads_finished(&ctx, 4).await?;
     drop_queue(&ctx).await;
@@ -152,18 +144,10 @@ async fn four_jobs_share_quota_for_two(ctx: Ctx) -> Result<()> {
 
 /// Marks a running pod to succeed now (kwok's stage reads the annotations).
 async fn finish_pod(ctx: &Ctx, name: &str) -> Result<()> {
-    let end = Instant::now() + T;
-    loop {
-        let pod = pods(ctx).get_opt(name).await?;
-        if pod
-            .as_ref()
-            .is_some_and(|p| live(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        {
-            break;
-        }
-        ensure!(Instant::now() < end, "{name} never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&pods(ctx), name, T, "Running", |p| {
+        live(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await?;
     let ann =
         json!({"metadata": {"annotations": {"kwok.test/outcome": "succeed", "kwok.test/run-for": "0s"}}});
     pods(ctx).patch(name, &PatchParams::default(), &Patch::Merge(&ann)).await?;
@@ -247,8 +231,7 @@ async fn preemption_frees_quota_at_once_and_keeps_succeeded_workers(ctx: Ctx) ->
 
 /// Waits until the job has no live pods.
 async fn wait_pods_of(ctx: &Ctx, job: &str, timeout: Duration) -> Result<()> {
-    let end = Instant::now() + timeout;
-    loop {
+    eventually(timeout, &format!("{job}: no live pods"), || async {
         let left: Vec<String> = pods(ctx)
             .list(&ListParams::default())
             .await?
@@ -257,12 +240,10 @@ async fn wait_pods_of(ctx: &Ctx, job: &str, timeout: Duration) -> Result<()> {
             .filter(|p| job_of(p) == job && live(p))
             .filter_map(|p| p.metadata.name)
             .collect();
-        if left.is_empty() {
-            return Ok(());
-        }
-        ensure!(Instant::now() < end, "{job}: pods {left:?} still there after {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ensure!(left.is_empty(), "pods {left:?} still there");
+        Ok(())
+    })
+    .await
 }
 
 /// `activeDeadlineSeconds` stops while the job is suspended and counts from the last admission.
@@ -277,6 +258,7 @@ async fn deadline_counts_from_the_last_admission(ctx: Ctx) -> Result<()> {
     let (t_first, _) = timeline.wait(t0, T, "the first admission", |j| !suspended_in_spec(j)).await?;
     wait_job(&ctx, "slow", T, "Running", |j| has_condition(j, tfjob_operator::api::ConditionType::Running))
         .await?;
+    // Not an assertion: slow runs 2 s on its deadline before it is preempted, on purpose.
     tokio::time::sleep(Duration::from_secs(2)).await;
     create(
         &ctx,
@@ -317,8 +299,7 @@ async fn multikueue_managed_job_is_left_alone(ctx: Ctx) -> Result<()> {
     let op = Operator::start(&ctx, &[])?;
     let spec = json!({"runPolicy": {"managedBy": "kueue.x-k8s.io/multikueue"}});
     create(&ctx, queued("elsewhere", &[replica("Worker", 1).fate(succeed("1s"))], "1", spec)).await?;
-    let end = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < end {
+    assert_stays(Duration::from_secs(8), "elsewhere left alone", || async {
         let j = get(&ctx, "elsewhere").await?;
         ensure!(j["status"].is_null() || j["status"] == json!({}), "status written: {}", j["status"]);
         let managers: Vec<&str> = j["metadata"]["managedFields"]
@@ -334,8 +315,9 @@ async fn multikueue_managed_job_is_left_alone(ctx: Ctx) -> Result<()> {
         );
         let evs = events(&ctx, "elsewhere").await?;
         ensure!(evs.iter().all(|(r, _)| !r.starts_with("TFJob")), "our events: {evs:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(())
+    })
+    .await?;
     ensure!(!op.log_tail().contains("\"level\":\"ERROR\""), "{}", op.log_tail());
     drop_queue(&ctx).await;
     Ok(())

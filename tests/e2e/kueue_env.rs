@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
@@ -16,7 +16,7 @@ use tfjob_testsupport::kueue::{Kueue, NAMESPACE_LABEL, kueue_dir};
 use tokio::sync::OnceCell;
 
 use crate::Ctx;
-use crate::support::{Replica, job};
+use crate::support::{Replica, eventually, job};
 
 /// The queue name every test's LocalQueue has.
 pub const QUEUE: &str = "queue";
@@ -258,20 +258,14 @@ impl Timeline {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Result<(Instant, Value)> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(hit) = self.first(after, &pred) {
-                return Ok(hit);
-            }
-            if Instant::now() > end {
+        // The moments are the watch's; polling only finds them.
+        eventually(timeout, what, || async {
+            self.first(after, &pred).with_context(|| {
                 let last = self.events.lock().ok().and_then(|e| e.last().map(|(_, v)| v.clone()));
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}; last seen: {}",
-                    summary(last.as_ref())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                format!("last seen: {}", summary(last.as_ref()))
+            })
+        })
+        .await
     }
 }
 

@@ -4,9 +4,9 @@
 //! Serial: it takes the cluster-wide replica-key policy away while it shows Kueue's side and
 //! applies it again (as `replica_keys` does) before it ends.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
@@ -59,18 +59,6 @@ async fn podsets(ctx: &Ctx) -> Result<Vec<Vec<String>>> {
         .collect())
 }
 
-fn apply_policies(ctx: &Ctx) -> Result<()> {
-    let path = tfjob_testsupport::repo_root().join("crds/kueue-policies.yaml");
-    let out = ctx
-        .cluster
-        .kubectl()
-        .args(["apply", "--server-side", "--field-manager=tfjob-e2e", "-f"])
-        .arg(&path)
-        .output()?;
-    ensure!(out.status.success(), "applying {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
 /// Kueue reads only `Chief`, `Master`, `PS`, `Worker` and `Evaluator`. Without the policy: a
 /// job keyed only `Ps`/`worker` gets no Workload and waits forever; one keyed `PS`/`worker`
 /// is charged for its PS alone and its worker runs off the flavor's nodes; the operator warns
@@ -92,15 +80,9 @@ async fn replica_keys_kueue_cannot_read_are_answered(ctx: Ctx) -> Result<()> {
     kueue_warning(&ctx, "half", "worker").await?;
 
     // half: Kueue charges only the PS, admits it, and the worker runs off the flavor's nodes.
-    let end = Instant::now() + Duration::from_secs(60);
-    let worker = loop {
-        let ps = pods(&ctx).list(&ListParams::default()).await?.items;
-        if let Some(p) = ps.into_iter().find(|p| p.metadata.name.as_deref() == Some("half-worker-0")) {
-            break p;
-        }
-        ensure!(Instant::now() < end, "half was never admitted\n{}", op.log_tail());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let worker = wait_for(&pods(&ctx), "half-worker-0", Duration::from_secs(60), "half admitted", |_| true)
+        .await
+        .with_context(|| op.log_tail())?;
     let selector = worker.spec.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
     ensure!(!selector.contains_key(POOL.0), "the worker got the flavor's selector after all: {selector:?}");
     let sets = podsets(&ctx).await?;
@@ -121,7 +103,7 @@ async fn replica_keys_kueue_cannot_read_are_answered(ctx: Ctx) -> Result<()> {
     ensure!(podsets(&ctx).await?.len() == 1, "a Workload for odd");
 
     // With the policy, the API server refuses it.
-    apply_policies(&ctx)?;
+    crate::support::deploy::apply_kueue_policies(&ctx)?;
     let mut n = 0;
     eventually(Duration::from_secs(30), "the policy to refuse Ps/worker", || {
         n += 1;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -39,14 +39,7 @@ fn kubectl_create(ctx: &Ctx, job: &Value) -> Result<(bool, String)> {
 }
 
 async fn kueue_policies_refuse_odd_keys_and_warn_of_lost_fields(ctx: Ctx) -> Result<()> {
-    let path = tfjob_testsupport::repo_root().join("crds/kueue-policies.yaml");
-    let out = ctx
-        .cluster
-        .kubectl()
-        .args(["apply", "--server-side", "--field-manager=tfjob-e2e", "-f"])
-        .arg(&path)
-        .output()?;
-    ensure!(out.status.success(), "applying {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    crate::support::deploy::apply_kueue_policies(&ctx)?;
     // A policy takes effect once the API server has loaded it: retry with fresh names.
     let mut n = 0;
     eventually(Duration::from_secs(30), "the replica-key policy to refuse", || {
@@ -80,20 +73,19 @@ async fn kueue_policies_refuse_odd_keys_and_warn_of_lost_fields(ctx: Ctx) -> Res
         &[replica("Worker", 1)],
         json!({"backoffLimit": 2, "runPolicy": {"managedBy": "kueue.x-k8s.io/multikueue"}}),
     );
-    let mut warned = String::new();
-    for _ in 0..30 {
+    // Like the refusal above, the warning comes once the API server has loaded its policy.
+    let warned = eventually(Duration::from_secs(30), "a warning for lossy", || async {
         let (ok, err) = kubectl_create(&ctx, &lossy)?;
-        if ok && err.contains("Warning:") {
-            warned = err;
-            break;
-        }
-        if ok {
+        if ok && !err.contains("Warning:") {
             ctx.cluster.kubectl().args(["-n", &ctx.ns, "delete", "tfjob", "lossy", "--wait"]).output()?;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    if !warned.contains("are lost when MultiKueue copies the job to a worker cluster") {
-        bail!("no warning for a MultiKueue job with fields under spec: {warned:?}");
-    }
+        ensure!(ok && err.contains("Warning:"), "created: {ok}; {err}");
+        Ok(err)
+    })
+    .await?;
+    ensure!(
+        warned.contains("are lost when MultiKueue copies the job to a worker cluster"),
+        "no warning for a MultiKueue job with fields under spec: {warned:?}"
+    );
     Ok(())
 }

@@ -150,6 +150,7 @@ async fn suspending_a_running_job_frees_it_at_once_and_resume_skips_succeeded_wo
         tokio::spawn(
             async move { watch_until(&api, "r", WAIT, "active 0 for every type", all_inactive).await },
         );
+    // Not an assertion: gives the watch time to start before the patch it times.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (sent, clock) = (Timestamp::now(), Instant::now());
     merge_patch_job(&ctx, "r", json!({"spec": {"runPolicy": {"suspend": true}}})).await?;

@@ -169,6 +169,7 @@ async fn ttl_raised_before_expiry_keeps_the_job(ctx: Ctx) -> Result<()> {
     let before = Duration::try_from(expiry.duration_since(Timestamp::now()))
         .unwrap_or_default()
         .saturating_sub(Duration::from_millis(800));
+    // Not an assertion: waits until 0.8 s before the expiry, to raise the TTL just in time.
     tokio::time::sleep(before).await;
     merge_patch_job(&ctx, "raise", json!({"spec": {"ttlSecondsAfterFinished": 60}})).await?;
     assert_stays(Duration::from_secs(3), "a raised TTL keeps the job", || async {
@@ -235,6 +236,7 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
     for i in 20..30 {
         create(&ctx, job(&format!("j{i}"), &reps, json!({}))).await?;
     }
+    // Not an assertion: lets the second batch get under way before the kill.
     tokio::time::sleep(Duration::from_millis(300)).await;
     op.proc.signal(SIGKILL);
     tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(5)))

@@ -4,6 +4,7 @@
 //! a rate-limited leader under a 300-replica job.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -83,13 +84,13 @@ pub async fn a_hung_reconcile_request_is_cut_at_the_request_timeout(ctx: Ctx) ->
         left >= Duration::from_secs(2),
         "only {left:?} before the deadline: too late to black-hole first"
     );
-    let before = failed_requests(&op.metrics().await);
+    let before = failed_requests(&op.metrics().await?);
     proxy.set(Mode::BlackHole);
     eventually(
         left + REQUEST_TIMEOUT + Duration::from_secs(5),
         "a failed request after the deadline",
         || async {
-            let now = failed_requests(&op.metrics().await);
+            let now = failed_requests(&op.metrics().await?);
             ensure!(now > before, "failed requests: {now}");
             Ok(())
         },
@@ -149,16 +150,17 @@ pub async fn hung_watches_come_back(ctx: Ctx) -> Result<()> {
         .await
         .with_context(|| op.log_tail())?;
     let restarts = |m: &str| metric_sum(m, "tfjob_operator_watch_restarts_total", &[]);
-    let before = restarts(&op.metrics().await);
+    let before = restarts(&op.metrics().await?);
     proxy.set(Mode::BlackHole);
     create(&ctx, job("second", &[replica("Worker", 1)], json!({}))).await?;
-    tokio::time::sleep(WATCH_BOUND + Duration::from_secs(5)).await;
-    let cut = restarts(&op.metrics().await) - before;
+    assert_stays(WATCH_BOUND + Duration::from_secs(5), "the black hole", || async {
+        let pods = live_pods(&ctx).await?;
+        ensure!(pods == ["first-worker-0"], "a create reached the API server through it: {pods:?}");
+        Ok(())
+    })
+    .await?;
+    let cut = restarts(&op.metrics().await?) - before;
     ensure!(cut >= 1.0, "no watch was given up and restarted in 65 s of black hole: {}", op.log_tail());
-    ensure!(
-        live_pods(&ctx).await? == ["first-worker-0"],
-        "a create reached the API server through the black hole"
-    );
 
     proxy.set(Mode::Pass);
     let passed = Instant::now();
@@ -192,25 +194,26 @@ pub async fn a_leader_whose_renewals_hang_stops_at_its_renew_deadline(ctx: Ctx) 
     let flags = ["--leader-elect", ns_flag.as_str(), "--request-timeout=2s"];
     let mut op =
         Operator::launch(&ctx, "op-hung", &kubeconfig, Some(&ctx.ns), &flags, &[("POD_NAME", "op-hung")])?;
-    tfjob_testsupport::wait(WAIT, "op-hung to lead", || async { leads(&op.metrics().await) })
-        .await
-        .with_context(|| op.log_tail())?;
+    tfjob_testsupport::wait(WAIT, "op-hung to lead", || async {
+        op.metrics().await.is_ok_and(|m| leads(&m))
+    })
+    .await
+    .with_context(|| op.log_tail())?;
     create(&ctx, job("busy", &[replica("Worker", 2)], json!({}))).await?;
     wait_pods(&ctx, &["busy-worker-0", "busy-worker-1"], WAIT).await.with_context(|| op.log_tail())?;
 
     let holed_at = Timestamp::now();
     proxy.set(Mode::BlackHole);
     let holed = Instant::now();
-    let mut stopped = None;
-    while holed.elapsed() < RENEW_DEADLINE + Duration::from_secs(5) {
-        if op.proc.exited().is_some() || !leads(&op.metrics().await) {
-            stopped = Some(holed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stopped =
-        stopped.with_context(|| format!("still leading 15 s into the black hole: {}", op.log_tail()))?;
+    // Stopped: exited, or answering that it does not lead (a GET that fails as it exits is
+    // polled again, and then it has exited).
+    // No answer counts as stopped: the process exits as its gate closes (checked below).
+    let stopped = eventually(RENEW_DEADLINE + Duration::from_secs(5), "op-hung to stop leading", || async {
+        ensure!(!op.metrics().await.is_ok_and(|m| leads(&m)), "still leading");
+        Ok(holed.elapsed())
+    })
+    .await
+    .with_context(|| op.log_tail())?;
     // Its last renewal was at most a retry period (and a little) before the black hole.
     let earliest = RENEW_DEADLINE - RETRY - Duration::from_millis(500);
     ensure!(
@@ -259,7 +262,7 @@ pub async fn a_follower_takes_over_while_lease_answers_take_3_s(ctx: Ctx) -> Res
         metric_sum(m, "tfjob_operator_api_requests_total", &["resource=\"leases\""]) - failed_requests(m)
     };
     tfjob_testsupport::wait(Duration::from_secs(30), "op-b to read the lease", || async {
-        lease_answers(&b.metrics().await) >= 1.0
+        b.metrics().await.is_ok_and(|m| lease_answers(&m) >= 1.0)
     })
     .await
     .with_context(|| b.log_tail())?;
@@ -270,7 +273,7 @@ pub async fn a_follower_takes_over_while_lease_answers_take_3_s(ctx: Ctx) -> Res
         .context("op-a survived SIGKILL")?;
     eventually(LEASE + Duration::from_secs(25), "op-b to take over", || async {
         let holder = lease(&ctx).await?.and_then(|s| s.holder_identity);
-        ensure!(holder.as_deref() == Some("op-b") && leads(&b.metrics().await), "holder {holder:?}");
+        ensure!(holder.as_deref() == Some("op-b") && leads(&b.metrics().await?), "holder {holder:?}");
         Ok(())
     })
     .await
@@ -284,7 +287,7 @@ pub async fn a_follower_takes_over_while_lease_answers_take_3_s(ctx: Ctx) -> Res
 
     let first = lease(&ctx).await?.as_ref().and_then(renewed_at).context("no renewTime")?;
     assert_stays(Duration::from_secs(30), "op-b keeps leading through the slow proxy", || async {
-        ensure!(leads(&b.metrics().await), "op-b stopped leading: {}", b.log_tail());
+        ensure!(leads(&b.metrics().await?), "op-b stopped leading: {}", b.log_tail());
         let holder = lease(&ctx).await?.and_then(|s| s.holder_identity);
         ensure!(holder.as_deref() == Some("op-b"), "holder {holder:?}");
         Ok(())
@@ -316,50 +319,44 @@ pub async fn a_rate_limited_leader_renews_on_time_under_a_300_replica_job(ctx: C
         &flags,
         &[("POD_NAME", "op-limited")],
     )?;
-    tfjob_testsupport::wait(WAIT, "op-limited to lead", || async { leads(&op.metrics().await) })
-        .await
-        .with_context(|| op.log_tail())?;
+    tfjob_testsupport::wait(WAIT, "op-limited to lead", || async {
+        op.metrics().await.is_ok_and(|m| leads(&m))
+    })
+    .await
+    .with_context(|| op.log_tail())?;
     create(&ctx, job("big", &[replica("PS", 1), replica("Worker", 299)], json!({}))).await?;
     let creates = |m: &str| metric_sum(m, "tfjob_operator_api_requests_total", &["verb=\"create\""]);
     let (qps, burst) = (5.0, 5.0);
     let start = Instant::now();
-    let first_creates = creates(&op.metrics().await);
-    let mut renewals: Vec<Timestamp> = Vec::new();
-    let mut worst_gap = Duration::ZERO;
+    let first_creates = creates(&op.metrics().await?);
+    // (renewals seen, the longest time seen without one)
+    let seen: Mutex<(Vec<Timestamp>, Duration)> = Mutex::default();
     let window = Duration::from_secs(45);
-    while start.elapsed() < window {
-        if let Some(status) = op.proc.exited() {
-            anyhow::bail!(
-                "the leader exited ({status}) {:?} into the run: {}",
-                start.elapsed(),
-                op.log_tail()
-            );
-        }
-        let m = op.metrics().await;
+    // A leader that exits stops answering /metrics: that breaks the window too.
+    let held = assert_stays(window, "op-limited under the rate limit", || async {
+        let m = op.metrics().await?;
         let sent = creates(&m) - first_creates;
         let allowed = burst + qps * secs(start.elapsed()) + 2.0;
-        ensure!(
-            sent <= allowed,
-            "{sent} creates {:?} into the run: over the limit ({allowed})",
-            start.elapsed()
-        );
-        ensure!(
-            leads(&m),
-            "op-limited stopped leading {:?} into the run: {}",
-            start.elapsed(),
-            op.log_tail()
-        );
+        ensure!(sent <= allowed, "{sent} creates: over the limit ({allowed})");
+        ensure!(leads(&m), "op-limited stopped leading: {}", op.log_tail());
         let now = Timestamp::now();
         let renewed = lease(&ctx).await?.as_ref().and_then(renewed_at).context("no renewTime")?;
-        if renewals.last() != Some(&renewed) {
-            renewals.push(renewed);
-        }
         let since = Duration::try_from(now.duration_since(renewed)).unwrap_or_default();
-        worst_gap = worst_gap.max(since);
+        let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        if seen.0.last() != Some(&renewed) {
+            seen.0.push(renewed);
+        }
+        seen.1 = seen.1.max(since);
         ensure!(since < RENEW_DEADLINE, "the lease went {since:?} without renewal (renew deadline 10 s)");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = held {
+        let exited = op.proc.exited();
+        return Err(e.context(format!("op-limited exit status {exited:?}: {}", op.log_tail())));
     }
-    let sent = creates(&op.metrics().await) - first_creates;
+    let (renewals, worst_gap) = seen.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let sent = creates(&op.metrics().await?) - first_creates;
     println!(
         "    qps 5: {sent} creates in {} s ({:.1}/s), {} renewals, worst time without a renewal {:.1} s",
         window.as_secs(),

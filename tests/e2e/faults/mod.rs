@@ -60,9 +60,9 @@ pub async fn api_back(ctx: &Ctx) -> Result<Instant> {
 }
 
 /// Requests the operator sent that got an answer (any HTTP status).
-async fn answered(op: &Operator) -> f64 {
-    let m = op.metrics().await;
-    metric_sum(&m, "tfjob_operator_api_requests_total", &[]) - failed_requests_in(&m)
+async fn answered(op: &Operator) -> Result<f64> {
+    let m = op.metrics().await?;
+    Ok(metric_sum(&m, "tfjob_operator_api_requests_total", &[]) - failed_requests_in(&m))
 }
 
 fn failed_requests_in(metrics: &str) -> f64 {
@@ -86,20 +86,21 @@ async fn fleet_in_flight(ctx: &Ctx) -> Result<(Fleet, PodUids)> {
 async fn outage(ctx: &Ctx, op: &mut Operator, component: &str, down: Duration) -> Result<(f64, f64)> {
     let plane = plane(ctx)?;
     let (fleet, uids) = fleet_in_flight(ctx).await?;
-    let sent_before = requests(op).await;
+    let sent_before = requests(op).await?;
     plane.kill(component)?;
+    // The outage itself, as long as asked; not an assertion.
     tokio::time::sleep(down).await;
-    let sent_down = requests(op).await - sent_before;
+    let sent_down = requests(op).await? - sent_before;
     plane.restart(component)?;
     let back = api_back(ctx).await?;
     // A restarted API server refuses (403) until its authorizer has loaded RBAC; from here on
     // a refusal is the operator's RBAC's doing.
-    op.forgive_refusals_so_far().await;
-    let answered_at_back = answered(op).await;
+    op.forgive_refusals_so_far().await?;
+    let answered_at_back = answered(op).await?;
     tfjob_testsupport::wait(
         Duration::from_secs(60),
         "the operator's first answered request after the outage",
-        || async { answered(op).await > answered_at_back },
+        || async { answered(op).await.is_ok_and(|n| n > answered_at_back) },
     )
     .await
     .with_context(|| op.log_tail())?;
@@ -108,7 +109,7 @@ async fn outage(ctx: &Ctx, op: &mut Operator, component: &str, down: Duration) -
     fleet.check_outcomes(ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
     // The fault landed: requests that got no answer, or 5xx answers (the API server without
     // etcd), while it lasted.
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     let hit = failed_requests_in(&m)
         + ["500", "503", "504"]
             .iter()
@@ -141,6 +142,7 @@ pub(super) async fn nudge_kwok_after_outage(ctx: &Ctx) -> Result<Supervisor> {
         plane.restart("kwok")?;
     }
     for wait in [5, 10] {
+        // Paces the nudges (5 and 15 s after the restart); not an assertion.
         tokio::time::sleep(Duration::from_secs(wait)).await;
         nudge_kwok(ctx, wait).await?;
     }
@@ -163,6 +165,7 @@ fn supervise(ctx: &Ctx) -> Supervisor {
     let cluster = ctx.cluster.clone();
     Supervisor(tokio::spawn(async move {
         loop {
+            // A supervisor's period; not an assertion.
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Some(Ok(revived)) = cluster.plane.as_ref().map(|p| p.revive())
                 && !revived.is_empty()
@@ -215,21 +218,21 @@ async fn forced_410_gone_relists_and_loses_nothing(ctx: Ctx) -> Result<()> {
     let (fleet, uids) = fleet_in_flight(&ctx).await?;
     let revision = plane.force_410().await?;
     api_back(&ctx).await?;
-    op.forgive_refusals_so_far().await;
+    op.forgive_refusals_so_far().await?;
     tfjob_testsupport::wait(
         Duration::from_secs(60),
         "the operator's pod watch to re-list after the 410",
         || async {
-            metric_sum(&op.metrics().await, "tfjob_operator_watch_restarts_total", &["resource=\"pods\""])
-                >= 1.0
-                && op.log_text().contains("re-listing")
+            op.metrics().await.is_ok_and(|m| {
+                metric_sum(&m, "tfjob_operator_watch_restarts_total", &["resource=\"pods\""]) >= 1.0
+            }) && op.log_text().contains("re-listing")
         },
     )
     .await
     .with_context(|| op.log_tail())?;
     let _supervisor = nudge_kwok_after_outage(&ctx).await?;
     fleet.check_outcomes(&ctx, &uids, SETTLE).await.with_context(|| op.log_tail())?;
-    fleet.check_counters(&ctx, &[op.metrics().await])?;
+    fleet.check_counters(&ctx, &[op.metrics().await?])?;
     check_idle(&op, 0.5).await?;
     println!(
         "    etcd compacted to revision {revision} while the API server was down; the pod watch re-listed"

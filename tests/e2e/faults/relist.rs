@@ -41,33 +41,30 @@ pub async fn api_server_restarted_then_a_deleted_pod_is_recreated_at_once(ctx: C
     let old_uid = pods(&ctx).get(victim).await?.metadata.uid.context("no uid")?;
 
     plane.kill("kube-apiserver")?;
+    // The outage itself: the API server stays down 5 s on purpose.
     tokio::time::sleep(Duration::from_secs(5)).await;
     plane.restart("kube-apiserver")?;
     let back = api_back(&ctx).await?;
-    op.forgive_refusals_so_far().await;
+    op.forgive_refusals_so_far().await?;
     let refusals = |m: &str| metric_sum(m, "tfjob_operator_api_requests_total", &["code=\"403\""]);
-    let refused_at_back = refusals(&op.metrics().await);
+    let refused_at_back = refusals(&op.metrics().await?);
     pods(&ctx).delete(victim, &DeleteParams::default().grace_period(0)).await?;
     let deleted = Instant::now();
-    let recreated = loop {
-        let found = pods(&ctx).get_opt(victim).await.ok().flatten();
-        if found.and_then(|p| p.metadata.uid).is_some_and(|u| u != old_uid) {
-            break Some(Instant::now());
-        }
-        if back.elapsed() > RECREATED_WITHIN {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let refused = refusals(&op.metrics().await) - refused_at_back;
-    let Some(recreated) = recreated else {
-        anyhow::bail!(
+    let recreated = eventually(RECREATED_WITHIN.saturating_sub(back.elapsed()), "the re-create", || async {
+        let uid = pods(&ctx).get_opt(victim).await?.and_then(|p| p.metadata.uid);
+        ensure!(uid.as_ref().is_some_and(|u| *u != old_uid), "{victim}: uid {uid:?}");
+        Ok(Instant::now())
+    })
+    .await;
+    let refused = refusals(&op.metrics().await?) - refused_at_back;
+    let recreated = recreated.map_err(|e| {
+        anyhow::anyhow!(
             "{victim} not re-created within {RECREATED_WITHIN:?} of the API server answering again \
-         (deleted {:.1} s after it answered; 403s since {refused}):\n{}",
+         (deleted {:.1} s after it answered; 403s since {refused}): {e:#}\n{}",
             deleted.duration_since(back).as_secs_f64(),
             op.log_tail()
         )
-    };
+    })?;
     ensure!(
         refused == 0.0,
         "{refused} requests refused (403) after the API server answered again:\n{}",

@@ -37,7 +37,7 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
         "--leader-election-retry-period=1s",
     ];
     let mut a = Operator::launch(&ctx, "op-a", &kc, Some(&ctx.ns), &flags, &[("POD_NAME", "op-a")])?;
-    tfjob_testsupport::wait(WAIT, "op-a to lead", || async { leads(&a.metrics().await) })
+    tfjob_testsupport::wait(WAIT, "op-a to lead", || async { a.metrics().await.is_ok_and(|m| leads(&m)) })
         .await
         .with_context(|| a.log_tail())?;
     let b = Operator::launch(
@@ -70,14 +70,15 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
         live_pods(&ctx).await.is_ok_and(|p| p.len() >= 10)
     })
     .await?;
-    let follower_writes = writes(&b.metrics().await);
+    let follower_writes = writes(&b.metrics().await?);
     ensure!(follower_writes == 0.0, "the follower wrote {follower_writes} times before it led");
     a.proc.signal(SIGSTOP);
     tfjob_testsupport::wait(Duration::from_secs(20), "op-b to take over", || async {
-        leads(&b.metrics().await)
+        b.metrics().await.is_ok_and(|m| leads(&m))
     })
     .await
     .with_context(|| b.log_tail())?;
+    // Not an assertion: op-a sleeps on past op-b's takeover, so it wakes with a lease it lost.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let woke = Timestamp::now();
     a.proc.signal(SIGCONT);
@@ -211,7 +212,7 @@ pub async fn namespace_and_job_deleted_under_running_work(ctx: Ctx) -> Result<()
     })
     .await?;
     let idle = check_idle(&op, 0.5).await.with_context(|| op.log_tail())?;
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     let refused_pods =
         metric_sum(&m, "tfjob_operator_api_requests_total", &["resource=\"pods\"", "code=\"403\""]);
     if refused_pods > 6.0 {

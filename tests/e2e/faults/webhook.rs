@@ -150,7 +150,7 @@ async fn webhook_down_then_removed(
         reported >= NOT_BEFORE,
         "reported {reported:?} after the job's creation: before 30 s of failures"
     );
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     let transient = metric_sum(&m, "tfjob_operator_create_failures_total", &["cause=\"transient\""]);
     let refused = metric_sum(&m, "tfjob_operator_create_failures_total", &["cause=\"refused\""]);
     ensure!(transient >= 1.0 && refused == 0.0, "create failures: {transient} transient, {refused} refused");
@@ -171,7 +171,7 @@ async fn webhook_down_then_removed(
         replica_failure(&j)
     );
     let warnings = nothing_lost_nothing_refused(ctx, &uids).await?;
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     let refused = metric_sum(&m, "tfjob_operator_create_failures_total", &["cause=\"refused\""]);
     ensure!(refused == 0.0, "refused creates counted: {refused}");
     println!(

@@ -136,7 +136,7 @@ async fn run_a_job(ctx: &Ctx, name: &str, namespaced: bool) -> Result<()> {
     let lease = Api::<Lease>::namespaced(client, &ctx.ns).get("tfjob-operator").await?;
     let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
     ensure!(holder.ends_with(&format!("_{}", op.proc.pid())), "lease holder {holder:?}");
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     for code in ["401", "403"] {
         let refused = metric_sum(&m, "tfjob_operator_api_requests_total", &[&format!("code=\"{code}\"")]);
         ensure!(refused == 0.0, "{refused} requests answered {code}:\n{m}");

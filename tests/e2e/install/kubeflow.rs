@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Secret;
@@ -23,7 +23,7 @@ use tfjob_testsupport::{Cluster, ControlPlane, PlaneOptions, bin_dir, client_for
 
 use super::apply;
 use crate::Ctx;
-use crate::support::eventually;
+use crate::support::{Progress, eventually, until};
 
 /// The name its install gives its ValidatingWebhookConfiguration (its rotator injects the CA
 /// into it; `cmd/training-operator.v1/main.go`).
@@ -131,18 +131,21 @@ impl TrainingOperator {
         let mut op = TrainingOperator { proc, log };
         apply(ctx, &[&webhook_config(webhook_port, &certs.ca_bundle())])?;
         // Ready once its TFJob controller started its workers and its probe answers.
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = op.proc.exited() {
-                bail!("training-operator exited ({status}): {}", op.log_tail());
+        until(Duration::from_secs(60), "training-operator ready", || {
+            let (exited, log) = (op.proc.exited(), op.log.clone());
+            async move {
+                ensure!(exited.is_none(), "training-operator exited ({exited:?})");
+                let workers = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Starting workers"));
+                let probe = http_get(probe_port, "/readyz").await.map(|(code, _)| code);
+                Ok(if workers && probe == Some(200) {
+                    Progress::Done(())
+                } else {
+                    Progress::NotYet(format!("workers started: {workers}; /readyz: {probe:?}"))
+                })
             }
-            let workers = std::fs::read_to_string(&op.log).is_ok_and(|l| l.contains("Starting workers"));
-            if workers && http_get(probe_port, "/readyz").await.is_some_and(|(code, _)| code == 200) {
-                break;
-            }
-            ensure!(Instant::now() < end, "training-operator not ready after 60 s: {}", op.log_tail());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
+        .with_context(|| op.log_tail())?;
         Ok(op)
     }
 

@@ -52,7 +52,7 @@ async fn metrics_count_each_job_once_across_restarts(ctx: Ctx) -> Result<()> {
     let ns = format!("job_namespace=\"{}\"", ctx.ns);
     // Each job counted once: reached within 1 s, and kept.
     let counted = || async {
-        let m = op.metrics().await;
+        let m = op.metrics().await?;
         job_counts(
             &m,
             &ns,
@@ -72,7 +72,7 @@ async fn metrics_count_each_job_once_across_restarts(ctx: Ctx) -> Result<()> {
     eventually(Duration::from_secs(1), "each job counted once", counted).await?;
     assert_stays(Duration::from_secs(1), "each job counted once", counted).await?;
     // Bounded labels only: never a pod or job name (`size` is a create batch's, 1 to 16).
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     let keys: BTreeSet<&str> = m
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -89,13 +89,13 @@ async fn metrics_count_each_job_once_across_restarts(ctx: Ctx) -> Result<()> {
         .context("no exit after SIGTERM")?;
     let op2 = Operator::start_as(&ctx, "tfjob-operator-2", &ctx.cluster.kubeconfig, &[])?;
     eventually(WAIT, "the new process to reconcile both jobs", || async {
-        let m = op2.metrics().await;
+        let m = op2.metrics().await?;
         ensure!(metric_sum(&m, "tfjob_operator_reconciles_total", &[]) >= 2.0, "reconciles:\n{m}");
         Ok(())
     })
     .await?;
     assert_stays(Duration::from_secs(1), "nothing counted again", || async {
-        let m = op2.metrics().await;
+        let m = op2.metrics().await?;
         ensure!(!m.contains(&ns), "counted again:\n{m}");
         Ok(())
     })
@@ -104,7 +104,7 @@ async fn metrics_count_each_job_once_across_restarts(ctx: Ctx) -> Result<()> {
     merge_patch_job(&ctx, "m", json!({"spec": {"ttlSecondsAfterFinished": 0}})).await?;
     wait_job_gone(&ctx, "m", Duration::from_secs(10)).await?;
     let deleted_once = || async {
-        let m = op2.metrics().await;
+        let m = op2.metrics().await?;
         let n = metric_sum(&m, "training_operator_jobs_deleted_total", &[&ns]);
         ensure!(n == 1.0, "deleted {n}:\n{m}");
         Ok(())
@@ -134,16 +134,27 @@ fn job_writes(metrics: &str) -> f64 {
     n
 }
 
-/// Polls every 100 ms until `op` leads; returns how long that took.
+/// Waits until `op` leads; returns how long that took.
 async fn until_leads(op: &Operator, timeout: Duration) -> Result<Duration> {
     let start = Instant::now();
-    while start.elapsed() < timeout {
-        if leads(op).await == Some(true) {
-            return Ok(start.elapsed());
+    eventually(timeout, &format!("{} to lead", op.proc.name), || async {
+        ensure!(leads(op).await == Some(true), "not leading");
+        Ok(start.elapsed())
+    })
+    .await
+    .with_context(|| op.log_tail())
+}
+
+/// Waits until exactly one of the two leads; returns which.
+async fn single_leader(ops: &[Operator]) -> Result<usize> {
+    eventually(WAIT, "a single leader", || async {
+        match [leads(&ops[0]).await, leads(&ops[1]).await] {
+            [Some(true), Some(false)] => Ok(0),
+            [Some(false), Some(true)] => Ok(1),
+            l => bail!("leading: {l:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("{} did not lead within {timeout:?}: {}", op.proc.name, op.log_tail())
+    })
+    .await
 }
 
 async fn leader_election_hands_over_on_sigkill_and_sigterm(ctx: Ctx) -> Result<()> {
@@ -152,16 +163,7 @@ async fn leader_election_hands_over_on_sigkill_and_sigterm(ctx: Ctx) -> Result<(
     let kc = ctx.cluster.kubeconfig.clone();
     let mut ops =
         vec![Operator::start_as(&ctx, "op-a", &kc, &args)?, Operator::start_as(&ctx, "op-b", &kc, &args)?];
-    let end = Instant::now() + WAIT;
-    let leader = loop {
-        let l = [leads(&ops[0]).await, leads(&ops[1]).await];
-        match l {
-            [Some(true), Some(false)] => break 0,
-            [Some(false), Some(true)] => break 1,
-            _ if Instant::now() > end => bail!("no single leader: {l:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let leader = single_leader(&ops).await?;
     let follower = 1 - leader;
     // Both ready: the follower while it waits, the leader once its caches synced.
     for op in &ops {
@@ -173,9 +175,14 @@ async fn leader_election_hands_over_on_sigkill_and_sigterm(ctx: Ctx) -> Result<(
     for i in 0..10 {
         create(&ctx, job(&format!("j{i}"), &[replica("Worker", 2).fate(succeed("25s"))], json!({}))).await?;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (lw, fw) = (job_writes(&ops[leader].metrics().await), job_writes(&ops[follower].metrics().await));
-    ensure!(lw > 0.0 && fw == 0.0, "writes: leader {lw}, follower {fw}");
+    assert_stays(Duration::from_millis(300), "the follower writes nothing", || async {
+        let fw = job_writes(&ops[follower].metrics().await?);
+        ensure!(fw == 0.0, "follower writes: {fw}");
+        Ok(())
+    })
+    .await?;
+    let lw = job_writes(&ops[leader].metrics().await?);
+    ensure!(lw > 0.0, "the leader wrote nothing in 300 ms");
     ops[leader].proc.signal(SIGKILL);
     let after_kill = until_leads(&ops[follower], Duration::from_secs(30)).await?;
     // The lease was renewed at most one retry period (2 s) before the kill; the follower saw

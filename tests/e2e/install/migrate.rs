@@ -100,7 +100,7 @@ async fn migrate_from_kubeflow_with_jobs_running(ctx: Ctx) -> Result<()> {
     inherited(&own, &kf_jobs, &before).await.with_context(|| op.log_tail())?;
     let reused = watch.reused_names()?;
     ensure!(reused.is_empty(), "pod names re-created: {reused:?}");
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     ensure!(metric_sum(&m, "tfjob_operator_reconcile_errors_total", &[]) == 0.0, "reconcile errors:\n{m}");
     drop(op);
     Ok(())

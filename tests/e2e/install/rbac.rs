@@ -135,7 +135,7 @@ async fn operator_under_deploy_rbac_runs_the_lifecycle(ctx: Ctx) -> Result<()> {
     .await?;
 
     // Nothing was refused, nothing failed, every job counted once; the lease is this process's.
-    let m = op.metrics().await;
+    let m = op.metrics().await?;
     ensure!(metric_sum(&m, "tfjob_operator_api_requests_total", &["code=\"403\""]) == 0.0, "403s:\n{m}");
     ensure!(metric_sum(&m, "tfjob_operator_reconcile_errors_total", &[]) == 0.0, "reconcile errors:\n{m}");
     let ns = format!("job_namespace=\"{}\"", ctx.ns);

@@ -82,6 +82,7 @@ async fn startup_deadline_patched_shorter_away_and_malformed(ctx: Ctx) -> Result
     wait_events(&ctx, "away", "StartupDeadlineUpdated", 1).await?;
 
     // Patched shorter than the time the job has waited: it fails at once.
+    // Not an assertion: shorter waits 3 s, longer than the 2 s deadline patched in next.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let patched = merge_patch_job(&ctx, "shorter", ann(json!("2"))).await?;
     let sent = Timestamp::now();

@@ -1,7 +1,7 @@
 //! `deploy/` as the suite uses it: rendered by kustomize into a test's namespace, its RBAC
 //! applied, and a kubeconfig holding a token of its ServiceAccount, so every operator under
 //! test runs with exactly the permissions `deploy/` (cluster-wide) or `deploy/namespaced`
-//! (one namespace) grants.
+//! (one namespace) grants. Also `crds/kueue-policies.yaml`, which an install adds for Kueue.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -65,6 +65,20 @@ pub fn apply(ctx: &Ctx, docs: &[&Value]) -> Result<()> {
     child.stdin.take().context("kubectl stdin")?.write_all(list.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     ensure!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// `kubectl apply --server-side` of `crds/kueue-policies.yaml` (cluster-wide; they touch only
+/// jobs queued by Kueue or managed by MultiKueue). The API server enforces them a moment later.
+pub fn apply_kueue_policies(ctx: &Ctx) -> Result<()> {
+    let path = tfjob_testsupport::repo_root().join("crds/kueue-policies.yaml");
+    let out = ctx
+        .cluster
+        .kubectl()
+        .args(["apply", "--server-side", "--field-manager=tfjob-e2e", "-f"])
+        .arg(&path)
+        .output()?;
+    ensure!(out.status.success(), "applying {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
 

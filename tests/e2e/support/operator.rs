@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use tfjob_testsupport::free_port;
 pub use tfjob_testsupport::http_get;
 use tfjob_testsupport::process::Proc;
@@ -73,9 +73,10 @@ impl Operator {
     /// The refusals this process got so far are the plane's doing, not its RBAC's (an API
     /// server restarting answers 403 until its authorizer has loaded RBAC): the audit counts
     /// only later ones. Call it once the API server answers `/readyz` again.
-    pub async fn forgive_refusals_so_far(&mut self) {
-        let m = self.metrics().await;
+    pub async fn forgive_refusals_so_far(&mut self) -> Result<()> {
+        let m = self.metrics().await?;
         self.sender.forgive_refusals_in(&m);
+        Ok(())
     }
 
     fn spawn(
@@ -128,9 +129,15 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The operator's `/metrics` text (empty if it does not answer).
-    pub async fn metrics(&self) -> String {
-        http_get(self.http_port, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
+    /// The operator's `/metrics` text. An error unless it answers 200, so that a check that
+    /// something is absent cannot pass on an operator that stopped answering: a caller that
+    /// polls retries it (`eventually`), any other fails.
+    pub async fn metrics(&self) -> Result<String> {
+        match http_get(self.http_port, "/metrics").await {
+            Some((200, body)) => Ok(body),
+            Some((code, _)) => bail!("{}: GET /metrics answered {code}", self.proc.name),
+            None => bail!("{}: GET /metrics got no answer", self.proc.name),
+        }
     }
 
     /// The status code of `GET path` on the operator's HTTP port (None while it does not answer).

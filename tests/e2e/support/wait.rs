@@ -1,5 +1,7 @@
-//! Waiting in the e2e tests: for an object's state (watch-based), for a check to pass, and for a
-//! check to stay true through a window. Every timeout error shows the last state seen.
+//! Waiting in the e2e tests: for an object's state (watch-based), for a check to pass (or to be
+//! done while it holds), and for a check to stay true through a window. Every timeout error
+//! shows the last state seen. The tests sleep only to pace load or to let real time pass on
+//! purpose, each such sleep saying so; never to assert.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -100,18 +102,49 @@ pub async fn wait_gone<K: Watchable>(api: &Api<K>, name: &str, timeout: Duration
     Ok(watch_state(api, name, timeout, "its deletion", |o| o.is_none()).await?.0)
 }
 
-/// Runs `check` every 100 ms until it passes; the timeout error is its last failure.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+/// Runs `check` every 100 ms until it passes; returns what it returned then. The timeout error
+/// is its last failure.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = Result<T>>,
 {
     let end = Instant::now() + timeout;
     loop {
         match check().await {
-            Ok(()) => return Ok(()),
+            Ok(done) => return Ok(done),
             Err(e) if Instant::now() >= end => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
             Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// What a check run by [`until`] found: done (with its result), or not yet (why, for the
+/// timeout error).
+pub enum Progress<T> {
+    Done(T),
+    NotYet(String),
+}
+
+/// Runs `check` every 100 ms until it is done, failing at once when it fails: for a wait that
+/// also checks, at every poll, what must hold meanwhile. The timeout error says why it was not
+/// done at the last poll.
+pub async fn until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Progress<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        let checked = check()
+            .await
+            .with_context(|| format!("{what}: broken {:.1}s into the wait", start.elapsed().as_secs_f64()))?;
+        match checked {
+            Progress::Done(done) => return Ok(done),
+            Progress::NotYet(why) if start.elapsed() >= timeout => {
+                bail!("timed out after {timeout:?} waiting for {what}: {why}")
+            }
+            Progress::NotYet(_) => tokio::time::sleep(POLL).await,
         }
     }
 }
