@@ -71,10 +71,10 @@ mod tests {
     use super::*;
     use crate::api::{ConditionType, TFJob, TFJobStatus};
     use crate::controller::backoff::{Backoffs, CreateBackoff, CreateBackoffChange};
-    use crate::controller::coalesce::StatusWrites;
     use crate::controller::decode::JobEvent;
     use crate::controller::job_counting::JobCounting;
     use crate::controller::observe::job_triggers;
+    use crate::controller::status_writes::StatusWrites;
     use crate::controller::unseen::UnseenStatus;
     use crate::leader::Gate;
     use crate::metrics::Metrics;

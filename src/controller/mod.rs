@@ -6,7 +6,6 @@
 mod apply;
 mod backoff;
 mod books;
-mod coalesce;
 mod decode;
 pub mod freshness;
 mod gang;
@@ -19,6 +18,7 @@ mod reconcile_tests;
 mod reflect;
 mod report;
 mod slow_start;
+mod status_writes;
 #[cfg(test)]
 mod tests;
 mod unseen;
@@ -45,7 +45,7 @@ use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::plan;
 use crate::writer::Writer;
-use apply::Applier;
+use apply::{Applied, Applier};
 use backoff::Backoffs;
 use books::{Forget, PerJob};
 use observe::Caches;
@@ -83,6 +83,11 @@ impl Now {
     pub fn read() -> Now {
         Now { wall: Timestamp::now(), mono: Instant::now() }
     }
+
+    /// The instant to plan at.
+    pub fn at(self) -> plan::reconcile::At {
+        plan::reconcile::At { wall: self.wall, mono: self.mono }
+    }
 }
 
 struct Context {
@@ -90,8 +95,8 @@ struct Context {
     caches: Caches,
     unseen: Mutex<UnseenWrites>,
     backoffs: Mutex<Backoffs>,
-    /// When each job's status was last written, for [`coalesce`].
-    status_writes: Mutex<coalesce::StatusWrites>,
+    /// When each job's status was last written, for [`plan::coalesce`].
+    status_writes: Mutex<status_writes::StatusWrites>,
     /// Whether the job cache follows the API server (see [`observe::job_triggers`]).
     jobs_fresh: Arc<AtomicBool>,
     /// Kubeflow's job counters, moved by the watch and by this process's writes.
@@ -153,23 +158,88 @@ impl Context {
         self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.gone(uid, Instant::now());
     }
 
-    fn status_writes(&self) -> MutexGuard<'_, coalesce::StatusWrites> {
+    fn status_writes(&self) -> MutexGuard<'_, status_writes::StatusWrites> {
         self.status_writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Holds back a status write that only moves `active` counts this soon after the job's
-    /// last one ([`coalesce`]): the plan then writes no status and wakes the job when the
-    /// hold ends.
-    fn coalesce_status(&self, uid: &str, job: &TFJob, plan: &mut plan::Plan, now: Now) {
-        let Some(new) = &plan.status else { return };
-        let old = job.status.clone().unwrap_or_default().upgraded();
-        let last = self.status_writes().last(uid);
-        if let Some(until) = coalesce::hold_until(&old, new, last, now.mono) {
-            plan.status = None;
-            let wake = now.wall + until.saturating_duration_since(now.mono);
-            plan.requeue_at = Some(plan.requeue_at.map_or(wake, |r| r.min(wake)));
+    fn plan_settings(&self) -> plan::Settings {
+        plan::Settings {
+            startup_deadline_seconds: self.settings.startup_deadline_seconds,
+            gang: self.settings.gang,
+        }
+    }
+
+    /// The newer of the cached job and the one this process last wrote, with its uid; `None`
+    /// for a job found gone or being deleted (its bookkeeping goes).
+    fn job_to_plan(&self, cached: Arc<TFJob>, now: Instant) -> Result<Option<(Arc<TFJob>, String)>, Error> {
+        let Some(job) = observe::job(&self.unseen, cached, now) else { return Ok(None) };
+        let uid = job.uid().ok_or(Error::MissingField("metadata.uid"))?;
+        if job.metadata.deletion_timestamp.is_some() {
+            self.forget(&uid);
+            return Ok(None);
+        }
+        Ok(Some((job, uid)))
+    }
+
+    /// Applies `plan`; `None` when the job was found gone (deleted since the cache showed it,
+    /// by its TTL or a user): nothing more to do, and a cache that has not caught up must not
+    /// bring it back.
+    async fn apply(
+        &self,
+        job: &TFJob,
+        uid: &str,
+        plan: &plan::Plan,
+        now: Now,
+    ) -> Result<Option<Applied>, Error> {
+        let wait_until = self.backoffs().creates_wait_until(uid, now.mono);
+        let verify_job = !self.jobs_fresh.load(Ordering::SeqCst);
+        match self.applier().apply_plan(job, plan, wait_until, verify_job, now).await {
+            Err(Error::JobGone { .. }) => {
+                self.backoffs().forget(uid);
+                self.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.gone(uid, now.mono);
+                self.counting.found_gone(uid);
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// What follows from `applied`: the bookkeeping of its writes, then the pure report
+    /// ([`report::report`]) and its follow-up writes, backoff and next wake-up.
+    async fn report(
+        &self,
+        uid: &str,
+        plan: &plan::Plan,
+        applied: &Applied,
+        now: Now,
+    ) -> Result<Action, Error> {
+        if applied.creates != apply::CreateStep::Queued {
+            // Nothing to create now, or created: the job leaves the queue for room if it was in it.
+            self.writes.cancel(uid);
+        }
+        self.metrics.jobs_queued_to_create(self.writes.queued());
+        if plan.status_held {
             self.metrics.status_write_held();
         }
+        if let (Some(_), Some(status)) = (&applied.status_written_over, &plan.status) {
+            self.counting.wrote(&applied.job, status);
+            self.status_writes().wrote(uid, now.mono);
+        }
+        let backoff = self.backoffs().create(uid);
+        let report = report::report(plan, applied, backoff, now);
+        self.backoffs().change_create(uid, report.create_backoff);
+        for ev in &report.events {
+            self.writer.publish(&applied.job, ev, now.wall)?;
+        }
+        if let Some(status) = &report.follow_up_status {
+            self.applier().write_status(&applied.job, status, now).await?;
+        }
+        if applied.job_deleted {
+            self.backoffs().forget(uid)
+        } else {
+            self.backoffs().succeeded(uid)
+        }
+        Ok(report.requeue_after.map_or_else(Action::await_change, Action::requeue))
     }
 
     fn applier(&self) -> Applier<'_> {
@@ -223,72 +293,36 @@ async fn timed_reconcile(job: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
-/// Observe, plan, apply, report.
+/// Observe, plan, apply, report (ARCHITECTURE.md draws it).
 async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Now::read();
-    let Some(job) = observe::job(&ctx.unseen, cached, now.mono) else {
+    // Observe: the job as last seen or written, what it owns, and when its status was written.
+    let Some((job, uid)) = ctx.job_to_plan(cached, now.mono)? else {
         return Ok(Action::await_change());
     };
-    let uid = job.uid().ok_or(Error::MissingField("metadata.uid"))?;
-    if job.metadata.deletion_timestamp.is_some() {
-        ctx.forget(&uid);
-        return Ok(Action::await_change());
-    }
-    let observed = observe::owned(&ctx.caches, &ctx.unseen, &job, now.mono);
-
-    let settings = plan::Settings { startup_deadline_seconds: ctx.settings.startup_deadline_seconds };
-    let mut plan = plan::plan_with(&job, &observed.pods, &observed.services, now.wall, settings);
-    plan.gang =
-        plan::gang::decide(ctx.settings.gang, &job, &observed.pods, &plan, observed.pod_group.as_ref());
-    ctx.coalesce_status(&uid, &job, &mut plan, now);
+    let owned = observe::owned(&ctx.caches, &ctx.unseen, &job, now.mono);
+    let seen = plan::reconcile::Observed {
+        job: &job,
+        pods: &owned.pods,
+        services: &owned.services,
+        pod_group: owned.pod_group.as_ref(),
+        last_status_write: ctx.status_writes().last(&uid),
+    };
+    // Plan: pure.
+    let plan = plan::reconcile::plan(&seen, ctx.plan_settings(), now.at());
     debug!(
         resource_version = job.resource_version().unwrap_or_default(),
-        pods = observed.pods.len(),
+        pods = owned.pods.len(),
         status = plan.status.is_some(),
         delete_pods = plan.delete_pods.len(),
         create_pods = plan.create_pods.len(),
         events = ?plan.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
         "planned"
     );
-
-    let (backoff, wait_until) = {
-        let b = ctx.backoffs();
-        (b.create(&uid), b.creates_wait_until(&uid, now.mono))
+    // Apply: the plan's writes, in its order.
+    let Some(applied) = ctx.apply(&job, &uid, &plan, now).await? else {
+        return Ok(Action::await_change());
     };
-    let verify_job = !ctx.jobs_fresh.load(Ordering::SeqCst);
-    let applied = match ctx.applier().apply_plan(&job, &plan, wait_until, verify_job, now).await {
-        Err(Error::JobGone { .. }) => {
-            // Deleted since the cache showed it (a TTL deletion, a user's): nothing to do, and
-            // a cache that has not caught up must not bring it back.
-            ctx.backoffs().forget(&uid);
-            ctx.unseen.lock().unwrap_or_else(PoisonError::into_inner).status.gone(&uid, now.mono);
-            ctx.counting.found_gone(&uid);
-            return Ok(Action::await_change());
-        }
-        other => other?,
-    };
-
-    if applied.creates != apply::CreateStep::Queued {
-        // Nothing to create now, or created: the job leaves the queue for room if it was in it.
-        ctx.writes.cancel(&uid);
-    }
-    ctx.metrics.jobs_queued_to_create(ctx.writes.queued());
-    if let (Some(_), Some(status)) = (&applied.status_written_over, &plan.status) {
-        ctx.counting.wrote(&job, status);
-        ctx.status_writes().wrote(&uid, now.mono);
-    }
-    let report = report::report(&plan, &applied, backoff, now);
-    ctx.backoffs().change_create(&uid, report.create_backoff);
-    for ev in &report.events {
-        ctx.writer.publish(&applied.job, ev, now.wall)?;
-    }
-    if let Some(status) = &report.follow_up_status {
-        ctx.applier().write_status(&applied.job, status, now).await?;
-    }
-    if applied.job_deleted {
-        ctx.backoffs().forget(&uid)
-    } else {
-        ctx.backoffs().succeeded(&uid)
-    }
-    Ok(report.requeue_after.map_or_else(Action::await_change, Action::requeue))
+    // Report: what follows from what was applied.
+    ctx.report(&uid, &plan, &applied, now).await
 }

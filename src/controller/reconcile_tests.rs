@@ -17,7 +17,6 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tower_test::mock;
 
-use super::coalesce::only_active_counts;
 use super::observe::Caches;
 use super::{Context, Settings, error_policy, reconcile};
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec};
@@ -25,6 +24,7 @@ use crate::error::Error;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::objects::Builder;
+use crate::plan::coalesce::only_active_counts;
 use crate::plan::{self, ReplicaId};
 use crate::writer::{Writer, events};
 
@@ -300,11 +300,11 @@ async fn a_status_that_only_moves_active_counts_is_held_then_written() {
     let action = f.ended(task, "within the window").await.expect("reconciled");
     let wait = action_wait(&action);
     // Woken when the window ends (rounded up to the next millisecond, never early).
-    let hold = super::coalesce::ACTIVE_COUNTS_HOLD;
+    let hold = crate::plan::coalesce::ACTIVE_COUNTS_HOLD;
     assert!(wait <= hold + Duration::from_millis(1) && wait > hold / 2, "{wait:?}");
     assert_eq!(f.held(), 1.0, "counted as held");
     // Once the window is over, the same change is written.
-    f.ctx.status_writes().wrote("uid-j", Instant::now() - super::coalesce::ACTIVE_COUNTS_HOLD);
+    f.ctx.status_writes().wrote("uid-j", Instant::now() - crate::plan::coalesce::ACTIVE_COUNTS_HOLD);
     let task = f.reconcile(&j);
     let (m, path, body, send) = f.next().await;
     assert_eq!((m, path.as_str()), (Method::PATCH, STATUS), "written after the window");

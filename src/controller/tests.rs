@@ -181,6 +181,7 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         more: false,
         gang: Default::default(),
         status_after_pod_deletes: None,
+        status_held: false,
     };
     let (mut h, events, task) = start(plan, Gate::always_open());
     let mut seen = Vec::new();

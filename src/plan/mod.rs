@@ -1,6 +1,7 @@
 //! The pure planner: what to do for a job, given its observed pods and services and the time.
 //!
-//! No client, no clock, no async. [`plan_with`] returns a [`Plan`] whose parts are applied in
+//! No client, no clock, no async. [`reconcile::plan`] is a reconcile's whole plan step;
+//! [`plan_with`], the planner in it, returns a [`Plan`] whose parts are applied in
 //! order: status (a job that finishes is marked finished, with `completionTime`, before any
 //! of its pods is touched; a job that is suspended records what its pods did before they go),
 //! then events, then deletes (a suspended job shows `active: 0` once every pod has a delete
@@ -8,11 +9,13 @@
 
 mod active;
 mod cleanup;
+pub mod coalesce;
 mod conditions;
 pub mod diagnosis;
 pub mod gang;
 #[cfg(test)]
 mod gang_tests;
+pub mod reconcile;
 mod replica_state;
 pub mod startup;
 #[cfg(test)]
@@ -99,6 +102,9 @@ pub struct Plan {
     /// Gang scheduling: the job's PodGroup to create (before any pod) or delete (after the
     /// pods). Decided after this planner by [`gang::decide`].
     pub gang: gang::GangPlan,
+    /// A status that only moved `active` counts was held back ([`coalesce`]); `requeue_at`
+    /// wakes the job when the hold ends.
+    pub status_held: bool,
 }
 
 /// At most this many creates, and this many deletes, in one reconcile (Kubernetes' Job
@@ -199,6 +205,8 @@ fn master_warning(job: &TFJob) -> Option<PlannedEvent> {
 pub struct Settings {
     /// The startup deadline of jobs without the annotation (`--startup-deadline-seconds`).
     pub startup_deadline_seconds: Option<i64>,
+    /// Gang scheduling (`--gang-scheduling`).
+    pub gang: gang::GangScheduling,
 }
 
 /// [`plan_with`] with the default settings (the planner's table tests).

@@ -135,7 +135,7 @@ fn services(j: &TFJob) -> Vec<Service> {
 }
 
 fn run(j: &TFJob, pods: &[Pod], now: i64, default: Option<i64>) -> Plan {
-    let settings = Settings { startup_deadline_seconds: default };
+    let settings = Settings { startup_deadline_seconds: default, ..Settings::default() };
     plan_with(j, pods, &services(j), t(now), settings)
 }
 

@@ -260,7 +260,7 @@ fn a_slim_pod_plans_as_the_full_one() {
         let full = pods(&j, workers, terminating);
         let slim = slimmed(&full);
         for now in [5, 45, 200] {
-            let settings = Settings { startup_deadline_seconds: Some(120) };
+            let settings = Settings { startup_deadline_seconds: Some(120), ..Settings::default() };
             let want = plan::plan_with(&j, &full, &services, t(now), settings);
             let got = plan::plan_with(&j, &slim, &slimmed(&services), t(now), settings);
             assert_eq!(got, want, "{name} at {now} s");

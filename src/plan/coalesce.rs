@@ -1,13 +1,14 @@
-//! Status write coalescing, pure: a status change that only moves replicas' `active` counts,
+//! Status write coalescing, a step of planning: a status change that only moves replicas' `active` counts,
 //! planned within [`ACTIVE_COUNTS_HOLD`] of the job's last status write, waits for the rest of
 //! that window, so the pods of a job starting one after the other cost one write instead of
 //! one each. Conditions, times, successes, failures, restarts and everything else are written
 //! at once: no reader waits for them.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::books::PerJob;
+use k8s_openapi::jiff::Timestamp;
+
+use super::Plan;
 use crate::api::TFJobStatus;
 
 /// How long after a status write another write that only moves `active` counts waits.
@@ -39,34 +40,17 @@ pub fn hold_until(
     (now < until && only_active_counts(old, new)).then_some(until)
 }
 
-/// When each job's status was last written by this process, by job uid.
-#[derive(Debug, Default)]
-pub struct StatusWrites {
-    last: HashMap<String, Instant>,
-}
-
-impl StatusWrites {
-    pub fn last(&self, uid: &str) -> Option<Instant> {
-        self.last.get(uid).copied()
-    }
-
-    pub fn wrote(&mut self, uid: &str, at: Instant) {
-        self.last.insert(uid.to_string(), at);
-    }
-
-    pub fn forget(&mut self, uid: &str) {
-        self.last.remove(uid);
-    }
-}
-
-impl PerJob for StatusWrites {
-    #[cfg(test)]
-    fn jobs(&self) -> HashSet<String> {
-        self.last.keys().cloned().collect()
-    }
-
-    fn retain_jobs(&mut self, listed: &HashSet<String>) {
-        self.last.retain(|uid, _| listed.contains(uid));
+/// Holds back the status write of `plan` when it only moves `active` counts this soon after
+/// the job's last status write: the plan then writes no status, wakes the job when the hold
+/// ends, and says it held one. `old` is the job's status as observed; `mono` is `now` on the
+/// monotonic clock that `last_write` was taken on.
+pub fn hold(plan: &mut Plan, old: &TFJobStatus, last_write: Option<Instant>, now: Timestamp, mono: Instant) {
+    let Some(new) = &plan.status else { return };
+    if let Some(until) = hold_until(old, new, last_write, mono) {
+        plan.status = None;
+        plan.status_held = true;
+        let wake = now + until.saturating_duration_since(mono);
+        plan.requeue_at = Some(plan.requeue_at.map_or(wake, |r| r.min(wake)));
     }
 }
 
@@ -83,6 +67,48 @@ mod tests {
                 .map(|(t, a)| (*t, ReplicaStatus { active: *a, ..Default::default() }))
                 .collect(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_held_status_leaves_the_plan_and_wakes_the_job() {
+        let (t0, wall) = (Instant::now(), "2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap());
+        let base = status(&[(ReplicaType::Worker, 1)]);
+        let more = status(&[(ReplicaType::Worker, 2)]);
+        let later = wall + Duration::from_secs(5);
+        let sooner = wall + Duration::from_millis(100);
+        let wake = wall + Duration::from_millis(700);
+        // (case, planned status, planned requeue, last write, want: status kept, held, requeue)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a TFJobStatus>,
+            Option<Timestamp>,
+            Option<Instant>,
+            (bool, bool, Option<Timestamp>),
+        );
+        let cases: [Case; 5] = [
+            ("no status planned", None, None, Some(t0), (false, false, None)),
+            (
+                "counts within the window: held to its end",
+                Some(&more),
+                None,
+                Some(t0),
+                (false, true, Some(wake)),
+            ),
+            (
+                "a later wake-up gives way to the hold's end",
+                Some(&more),
+                Some(later),
+                Some(t0),
+                (false, true, Some(wake)),
+            ),
+            ("a sooner wake-up stays", Some(&more), Some(sooner), Some(t0), (false, true, Some(sooner))),
+            ("never written: written now", Some(&more), Some(later), None, (true, false, Some(later))),
+        ];
+        for (name, planned, requeue_at, last, (kept, held, requeue)) in cases {
+            let mut p = Plan { status: planned.cloned(), requeue_at, ..Default::default() };
+            hold(&mut p, &base, last, wall, t0 + Duration::from_millis(300));
+            assert_eq!((p.status.is_some(), p.status_held, p.requeue_at), (kept, held, requeue), "{name}");
         }
     }
 
@@ -124,17 +150,5 @@ mod tests {
         for (name, new, last, now, want) in cases {
             assert_eq!(hold_until(&base, new, last, now), want, "{name}");
         }
-    }
-
-    #[test]
-    fn last_writes_are_per_job_and_forgotten() {
-        let t0 = Instant::now();
-        let mut w = StatusWrites::default();
-        assert_eq!(w.last("a"), None);
-        w.wrote("a", t0);
-        w.wrote("b", t0 + Duration::from_secs(1));
-        assert_eq!(w.last("a"), Some(t0));
-        w.forget("a");
-        assert_eq!((w.last("a"), w.last("b")), (None, Some(t0 + Duration::from_secs(1))));
     }
 }
