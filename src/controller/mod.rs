@@ -8,7 +8,7 @@ mod backoff;
 mod books;
 mod decode;
 pub mod freshness;
-mod gang;
+
 mod index;
 mod job_counting;
 mod job_watch;

@@ -9,18 +9,18 @@ use std::sync::PoisonError;
 
 use kube::ResourceExt;
 
-use super::Now;
-use super::apply::{Applier, CreateStep};
+use super::{Applier, CreateStep};
 use crate::api::TFJob;
+use crate::controller::Now;
 use crate::error::Error;
-use crate::plan::Plan;
+use crate::plan::gang::GangPlan;
 use crate::writer::Created;
 use crate::writer::pod_group::{create_event, delete_event};
 
 impl Applier<'_> {
     /// Deletes the job's PodGroup when the plan says so (an event when this call deleted it).
-    pub(super) async fn delete_pod_group(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<(), Error> {
-        let Some(group) = &plan.gang.delete else { return Ok(()) };
+    pub(super) async fn delete_pod_group(&self, job: &TFJob, gang: &GangPlan, now: Now) -> Result<(), Error> {
+        let Some(group) = &gang.delete else { return Ok(()) };
         let deleted = self.writer.delete_pod_group(&job.namespace().unwrap_or_default(), group).await?;
         self.unseen.lock().unwrap_or_else(PoisonError::into_inner).pod_groups.deleted(&group.uid, now.mono);
         match delete_event(deleted, group) {
@@ -36,10 +36,10 @@ impl Applier<'_> {
     pub(super) async fn create_pod_group(
         &self,
         job: &TFJob,
-        plan: &Plan,
+        gang: &GangPlan,
         now: Now,
     ) -> Result<CreateStep, Error> {
-        let Some(group) = &plan.gang.create else { return Ok(CreateStep::NoneNeeded) };
+        let Some(group) = &gang.create else { return Ok(CreateStep::NoneNeeded) };
         let created = self.writer.create_pod_group(&job.uid().unwrap_or_default(), group).await?;
         let event = create_event(&created, group);
         let step = match created {

@@ -8,23 +8,23 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
-use tracing::{info, warn};
+use kube::runtime::reflector::Store;
+use tracing::info;
+
+mod create;
+mod pod_group;
 
 use super::Now;
 use super::job_counting::JobCounting;
 use super::observe::Slim;
-use super::slow_start::{NewObject, SlowStart, create_order};
 use super::unseen::{UnseenObjects, UnseenWrites};
-use super::write_slots::{Room, WRITES_IN_FLIGHT, WriteSlots};
-use crate::api::{JobView, TFJob, TFJobStatus};
+use super::write_slots::{WRITES_IN_FLIGHT, WriteSlots};
+use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
-use crate::metrics::CreateFailureCause;
 use crate::metrics::Metrics;
 use crate::metrics::jobs::DeleteAnswer;
-use crate::objects::Builder;
 use crate::plan::{ObjectKey, Plan, PlannedEvent};
-use crate::writer::{Created, JobDeletion, Namespaced, Writer, failure_message, refused};
+use crate::writer::{JobDeletion, Namespaced, Writer, refused};
 
 /// Where apply writes: the writer, and the record of writes the caches have not shown.
 pub struct Applier<'a> {
@@ -97,15 +97,6 @@ pub fn announcement(verb: &str, noun: &str, names: &[String]) -> Option<String> 
     }
 }
 
-/// One create's outcome; a new object's name, to be announced.
-enum CreateOutcome {
-    Done(Option<String>),
-    Blocked,
-    Refused(String),
-    NamespaceGone,
-    Transient(String),
-}
-
 /// Pods and services: their kind's name in events, where their unseen writes are kept, and
 /// their delete.
 trait OwnedKind: Namespaced + Slim {
@@ -175,6 +166,22 @@ impl Applier<'_> {
         verify_job: bool,
         now: Now,
     ) -> Result<Applied, Error> {
+        // Every field by name: a field added to `Plan` does not compile until it is applied
+        // here or named as not apply's.
+        let Plan {
+            status,
+            events,
+            delete_pods,
+            status_after_pod_deletes,
+            delete_services,
+            create_services,
+            create_pods,
+            more: _,
+            delete_job,
+            requeue_at: _,
+            gang,
+            status_held: _,
+        } = plan;
         let ns = job.namespace().unwrap_or_default();
         let mut applied = Applied {
             job: job.clone(),
@@ -182,41 +189,41 @@ impl Applier<'_> {
             creates: CreateStep::NoneNeeded,
             job_deleted: false,
         };
-        if let Some(status) = &plan.status {
+        if let Some(status) = status {
             applied.job = self.write_status(job, status, now).await?;
             applied.status_written_over = Some(job.status.clone());
         }
         let job = &applied.job;
-        for ev in &plan.events {
+        for ev in events {
             self.writer.publish(job, ev, now.wall)?;
         }
         // One event per kind announces what was deleted, also when a delete failed.
         let mut deleted = Vec::new();
-        let pods = self.delete_owned::<Pod>(&ns, &plan.delete_pods, &mut deleted, now).await;
+        let pods = self.delete_owned::<Pod>(&ns, delete_pods, &mut deleted, now).await;
         self.announce(job, "SuccessfulDeletePod", "Deleted", "pod", &deleted, now)?;
         pods?;
-        if let Some(status) = &plan.status_after_pod_deletes {
+        if let Some(status) = status_after_pod_deletes {
             // Every pod has a delete accepted: now the suspended job shows `active: 0`.
             applied.status_written_over = applied.status_written_over.or(Some(job.status.clone()));
             applied.job = self.write_status(job, status, now).await?;
         }
         let job = &applied.job;
         let mut deleted = Vec::new();
-        let services = self.delete_owned::<Service>(&ns, &plan.delete_services, &mut deleted, now).await;
+        let services = self.delete_owned::<Service>(&ns, delete_services, &mut deleted, now).await;
         self.announce(job, "SuccessfulDeleteService", "Deleted", "service", &deleted, now)?;
         services?;
-        self.delete_pod_group(job, plan, now).await?; // gang scheduling: gang.rs
-        if !plan.create_pods.is_empty() || !plan.create_services.is_empty() || plan.gang.create.is_some() {
+        self.delete_pod_group(job, gang, now).await?; // gang scheduling: gang.rs
+        if !create_pods.is_empty() || !create_services.is_empty() || gang.create.is_some() {
             if creates_wait_until.is_none() && verify_job && !self.writer.job_exists(job).await? {
                 return Err(Error::JobGone { job: job.name_any() });
             }
             applied.creates = match creates_wait_until {
                 Some(until) => CreateStep::Waiting { until },
-                None => self.create_all(job, plan, now).await?,
+                None => self.create_all(job, (create_services, create_pods), gang, now).await?,
             };
             crate::fault_point::reached("after-creates", &job.name_any());
         }
-        if plan.delete_job {
+        if *delete_job {
             applied.job_deleted = self.delete_job(job, now).await?;
         }
         Ok(applied)
@@ -283,170 +290,6 @@ impl Applier<'_> {
         match announcement(verb, noun, names) {
             Some(note) => self.event(job, PlannedEvent::normal(reason, note), now),
             None => Ok(()),
-        }
-    }
-
-    /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
-    /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
-    /// as large as the room [`WriteSlots`] gives; none when older jobs' creates come first: the
-    /// job is then queued and woken), stopping after the first batch with a
-    /// refusal: a template the API server refuses costs one create, not one per replica. Objects are built batch by batch. With
-    /// gang scheduling, the job's PodGroup first, and nothing when it is not there.
-    async fn create_all(&self, job: &TFJob, plan: &Plan, now: Now) -> Result<CreateStep, Error> {
-        if self.suspended_since(job) {
-            return Ok(CreateStep::NoneNeeded);
-        }
-        // Gang scheduling (gang.rs): the PodGroup before any pod, and no pod without it.
-        match self.create_pod_group(job, plan, now).await? {
-            CreateStep::Done | CreateStep::NoneNeeded => {}
-            other => return Ok(other),
-        }
-        let view = JobView::new(job)
-            .map_err(|e| Error::BuildObjects { job: job.name_any(), message: e.to_string() })?;
-        let builder = Builder::new(&view, self.cluster_domain);
-        // One event per kind announces what this step created, also when it stopped early.
-        let (mut services, mut pods) = (Vec::new(), Vec::new());
-        let step = self.create_batches(job, plan, &builder, (&mut services, &mut pods), now).await;
-        self.announce(job, "SuccessfulCreateService", "Created", "service", &services, now)?;
-        self.announce(job, "SuccessfulCreatePod", "Created", "pod", &pods, now)?;
-        step
-    }
-
-    /// [`Self::create_all`]'s batches; `created` gets the names of the new services and pods.
-    async fn create_batches(
-        &self,
-        job: &TFJob,
-        plan: &Plan,
-        builder: &Builder<'_>,
-        created: (&mut Vec<String>, &mut Vec<String>),
-        now: Now,
-    ) -> Result<CreateStep, Error> {
-        let (order, first) = create_order(&plan.create_services, &plan.create_pods);
-        let mut step = CreateStep::Done;
-        let mut rest = order.as_slice();
-        let uid = job.uid().unwrap_or_default();
-        let mut slow_start = SlowStart::new(first, self.writes.batch_max());
-        let mut room: Option<Room<'_>> = None;
-        let mut batches = 0usize;
-        while !rest.is_empty() {
-            let asked = slow_start.ask(rest.len());
-            room = match room.take() {
-                None => self.writes.take(job, asked),
-                Some(r) => r.next_batch(asked),
-            };
-            let Some(held) = room.as_ref().map(|r| r.held()) else {
-                return Ok(CreateStep::Queued);
-            };
-            // A job deleted meanwhile gets nothing more (what was created goes with it).
-            if batches > 0 && self.unseen().status.is_gone(&uid) {
-                return Err(Error::JobGone { job: job.name_any() });
-            }
-            // A job suspended meanwhile gets nothing more (its suspension deletes what was).
-            if self.suspended_since(job) {
-                info!(created = created.1.len(), "suspended meanwhile: the creates stop");
-                return Ok(CreateStep::NoneNeeded);
-            }
-            let size = held.min(rest.len());
-            batches += 1;
-            slow_start.sent(size);
-            let (batch, tail) = rest.split_at(size);
-            rest = tail;
-            self.metrics.create_batch(size);
-            // Collected first: a lazily mapped iterator here trips the compiler's Send check.
-            let (mut services, mut pods) = (Vec::new(), Vec::new());
-            for obj in batch {
-                match *obj {
-                    NewObject::Service(r) => services.extend(builder.service(r)),
-                    NewObject::Pod(r) => pods.extend(builder.pod(r).map(|p| plan.gang.member(p, job))),
-                }
-            }
-            let services: Vec<_> = services.iter().map(|o| self.create_one(job, o, now)).collect();
-            let pods: Vec<_> = pods.iter().map(|o| self.create_one(job, o, now)).collect();
-            let (services, pods) =
-                futures::future::join(futures::future::join_all(services), futures::future::join_all(pods))
-                    .await;
-            // Every outcome of the batch is read (its new objects are announced) before a
-            // refusal or an error ends the step; a failure not the job's ends it when the
-            // batch had nothing else to stop for.
-            let mut stop: Option<Result<CreateStep, Error>> = None;
-            let mut transient = None;
-            for (results, names) in [(services, &mut *created.0), (pods, &mut *created.1)] {
-                for r in results {
-                    match r {
-                        Ok(CreateOutcome::Done(new)) => names.extend(new),
-                        Ok(CreateOutcome::Blocked) => step = CreateStep::Blocked,
-                        Ok(CreateOutcome::Refused(msg)) => {
-                            stop = stop.or(Some(Ok(CreateStep::Refused(msg))));
-                        }
-                        Ok(CreateOutcome::NamespaceGone) => {
-                            stop = stop.or(Some(Ok(CreateStep::NamespaceGone)))
-                        }
-                        Ok(CreateOutcome::Transient(msg)) => transient = transient.or(Some(msg)),
-                        Err(e) => stop = stop.or(Some(Err(e))),
-                    }
-                }
-            }
-            if let Some(stop) = stop {
-                return stop;
-            }
-            if let Some(msg) = transient {
-                warn!(error = %msg, "a create failed for a reason not the job's: retried with backoff");
-                return Ok(CreateStep::Transient(msg));
-            }
-        }
-        Ok(step)
-    }
-
-    /// Whether the job cache shows `job` (the same uid) suspended: a `suspend: true` stored
-    /// since `job` was planned from a version that was not.
-    fn suspended_since(&self, job: &TFJob) -> bool {
-        let cached = self.jobs.get(&ObjectRef::from_obj(job));
-        cached.is_some_and(|c| c.uid() == job.uid() && c.spec.is_suspended())
-    }
-
-    /// Creates one pod or service and records it as unseen; a refusal gets its Warning. Failed
-    /// creates are counted by cause: refused (the user's to fix) or transient (not the job's).
-    async fn create_one<K: OwnedKind>(&self, job: &TFJob, obj: &K, now: Now) -> Result<CreateOutcome, Error> {
-        let name = obj.name_any();
-        let (kind, noun) = (K::KIND, K::KIND.to_lowercase());
-        let uid = job.uid().unwrap_or_default();
-        let created = match self.writer.create(&uid, obj).await {
-            Err(Error::Create { source, .. }) => {
-                self.metrics.create_failed(CreateFailureCause::Transient);
-                let msg = format!("Creating {noun} {name} failed: {}", failure_message(&source));
-                return Ok(CreateOutcome::Transient(msg));
-            }
-            other => other?,
-        };
-        if matches!(created, Created::Refused(_) | Created::Foreign) {
-            self.metrics.create_failed(CreateFailureCause::Refused);
-        }
-        match created {
-            Created::New(mut o) => {
-                // Kept as the watch keeps it: what planning reads, not the pod's TF_CONFIG.
-                o.slim();
-                K::unseen(&mut self.unseen()).created(o, now.mono);
-                Ok(CreateOutcome::Done(Some(name)))
-            }
-            Created::Existing(mut o) => {
-                o.slim();
-                K::unseen(&mut self.unseen()).created(o, now.mono);
-                Ok(CreateOutcome::Done(None))
-            }
-            Created::Terminating => Ok(CreateOutcome::Blocked),
-            Created::Foreign => {
-                let msg = format!(
-                    "{noun} {name} already exists and is not controlled by this TFJob; it is left alone"
-                );
-                self.event(job, PlannedEvent::warning(&format!("FailedCreate{kind}"), msg.clone()), now)?;
-                Ok(CreateOutcome::Refused(msg))
-            }
-            Created::Refused(message) => {
-                let msg = format!("Error creating {noun} {name}: {message}");
-                self.event(job, PlannedEvent::warning(&format!("FailedCreate{kind}"), msg.clone()), now)?;
-                Ok(CreateOutcome::Refused(msg))
-            }
-            Created::NamespaceGone => Ok(CreateOutcome::NamespaceGone),
         }
     }
 }
