@@ -21,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{CreateFailure, FIELD_MANAGER, api_message, classify_create_error};
+use super::{FIELD_MANAGER, api_message, namespace_gone};
 use crate::api::TFJob;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
@@ -140,7 +140,7 @@ impl Publisher {
                     }
                     let api: Api<Event> = Api::namespaced(client, &ns);
                     if let Err(e) = api.create(&PostParams::default(), &event).await {
-                        if classify_create_error(&e) == CreateFailure::NamespaceGone {
+                        if namespace_gone(&e) {
                             lock(&gone).insert(ns, Instant::now());
                         } else {
                             warn!(reason = ?event.reason, error = %api_message(&e), "publishing an event failed");

@@ -64,32 +64,28 @@ pub enum Created<K> {
     Refused(String),
     /// The namespace is being deleted or is gone: nothing more is created in it.
     NamespaceGone,
+    /// Failed for a reason not the job's (no answer, a timeout, 429, 5xx such as an admission
+    /// webhook that cannot be called): retried with backoff and logged; once it lasts, shown
+    /// to the user as the cluster's failure (`CreateRetrying`), never as a refusal.
+    Transient(kube::Error),
 }
 
-/// How a failed create is treated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CreateFailure {
-    /// An answer that refuses the object: reported to the user.
-    Refused(String),
-    /// The namespace is terminating or gone: creates stop, silently.
-    NamespaceGone,
-    /// Anything else (no answer, a timeout, 429, 5xx such as an admission webhook that cannot
-    /// be called): retried with backoff and logged; once it lasts, shown to the user as the
-    /// cluster's failure (`CreateRetrying`), never as a refusal of the object.
-    Transient,
-}
-
-/// Splits a failed create: only answers that refuse the object are the user's to see.
-pub fn classify_create_error(e: &kube::Error) -> CreateFailure {
-    let kube::Error::Api(s) = e else { return CreateFailure::Transient };
+/// Whether a failed create was refused because its namespace is being deleted or is gone.
+pub fn namespace_gone(e: &kube::Error) -> bool {
+    let kube::Error::Api(s) = e else { return false };
     let terminating =
         s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
             || s.message.contains("because it is being terminated");
-    match s.code {
-        403 if terminating => CreateFailure::NamespaceGone,
-        404 if s.details.as_ref().is_some_and(|d| d.kind == "namespaces") => CreateFailure::NamespaceGone,
-        400 | 403 | 422 => CreateFailure::Refused(s.message.clone()),
-        _ => CreateFailure::Transient,
+    (s.code == 403 && terminating)
+        || (s.code == 404 && s.details.as_ref().is_some_and(|d| d.kind == "namespaces"))
+}
+
+/// What a failed create came to: only answers that refuse the object are the user's to see.
+pub fn failed_create<K>(e: kube::Error) -> Created<K> {
+    match &e {
+        _ if namespace_gone(&e) => Created::NamespaceGone,
+        kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => Created::Refused(s.message.clone()),
+        _ => Created::Transient(e),
     }
 }
 
@@ -184,36 +180,25 @@ impl Writer {
         Ok(written)
     }
 
-    /// Creates a pod or service for the job with uid `owner`. `Err` when this process does
-    /// not lead, or for a transient failure ([`CreateFailure::Transient`]).
+    /// Creates a pod, service or PodGroup for the job with uid `owner`: what the API server
+    /// made of it ([`Created`]). `Err` only when this process does not lead.
     pub async fn create<K: Namespaced>(&self, owner: &str, obj: &K) -> Result<Created<K>, Error> {
         self.gate.check()?;
         let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
         let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        let failed = |source: kube::Error| -> Result<Created<K>, Error> {
-            match classify_create_error(&source) {
-                CreateFailure::Refused(message) => Ok(Created::Refused(message)),
-                CreateFailure::NamespaceGone => Ok(Created::NamespaceGone),
-                CreateFailure::Transient => {
-                    Err(Error::Create { kind: K::kind(&()).into_owned(), name: obj.name_any(), source })
-                }
-            }
-        };
-        match api.create(&pp, obj).await {
-            Ok(o) => Ok(Created::New(o)),
+        Ok(match api.create(&pp, obj).await {
+            Ok(o) => Created::New(o),
             Err(e) if is_status(&e, 409) => match api.get_opt(&obj.name_any()).await {
                 // Terminating first, also when it is this job's own (its PodGroup of before a
                 // suspension): a new object is wanted, not one that is going away.
-                Ok(Some(found)) if found.meta().deletion_timestamp.is_some() => Ok(Created::Terminating),
-                Ok(Some(found)) if names::controlled_by(found.meta(), owner) => Ok(Created::Existing(found)),
-                Ok(Some(_)) => Ok(Created::Foreign),
-                Ok(None) => Ok(Created::Terminating), // gone between the two calls: try again
-                Err(source) => {
-                    Err(Error::Create { kind: K::kind(&()).into_owned(), name: obj.name_any(), source })
-                }
+                Ok(Some(found)) if found.meta().deletion_timestamp.is_some() => Created::Terminating,
+                Ok(Some(found)) if names::controlled_by(found.meta(), owner) => Created::Existing(found),
+                Ok(Some(_)) => Created::Foreign,
+                Ok(None) => Created::Terminating, // gone between the two calls: try again
+                Err(source) => Created::Transient(source),
             },
-            Err(e) => failed(e),
-        }
+            Err(e) => failed_create(e),
+        })
     }
 
     /// Whether the job still exists (the same uid): asked before creating from a job cache
@@ -296,7 +281,13 @@ mod tests {
 
     #[test]
     fn only_refusals_of_the_object_are_the_users() {
-        use CreateFailure::*;
+        #[derive(Debug, PartialEq)]
+        enum Want {
+            Refused(String),
+            NamespaceGone,
+            Transient,
+        }
+        use Want::*;
         let cases = [
             ("invalid", api(422, "spec.volumes: not found", None), Refused("spec.volumes: not found".into())),
             ("bad request", api(400, "bad quantity", None), Refused("bad quantity".into())),
@@ -320,7 +311,13 @@ mod tests {
             ("no answer", kube::Error::Service("connection refused".into()), Transient),
         ];
         for (name, e, want) in cases {
-            assert_eq!(classify_create_error(&e), want, "{name}");
+            let got = match failed_create::<()>(e) {
+                Created::Refused(m) => Refused(m),
+                Created::NamespaceGone => NamespaceGone,
+                Created::Transient(_) => Transient,
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(got, want, "{name}");
         }
     }
 

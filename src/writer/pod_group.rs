@@ -29,11 +29,9 @@ impl Writer {
     /// Creates the job's PodGroup (job uid `owner`): as [`Writer::create`], and a cluster that
     /// does not serve the API refuses it with [`NOT_SERVED`].
     pub async fn create_pod_group(&self, owner: &str, group: &PodGroup) -> Result<Created<PodGroup>, Error> {
-        match self.create(owner, group).await {
-            Err(Error::Create { source, .. }) if not_served(&source) => {
-                Ok(Created::Refused(NOT_SERVED.to_string()))
-            }
-            other => other,
+        match self.create(owner, group).await? {
+            Created::Transient(source) if not_served(&source) => Ok(Created::Refused(NOT_SERVED.to_string())),
+            other => Ok(other),
         }
     }
 
@@ -64,7 +62,7 @@ pub fn create_event(created: &Created<PodGroup>, group: &PodGroup) -> Option<Pla
             let note = format!("Created PodGroup: {name} (gang of {min} pods)");
             Some(PlannedEvent::normal("SuccessfulCreatePodGroup", note))
         }
-        Created::Existing(_) | Created::Terminating | Created::NamespaceGone => None,
+        Created::Existing(_) | Created::Terminating | Created::NamespaceGone | Created::Transient(_) => None,
         Created::Foreign => refused(format!(
             "PodGroup {name} already exists and is not controlled by this TFJob; it is left alone and no pod \
              is created without the job's own gang"

@@ -17,15 +17,6 @@ use crate::plan::gang::GangPlan;
 use crate::plan::{PlannedEvent, ReplicaId};
 use crate::writer::{Created, failure_message};
 
-/// One create's outcome; a new object's name, to be announced.
-enum CreateOutcome {
-    Done(Option<String>),
-    Blocked,
-    Refused(String),
-    NamespaceGone,
-    Transient(String),
-}
-
 impl Applier<'_> {
     /// Creates the plan's services and pods in slow-start batches ([`create_order`]: one
     /// object of each template first, then doubling up to [`WRITES_IN_FLIGHT`], each batch
@@ -122,15 +113,11 @@ impl Applier<'_> {
             for (results, names) in [(services, &mut *created.0), (pods, &mut *created.1)] {
                 for r in results {
                     match r {
-                        Ok(CreateOutcome::Done(new)) => names.extend(new),
-                        Ok(CreateOutcome::Blocked) => step = CreateStep::Blocked,
-                        Ok(CreateOutcome::Refused(msg)) => {
-                            stop = stop.or(Some(Ok(CreateStep::Refused(msg))));
-                        }
-                        Ok(CreateOutcome::NamespaceGone) => {
-                            stop = stop.or(Some(Ok(CreateStep::NamespaceGone)))
-                        }
-                        Ok(CreateOutcome::Transient(msg)) => transient = transient.or(Some(msg)),
+                        Ok((CreateStep::Done, new)) => names.extend(new),
+                        Ok((CreateStep::Blocked, _)) => step = CreateStep::Blocked,
+                        Ok((CreateStep::Transient(msg), _)) => transient = transient.or(Some(msg)),
+                        // A refusal, or the namespace going.
+                        Ok((other, _)) => stop = stop.or(Some(Ok(other))),
                         Err(e) => stop = stop.or(Some(Err(e))),
                     }
                 }
@@ -153,49 +140,54 @@ impl Applier<'_> {
         cached.is_some_and(|c| c.uid() == job.uid() && c.spec.is_suspended())
     }
 
-    /// Creates one pod or service and records it as unseen; a refusal gets its Warning. Failed
-    /// creates are counted by cause: refused (the user's to fix) or transient (not the job's).
-    async fn create_one<K: OwnedKind>(&self, job: &TFJob, obj: &K, now: Now) -> Result<CreateOutcome, Error> {
+    /// Records a created (or found) object as unseen until the cache shows it, kept as the
+    /// watch keeps it: what planning reads, not the pod's TF_CONFIG.
+    fn created<K: OwnedKind>(&self, mut obj: K, now: Now) {
+        obj.slim();
+        K::unseen(&mut self.unseen()).created(obj, now.mono);
+    }
+
+    /// Creates one pod or service and records it as unseen: what it came to for the step
+    /// (`Done` with the name of a new object, to be announced), and a refusal gets its
+    /// Warning. Failed creates are counted by cause: refused (the user's to fix) or transient
+    /// (not the job's).
+    async fn create_one<K: OwnedKind>(
+        &self,
+        job: &TFJob,
+        obj: &K,
+        now: Now,
+    ) -> Result<(CreateStep, Option<String>), Error> {
         let name = obj.name_any();
         let (kind, noun) = (K::KIND, K::KIND.to_lowercase());
-        let uid = job.uid().unwrap_or_default();
-        let created = match self.writer.create(&uid, obj).await {
-            Err(Error::Create { source, .. }) => {
-                self.metrics.create_failed(CreateFailureCause::Transient);
-                let msg = format!("Creating {noun} {name} failed: {}", failure_message(&source));
-                return Ok(CreateOutcome::Transient(msg));
-            }
-            other => other?,
-        };
-        if matches!(created, Created::Refused(_) | Created::Foreign) {
-            self.metrics.create_failed(CreateFailureCause::Refused);
+        let created = self.writer.create(&job.uid().unwrap_or_default(), obj).await?;
+        match &created {
+            Created::Refused(_) | Created::Foreign => self.metrics.create_failed(CreateFailureCause::Refused),
+            Created::Transient(_) => self.metrics.create_failed(CreateFailureCause::Transient),
+            _ => {}
         }
+        let refusal = |msg: String| -> Result<(CreateStep, Option<String>), Error> {
+            self.event(job, PlannedEvent::warning(&format!("FailedCreate{kind}"), msg.clone()), now)?;
+            Ok((CreateStep::Refused(msg), None))
+        };
         match created {
-            Created::New(mut o) => {
-                // Kept as the watch keeps it: what planning reads, not the pod's TF_CONFIG.
-                o.slim();
-                K::unseen(&mut self.unseen()).created(o, now.mono);
-                Ok(CreateOutcome::Done(Some(name)))
+            Created::New(o) => {
+                self.created(o, now);
+                Ok((CreateStep::Done, Some(name)))
             }
-            Created::Existing(mut o) => {
-                o.slim();
-                K::unseen(&mut self.unseen()).created(o, now.mono);
-                Ok(CreateOutcome::Done(None))
+            Created::Existing(o) => {
+                self.created(o, now);
+                Ok((CreateStep::Done, None))
             }
-            Created::Terminating => Ok(CreateOutcome::Blocked),
-            Created::Foreign => {
-                let msg = format!(
-                    "{noun} {name} already exists and is not controlled by this TFJob; it is left alone"
-                );
-                self.event(job, PlannedEvent::warning(&format!("FailedCreate{kind}"), msg.clone()), now)?;
-                Ok(CreateOutcome::Refused(msg))
-            }
-            Created::Refused(message) => {
-                let msg = format!("Error creating {noun} {name}: {message}");
-                self.event(job, PlannedEvent::warning(&format!("FailedCreate{kind}"), msg.clone()), now)?;
-                Ok(CreateOutcome::Refused(msg))
-            }
-            Created::NamespaceGone => Ok(CreateOutcome::NamespaceGone),
+            Created::Terminating => Ok((CreateStep::Blocked, None)),
+            Created::Foreign => refusal(format!(
+                "{noun} {name} already exists and is not controlled by this TFJob; it is left alone"
+            )),
+            Created::Refused(message) => refusal(format!("Error creating {noun} {name}: {message}")),
+            Created::NamespaceGone => Ok((CreateStep::NamespaceGone, None)),
+            Created::Transient(source) => Ok((
+                CreateStep::Transient(format!("Creating {noun} {name} failed: {}", failure_message(&source))),
+                None,
+            )),
         }
     }
 }

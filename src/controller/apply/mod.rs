@@ -42,7 +42,9 @@ pub struct Applier<'a> {
     pub jobs: &'a Store<TFJob>,
 }
 
-/// What the create step came to.
+/// What the create step came to: the one create result past the writer. Each create's answer
+/// ([`Created`](crate::writer::Created)) becomes one, and the step ends with the first that stops it;
+/// [`super::report`] acts on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CreateStep {
     /// The plan creates nothing, or nothing more: the job cache showed the job suspended

@@ -49,6 +49,10 @@ impl Applier<'_> {
             }
             Created::Terminating => CreateStep::Blocked,
             Created::NamespaceGone => CreateStep::NamespaceGone,
+            // Retried as a failed reconcile is, with its backoff.
+            Created::Transient(source) => {
+                return Err(Error::Create { kind: "PodGroup".into(), name: group.name_any(), source });
+            }
             // The Warning's note says why.
             Created::Foreign | Created::Refused(_) => {
                 CreateStep::Refused(event.as_ref().map(|e| e.note.clone()).unwrap_or_default())
