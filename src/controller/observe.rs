@@ -96,57 +96,21 @@ where
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut relist: Option<(OwnerIndex, BTreeSet<Owner>)> = None;
-        let mut lists = 0u64;
+        let mut lists = Lists::default();
         while let Some(event) = stream.next().await {
-            let mut triggers: Vec<Owner> = Vec::new();
-            match &event {
+            let event = match event {
+                Ok(event) => event,
                 Err(e) => {
                     metrics.watch_restarted(resource);
                     warn!(resource, error = %e, "the watch failed; it restarts with backoff");
+                    continue;
                 }
-                Ok(watcher::Event::Init) => {
-                    lists += 1;
-                    if lists > 1 {
-                        warn!(
-                            resource,
-                            "re-listing: the cache is brought up to date in place; triggers wait until the list is complete"
-                        );
-                    }
-                    relist = Some(Default::default());
-                }
-                Ok(watcher::Event::InitApply(o)) => {
-                    let (new, changed) = relist.get_or_insert_with(Default::default);
-                    new.applied(o.meta());
-                    // The store still holds what the watch showed of it: a missing or other
-                    // version is a change the watch did not see.
-                    let before = store.get(&ObjectRef::from_obj(o)).and_then(|c| c.resource_version());
-                    if before != o.resource_version()
-                        && let Some(owner) = owner_of(o.meta())
-                    {
-                        changed.insert(owner);
-                    }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    let (new, mut changed) = relist.take().unwrap_or_default();
-                    changed.extend(index.lock().unwrap_or_else(PoisonError::into_inner).replace(new));
-                    triggers.extend(changed);
-                }
-                Ok(watcher::Event::Apply(o)) => {
-                    index.lock().unwrap_or_else(PoisonError::into_inner).applied(o.meta());
-                    triggers.extend(owner_of(o.meta()));
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    index.lock().unwrap_or_else(PoisonError::into_inner).deleted(o.meta());
-                    triggers.extend(owner_of(o.meta()));
-                }
-            }
+            };
+            let triggers = lists.triggers(&event, &store, &index, resource);
             // The store follows once the event is read against what it held.
-            if let Ok(event) = &event {
-                cache.apply(event);
-                if lists > 1 && matches!(event, watcher::Event::InitDone) {
-                    info!(resource, objects = store.len(), "re-list complete");
-                }
+            cache.apply(&event);
+            if lists.done > 1 && matches!(event, watcher::Event::InitDone) {
+                info!(resource, objects = store.len(), "re-list complete");
             }
             for (ns, name) in triggers {
                 if tx.unbounded_send(ObjectRef::new(&name).within(&ns)).is_err() {
@@ -156,6 +120,70 @@ where
         }
     });
     rx
+}
+
+/// An owned watch's lists: how many began, and the one in progress (its new owner index and
+/// the owners whose objects changed).
+#[derive(Default)]
+struct Lists {
+    done: u64,
+    relist: Option<(OwnerIndex, BTreeSet<Owner>)>,
+}
+
+impl Lists {
+    /// The owners to trigger for `event`, read against the store before it is applied; the
+    /// owner index follows (whole, at the end of a list).
+    fn triggers<K>(
+        &mut self,
+        event: &watcher::Event<K>,
+        store: &Store<K>,
+        index: &Mutex<OwnerIndex>,
+        resource: &'static str,
+    ) -> Vec<Owner>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let index = || index.lock().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            watcher::Event::Init => {
+                self.done += 1;
+                if self.done > 1 {
+                    warn!(
+                        resource,
+                        "re-listing: the cache is brought up to date in place; triggers wait until the list is complete"
+                    );
+                }
+                self.relist = Some(Default::default());
+                Vec::new()
+            }
+            watcher::Event::InitApply(o) => {
+                let (new, changed) = self.relist.get_or_insert_with(Default::default);
+                new.applied(o.meta());
+                // The store still holds what the watch showed of it: a missing or other
+                // version is a change the watch did not see.
+                let before = store.get(&ObjectRef::from_obj(o)).and_then(|c| c.resource_version());
+                if before != o.resource_version()
+                    && let Some(owner) = owner_of(o.meta())
+                {
+                    changed.insert(owner);
+                }
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let (new, mut changed) = self.relist.take().unwrap_or_default();
+                changed.extend(index().replace(new));
+                changed.into_iter().collect()
+            }
+            watcher::Event::Apply(o) => {
+                index().applied(o.meta());
+                owner_of(o.meta()).into_iter().collect()
+            }
+            watcher::Event::Delete(o) => {
+                index().deleted(o.meta());
+                owner_of(o.meta()).into_iter().collect()
+            }
+        }
+    }
 }
 
 /// The (namespace, name) of the TFJob that controls an object, if one does.

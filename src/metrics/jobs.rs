@@ -8,9 +8,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::api::{ConditionType, TFJobStatus};
+use crate::api::TFJobStatus;
 
-pub use super::milestones::{Milestone, reached};
+use super::milestones::{Milestone, reached};
+pub use super::seen::Seen;
 
 /// One of Kubeflow's job counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,43 +45,6 @@ impl JobCount {
             JobCount::Failed => "TFJobs that failed",
             JobCount::Restarted => "TFJobs that restarted a replica at least once (each job once)",
             JobCount::Deleted => "TFJobs the operator deleted for ttlSecondsAfterFinished",
-        }
-    }
-}
-
-/// Which counted changes a job's status shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Seen {
-    pub(super) created: bool,
-    pub(super) succeeded: bool,
-    pub(super) failed: bool,
-    pub(super) restarted: bool,
-    /// Its `Running` condition was True (once; not a count, a [`Milestone`]).
-    pub(super) running: bool,
-}
-
-impl Seen {
-    pub fn of(st: Option<&TFJobStatus>) -> Seen {
-        let is = |t: ConditionType| st.is_some_and(|s| s.is_true(t));
-        Seen {
-            created: is(ConditionType::Created),
-            succeeded: is(ConditionType::Succeeded),
-            failed: is(ConditionType::Failed),
-            restarted: st.is_some_and(|s| s.replica_statuses.values().any(|r| r.restarts > 0)),
-            running: is(ConditionType::Running),
-        }
-    }
-}
-
-impl Seen {
-    /// Everything either observation shows.
-    fn with(self, other: Seen) -> Seen {
-        Seen {
-            created: self.created || other.created,
-            succeeded: self.succeeded || other.succeeded,
-            failed: self.failed || other.failed,
-            restarted: self.restarted || other.restarted,
-            running: self.running || other.running,
         }
     }
 }

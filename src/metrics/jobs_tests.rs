@@ -1,7 +1,7 @@
 //! Tests of the job counters: each change counted once, TTL deletions whatever the order.
 
 use super::*;
-use crate::api::{ReplicaStatus, ReplicaType};
+use crate::api::{ConditionType, ReplicaStatus, ReplicaType};
 use crate::plan::{self as conditions, REASON_CREATED, REASON_FAILED, REASON_RUNNING, REASON_SUCCEEDED};
 use k8s_openapi::jiff::Timestamp;
 

@@ -5,7 +5,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::jobs::Seen;
+use super::seen::Seen;
 use crate::api::{ConditionStatus, ConditionType, TFJobStatus};
 
 /// A point in a job's life whose time from the job's creation is a histogram.

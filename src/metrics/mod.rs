@@ -6,6 +6,7 @@
 pub mod jobs;
 pub mod milestones;
 pub mod requests;
+mod seen;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -140,90 +141,117 @@ impl Default for Metrics {
     }
 }
 
+/// `metric`, registered in `registry` under `name` with its `help`.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The metrics of the write path: create batches, failed creates, held status writes and
+/// jobs queued for room.
+fn write_metrics(
+    registry: &mut Registry,
+) -> (Family<BatchLabels, Counter>, Family<CauseLabels, Counter>, Counter, Gauge) {
+    let create_batches = registered(
+        registry,
+        "tfjob_operator_create_batches",
+        "Batches of pod and service creates sent at once (slow start: one per template first, then \
+             doubling up to 16), by batch size",
+        Family::<BatchLabels, Counter>::default(),
+    );
+    let create_failures = registered(
+        registry,
+        "tfjob_operator_create_failures",
+        "Pod and service creates that failed, by cause: refused (the object, the user's to fix) or \
+             transient (no answer, 429, 5xx such as an admission webhook that cannot be called; retried)",
+        Family::<CauseLabels, Counter>::default(),
+    );
+    let status_writes_held = registered(
+        registry,
+        "tfjob_operator_status_writes_held",
+        "Status writes that only moved active counts held back to the end of a 1 s window after \
+             the job's last status write (the pods of a job starting one after the other cost one write)",
+        Counter::default(),
+    );
+    let jobs_queued_to_create = registered(
+        registry,
+        "tfjob_operator_jobs_queued_to_create",
+        "Jobs waiting for room to create pods and services (--writes-in-flight is taken, older jobs \
+             first); none of them holds a reconcile",
+        Gauge::default(),
+    );
+    (create_batches, create_failures, status_writes_held, jobs_queued_to_create)
+}
+
+/// Kubeflow's job counters and the jobs' milestone histograms.
+fn job_metrics(registry: &mut Registry) -> ([Family<JobLabels, Counter>; 5], [MilestoneFamily; 2]) {
+    let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
+    for (count, family) in JobCount::ALL.iter().zip(&jobs) {
+        registry.register(count.metric_name(), count.help(), family.clone());
+    }
+    let milestones: [MilestoneFamily; 2] =
+        std::array::from_fn(|_| MilestoneFamily::new_with_constructor(milestone_histogram));
+    for (m, family) in Milestone::ALL.iter().zip(&milestones) {
+        registry.register(m.metric_name(), m.help(), family.clone());
+    }
+    (jobs, milestones)
+}
+
 impl Metrics {
     /// The registry; `gate` is read as the `tfjob_operator_leader` gauge.
     pub fn new(gate: &Gate) -> Metrics {
         let mut registry = Registry::default();
-        let reconciles = Counter::default();
-        registry.register("tfjob_operator_reconciles", "Reconciles run", reconciles.clone());
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
+        let reconciles =
+            registered(&mut registry, "tfjob_operator_reconciles", "Reconciles run", Counter::default());
+        let reconcile_errors = registered(
+            &mut registry,
             "tfjob_operator_reconcile_errors",
             "Reconciles that failed, by the kind of the failed operation",
-            reconcile_errors.clone(),
+            Family::<ErrorLabels, Counter>::default(),
         );
         for kind in RECONCILE_ERROR_KINDS {
             reconcile_errors.get_or_create(&ErrorLabels { kind }).inc_by(0);
         }
-        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
+        let reconcile_seconds = registered(
+            &mut registry,
             "tfjob_operator_reconcile_duration_seconds",
             "How long a reconcile took, its API writes included",
-            reconcile_seconds.clone(),
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         );
-        let api_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        let api_requests = registered(
+            &mut registry,
             "tfjob_operator_api_requests",
             "Requests this process sent to the API server, by verb, resource and HTTP status",
-            api_requests.clone(),
+            Family::<RequestLabels, Counter>::default(),
         );
         registry.register(
             "tfjob_operator_leader",
             "1 while this process reconciles (it holds the lease, or leader election is off)",
             gate.clone(),
         );
-        let events_dropped = Counter::default();
-        registry.register(
+        let events_dropped = registered(
+            &mut registry,
             "tfjob_operator_events_dropped",
             "Events dropped because the event queue was full",
-            events_dropped.clone(),
+            Counter::default(),
         );
-        let watch_restarts = Family::<WatchLabels, Counter>::default();
-        registry.register(
+        let watch_restarts = registered(
+            &mut registry,
             "tfjob_operator_watch_restarts",
             "Watches that failed and restarted (with backoff; after a 410 Gone with a re-list), by resource",
-            watch_restarts.clone(),
+            Family::<WatchLabels, Counter>::default(),
         );
         for resource in WATCHED {
             watch_restarts.get_or_create(&WatchLabels { resource }).inc_by(0);
         }
-        let create_batches = Family::<BatchLabels, Counter>::default();
-        registry.register(
-            "tfjob_operator_create_batches",
-            "Batches of pod and service creates sent at once (slow start: one per template first, then \
-             doubling up to 16), by batch size",
-            create_batches.clone(),
-        );
-        let create_failures = Family::<CauseLabels, Counter>::default();
-        registry.register(
-            "tfjob_operator_create_failures",
-            "Pod and service creates that failed, by cause: refused (the object, the user's to fix) or \
-             transient (no answer, 429, 5xx such as an admission webhook that cannot be called; retried)",
-            create_failures.clone(),
-        );
-        let status_writes_held = Counter::default();
-        registry.register(
-            "tfjob_operator_status_writes_held",
-            "Status writes that only moved active counts held back to the end of a 1 s window after \
-             the job's last status write (the pods of a job starting one after the other cost one write)",
-            status_writes_held.clone(),
-        );
-        let jobs_queued_to_create = Gauge::default();
-        registry.register(
-            "tfjob_operator_jobs_queued_to_create",
-            "Jobs waiting for room to create pods and services (--writes-in-flight is taken, older jobs \
-             first); none of them holds a reconcile",
-            jobs_queued_to_create.clone(),
-        );
-        let jobs: [Family<JobLabels, Counter>; 5] = Default::default();
-        for (count, family) in JobCount::ALL.iter().zip(&jobs) {
-            registry.register(count.metric_name(), count.help(), family.clone());
-        }
-        let milestones: [MilestoneFamily; 2] =
-            std::array::from_fn(|_| MilestoneFamily::new_with_constructor(milestone_histogram));
-        for (m, family) in Milestone::ALL.iter().zip(&milestones) {
-            registry.register(m.metric_name(), m.help(), family.clone());
-        }
+        let (create_batches, create_failures, status_writes_held, jobs_queued_to_create) =
+            write_metrics(&mut registry);
+        let (jobs, milestones) = job_metrics(&mut registry);
         Metrics {
             registry,
             reconciles,
