@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::observe::Caches;
+use super::tests::{respond, status_body};
 use super::{Context, Settings, error_policy, reconcile};
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec};
 use crate::error::Error;
@@ -146,19 +147,6 @@ fn service(j: &TFJob, i: i32) -> Service {
     svc.metadata.uid = Some(format!("uid-s{i}"));
     svc.metadata.resource_version = Some("5".into());
     svc
-}
-
-fn respond(send: mock::SendResponse<Response<Body>>, code: u16, body: Value) {
-    let response = Response::builder()
-        .status(StatusCode::from_u16(code).expect("code"))
-        .body(Body::from(serde_json::to_vec(&body).expect("json")))
-        .expect("response");
-    send.send_response(response);
-}
-
-fn status_body(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": format!("{reason} (test)"), "reason": reason, "code": code})
 }
 
 /// The job as stored after a status write whose body was `patch`, at `version`.

@@ -135,7 +135,7 @@ async fn next(handle: &mut Handle) -> (Method, String, Value, mock::SendResponse
     (method, path, body, send)
 }
 
-fn respond(send: mock::SendResponse<Response<Body>>, code: u16, body: Value) {
+pub(super) fn respond(send: mock::SendResponse<Response<Body>>, code: u16, body: Value) {
     let response = Response::builder()
         .status(StatusCode::from_u16(code).expect("code"))
         .body(Body::from(serde_json::to_vec(&body).expect("json")))
@@ -143,7 +143,7 @@ fn respond(send: mock::SendResponse<Response<Body>>, code: u16, body: Value) {
     send.send_response(response);
 }
 
-fn status_body(code: u16, reason: &str) -> Value {
+pub(super) fn status_body(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": format!("{reason} (test)"), "reason": reason, "code": code})
 }
