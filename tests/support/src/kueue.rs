@@ -197,6 +197,29 @@ where
     Ok(())
 }
 
+/// Applies Kueue's CRDs (conversion through the webhook at `base`) and waits until each is
+/// Established.
+async fn install_crds(client: &Client, module: &Path, base: &str, ca_bundle: &str) -> Result<()> {
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crds = crds(module, &format!("{base}/convert"), ca_bundle)?;
+    for crd in &crds {
+        crd_api
+            .patch(&crd.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(crd))
+            .await
+            .with_context(|| format!("applying the CRD {}", crd.name_any()))?;
+    }
+    for crd in &crds {
+        let name = crd.name_any();
+        wait(Duration::from_secs(60), &format!("{name} to be Established"), || async {
+            crd_api.get(&name).await.ok().and_then(|c| c.status).is_some_and(|s| {
+                s.conditions.iter().flatten().any(|c| c.type_ == "Established" && c.status == "True")
+            })
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 impl Kueue {
     /// Installs Kueue's CRDs, certificate and webhooks on the plane `client` talks to and
     /// starts `<kueue_dir>/kueue` with `kubeconfig`; returns once `/readyz` answers 200.
@@ -230,23 +253,7 @@ impl Kueue {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
         apply(&secrets, SECRET, &certs.secret(SECRET, NAMESPACE)).await?;
 
-        let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let crds = crds(&module, &format!("{base}/convert"), &ca_bundle)?;
-        for crd in &crds {
-            crd_api
-                .patch(&crd.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(crd))
-                .await
-                .with_context(|| format!("applying the CRD {}", crd.name_any()))?;
-        }
-        for crd in &crds {
-            let name = crd.name_any();
-            wait(Duration::from_secs(60), &format!("{name} to be Established"), || async {
-                crd_api.get(&name).await.ok().and_then(|c| c.status).is_some_and(|s| {
-                    s.conditions.iter().flatten().any(|c| c.type_ == "Established" && c.status == "True")
-                })
-            })
-            .await?;
-        }
+        install_crds(client, &module, &base, &ca_bundle).await?;
         let (mutating, validating) = webhook_configs(&module, &base, &ca_bundle)?;
         apply(&Api::<MutatingWebhookConfiguration>::all(client.clone()), MUTATING, &mutating).await?;
         apply(&Api::<ValidatingWebhookConfiguration>::all(client.clone()), VALIDATING, &validating).await?;
@@ -269,21 +276,26 @@ impl Kueue {
             health_port,
             started_in: Duration::ZERO,
         };
+        kueue.wait_ready().await?;
+        kueue.started_in = t0.elapsed();
+        Ok(kueue)
+    }
+
+    /// Waits (up to 120 s) until `/readyz` answers 200; fails if the process exits first.
+    async fn wait_ready(&mut self) -> Result<()> {
         let end = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(status) = kueue.proc.exited() {
-                bail!("kueue exited ({status}); see {}", work_dir.join("kueue.log").display());
+            if let Some(status) = self.proc.exited() {
+                bail!("kueue exited ({status}); see {}", self.dir.join("kueue.log").display());
             }
-            if http_get(health_port, "/readyz").await.is_some_and(|(code, _)| code == 200) {
-                break;
+            if http_get(self.health_port, "/readyz").await.is_some_and(|(code, _)| code == 200) {
+                return Ok(());
             }
             if Instant::now() > end {
-                bail!("kueue was not ready after 120 s; see {}", work_dir.join("kueue.log").display());
+                bail!("kueue was not ready after 120 s; see {}", self.dir.join("kueue.log").display());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        kueue.started_in = t0.elapsed();
-        Ok(kueue)
     }
 
     /// The process id (for the plane-stopped check).

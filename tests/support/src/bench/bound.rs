@@ -10,7 +10,8 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 use super::Options;
-use super::run::{Created, create_namespace, delete_namespace, secs};
+use super::namespace::{create_namespace, delete_namespace};
+use super::size_run::{Created, secs};
 
 fn fresh_meta(m: &ObjectMeta) -> ObjectMeta {
     ObjectMeta {

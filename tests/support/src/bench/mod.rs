@@ -10,12 +10,15 @@ pub mod chart;
 pub mod footprint;
 mod jobs;
 pub mod kubeflow;
+mod namespace;
+mod operator;
 pub mod plane_profile;
 pub mod raw;
 pub mod record;
 mod relist;
 mod report;
 mod run;
+mod size_run;
 pub mod stats;
 
 use std::path::PathBuf;

@@ -98,6 +98,30 @@ impl Report {
             out.push_str(&format!("{label}: {how}\n"));
         }
         out.push_str(&format!("jobs: {}\n\n", self.jobs_shape));
+        self.rows(&mut out);
+        for s in self.sizes.iter().filter(|s| s.unfinished_jobs > 0) {
+            out.push_str(&format!(
+                "{} at {} jobs: {} jobs not deleted by the end of the bounded wait, {} of them deadline jobs that never failed\n",
+                s.operator, s.jobs, s.unfinished_jobs, s.deadline_not_enforced
+            ));
+        }
+        self.growth(&mut out);
+        self.notes(&mut out);
+        if let Some(r) = &self.relist {
+            out.push_str(&r.line());
+        }
+        for f in &self.failures {
+            out.push_str(&format!("not measured: {f}\n"));
+        }
+        for s in &self.sizes {
+            let reqs: Vec<String> = s.operator_requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out.push_str(&format!("requests of {} at {} jobs: {}\n", s.operator, s.jobs, reqs.join(", ")));
+        }
+        out
+    }
+
+    /// The grid: a header, then one line per row.
+    fn rows(&self, out: &mut String) {
         let wide = self.sizes.iter().map(|s| s.operator.len()).max().unwrap_or(8).max(8);
         // Sizes together, each size's operators in the order they ran; the huge-job row last.
         let mut rows: Vec<&SizeReport> = self.sizes.iter().collect();
@@ -149,13 +173,10 @@ impl Report {
                 s.unfinished_jobs,
             ));
         }
-        for s in self.sizes.iter().filter(|s| s.unfinished_jobs > 0) {
-            out.push_str(&format!(
-                "{} at {} jobs: {} jobs not deleted by the end of the bounded wait, {} of them deadline jobs that never failed\n",
-                s.operator, s.jobs, s.unfinished_jobs, s.deadline_not_enforced
-            ));
-        }
-        // Growth of the first operator's (ours) ordinary rows.
+    }
+
+    /// The growth of the first operator's (ours) ordinary rows, first to last size.
+    fn growth(&self, out: &mut String) {
         let first_op = self.sizes.first().map(|s| s.operator.as_str()).unwrap_or_default();
         let ours: Vec<&SizeReport> =
             self.sizes.iter().filter(|s| s.operator == first_op && s.huge.is_none()).collect();
@@ -173,6 +194,10 @@ impl Report {
                 growth(first.operator_peak_rss_mib.unwrap_or(0.0), last.operator_peak_rss_mib.unwrap_or(0.0)),
             ));
         }
+    }
+
+    /// Per row: the huge job, worker 0's stages and what the plane spent.
+    fn notes(&self, out: &mut String) {
         for s in &self.sizes {
             if let Some(h) = &s.huge {
                 out.push_str(&format!(
@@ -213,16 +238,5 @@ impl Report {
                 ));
             }
         }
-        if let Some(r) = &self.relist {
-            out.push_str(&r.line());
-        }
-        for f in &self.failures {
-            out.push_str(&format!("not measured: {f}\n"));
-        }
-        for s in &self.sizes {
-            let reqs: Vec<String> = s.operator_requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            out.push_str(&format!("requests of {} at {} jobs: {}\n", s.operator, s.jobs, reqs.join(", ")));
-        }
-        out
     }
 }

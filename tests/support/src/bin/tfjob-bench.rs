@@ -232,7 +232,51 @@ async fn main() -> Result<()> {
     }
     let started = Timestamp::now();
     let mut args = parse(flags, started)?;
-    let (cluster, plane_note) = match &args.kubeconfig {
+    let (cluster, plane_note) = cluster(&args).await?;
+    let crd_path = tfjob_testsupport::repo_root().join("crds/kubeflow.org_tfjobs.yaml");
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(&std::fs::read_to_string(&crd_path)?).context("reading the CRD")?;
+    cluster.install_crd(&crd).await?;
+    let logs = std::env::temp_dir().join(format!("tfjob-bench-{}", std::process::id()));
+    if let OperatorSpec::Start { kubeconfig, log_dir, .. } = &mut args.opts.operator {
+        *kubeconfig = cluster.kubeconfig.clone();
+        *log_dir = logs.clone();
+        eprintln!("tfjob-bench: operator logs in {}", log_dir.display());
+    }
+    if let Some((dir, grace, only)) = &args.kubeflow {
+        args.opts.kubeflow = Some(kubeflow(dir, *grace, only.as_deref(), &crd, &cluster, &logs)?);
+    }
+    eprintln!("tfjob-bench: {plane_note}");
+    let report = bench::run(&cluster.client, cluster.plane.as_ref(), &args.opts, |msg| {
+        eprintln!("tfjob-bench: {msg}")
+    })
+    .await?;
+    if args.json {
+        println!("{}", report.to_json()?);
+    } else {
+        println!("{plane_note}\n{}", report.table());
+    }
+    let raw = RawResults::of(&report, Some(started.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()), commit());
+    let saved = raw::save(&args.out, &plane_note, &report, &raw)?;
+    eprintln!(
+        "tfjob-bench: saved in {}: {}",
+        args.out.display(),
+        saved
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    drop(cluster);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// The cluster to measure: the one of `--kubeconfig`, or a local control plane started here;
+/// and the line that describes it.
+async fn cluster(args: &Args) -> Result<(Cluster, String)> {
+    Ok(match &args.kubeconfig {
         Some(kc) => {
             let client = client_for(kc).await?;
             (
@@ -263,57 +307,31 @@ async fn main() -> Result<()> {
             );
             (Cluster { client, kubeconfig, kubectl: bins.join("kubectl"), plane: Some(plane) }, note)
         }
-    };
-    let crd_path = tfjob_testsupport::repo_root().join("crds/kubeflow.org_tfjobs.yaml");
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&std::fs::read_to_string(&crd_path)?).context("reading the CRD")?;
-    cluster.install_crd(&crd).await?;
-    let logs = std::env::temp_dir().join(format!("tfjob-bench-{}", std::process::id()));
-    if let OperatorSpec::Start { kubeconfig, log_dir, .. } = &mut args.opts.operator {
-        *kubeconfig = cluster.kubeconfig.clone();
-        *log_dir = logs.clone();
-        eprintln!("tfjob-bench: operator logs in {}", log_dir.display());
-    }
-    if let Some((dir, grace, only)) = &args.kubeflow {
-        let mut kf = Kubeflow::from_dir(dir, crd.clone(), cluster.kubeconfig.clone(), logs.clone())?;
-        kf.grace = Duration::from_secs(*grace);
-        if let Some(only) = only {
-            kf.variants.retain(|v| only.iter().any(|o| v.label.ends_with(&format!(" {o}"))));
-            if kf.variants.is_empty() {
-                bail!("--kubeflow-variants: none of {only:?} (tuned, defaults)");
-            }
-        }
-        eprintln!(
-            "tfjob-bench: training-operator {} from {} (logs in {})",
-            kf.version,
-            dir.display(),
-            logs.display()
-        );
-        args.opts.kubeflow = Some(kf);
-    }
-    eprintln!("tfjob-bench: {plane_note}");
-    let report = bench::run(&cluster.client, cluster.plane.as_ref(), &args.opts, |msg| {
-        eprintln!("tfjob-bench: {msg}")
     })
-    .await?;
-    if args.json {
-        println!("{}", report.to_json()?);
-    } else {
-        println!("{plane_note}\n{}", report.table());
+}
+
+/// Kubeflow's training-operator from `dir` (its variants narrowed to `only`), for its rows.
+fn kubeflow(
+    dir: &Path,
+    grace: u64,
+    only: Option<&[String]>,
+    crd: &CustomResourceDefinition,
+    cluster: &Cluster,
+    logs: &Path,
+) -> Result<Kubeflow> {
+    let mut kf = Kubeflow::from_dir(dir, crd.clone(), cluster.kubeconfig.clone(), logs.to_path_buf())?;
+    kf.grace = Duration::from_secs(grace);
+    if let Some(only) = only {
+        kf.variants.retain(|v| only.iter().any(|o| v.label.ends_with(&format!(" {o}"))));
+        if kf.variants.is_empty() {
+            bail!("--kubeflow-variants: none of {only:?} (tuned, defaults)");
+        }
     }
-    let raw = RawResults::of(&report, Some(started.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()), commit());
-    let saved = raw::save(&args.out, &plane_note, &report, &raw)?;
     eprintln!(
-        "tfjob-bench: saved in {}: {}",
-        args.out.display(),
-        saved
-            .iter()
-            .filter_map(|p| p.file_name())
-            .map(|n| n.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "tfjob-bench: training-operator {} from {} (logs in {})",
+        kf.version,
+        dir.display(),
+        logs.display()
     );
-    drop(cluster);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    Ok(())
+    Ok(kf)
 }

@@ -1,7 +1,7 @@
 //! `make cluster` / `make run`: a local control plane in the foreground until Ctrl-C; its
 //! flags are in `tfjob-devcluster --help`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -43,25 +43,7 @@ struct Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let bins = bin_dir()?;
-    eprintln!(
-        "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ({} nodes)...",
-        args.nodes
-    );
-    let plane = ControlPlane::start(&PlaneOptions {
-        bin_dir: bins.clone(),
-        nodes: args.nodes,
-        // The only nodes here: pods need no toleration, so every example runs as written.
-        taint: false,
-        ..Default::default()
-    })
-    .await?;
-    if let Some(parent) = args.kubeconfig_out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::copy(&plane.pki.kubeconfig, &args.kubeconfig_out)?;
-    let client = client_for(&plane.pki.kubeconfig).await?;
-    let kubeconfig = plane.pki.kubeconfig.clone();
-    let cluster = Cluster { client, kubeconfig, kubectl: bins.join("kubectl"), plane: Some(plane) };
+    let cluster = start(&args, &bins).await?;
     if let Some(crd) = &args.crd {
         let text = std::fs::read_to_string(crd)?;
         let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).context("reading the CRD")?;
@@ -80,19 +62,7 @@ async fn main() -> Result<()> {
         }
         None => None,
     };
-    if !args.apply.is_empty() {
-        let sas: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), "default");
-        wait(Duration::from_secs(60), "the default ServiceAccount", || async {
-            sas.get_opt("default").await.ok().flatten().is_some()
-        })
-        .await?;
-    }
-    for manifest in &args.apply {
-        let status = cluster.kubectl().args(["apply", "--server-side", "-f"]).arg(manifest).status()?;
-        if !status.success() {
-            bail!("kubectl apply -f {} failed", manifest.display());
-        }
-    }
+    apply(&cluster, &args.apply).await?;
     let kc = std::fs::canonicalize(&args.kubeconfig_out)?;
     println!(
         "The control plane is up ({}).",
@@ -120,5 +90,46 @@ async fn main() -> Result<()> {
     drop(operator);
     drop(cluster);
     let _ = std::fs::remove_file(&args.kubeconfig_out);
+    Ok(())
+}
+
+/// Starts the plane and copies its kubeconfig to `--kubeconfig-out`.
+async fn start(args: &Args, bins: &Path) -> Result<Cluster> {
+    eprintln!(
+        "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ({} nodes)...",
+        args.nodes
+    );
+    let plane = ControlPlane::start(&PlaneOptions {
+        bin_dir: bins.to_path_buf(),
+        nodes: args.nodes,
+        // The only nodes here: pods need no toleration, so every example runs as written.
+        taint: false,
+        ..Default::default()
+    })
+    .await?;
+    if let Some(parent) = args.kubeconfig_out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(&plane.pki.kubeconfig, &args.kubeconfig_out)?;
+    let client = client_for(&plane.pki.kubeconfig).await?;
+    let kubeconfig = plane.pki.kubeconfig.clone();
+    Ok(Cluster { client, kubeconfig, kubectl: bins.join("kubectl"), plane: Some(plane) })
+}
+
+/// `--apply`: each manifest with the plane's kubectl, once the default ServiceAccount exists.
+async fn apply(cluster: &Cluster, manifests: &[PathBuf]) -> Result<()> {
+    if !manifests.is_empty() {
+        let sas: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), "default");
+        wait(Duration::from_secs(60), "the default ServiceAccount", || async {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await?;
+    }
+    for manifest in manifests {
+        let status = cluster.kubectl().args(["apply", "--server-side", "-f"]).arg(manifest).status()?;
+        if !status.success() {
+            bail!("kubectl apply -f {} failed", manifest.display());
+        }
+    }
     Ok(())
 }
