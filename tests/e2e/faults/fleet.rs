@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tfjob_operator::api::ConditionType;
@@ -194,7 +195,25 @@ impl Fleet {
     /// ended it exists), no pod was made after its job finished, and no pod name got more uids
     /// than the restart policy calls for.
     pub async fn check_outcomes(&self, ctx: &Ctx, uids: &PodUids, timeout: Duration) -> Result<()> {
-        // When each job finished (the last condition's transition), for the jobs that remain.
+        let finished_at = self.wait_ends(ctx, timeout).await?;
+        // The uid watch is the test's own and may still be catching up after the outage.
+        let complete = |seen: &BTreeMap<String, BTreeSet<String>>| {
+            self.jobs.iter().all(|(name, fate)| names_of(seen, name).len() >= fate.pods())
+        };
+        let _ = tfjob_testsupport::wait(Duration::from_secs(30), "the uid watch to catch up", || async {
+            complete(&uids.names_with_uids())
+        })
+        .await;
+        let seen = uids.names_with_uids();
+        for (name, fate) in &self.jobs {
+            check_pods(ctx, uids, &seen, name, *fate, finished_at.get(name)).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every job's expected end (gone for its TTL, or finished with its fate's
+    /// reason); when each job that remains finished (its last condition's transition).
+    async fn wait_ends(&self, ctx: &Ctx, timeout: Duration) -> Result<BTreeMap<String, Timestamp>> {
         let mut finished_at = BTreeMap::new();
         for (name, fate) in &self.jobs {
             match fate.reason() {
@@ -220,76 +239,7 @@ impl Fleet {
                 }
             }
         }
-        // The uid watch is the test's own and may still be catching up after the outage.
-        let names_of = |seen: &BTreeMap<String, BTreeSet<String>>, name: &str| {
-            let prefix = format!("{name}-");
-            seen.iter()
-                .filter(|(pod, _)| pod.starts_with(&prefix))
-                .map(|(p, u)| (p.clone(), u.clone()))
-                .collect::<Vec<_>>()
-        };
-        let complete = |seen: &BTreeMap<String, BTreeSet<String>>| {
-            self.jobs.iter().all(|(name, fate)| names_of(seen, name).len() >= fate.pods())
-        };
-        let _ = tfjob_testsupport::wait(Duration::from_secs(30), "the uid watch to catch up", || async {
-            complete(&uids.names_with_uids())
-        })
-        .await;
-        let seen = uids.names_with_uids();
-        for (name, fate) in &self.jobs {
-            let names = names_of(&seen, name);
-            // A pod created and removed while the test's own watch was down (the 410 test
-            // breaks every watch) is never seen by it: the operator's announcement of its
-            // creation stands in for it.
-            let announced = if names.len() < fate.pods() {
-                announced_names(ctx, name, "SuccessfulCreatePod").await?
-            } else {
-                BTreeSet::new()
-            };
-            let all: BTreeSet<&String> = names.iter().map(|(p, _)| p).chain(announced.iter()).collect();
-            ensure!(
-                all.len() >= fate.pods_if_failed_early(),
-                "{name}: saw {} pod names, want {}: {names:?}, announced {announced:?} (the uid watch saw {} names in all, {} failures)",
-                all.len(),
-                fate.pods(),
-                seen.len(),
-                uids.failures(),
-            );
-            if all.len() < fate.pods() {
-                // Fewer only because the job failed first: the pod that ended it failed.
-                let failed = failed_pods(ctx, name).await?;
-                ensure!(
-                    !failed.is_empty(),
-                    "{name}: {} of {} pods made ({all:?}) and none of them failed: a create was lost",
-                    all.len(),
-                    fate.pods()
-                );
-                println!(
-                    "    {name}: failed ({failed:?}) before its other pods were made; nothing more created"
-                );
-            }
-            // Nothing is created for a finished job (times at the API's one-second precision).
-            if let Some(end) = finished_at.get(name) {
-                for (pod, ids) in &names {
-                    for uid in ids {
-                        let made = uids.created(uid);
-                        ensure!(
-                            made.is_none_or(|t| t.as_second() <= end.as_second()),
-                            "{pod} ({uid}) was created at {made:?}, after {name} finished at {end}"
-                        );
-                    }
-                }
-            }
-            for (pod, ids) in names {
-                ensure!(
-                    ids.len() <= fate.max_uids(),
-                    "{pod} had {} uids, at most {} allowed for {fate:?}: {ids:?}",
-                    ids.len(),
-                    fate.max_uids()
-                );
-            }
-        }
-        Ok(())
+        Ok(finished_at)
     }
 
     /// Kubeflow's job counters of the namespace, summed over `metrics` (one text per process
@@ -357,4 +307,75 @@ pub async fn check_idle(op: &Operator, idle: f64) -> Result<f64> {
         }
     }
     bail!("the operator still sends {last:.1} requests/s 30 s after the cluster settled (idle: {idle})")
+}
+
+/// The pods of job `name` the uid watch saw, with their uids.
+fn names_of(seen: &BTreeMap<String, BTreeSet<String>>, name: &str) -> Vec<(String, BTreeSet<String>)> {
+    let prefix = format!("{name}-");
+    seen.iter()
+        .filter(|(pod, _)| pod.starts_with(&prefix))
+        .map(|(p, u)| (p.clone(), u.clone()))
+        .collect::<Vec<_>>()
+}
+
+/// One job's pods: the number its fate calls for (fewer only when it failed first), none
+/// created after it finished (`end`), no name with more uids than its restart policy allows.
+async fn check_pods(
+    ctx: &Ctx,
+    uids: &PodUids,
+    seen: &BTreeMap<String, BTreeSet<String>>,
+    name: &str,
+    fate: Fate,
+    end: Option<&Timestamp>,
+) -> Result<()> {
+    let names = names_of(seen, name);
+    // A pod created and removed while the test's own watch was down (the 410 test
+    // breaks every watch) is never seen by it: the operator's announcement of its
+    // creation stands in for it.
+    let announced = if names.len() < fate.pods() {
+        announced_names(ctx, name, "SuccessfulCreatePod").await?
+    } else {
+        BTreeSet::new()
+    };
+    let all: BTreeSet<&String> = names.iter().map(|(p, _)| p).chain(announced.iter()).collect();
+    ensure!(
+        all.len() >= fate.pods_if_failed_early(),
+        "{name}: saw {} pod names, want {}: {names:?}, announced {announced:?} (the uid watch saw {} names in all, {} failures)",
+        all.len(),
+        fate.pods(),
+        seen.len(),
+        uids.failures(),
+    );
+    if all.len() < fate.pods() {
+        // Fewer only because the job failed first: the pod that ended it failed.
+        let failed = failed_pods(ctx, name).await?;
+        ensure!(
+            !failed.is_empty(),
+            "{name}: {} of {} pods made ({all:?}) and none of them failed: a create was lost",
+            all.len(),
+            fate.pods()
+        );
+        println!("    {name}: failed ({failed:?}) before its other pods were made; nothing more created");
+    }
+    // Nothing is created for a finished job (times at the API's one-second precision).
+    if let Some(end) = end {
+        for (pod, ids) in &names {
+            for uid in ids {
+                let made = uids.created(uid);
+                ensure!(
+                    made.is_none_or(|t| t.as_second() <= end.as_second()),
+                    "{pod} ({uid}) was created at {made:?}, after {name} finished at {end}"
+                );
+            }
+        }
+    }
+    for (pod, ids) in names {
+        ensure!(
+            ids.len() <= fate.max_uids(),
+            "{pod} had {} uids, at most {} allowed for {fate:?}: {ids:?}",
+            ids.len(),
+            fate.max_uids()
+        );
+    }
+    Ok(())
 }

@@ -21,12 +21,9 @@ fn leads(metrics: &str) -> bool {
     metric_sum(metrics, "tfjob_operator_leader", &[]) == 1.0
 }
 
-/// The leader is SIGSTOPped past its lease; a second process takes over and runs the jobs;
-/// the first is SIGCONTed: it writes nothing that sticks (its gate closed with its lease: no
-/// Event it reports is dated after it woke, and every job ends as it should) and steps down
-/// (exits non-zero).
-pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -> Result<()> {
-    super::plane(&ctx)?.revive()?;
+/// op-a leading, then op-b started beside it (a follower that answers `/readyz`), both with
+/// a 4 s lease in the test's namespace.
+async fn leader_and_follower(ctx: &Ctx) -> Result<(Operator, Operator)> {
     let kc = ctx.cluster.kubeconfig.clone();
     let lease = format!("--leader-election-namespace={}", ctx.ns);
     let flags = [
@@ -36,12 +33,12 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
         "--leader-election-renew-deadline=3s",
         "--leader-election-retry-period=1s",
     ];
-    let mut a = Operator::launch(&ctx, "op-a", &kc, Some(&ctx.ns), &flags, &[("POD_NAME", "op-a")])?;
+    let a = Operator::launch(ctx, "op-a", &kc, Some(&ctx.ns), &flags, &[("POD_NAME", "op-a")])?;
     tfjob_testsupport::wait(WAIT, "op-a to lead", || async { a.metrics().await.is_ok_and(|m| leads(&m)) })
         .await
         .with_context(|| a.log_tail())?;
     let b = Operator::launch(
-        &ctx,
+        ctx,
         "op-b",
         &kc,
         Some(&ctx.ns),
@@ -53,43 +50,23 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
     )?;
     tfjob_testsupport::wait(WAIT, "op-b to answer", || async { b.http_status("/readyz").await == Some(200) })
         .await?;
-    // Writes to anything but the Lease.
-    let writes = |m: &str| -> f64 {
-        ["create", "update", "patch", "delete"]
-            .iter()
-            .map(|v| {
-                let verb = format!("verb=\"{v}\"");
-                metric_sum(m, "tfjob_operator_api_requests_total", &[&verb])
-                    - metric_sum(m, "tfjob_operator_api_requests_total", &[&verb, "resource=\"leases\""])
-            })
-            .sum::<f64>()
-    };
-    let uids = PodUids::start(&ctx);
-    let fleet = Fleet::create(&ctx, PER_FATE).await?;
-    tfjob_testsupport::wait(WAIT, "the fleet's first pods", || async {
-        live_pods(&ctx).await.is_ok_and(|p| p.len() >= 10)
-    })
-    .await?;
-    let follower_writes = writes(&b.metrics().await?);
-    ensure!(follower_writes == 0.0, "the follower wrote {follower_writes} times before it led");
-    a.proc.signal(SIGSTOP);
-    tfjob_testsupport::wait(Duration::from_secs(20), "op-b to take over", || async {
-        b.metrics().await.is_ok_and(|m| leads(&m))
-    })
-    .await
-    .with_context(|| b.log_tail())?;
-    // Not an assertion: op-a sleeps on past op-b's takeover, so it wakes with a lease it lost.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let woke = Timestamp::now();
-    a.proc.signal(SIGCONT);
-    let status = tokio::task::block_in_place(|| a.proc.wait_exit(Duration::from_secs(10)))
-        .context("op-a did not step down within 10 s of waking")?;
-    ensure!(!status.success(), "op-a exited {status}, want a failure (it lost the lease)");
-    ensure!(a.log_text().contains("stopping"), "op-a did not say why it stopped: {}", a.log_tail());
-    fleet
-        .check_outcomes(&ctx, &uids, SETTLE)
-        .await
-        .with_context(|| format!("{}\n{}", b.log_tail(), b.stacks()))?;
+    Ok((a, b))
+}
+
+/// The operator's writes to anything but the Lease.
+fn writes_but_the_lease(m: &str) -> f64 {
+    ["create", "update", "patch", "delete"]
+        .iter()
+        .map(|v| {
+            let verb = format!("verb=\"{v}\"");
+            metric_sum(m, "tfjob_operator_api_requests_total", &[&verb])
+                - metric_sum(m, "tfjob_operator_api_requests_total", &[&verb, "resource=\"leases\""])
+        })
+        .sum::<f64>()
+}
+
+/// op-a published no Event dated after it `woke`, and at least one before (it did lead).
+async fn op_a_reported_nothing_after(ctx: &Ctx, woke: Timestamp) -> Result<()> {
     let events: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
     let late: Vec<String> = events
         .list(&ListParams::default())
@@ -109,6 +86,43 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
         .filter(|e| e.reporting_instance.as_deref() == Some("op-a"))
         .count();
     ensure!(by_a > 0, "op-a never reported anything: the test did not see it lead");
+    Ok(())
+}
+
+/// The leader is SIGSTOPped past its lease; a second process takes over and runs the jobs;
+/// the first is SIGCONTed: it writes nothing that sticks (its gate closed with its lease: no
+/// Event it reports is dated after it woke, and every job ends as it should) and steps down
+/// (exits non-zero).
+pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -> Result<()> {
+    super::plane(&ctx)?.revive()?;
+    let (mut a, b) = leader_and_follower(&ctx).await?;
+    let uids = PodUids::start(&ctx);
+    let fleet = Fleet::create(&ctx, PER_FATE).await?;
+    tfjob_testsupport::wait(WAIT, "the fleet's first pods", || async {
+        live_pods(&ctx).await.is_ok_and(|p| p.len() >= 10)
+    })
+    .await?;
+    let follower_writes = writes_but_the_lease(&b.metrics().await?);
+    ensure!(follower_writes == 0.0, "the follower wrote {follower_writes} times before it led");
+    a.proc.signal(SIGSTOP);
+    tfjob_testsupport::wait(Duration::from_secs(20), "op-b to take over", || async {
+        b.metrics().await.is_ok_and(|m| leads(&m))
+    })
+    .await
+    .with_context(|| b.log_tail())?;
+    // Not an assertion: op-a sleeps on past op-b's takeover, so it wakes with a lease it lost.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let woke = Timestamp::now();
+    a.proc.signal(SIGCONT);
+    let status = tokio::task::block_in_place(|| a.proc.wait_exit(Duration::from_secs(10)))
+        .context("op-a did not step down within 10 s of waking")?;
+    ensure!(!status.success(), "op-a exited {status}, want a failure (it lost the lease)");
+    ensure!(a.log_text().contains("stopping"), "op-a did not say why it stopped: {}", a.log_tail());
+    fleet
+        .check_outcomes(&ctx, &uids, SETTLE)
+        .await
+        .with_context(|| format!("{}\n{}", b.log_tail(), b.stacks()))?;
+    op_a_reported_nothing_after(&ctx, woke).await?;
     check_idle(&b, 2.5).await?;
     Ok(())
 }

@@ -60,20 +60,37 @@ async fn prometheus_evaluates_every_dashboard_expression(ctx: Ctx) -> Result<()>
     .await
     .with_context(|| prom.log_tail())?;
 
+    one_success_and_one_restarted_failure(&ctx, &op).await?;
+
+    // What Prometheus stored: each job observed once, with its namespace only.
+    prometheus_holds_what_the_jobs_did(&prom, &ctx.ns).await?;
+
+    // A counter born at the jobs' end (deleted) has a rate once Prometheus holds two samples.
+    every_expression_returns_data(&prom, &exprs, &ctx.ns).await?;
+    drop(prom);
+    drop(op);
+    Ok(())
+}
+
+/// Job "ok" succeeds and is deleted for its TTL; job "r" restarts once and fails.
+async fn one_success_and_one_restarted_failure(ctx: &Ctx, op: &Operator) -> Result<()> {
     let ok = [replica("PS", 1), replica("Worker", 1).fate(succeed("2s"))];
-    create(&ctx, job("ok", &ok, json!({"runPolicy": {"ttlSecondsAfterFinished": 1}}))).await?;
+    create(ctx, job("ok", &ok, json!({"runPolicy": {"ttlSecondsAfterFinished": 1}}))).await?;
     let crashes = replica("Worker", 1).restart("OnFailure").fate(fail("1s", 1));
-    create(&ctx, job("r", &[crashes], json!({"runPolicy": {"backoffLimit": 1}}))).await?;
-    let r = wait_job(&ctx, "r", WAIT, "Failed", |j| has_condition(j, ConditionType::Failed))
+    create(ctx, job("r", &[crashes], json!({"runPolicy": {"backoffLimit": 1}}))).await?;
+    let r = wait_job(ctx, "r", WAIT, "Failed", |j| has_condition(j, ConditionType::Failed))
         .await
         .with_context(|| op.log_tail())?;
-    wait_job_gone(&ctx, "ok", WAIT).await.with_context(|| op.log_tail())?;
+    wait_job_gone(ctx, "ok", WAIT).await.with_context(|| op.log_tail())?;
     let restarts: i32 =
         r.status.as_ref().map(|s| s.replica_statuses.values().map(|v| v.restarts).sum()).unwrap_or(0);
     ensure!(restarts >= 1, "r restarted {restarts} times");
+    Ok(())
+}
 
-    // What Prometheus stored: each job observed once, with its namespace only.
-    let ns = format!(r#"job_namespace="{}""#, ctx.ns);
+/// Each job observed once in the histograms and counters, with `ns` as its only label.
+async fn prometheus_holds_what_the_jobs_did(prom: &Prometheus, ns: &str) -> Result<()> {
+    let ns = format!(r#"job_namespace="{}""#, ns);
     let want = [
         (format!("sum(tfjob_operator_job_time_to_succeeded_seconds_count{{{ns}}})"), 1.0),
         (format!("sum(training_operator_jobs_deleted_total{{{ns}}})"), 1.0),
@@ -103,12 +120,19 @@ async fn prometheus_evaluates_every_dashboard_expression(ctx: Ctx) -> Result<()>
         keys.iter().all(|k| ["__name__", "job_namespace", "instance", "job"].contains(&k.as_str())),
         "labels {keys:?}: namespace only"
     );
+    Ok(())
+}
 
-    // A counter born at the jobs' end (deleted) has a rate once Prometheus holds two samples.
+/// Every expression of the dashboard, for namespace `ns`, parses and returns data.
+async fn every_expression_returns_data(
+    prom: &Prometheus,
+    exprs: &[(String, String)],
+    ns: &str,
+) -> Result<()> {
     eventually(Duration::from_secs(5), "every dashboard expression to return data", || async {
         let mut failed = Vec::new();
-        for (panel, expr) in &exprs {
-            let q = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$job_namespace", &ctx.ns);
+        for (panel, expr) in exprs {
+            let q = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$job_namespace", ns);
             match prom.query(&q).await {
                 Ok(result) if !result.is_empty() => {}
                 Ok(_) => failed.push(format!("{panel}: {q}: no data")),
@@ -125,8 +149,6 @@ async fn prometheus_evaluates_every_dashboard_expression(ctx: Ctx) -> Result<()>
         Ok(())
     })
     .await?;
-    drop(prom);
-    drop(op);
     Ok(())
 }
 

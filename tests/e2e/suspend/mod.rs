@@ -5,13 +5,10 @@
 //! every pod delete, both by resourceVersion), a MultiKueue job left alone, and the grown
 //! update contract through the API server.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use futures::StreamExt;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 use tfjob_operator::api::rules::CONTRACT;
 use tfjob_operator::api::{ConditionType, ReplicaType, TFJob};
@@ -19,6 +16,12 @@ use tfjob_testsupport::kwok_pod_spec;
 
 use crate::support::*;
 use crate::{Ctx, Test, test};
+
+mod mid_creation;
+mod recorder;
+
+use mid_creation::a_300_replica_job_suspended_mid_creation_gets_no_further_batch_and_active_0_after_its_deletes;
+pub use recorder::{Recorder, Seen, rv_of};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -279,188 +282,6 @@ async fn template_directives_change_only_while_suspended(ctx: Ctx) -> Result<()>
     ensure!(
         code == 422 && msg.contains("spec.runPolicy.managedBy cannot be changed"),
         "managedBy: {code} {msg}"
-    );
-    Ok(())
-}
-
-/// One event of a raw watch, in the order the API server sent it: `ADDED`, `MODIFIED` or
-/// `DELETED`, and the object as it was then.
-#[derive(Clone, Debug)]
-pub struct Seen<K> {
-    pub kind: &'static str,
-    pub obj: K,
-}
-
-impl<K: kube::Resource> Seen<K> {
-    /// The object's resourceVersion (etcd's revision: comparable across kinds in one plane).
-    pub fn rv(&self) -> u64 {
-        rv_of(&self.obj)
-    }
-
-    /// A delete of the object accepted: its `deletionTimestamp` is set, or it is gone.
-    pub fn deleting(&self) -> bool {
-        self.kind == "DELETED" || self.obj.meta().deletion_timestamp.is_some()
-    }
-}
-
-/// An object's resourceVersion as a number (0 when it has none).
-pub fn rv_of<K: kube::Resource>(obj: &K) -> u64 {
-    obj.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or_default()
-}
-
-/// Every event of one watch of `api`, from the moment it starts, until dropped. A watch error
-/// or end makes [`Recorder::events`] fail: a blind watch proves nothing.
-pub struct Recorder<K> {
-    events: Arc<Mutex<Vec<Seen<K>>>>,
-    failed: Arc<Mutex<Option<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl<K: Watchable> Recorder<K> {
-    pub async fn start(api: Api<K>) -> Result<Recorder<K>> {
-        let list = api.list_metadata(&ListParams::default().limit(1)).await?;
-        let from = list.metadata.resource_version.context("a list without a resourceVersion")?;
-        let stream = api.watch(&WatchParams::default(), &from).await?;
-        let (events, failed) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
-        let (into, fail) = (events.clone(), failed.clone());
-        let task = tokio::spawn(async move {
-            let why = Self::record(api, stream.boxed(), from, into).await;
-            fail.lock().map(|mut f| *f = Some(why)).ok();
-        });
-        Ok(Recorder { events, failed, task })
-    }
-
-    /// Records the watch's events into `into`; a watch the API server ends (its request
-    /// timeout) goes on from the last resourceVersion seen, so nothing is missed. Returns why
-    /// it stopped.
-    async fn record(
-        api: Api<K>,
-        mut stream: futures::stream::BoxStream<'static, kube::Result<WatchEvent<K>>>,
-        mut last: String,
-        into: Arc<Mutex<Vec<Seen<K>>>>,
-    ) -> String {
-        loop {
-            let (kind, obj) = match stream.next().await {
-                Some(Ok(WatchEvent::Added(o))) => ("ADDED", o),
-                Some(Ok(WatchEvent::Modified(o))) => ("MODIFIED", o),
-                Some(Ok(WatchEvent::Deleted(o))) => ("DELETED", o),
-                Some(Ok(WatchEvent::Bookmark(b))) => {
-                    last = b.metadata.resource_version;
-                    continue;
-                }
-                Some(Ok(WatchEvent::Error(e))) => return format!("watch error: {e:?}"),
-                Some(Err(e)) => return format!("watch failed: {e}"),
-                None => match api.watch(&WatchParams::default(), &last).await {
-                    Ok(s) => {
-                        stream = s.boxed();
-                        continue;
-                    }
-                    Err(e) => return format!("the watch ended and could not go on: {e}"),
-                },
-            };
-            last = obj.meta().resource_version.clone().unwrap_or(last);
-            into.lock().map(|mut v| v.push(Seen { kind, obj })).ok();
-        }
-    }
-
-    /// What the watch has shown so far.
-    pub fn events(&self) -> Result<Vec<Seen<K>>> {
-        if let Some(why) = self.failed.lock().ok().and_then(|f| f.clone()) {
-            bail!("the recording watch stopped, so it proves nothing: {why}");
-        }
-        Ok(self.events.lock().map(|v| v.clone()).unwrap_or_default())
-    }
-}
-
-impl<K> Drop for Recorder<K> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The most creates of one job in flight at once (one slow-start batch): those sent before the
-/// operator saw a suspension may land after it.
-const ONE_BATCH: usize = 16;
-
-async fn a_300_replica_job_suspended_mid_creation_gets_no_further_batch_and_active_0_after_its_deletes(
-    ctx: Ctx,
-) -> Result<()> {
-    let op = Operator::start(&ctx, &[])?;
-    let (pod_watch, job_watch) = (Recorder::start(pods(&ctx)).await?, Recorder::start(jobs(&ctx)).await?);
-    create(&ctx, job("big", &[replica("PS", 1), replica("Worker", 299)], json!({}))).await?;
-    // Mid-creation: the 300 services are there and the pods' batches of 16 have begun.
-    let added = |events: &[Seen<k8s_openapi::api::core::v1::Pod>]| {
-        events
-            .iter()
-            .filter(|e| e.kind == "ADDED")
-            .map(|e| (e.rv(), e.obj.metadata.name.clone()))
-            .collect::<Vec<_>>()
-    };
-    eventually(WAIT, "20 pods created", || async {
-        let n = added(&pod_watch.events()?).len();
-        ensure!(n >= 20, "{n} pods");
-        Ok(())
-    })
-    .await
-    .with_context(|| op.log_tail())?;
-    let clock = Instant::now();
-    let suspended = merge_patch_job(&ctx, "big", json!({"spec": {"runPolicy": {"suspend": true}}})).await?;
-    let at = rv_of(&suspended);
-    let (_, j) = watch_until(&jobs(&ctx), "big", WAIT, "Suspended, active 0", |j| {
-        has_condition(j, ConditionType::Suspended) && all_inactive(j)
-    })
-    .await
-    .with_context(|| op.log_tail())?;
-    let to_inactive = clock.elapsed();
-    wait_pods(&ctx, &[], WAIT).await?;
-
-    // No batch after the suspension: only the one in flight when it landed.
-    let pods_seen = pod_watch.events()?;
-    let created = added(&pods_seen);
-    let (before, after): (Vec<_>, Vec<_>) = created.iter().partition(|(rv, _)| *rv < at);
-    let first: Vec<_> = after.iter().take(5).collect();
-    ensure!(
-        after.len() <= ONE_BATCH,
-        "{} pods created after the stored suspend (rv {at}), first {first:?}",
-        after.len()
-    );
-    ensure!(
-        before.len() >= 20 && created.len() < 300,
-        "{} pods before the suspend, {} in all",
-        before.len(),
-        created.len()
-    );
-    // `active: 0` (the first version after the suspension to show it) comes after a delete of
-    // every pod the job had.
-    let zero = job_watch.events()?.into_iter().find(|e| e.rv() > at && all_inactive(&e.obj));
-    let zero = zero.context("no version after the suspension showed active 0")?;
-    ensure!(
-        has_condition(&zero.obj, ConditionType::Suspended),
-        "active 0 without Suspended: {:?}",
-        zero.obj.status
-    );
-    let undeleted: Vec<_> = created
-        .iter()
-        .filter(|(_, name)| {
-            let deleted = pods_seen.iter().find(|e| e.obj.metadata.name == *name && e.deleting());
-            deleted.is_none_or(|d| d.rv() > zero.rv())
-        })
-        .collect();
-    let first: Vec<_> = undeleted.iter().take(5).collect();
-    ensure!(
-        undeleted.is_empty(),
-        "active 0 (rv {}) before a delete of {} pods, first {first:?}",
-        zero.rv(),
-        undeleted.len()
-    );
-    ensure!(has_condition(&j, ConditionType::Suspended) && all_inactive(&j));
-    println!(
-        "    suspended mid-creation: {} pods before the suspend, {} after it (the batch in flight); active 0 {:.0} ms \
-         after the patch, after {} pod deletes",
-        before.len(),
-        after.len(),
-        to_inactive.as_secs_f64() * 1e3,
-        created.len()
     );
     Ok(())
 }
