@@ -167,9 +167,10 @@ fn written_status() -> TFJobStatus {
     .expect("status")
 }
 
-#[tokio::test]
-async fn writes_go_in_the_plans_order_with_their_preconditions() {
-    let plan = Plan {
+/// A plan with one write of every kind: status, event, pod and service deletes and creates,
+/// and the job's deletion.
+fn plan_with_every_write() -> Plan {
+    Plan {
         status: Some(written_status()),
         events: vec![PlannedEvent::normal("TFJobCreated", "created")],
         delete_pods: vec![ObjectKey { name: "j-worker-1".into(), uid: "uid-p1".into() }],
@@ -182,11 +183,12 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         gang: Default::default(),
         status_after_pod_deletes: None,
         status_held: false,
-    };
-    let (mut h, events, task) = start(plan, Gate::always_open());
-    let mut seen = Vec::new();
+    }
+}
 
-    let (m, path, body, send) = next(&mut h).await;
+/// The status write first, whole and fenced by the planned version, before any event.
+async fn expect_status_write(h: &mut Handle, events: &Arc<Mutex<Publisher>>, seen: &mut Vec<String>) {
+    let (m, path, body, send) = next(h).await;
     assert_eq!((m, path.as_str()), (Method::PATCH, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j/status"));
     assert_eq!(
         body["status"],
@@ -194,40 +196,49 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
         "the planned status, whole"
     );
     assert_eq!(body["metadata"]["resourceVersion"], "10", "fenced: the version it was planned from");
-    assert!(queued_reasons(&events, &mut seen).is_empty(), "no event before the status write");
+    assert!(queued_reasons(events, seen).is_empty(), "no event before the status write");
     let mut written = serde_json::to_value(job()).expect("json");
     written["status"] = serde_json::to_value(written_status()).expect("json");
     written["metadata"]["resourceVersion"] = json!("12");
     respond(send, 200, written);
+}
 
-    let (m, path, body, send) = next(&mut h).await;
+/// Then the deletes, by the uids the plan saw, after the events; a 404 is success.
+async fn expect_deletes(h: &mut Handle, events: &Arc<Mutex<Publisher>>, seen: &mut Vec<String>) {
+    let (m, path, body, send) = next(h).await;
     assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/pods/j-worker-1"));
     assert_eq!(body["preconditions"], json!({"uid": "uid-p1"}), "the uid the plan saw");
-    assert_eq!(queued_reasons(&events, &mut seen), ["TFJobCreated"], "events before deletes");
+    assert_eq!(queued_reasons(events, seen), ["TFJobCreated"], "events before deletes");
     respond(send, 200, status_body(200, "Success"));
 
-    let (m, path, body, send) = next(&mut h).await;
+    let (m, path, body, send) = next(h).await;
     assert_eq!((m, path.as_str()), (Method::DELETE, "/api/v1/namespaces/ns/services/j-worker-1"));
     assert_eq!(body["preconditions"], json!({"uid": "uid-s1"}));
-    assert_eq!(queued_reasons(&events, &mut seen), ["TFJobCreated", "SuccessfulDeletePod"]);
+    assert_eq!(queued_reasons(events, seen), ["TFJobCreated", "SuccessfulDeletePod"]);
     respond(send, 404, status_body(404, "NotFound"));
+}
 
-    let (m, path, body, send) = next(&mut h).await;
+/// Then the creates, services before pods, after the deletes.
+async fn expect_creates(h: &mut Handle, events: &Arc<Mutex<Publisher>>, seen: &mut Vec<String>) {
+    let (m, path, body, send) = next(h).await;
     assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"), "services before pods");
     assert_eq!(body["metadata"]["name"], "j-worker-0");
     assert_eq!(
-        queued_reasons(&events, &mut seen),
+        queued_reasons(events, seen),
         ["TFJobCreated", "SuccessfulDeletePod", "SuccessfulDeleteService"],
         "a 404 on delete is success, and deletes before creates"
     );
     respond(send, 201, stored(body, "uid-s0"));
 
-    let (m, path, body, send) = next(&mut h).await;
+    let (m, path, body, send) = next(h).await;
     assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/pods"));
     assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-j");
     respond(send, 201, stored(body, "uid-p0"));
+}
 
-    let (m, path, body, send) = next(&mut h).await;
+/// The TTL deletion last, fenced by the version the status write returned.
+async fn expect_job_delete(h: &mut Handle) {
+    let (m, path, body, send) = next(h).await;
     assert_eq!(
         (m, path.as_str()),
         (Method::DELETE, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"),
@@ -240,6 +251,16 @@ async fn writes_go_in_the_plans_order_with_their_preconditions() {
     );
     assert_eq!(body["propagationPolicy"], "Background");
     respond(send, 200, status_body(200, "Success"));
+}
+
+#[tokio::test]
+async fn writes_go_in_the_plans_order_with_their_preconditions() {
+    let (mut h, events, task) = start(plan_with_every_write(), Gate::always_open());
+    let mut seen = Vec::new();
+    expect_status_write(&mut h, &events, &mut seen).await;
+    expect_deletes(&mut h, &events, &mut seen).await;
+    expect_creates(&mut h, &events, &mut seen).await;
+    expect_job_delete(&mut h).await;
 
     let (applied, unseen) = task.await.expect("task");
     let applied = applied.expect("applied");
