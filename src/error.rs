@@ -35,6 +35,8 @@ pub enum Error {
     BuildObjects { job: String, message: String },
     #[error("TFJob has no {0}")]
     MissingField(&'static str),
+    #[error("decoding TFJob {job} from the job cache: {source}")]
+    CachedJob { job: String, source: serde_json::Error },
 }
 
 impl Error {
@@ -72,6 +74,7 @@ impl Error {
             Error::DeletePodGroup { .. } => "delete_pod_group",
             Error::GangApiMissing(_) | Error::Discovery { .. } => "gang_api",
             Error::MissingField(_) => "missing_field",
+            Error::CachedJob { .. } => "cached_job",
             Error::BuildObjects { .. } => "build_objects",
             Error::NotLeader => "not_leader",
         }

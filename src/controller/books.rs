@@ -180,7 +180,7 @@ mod tests {
         let gate = Gate::always_open();
         let metrics = Arc::new(Metrics::new(&gate));
         let counting = Arc::new(JobCounting::new(gate, metrics.clone()));
-        let (store, _writer) = reflector::store::<TFJob>();
+        let (store, _writer) = reflector::store::<crate::controller::cached_job::CachedJob>();
         let books = Recorded::default();
         let stream = job_triggers(
             futures::stream::iter(events),

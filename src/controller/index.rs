@@ -17,10 +17,12 @@ pub type Key = (String, String);
 /// The TFJob that controls objects: its namespace and name.
 pub type Owner = (String, String);
 
+/// A job and the names of the objects it controls, which are in its namespace (an owner
+/// reference names an owner in the object's own namespace).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Owned {
     owner: Owner,
-    keys: BTreeSet<Key>,
+    names: BTreeSet<Box<str>>,
 }
 
 /// Controller uid -> the job and the keys of the objects it controls.
@@ -43,8 +45,8 @@ impl OwnerIndex {
             let owned = self
                 .by_owner
                 .entry(uid.to_string())
-                .or_insert_with(|| Owned { owner, keys: BTreeSet::new() });
-            owned.keys.insert(k);
+                .or_insert_with(|| Owned { owner, names: BTreeSet::new() });
+            owned.names.insert(k.1.into_boxed_str());
         }
     }
 
@@ -53,8 +55,8 @@ impl OwnerIndex {
         if let Some((uid, _, k)) = entry(meta)
             && let Some(owned) = self.by_owner.get_mut(uid)
         {
-            owned.keys.remove(&k);
-            if owned.keys.is_empty() {
+            owned.names.remove(k.1.as_str());
+            if owned.names.is_empty() {
                 self.by_owner.remove(uid);
             }
         }
@@ -62,7 +64,8 @@ impl OwnerIndex {
 
     /// The keys of the objects `uid` controls.
     pub fn owned(&self, uid: &str) -> Vec<Key> {
-        self.by_owner.get(uid).map(|o| o.keys.iter().cloned().collect()).unwrap_or_default()
+        let Some(o) = self.by_owner.get(uid) else { return Vec::new() };
+        o.names.iter().map(|n| (o.owner.0.clone(), String::from(&**n))).collect()
     }
 
     /// Replaces this index with `new` (built from a complete list) and returns the jobs
@@ -71,7 +74,7 @@ impl OwnerIndex {
     pub fn replace(&mut self, new: OwnerIndex) -> BTreeSet<Owner> {
         let mut changed = BTreeSet::new();
         for (uid, old) in &self.by_owner {
-            if new.by_owner.get(uid).is_none_or(|n| n.keys != old.keys) {
+            if new.by_owner.get(uid).is_none_or(|n| n.names != old.names) {
                 changed.insert(old.owner.clone());
             }
         }
@@ -93,7 +96,7 @@ impl OwnerIndex {
     /// Every owner with its object count.
     #[cfg(test)]
     pub fn counts(&self) -> BTreeMap<Owner, usize> {
-        self.by_owner.values().map(|o| (o.owner.clone(), o.keys.len())).collect()
+        self.by_owner.values().map(|o| (o.owner.clone(), o.names.len())).collect()
     }
 }
 

@@ -9,10 +9,10 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::warn;
 
+use super::cached_job::{self, CachedJob};
 use super::decode::{self, JobEvent};
 use super::reflect::InPlace;
 use super::watch_backoff::WatchBackoff;
-use crate::api::TFJob;
 use crate::plan::PlannedEvent;
 use crate::writer::Writer;
 
@@ -44,7 +44,7 @@ fn slim(j: &mut DynamicObject) {
 /// it so; a later change that can be decoded brings it back.
 pub fn events(
     api: Api<DynamicObject>,
-    mut cache: InPlace<TFJob>,
+    mut cache: InPlace<CachedJob>,
     writer: Writer,
 ) -> impl Stream<Item = Result<JobEvent, watcher::Error>> + Send {
     let cfg =
@@ -52,11 +52,11 @@ pub fn events(
     watcher(api, cfg).backoff(WatchBackoff::new()).modify(slim).map(move |event| {
         let event = event.map(decode::decode);
         match &event {
-            Ok(JobEvent::Watch(e)) => cache.apply(e),
+            Ok(JobEvent::Watch(e)) => cache.apply(&cached_job::event(e)),
             Ok(JobEvent::Undecodable { meta, error, listed }) => {
                 report(&writer, meta, error);
                 if !listed {
-                    cache.apply(&watcher::Event::Delete(decode::stub(meta.clone())));
+                    cache.apply(&watcher::Event::Delete(CachedJob::new(&decode::stub(meta.clone()))));
                 }
             }
             Err(_) => {}

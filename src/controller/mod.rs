@@ -6,6 +6,7 @@
 mod apply;
 mod backoff;
 mod books;
+mod cached_job;
 mod decode;
 pub mod freshness;
 
@@ -48,6 +49,7 @@ use crate::writer::Writer;
 use apply::{Applied, Applier};
 use backoff::Backoffs;
 use books::{Forget, PerJob};
+use cached_job::CachedJob;
 use observe::Caches;
 use unseen::UnseenWrites;
 
@@ -104,7 +106,7 @@ struct Context {
     /// The pod and service creates in flight over all jobs, handed out oldest job first.
     writes: write_slots::WriteSlots,
     /// The job cache: apply reads it between create batches (a job suspended meanwhile).
-    jobs: reflector::Store<TFJob>,
+    jobs: reflector::Store<CachedJob>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -114,11 +116,11 @@ impl Context {
     fn new(
         writer: Writer,
         caches: Caches,
-        jobs: reflector::Store<TFJob>,
+        jobs: reflector::Store<CachedJob>,
         settings: Settings,
         metrics: Arc<Metrics>,
         gate: Gate,
-        wake: Option<tokio::sync::mpsc::UnboundedSender<reflector::ObjectRef<TFJob>>>,
+        wake: Option<tokio::sync::mpsc::UnboundedSender<reflector::ObjectRef<CachedJob>>>,
     ) -> Context {
         Context {
             writer,
@@ -268,7 +270,7 @@ impl Forget for Context {
     }
 }
 
-fn error_policy(job: Arc<TFJob>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(job: Arc<CachedJob>, err: &Error, ctx: Arc<Context>) -> Action {
     // A 429 that says when to try again (an API server's storage initializing after a
     // restart) is tried again then, not after the growing backoff.
     let backoff = ctx.backoffs().failed(&job.uid().unwrap_or_default());
@@ -277,15 +279,23 @@ fn error_policy(job: Arc<TFJob>, err: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(wait)
 }
 
-/// A reconcile in its span (every log line carries the job's namespace and name), timed. A
+/// A reconcile of the job decoded from the job cache, in its span (every log line carries the
+/// job's namespace and name), timed. A
 /// job whose `runPolicy.managedBy` names another controller (Kueue's MultiKueue) is left
 /// entirely alone: no pods, status, events, metrics or TTL.
-async fn timed_reconcile(job: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn timed_reconcile(cached: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let job = match cached_job::decoded(&cached) {
+        Ok(job) => job,
+        Err(e) => {
+            ctx.metrics.reconciled(started.elapsed().as_secs_f64(), Some(e.kind()));
+            return Err(e);
+        }
+    };
     if let Some(by) = job.spec.managed_elsewhere() {
         debug!(job = %job.name_any(), managed_by = by, "managed by another controller: left alone");
         return Ok(Action::await_change());
     }
-    let started = Instant::now();
     let span =
         info_span!("reconcile", namespace = %job.namespace().unwrap_or_default(), job = %job.name_any());
     let result = reconcile(job, ctx.clone()).instrument(span).await;

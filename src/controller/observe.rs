@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::books::Forget;
+use super::cached_job::{self, CachedJob};
 use super::decode::JobEvent;
 use super::index::{Owner, OwnerIndex};
 use super::job_counting::JobCounting;
@@ -31,16 +32,19 @@ use crate::api::TFJob;
 use crate::metrics::Metrics;
 use crate::names;
 
+mod cached;
 mod slim;
+pub use cached::{CachedPod, CachedService};
 pub use slim::Slim;
 
 /// Objects per page of a watch's list.
 const LIST_PAGE_SIZE: u32 = 100;
 
-/// The cached pods and services, each with its owner index.
+/// The cached pods and services (compact: [`CachedPod`], [`CachedService`]), each with its
+/// owner index.
 pub struct Caches {
-    pub pods: Store<Pod>,
-    pub services: Store<Service>,
+    pub pods: Store<CachedPod>,
+    pub services: Store<CachedService>,
     pub pod_index: Arc<Mutex<OwnerIndex>>,
     pub service_index: Arc<Mutex<OwnerIndex>>,
     /// The PodGroups, with gang scheduling only.
@@ -56,7 +60,8 @@ pub struct Observed {
 }
 
 /// A label-selected, reflected watch of the operator's pods or services, slimmed (see
-/// [`Slim`]), so memory does not grow with unrelated objects, and indexed by owner. It runs
+/// [`Slim`]; pods and services are slimmed as they are decoded into their compact cached
+/// types), so memory does not grow with unrelated objects, and indexed by owner. It runs
 /// on its own task, so the cache keeps filling while every reconcile slot is busy; the
 /// controller gets only the owning TFJob's reference of each changed object, through a
 /// channel.
@@ -73,7 +78,7 @@ pub fn owned_stream<K>(
     index: Arc<Mutex<OwnerIndex>>,
     metrics: Arc<Metrics>,
     resource: &'static str,
-) -> impl Stream<Item = ObjectRef<TFJob>>
+) -> impl Stream<Item = ObjectRef<CachedJob>>
 where
     K: Resource<DynamicType = ()>
         + Slim
@@ -204,18 +209,18 @@ fn owner_of(meta: &ObjectMeta) -> Option<Owner> {
 /// the start of a re-list until the list is complete). Watch failures are not passed on.
 pub fn job_triggers(
     stream: impl Stream<Item = Result<JobEvent, watcher::Error>> + Send + 'static,
-    store: Store<TFJob>,
+    store: Store<CachedJob>,
     metrics: Arc<Metrics>,
     counting: Arc<JobCounting>,
     fresh: Arc<AtomicBool>,
     books: impl Forget + Send + 'static,
-) -> impl Stream<Item = Result<TFJob, watcher::Error>> + Send {
-    let mut listed: Option<Vec<ObjectRef<TFJob>>> = None;
+) -> impl Stream<Item = Result<CachedJob, watcher::Error>> + Send {
+    let mut listed: Option<Vec<ObjectRef<CachedJob>>> = None;
     // A list has completed: a later one is a re-list.
     let mut listed_once = false;
     let mut listed_uids = HashSet::new();
     stream.flat_map(move |event| {
-        let out: Vec<Result<TFJob, watcher::Error>> = match event {
+        let out: Vec<Result<CachedJob, watcher::Error>> = match event {
             Err(e) => {
                 fresh.store(false, Ordering::SeqCst);
                 metrics.watch_restarted("tfjobs");
@@ -236,7 +241,7 @@ pub fn job_triggers(
             Ok(JobEvent::Watch(watcher::Event::InitApply(j))) => {
                 counting.observed(&j, !listed_once);
                 listed_uids.insert(j.uid().unwrap_or_default());
-                listed.get_or_insert_with(Vec::new).push(ObjectRef::from_obj(&j));
+                listed.get_or_insert_with(Vec::new).push(cached_job::key(&j));
                 vec![]
             }
             Ok(JobEvent::Undecodable { meta, listed: in_list, .. }) => {
@@ -261,13 +266,13 @@ pub fn job_triggers(
                     .unwrap_or_default()
                     .iter()
                     .filter_map(|r| store.get(r))
-                    .map(|j| Ok(TFJob::clone(&j)))
+                    .map(|j| Ok(CachedJob::clone(&j)))
                     .collect()
             }
             Ok(JobEvent::Watch(watcher::Event::Apply(j))) => {
                 fresh.store(true, Ordering::SeqCst);
                 counting.observed(&j, false);
-                vec![Ok(j)]
+                vec![Ok(CachedJob::new(&j))]
             }
             Ok(JobEvent::Watch(watcher::Event::Delete(j))) => {
                 let uid = j.uid().unwrap_or_default();
@@ -304,11 +309,13 @@ pub fn owned(caches: &Caches, unseen: &Mutex<UnseenWrites>, job: &TFJob, now: In
     };
     let cached_pods: Vec<Arc<Pod>> = cached_owned_by(&caches.pods, &caches.pod_index, &uid)
         .into_iter()
-        .filter(|p| owned(&p.metadata))
+        .filter(|p| owned(p.meta()))
+        .map(|p| Arc::new(p.to_pod()))
         .collect();
     let cached_svcs: Vec<Arc<Service>> = cached_owned_by(&caches.services, &caches.service_index, &uid)
         .into_iter()
-        .filter(|s| owned(&s.metadata))
+        .filter(|s| owned(s.meta()))
+        .map(|s| Arc::new(s.to_service()))
         .collect();
     let cached_groups: Vec<Arc<PodGroup>> = match &caches.pod_groups {
         Some((store, index)) => {

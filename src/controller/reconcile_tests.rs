@@ -17,7 +17,8 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tower_test::mock;
 
-use super::observe::Caches;
+use super::cached_job::CachedJob;
+use super::observe::{CachedPod, CachedService, Caches};
 use super::tests::{respond, status_body};
 use super::{Context, Settings, error_policy, reconcile};
 use crate::api::{JobView, ReplicaSpec, ReplicaType, TFJob, TFJobSpec};
@@ -36,8 +37,8 @@ type Reconcile = tokio::task::JoinHandle<Result<Action, Error>>;
 struct Fixture {
     ctx: Arc<Context>,
     handle: Handle,
-    pods: StoreWriter<Pod>,
-    services: StoreWriter<Service>,
+    pods: StoreWriter<CachedPod>,
+    services: StoreWriter<CachedService>,
     metrics: Arc<Metrics>,
 }
 
@@ -67,12 +68,12 @@ impl Fixture {
     /// Puts `pod` in the cache, as the pod watch would.
     fn cache_pod(&mut self, pod: Pod) {
         self.ctx.caches.pod_index.lock().expect("lock").applied(&pod.metadata);
-        self.pods.apply_watcher_event(&watcher::Event::Apply(pod));
+        self.pods.apply_watcher_event(&watcher::Event::Apply(CachedPod::from(pod)));
     }
 
     fn cache_service(&mut self, service: Service) {
         self.ctx.caches.service_index.lock().expect("lock").applied(&service.metadata);
-        self.services.apply_watcher_event(&watcher::Event::Apply(service));
+        self.services.apply_watcher_event(&watcher::Event::Apply(CachedService::from(service)));
     }
 
     /// The next request, its JSON body and its responder.
@@ -238,7 +239,7 @@ async fn failed_reconciles_back_off_until_one_succeeds() {
         assert_eq!(path, STATUS);
         respond(send, 500, status_body(500, "InternalError"));
         let err = f.ended(task, "after the 500").await.expect_err("a 500 fails the reconcile");
-        waits.push(action_wait(&error_policy(Arc::new(j.clone()), &err, f.ctx.clone())));
+        waits.push(action_wait(&error_policy(Arc::new(CachedJob::new(&j)), &err, f.ctx.clone())));
     }
     assert_eq!(
         waits,

@@ -18,6 +18,14 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
+/// `obj`'s key without the resourceVersion and uid `from_obj` copies into it (neither is
+/// part of a key's identity): a re-list holds one per listed object.
+fn bare_key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
+    let mut key = ObjectRef::from_obj(obj);
+    key.extra = Default::default();
+    key
+}
+
 /// The cache of one watch and what its current re-list has shown.
 pub struct InPlace<K>
 where
@@ -51,7 +59,7 @@ where
         match event {
             watcher::Event::Init => self.relisting = Some(HashSet::new()),
             watcher::Event::InitApply(obj) => {
-                let key = ObjectRef::from_obj(obj);
+                let key = bare_key(obj);
                 let unchanged = self.store.get(&key).is_some_and(|held| {
                     held.resource_version().is_some() && held.resource_version() == obj.resource_version()
                 });

@@ -2,6 +2,7 @@
 //! applying a plan makes, checks it and answers it, in order. The event queue is inspected
 //! instead of published, so "events before deletes" is checked at the moment of each request.
 
+use super::cached_job::CachedJob;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -68,7 +69,7 @@ fn applier<'a>(
     static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
     static WRITES: std::sync::LazyLock<WriteSlots> =
         std::sync::LazyLock::new(|| WriteSlots::new(32, 8, None));
-    static JOBS: std::sync::LazyLock<Store<TFJob>> = std::sync::LazyLock::new(|| reflector::store().0);
+    static JOBS: std::sync::LazyLock<Store<CachedJob>> = std::sync::LazyLock::new(|| reflector::store().0);
     Applier {
         writer,
         unseen,
@@ -100,7 +101,7 @@ fn start_counted(plan: Plan, gate: Gate) -> (Handle, Arc<Mutex<Publisher>>, Appl
 fn start_with(
     plan: Plan,
     gate: Gate,
-    jobs: Store<TFJob>,
+    jobs: Store<CachedJob>,
 ) -> (Handle, Arc<Mutex<Publisher>>, ApplyTask, Arc<Metrics>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -840,11 +841,11 @@ async fn a_job_without_room_is_queued_not_kept_waiting() {
 // and a suspended job's `active: 0` is written only after every pod delete is accepted.
 
 /// `j` as the TFJob watch shows it: with `uid` and `suspend`.
-fn shown(uid: &str, suspend: bool) -> kube::runtime::watcher::Event<TFJob> {
+fn shown(uid: &str, suspend: bool) -> kube::runtime::watcher::Event<CachedJob> {
     let mut j = job();
     j.metadata.uid = Some(uid.into());
     j.spec.run_policy = Some(crate::api::RunPolicy { suspend: Some(suspend), ..Default::default() });
-    kube::runtime::watcher::Event::Apply(j)
+    kube::runtime::watcher::Event::Apply(CachedJob::new(&j))
 }
 
 #[tokio::test]

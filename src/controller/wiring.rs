@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Client, Resource};
 use tracing::{debug, info, warn};
 
+use super::cached_job::CachedJob;
 use super::observe::{self, Caches};
 use super::{Context, Settings, error_policy, freshness, index, job_watch, reflect, timed_reconcile};
 use crate::api::TFJob;
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::writer::{Writer, events};
 
 /// A stream of the jobs to reconcile because something they own changed.
-type Triggers = BoxStream<'static, ObjectRef<TFJob>>;
+type Triggers = BoxStream<'static, ObjectRef<CachedJob>>;
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -47,7 +47,7 @@ fn owned_watches(
     let (pod_index, service_index) = (Arc::default(), Arc::default());
     let mut triggers = vec![
         observe::owned_stream(
-            api::<Pod>(&watched("pods"), ns),
+            api::<observe::CachedPod>(&watched("pods"), ns),
             pod_writer,
             Arc::clone(&pod_index),
             metrics.clone(),
@@ -55,7 +55,7 @@ fn owned_watches(
         )
         .boxed(),
         observe::owned_stream(
-            api::<Service>(&watched("services"), ns),
+            api::<observe::CachedService>(&watched("services"), ns),
             svc_writer,
             Arc::clone(&service_index),
             metrics.clone(),
@@ -126,7 +126,8 @@ pub async fn run(
     triggers.push(
         futures::stream::unfold(woken, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) }).boxed(),
     );
-    // TFJobs are cached without managedFields too, and decoded one by one ([`super::decode`]).
+    // TFJobs are cached without managedFields too, decoded one by one ([`super::decode`]) and
+    // kept compact ([`CachedJob`]).
     let (job_store, job_writer) = reflector::store();
     let writer = Writer::new(client.clone(), gate.clone(), queue);
     let ctx = Arc::new(Context::new(

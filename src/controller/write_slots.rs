@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::cached_job::CachedJob;
 use crate::api::TFJob;
 
 /// Creates of one job in flight at once (the largest slow-start batch); deletes go out in
@@ -40,7 +41,7 @@ pub struct Asker {
     pub uid: String,
     pub age: Age,
     /// Who to wake when room is set aside for it.
-    pub job: ObjectRef<TFJob>,
+    pub job: ObjectRef<CachedJob>,
 }
 
 impl Asker {
@@ -49,7 +50,7 @@ impl Asker {
         Asker {
             uid: job.uid().unwrap_or_default(),
             age: Age { created, namespace: job.namespace().unwrap_or_default(), name: job.name_any() },
-            job: ObjectRef::from_obj(job),
+            job: super::cached_job::key(job),
         }
     }
 }
@@ -58,7 +59,7 @@ impl Asker {
 struct Waiter {
     uid: String,
     want: usize,
-    job: ObjectRef<TFJob>,
+    job: ObjectRef<CachedJob>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +82,7 @@ pub struct Turns {
     queued: HashMap<String, Age>,
     set_aside: HashMap<String, SetAside>,
     /// Jobs to wake: room was set aside for them.
-    wake: Vec<ObjectRef<TFJob>>,
+    wake: Vec<ObjectRef<CachedJob>>,
 }
 
 impl Turns {
@@ -191,7 +192,7 @@ impl Turns {
     }
 
     /// The jobs to wake since the last call.
-    pub fn woken(&mut self) -> Vec<ObjectRef<TFJob>> {
+    pub fn woken(&mut self) -> Vec<ObjectRef<CachedJob>> {
         std::mem::take(&mut self.wake)
     }
 
@@ -236,7 +237,7 @@ impl Turns {
 pub struct WriteSlots {
     turns: Arc<Mutex<Turns>>,
     cap: usize,
-    wake: Option<UnboundedSender<ObjectRef<TFJob>>>,
+    wake: Option<UnboundedSender<ObjectRef<CachedJob>>>,
 }
 
 /// Room held by one reconcile for its creates; given back when dropped.
@@ -256,7 +257,7 @@ impl WriteSlots {
     pub fn new(
         cap: usize,
         max_holders: usize,
-        wake: Option<UnboundedSender<ObjectRef<TFJob>>>,
+        wake: Option<UnboundedSender<ObjectRef<CachedJob>>>,
     ) -> WriteSlots {
         WriteSlots { turns: Arc::new(Mutex::new(Turns::new(cap, max_holders))), cap: cap.max(1), wake }
     }

@@ -2,12 +2,12 @@
 //! ([`crate::controller::write_slots::WriteSlots`]), each create's answer turned into what the step came to.
 
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
 use super::{Applier, CreateStep, OwnedKind};
 use crate::api::{JobView, TFJob};
 use crate::controller::Now;
+use crate::controller::cached_job;
 use crate::controller::slow_start::{NewObject, SlowStart, create_order};
 use crate::controller::write_slots::Room;
 use crate::error::Error;
@@ -136,8 +136,8 @@ impl Applier<'_> {
     /// Whether the job cache shows `job` (the same uid) suspended: a `suspend: true` stored
     /// since `job` was planned from a version that was not.
     fn suspended_since(&self, job: &TFJob) -> bool {
-        let cached = self.jobs.get(&ObjectRef::from_obj(job));
-        cached.is_some_and(|c| c.uid() == job.uid() && c.spec.is_suspended())
+        let cached = self.jobs.get(&cached_job::key(job));
+        cached.is_some_and(|c| c.uid() == job.uid() && c.job().is_ok_and(|c| c.spec.is_suspended()))
     }
 
     /// Records a created (or found) object as unseen until the cache shows it, kept as the

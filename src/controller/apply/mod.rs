@@ -15,6 +15,7 @@ mod create;
 mod pod_group;
 
 use super::Now;
+use super::cached_job::CachedJob;
 use super::job_counting::JobCounting;
 use super::observe::Slim;
 use super::unseen::{UnseenObjects, UnseenWrites};
@@ -39,7 +40,7 @@ pub struct Applier<'a> {
     pub writes: &'a WriteSlots,
     /// The job cache, as the TFJob watch keeps it: a job it shows suspended since its plan
     /// gets no more creates.
-    pub jobs: &'a Store<TFJob>,
+    pub jobs: &'a Store<CachedJob>,
 }
 
 /// What the create step came to: the one create result past the writer. Each create's answer

@@ -315,3 +315,45 @@ fn a_slim_pod_keeps_exactly_what_is_read() {
     );
     assert!(v["metadata"].get("managedFields").is_none() && v["metadata"].get("finalizers").is_none(), "{v}");
 }
+
+#[test]
+fn a_cached_pod_or_service_gives_back_exactly_the_slim_one() {
+    use crate::controller::observe::{CachedPod, CachedService};
+    let j = job();
+    let states = [
+        "running",
+        "succeeded",
+        "failed-137",
+        "failed-1",
+        "crash-loop",
+        "image-pull",
+        "unschedulable",
+        "evicted",
+        "disrupted",
+        "init-waiting",
+    ];
+    let mut compared = 0;
+    for state in states {
+        for (rtype, index, terminating) in [(ReplicaType::Worker, 2, false), (ReplicaType::PS, 0, true)] {
+            let full = full_pod(&j, rtype, index, state, terminating);
+            let want = slimmed(std::slice::from_ref(&full)).remove(0);
+            // As the watch decodes it: from the API server's JSON.
+            let cached: CachedPod = serde_json::from_value(serde_json::to_value(&full).unwrap()).unwrap();
+            assert_eq!(cached.to_pod(), want, "{state}, terminating {terminating}");
+            assert_eq!(CachedPod::from(full).to_pod(), want, "{state}");
+            assert!(want.status.is_some() && want.metadata.labels.is_some(), "{state}: the fixture has both");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 2 * states.len());
+    // A pod with no status and no labels at all.
+    let bare =
+        Pod { metadata: ObjectMeta { name: Some("p".into()), ..Default::default() }, ..Default::default() };
+    assert_eq!(CachedPod::from(bare.clone()).to_pod(), bare);
+    for (rtype, index) in [(ReplicaType::PS, 0), (ReplicaType::Worker, 3)] {
+        let full = full_service(&j, rtype, index);
+        let want = slimmed(std::slice::from_ref(&full)).remove(0);
+        let cached: CachedService = serde_json::from_value(serde_json::to_value(&full).unwrap()).unwrap();
+        assert_eq!(cached.to_service(), want);
+    }
+}
