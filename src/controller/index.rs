@@ -1,10 +1,7 @@
 //! An index of cached pods or services by the uid of the TFJob that controls them (pure), so
-//! a reconcile finds a job's objects without scanning every cached object. A re-list builds a
-//! new index beside the old one; [`OwnerIndex::replace`] swaps them and says which jobs' objects
-//! changed, so those jobs are reconciled against the new cache and no entry is lost meanwhile.
+//! a reconcile finds a job's objects without scanning every cached object. A re-list updates
+//! it in place, as it does the store (`observe::owned_stream`).
 
-#[cfg(test)]
-use std::collections::BTreeMap;
 use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -68,35 +65,10 @@ impl OwnerIndex {
         o.names.iter().map(|n| (o.owner.0.clone(), String::from(&**n))).collect()
     }
 
-    /// Replaces this index with `new` (built from a complete list) and returns the jobs
-    /// whose set of objects differs between the two: objects that appeared or went away
-    /// while the watch was down.
-    pub fn replace(&mut self, new: OwnerIndex) -> BTreeSet<Owner> {
-        let mut changed = BTreeSet::new();
-        for (uid, old) in &self.by_owner {
-            if new.by_owner.get(uid).is_none_or(|n| n.names != old.names) {
-                changed.insert(old.owner.clone());
-            }
-        }
-        for (uid, n) in &new.by_owner {
-            if !self.by_owner.contains_key(uid) {
-                changed.insert(n.owner.clone());
-            }
-        }
-        *self = new;
-        changed
-    }
-
     /// How many owners have entries.
     #[cfg(test)]
     pub fn owners(&self) -> usize {
         self.by_owner.len()
-    }
-
-    /// Every owner with its object count.
-    #[cfg(test)]
-    pub fn counts(&self) -> BTreeMap<Owner, usize> {
-        self.by_owner.values().map(|o| (o.owner.clone(), o.names.len())).collect()
     }
 }
 
@@ -127,10 +99,6 @@ mod tests {
         ("ns".into(), name.into())
     }
 
-    fn owner(uid: &str) -> Owner {
-        ("ns".into(), format!("job-{uid}"))
-    }
-
     #[test]
     fn follows_adds_and_deletes() {
         let mut ix = OwnerIndex::default();
@@ -150,24 +118,5 @@ mod tests {
         ix.deleted(&meta("c", Some(("TFJob", "u2", true))));
         assert_eq!(ix.owners(), 0, "owners with nothing left are dropped");
         assert!(ix.owned("missing").is_empty());
-    }
-
-    #[test]
-    fn a_relist_replaces_the_index_and_names_the_jobs_that_changed() {
-        let mut old = OwnerIndex::default();
-        for (name, uid) in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("c0", "c"), ("d0", "d")] {
-            old.applied(&meta(name, Some(("TFJob", uid, true))));
-        }
-        let mut new = OwnerIndex::default();
-        // a: unchanged; b: gained b1; c: lost c0 (gone entirely); d: lost nothing but d0 came
-        // back; e: new.
-        for (name, uid) in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("b1", "b"), ("d0", "d"), ("e0", "e")] {
-            new.applied(&meta(name, Some(("TFJob", uid, true))));
-        }
-        let changed = old.replace(new.clone());
-        assert_eq!(changed, BTreeSet::from([owner("b"), owner("c"), owner("e")]));
-        assert_eq!(old, new, "the new index is kept whole");
-        assert_eq!(old.counts()[&owner("b")], 2);
-        assert!(old.replace(new).is_empty(), "nothing changed");
     }
 }

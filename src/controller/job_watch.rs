@@ -52,11 +52,12 @@ pub fn events(
     watcher(api, cfg).backoff(WatchBackoff::new()).modify(slim).map(move |event| {
         let event = event.map(decode::decode);
         match &event {
-            Ok(JobEvent::Watch(e)) => cache.apply(&cached_job::event(e)),
+            // What a re-list removes is dropped from the books by `observe::job_triggers`.
+            Ok(JobEvent::Watch(e)) => drop(cache.apply(&cached_job::event(e))),
             Ok(JobEvent::Undecodable { meta, error, listed }) => {
                 report(&writer, meta, error);
                 if !listed {
-                    cache.apply(&watcher::Event::Delete(CachedJob::new(&decode::stub(meta.clone()))));
+                    drop(cache.apply(&watcher::Event::Delete(CachedJob::new(&decode::stub(meta.clone())))));
                 }
             }
             Err(_) => {}

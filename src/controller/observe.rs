@@ -67,11 +67,12 @@ pub struct Observed {
 /// channel.
 ///
 /// A re-list (after a 410 Gone or an API server restart) updates the store in place
-/// ([`InPlace`]: it never holds two copies of the cache). Meanwhile no trigger is sent and
-/// the owner index stays whole; when the list is complete, the new index replaces the old
-/// and every job whose objects changed (appeared, went away, or have a new version) is
-/// triggered once, to be planned against the brought-up-to-date cache. Watch failures are logged at warn
-/// and counted in `tfjob_operator_watch_restarts_total{resource}`.
+/// ([`InPlace`]: it never holds two copies of the cache), and its one owner index with it:
+/// listed objects join it as they come, and what the list no longer shows leaves it when
+/// the list is complete. Meanwhile no trigger is sent; then every job whose objects changed
+/// (appeared, went away, or have a new version) is triggered once, to be planned against the
+/// brought-up-to-date cache. Watch failures are logged at warn and counted in
+/// `tfjob_operator_watch_restarts_total{resource}`.
 pub fn owned_stream<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
@@ -111,11 +112,15 @@ where
                     continue;
                 }
             };
-            let triggers = lists.triggers(&event, &store, &index, resource);
-            // The store follows once the event is read against what it held.
-            cache.apply(&event);
-            if lists.done > 1 && matches!(event, watcher::Event::InitDone) {
-                info!(resource, objects = store.len(), "re-list complete");
+            let mut triggers = lists.triggers(&event, &store, &index, resource);
+            // The store follows once the event is read against what it held; what a re-list
+            // removed leaves the owner index too.
+            let gone = cache.apply(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                triggers.extend(lists.complete(&gone, &index));
+                if lists.done > 1 {
+                    info!(resource, objects = store.len(), "re-list complete");
+                }
             }
             for (ns, name) in triggers {
                 if tx.unbounded_send(ObjectRef::new(&name).within(&ns)).is_err() {
@@ -127,17 +132,20 @@ where
     rx
 }
 
-/// An owned watch's lists: how many began, and the one in progress (its new owner index and
-/// the owners whose objects changed).
+/// An owned watch's lists: how many began, and the owners whose objects the one in progress
+/// found changed.
 #[derive(Default)]
 struct Lists {
     done: u64,
-    relist: Option<(OwnerIndex, BTreeSet<Owner>)>,
+    changed: Option<BTreeSet<Owner>>,
 }
 
 impl Lists {
-    /// The owners to trigger for `event`, read against the store before it is applied; the
-    /// owner index follows (whole, at the end of a list).
+    /// The owners to trigger for `event`, read against the store before it is applied. The
+    /// owner index follows in place, also during a list: a listed object is added to it at
+    /// once (the store holds it from then on too), and what a re-list no longer shows leaves
+    /// it when the list is complete ([`Lists::complete`]). So a re-list keeps one index, never
+    /// a second one beside it. During a list nothing is triggered.
     fn triggers<K>(
         &mut self,
         event: &watcher::Event<K>,
@@ -158,27 +166,22 @@ impl Lists {
                         "re-listing: the cache is brought up to date in place; triggers wait until the list is complete"
                     );
                 }
-                self.relist = Some(Default::default());
+                self.changed = Some(BTreeSet::new());
                 Vec::new()
             }
             watcher::Event::InitApply(o) => {
-                let (new, changed) = self.relist.get_or_insert_with(Default::default);
-                new.applied(o.meta());
+                index().applied(o.meta());
                 // The store still holds what the watch showed of it: a missing or other
                 // version is a change the watch did not see.
                 let before = store.get(&ObjectRef::from_obj(o)).and_then(|c| c.resource_version());
                 if before != o.resource_version()
                     && let Some(owner) = owner_of(o.meta())
                 {
-                    changed.insert(owner);
+                    self.changed.get_or_insert_with(BTreeSet::new).insert(owner);
                 }
                 Vec::new()
             }
-            watcher::Event::InitDone => {
-                let (new, mut changed) = self.relist.take().unwrap_or_default();
-                changed.extend(index().replace(new));
-                changed.into_iter().collect()
-            }
+            watcher::Event::InitDone => Vec::new(),
             watcher::Event::Apply(o) => {
                 index().applied(o.meta());
                 owner_of(o.meta()).into_iter().collect()
@@ -188,6 +191,24 @@ impl Lists {
                 owner_of(o.meta()).into_iter().collect()
             }
         }
+    }
+
+    /// A list is complete and the store applied it: drops from the owner index what a re-list
+    /// removed from the store (`gone`: deleted while the watch was down) and returns every job
+    /// whose objects changed, once: appeared, went away, or have a new version.
+    fn complete<K>(&mut self, gone: &[Arc<K>], index: &Mutex<OwnerIndex>) -> Vec<Owner>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let mut changed = self.changed.take().unwrap_or_default();
+        if !gone.is_empty() {
+            let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+            for o in gone {
+                index.deleted(o.meta());
+                changed.extend(owner_of(o.meta()));
+            }
+        }
+        changed.into_iter().collect()
     }
 }
 
@@ -331,5 +352,100 @@ pub fn owned(caches: &Caches, unseen: &Mutex<UnseenWrites>, job: &TFJob, now: In
             Some(_) => u.pod_groups.view(&cached_groups, now, |o| owned(&o.metadata)).into_iter().next(),
             None => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use watcher::Event::*;
+
+    fn pod(name: &str, job: &str, rv: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: names::API_VERSION.into(),
+                    kind: names::KIND.into(),
+                    name: job.into(),
+                    uid: format!("uid-{job}"),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// One event through the watch task's steps: triggers, the store, the list's end.
+    fn step(
+        lists: &mut Lists,
+        cache: &mut InPlace<Pod>,
+        store: &Store<Pod>,
+        index: &Mutex<OwnerIndex>,
+        event: watcher::Event<Pod>,
+    ) -> Vec<String> {
+        let mut triggers = lists.triggers(&event, store, index, "pods");
+        let gone = cache.apply(&event);
+        if matches!(event, InitDone) {
+            triggers.extend(lists.complete(&gone, index));
+        }
+        triggers.into_iter().map(|(_, name)| name).collect()
+    }
+
+    fn owned(index: &Mutex<OwnerIndex>, job: &str) -> Vec<String> {
+        index.lock().unwrap().owned(&format!("uid-{job}")).into_iter().map(|(_, n)| n).collect()
+    }
+
+    #[test]
+    fn a_relist_keeps_one_owner_index_and_triggers_each_changed_job_once() {
+        let (store, writer) = reflector::store::<Pod>();
+        let mut cache = InPlace::new(writer);
+        let index = Mutex::new(OwnerIndex::default());
+        let mut lists = Lists::default();
+        let first = [
+            Init,
+            InitApply(pod("a-0", "a", "1")),
+            InitApply(pod("b-0", "b", "1")),
+            InitApply(pod("c-0", "c", "1")),
+        ];
+        for e in first {
+            assert!(
+                step(&mut lists, &mut cache, &store, &index, e).is_empty(),
+                "nothing is triggered during a list"
+            );
+        }
+        assert_eq!(
+            step(&mut lists, &mut cache, &store, &index, InitDone),
+            ["a", "b", "c"],
+            "the first list triggers every job"
+        );
+        assert_eq!(step(&mut lists, &mut cache, &store, &index, Apply(pod("a-1", "a", "2"))), ["a"]);
+        // Down: b-0 changed, c-0 was deleted, d-0 is new; a is as the watch last showed it.
+        assert!(step(&mut lists, &mut cache, &store, &index, Init).is_empty());
+        for e in [
+            InitApply(pod("a-0", "a", "1")),
+            InitApply(pod("a-1", "a", "2")),
+            InitApply(pod("b-0", "b", "3")),
+            InitApply(pod("d-0", "d", "3")),
+        ] {
+            assert!(step(&mut lists, &mut cache, &store, &index, e).is_empty());
+        }
+        assert_eq!(owned(&index, "c"), ["c-0"], "what the list has not shown yet stays until it is complete");
+        assert_eq!(owned(&index, "d"), ["d-0"], "a listed object joins the index at once");
+        assert_eq!(
+            step(&mut lists, &mut cache, &store, &index, InitDone),
+            ["b", "c", "d"],
+            "each changed job once"
+        );
+        assert!(owned(&index, "c").is_empty(), "a deleted object leaves the index");
+        assert_eq!(owned(&index, "a"), ["a-0", "a-1"]);
+        assert_eq!(store.len(), 4);
+        assert_eq!(step(&mut lists, &mut cache, &store, &index, Delete(pod("a-0", "a", "4"))), ["a"]);
+        assert_eq!(owned(&index, "a"), ["a-1"]);
     }
 }
