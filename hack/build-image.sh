@@ -63,7 +63,7 @@ fi
 command -v musl-gcc >/dev/null || log "no musl-gcc (Debian's musl-tools): ring's C is compiled with cc"
 
 SECONDS=0
-log "cargo build --release --target $TARGET (cold: about 6 min on 2 busy cores; warm: seconds)"
+log "cargo build --release --target $TARGET (cold: about 13 min on 2 busy cores with fat LTO; warm: seconds)"
 cargo build --locked --release --target "$TARGET" --bin tfjob-operator >&2
 bin="$CARGO_TARGET_DIR/$TARGET/release/tfjob-operator"
 # Static: no program interpreter, so it runs in an image with no libc.

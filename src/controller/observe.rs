@@ -293,7 +293,10 @@ pub fn job_triggers(
             Ok(JobEvent::Watch(watcher::Event::Apply(j))) => {
                 fresh.store(true, Ordering::SeqCst);
                 counting.observed(&j, false);
-                vec![Ok(CachedJob::new(&j))]
+                // The copy the job watch stored a moment ago (its body encoded once, there),
+                // or the job itself when the store has none.
+                let stored = store.get(&cached_job::key(&j)).map(|c| CachedJob::clone(&c));
+                vec![Ok(stored.unwrap_or_else(|| CachedJob::new(&j)))]
             }
             Ok(JobEvent::Watch(watcher::Event::Delete(j))) => {
                 let uid = j.uid().unwrap_or_default();
