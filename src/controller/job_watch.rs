@@ -24,8 +24,10 @@ pub const REASON_UNDECODABLE: &str = "UndecodableTFJob";
 pub const ANNOTATIONS_READ: [&str; 2] =
     [crate::names::ANNOTATION_STARTUP_DEADLINE, crate::tf_config::ANNOTATION_TF_CONFIG];
 
-/// TFJobs per page of a list: a page is held whole, untyped, before its jobs are decoded.
-const LIST_PAGE_SIZE: u32 = 100;
+/// TFJobs per page of a list: a page is held whole, untyped (a JSON tree takes several times
+/// the bytes of its text), before its jobs are decoded, so pages are small. A re-list runs
+/// beside a full cache, and its pages are what it adds to the peak.
+const LIST_PAGE_SIZE: u32 = 25;
 
 /// Drops what no reader of the job cache needs: managedFields, and the annotations not in
 /// [`ANNOTATIONS_READ`].

@@ -37,8 +37,10 @@ mod slim;
 pub use cached::{CachedPod, CachedService};
 pub use slim::Slim;
 
-/// Objects per page of a watch's list.
-const LIST_PAGE_SIZE: u32 = 100;
+/// Objects per page of a watch's list: 50 pods as the API server sends them are some 900 KB
+/// of text, held whole while they are decoded. A re-list runs beside a full cache, and its
+/// pages are what it adds to the peak.
+const LIST_PAGE_SIZE: u32 = 50;
 
 /// The cached pods and services (compact: [`CachedPod`], [`CachedService`]), each with its
 /// owner index.
@@ -92,7 +94,7 @@ where
 {
     let store = writer.as_reader();
     let mut cache = InPlace::new(writer);
-    // Lists come in pages of 100 (kube's default is 500): a page is held whole before it is
+    // Lists come in pages of 50 (kube's default is 500): a page is held whole before it is
     // slimmed, and a pod of a job at the maximum size carries a TF_CONFIG of some 50 KB.
     let cfg = watcher::Config::default()
         .labels(&names::operator_selector())

@@ -174,7 +174,7 @@ fn write_metrics(
     let status_writes_held = registered(
         registry,
         "tfjob_operator_status_writes_held",
-        "Status writes that only moved active counts held back to the end of a 1 s window after \
+        "Status writes that only moved active counts held back to the end of a 10 s window after \
              the job's last status write (the pods of a job starting one after the other cost one write)",
         Counter::default(),
     );

@@ -12,11 +12,12 @@ use super::Plan;
 use crate::api::TFJobStatus;
 
 /// How long after a status write another write that only moves `active` counts waits: long
-/// enough that the pods of a job the scheduler and the kubelets start over a few seconds show
-/// in the next condition's write (a job's `Running`, or its worker's success) instead of in
-/// writes of their own; short enough that `kubectl get` catches up within seconds
-/// (BENCHMARKS.md, "Writes per job").
-pub const ACTIVE_COUNTS_HOLD: Duration = Duration::from_secs(5);
+/// enough that the pods of a job the scheduler and the kubelets start over several seconds
+/// show in the next write that cannot wait (the job's `Running`, a replica's success or
+/// failure) instead of in writes of their own; short enough that `kubectl get` catches up
+/// within seconds (BENCHMARKS.md, "Writes per job"). Successes are never held: a replica's
+/// success is on record before anything can delete its pod.
+pub const ACTIVE_COUNTS_HOLD: Duration = Duration::from_secs(10);
 
 /// Whether `new` differs from `old` in replicas' `active` counts and nothing else (the
 /// `lastReconcileTime` that goes with every change aside).
