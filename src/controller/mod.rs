@@ -223,6 +223,7 @@ impl Context {
         if plan.status_held {
             self.metrics.status_write_held();
         }
+        self.status_writes().planned(uid, plan.status_held, now.mono);
         if let (Some(_), Some(status)) = (&applied.status_written_over, &plan.status) {
             self.counting.wrote(&applied.job, status);
             self.status_writes().wrote(uid, now.mono);
@@ -311,12 +312,17 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         return Ok(Action::await_change());
     };
     let owned = observe::owned(&ctx.caches, &ctx.unseen, &job, now.mono);
+    let (last_status_write, status_held_since) = {
+        let writes = ctx.status_writes();
+        (writes.last(&uid), writes.held_since(&uid))
+    };
     let seen = plan::reconcile::Observed {
         job: &job,
         pods: &owned.pods,
         services: &owned.services,
         pod_group: owned.pod_group.as_ref(),
-        last_status_write: ctx.status_writes().last(&uid),
+        last_status_write,
+        status_held_since,
     };
     // Plan: pure.
     let plan = plan::reconcile::plan(&seen, ctx.plan_settings(), now.at());

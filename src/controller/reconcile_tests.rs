@@ -292,8 +292,11 @@ async fn a_status_that_only_moves_active_counts_is_held_then_written() {
     let hold = crate::plan::coalesce::ACTIVE_COUNTS_HOLD;
     assert!(wait <= hold + Duration::from_millis(1) && wait > hold / 2, "{wait:?}");
     assert_eq!(f.held(), 1.0, "counted as held");
+    assert!(f.ctx.status_writes().held_since("uid-j").is_some(), "the hold's window started");
     // Once the window is over, the same change is written.
-    f.ctx.status_writes().wrote("uid-j", Instant::now() - crate::plan::coalesce::ACTIVE_COUNTS_HOLD);
+    let before = Instant::now() - hold;
+    f.ctx.status_writes().wrote("uid-j", before - hold);
+    f.ctx.status_writes().planned("uid-j", true, before);
     let task = f.reconcile(&j);
     let (m, path, body, send) = f.next().await;
     assert_eq!((m, path.as_str()), (Method::PATCH, STATUS), "written after the window");

@@ -1,8 +1,9 @@
-//! Status write coalescing, a step of planning: a status change that only moves replicas' `active` counts,
-//! planned within [`ACTIVE_COUNTS_HOLD`] of the job's last status write, waits for the rest of
-//! that window, so the pods of a job starting one after the other cost one write instead of
-//! one each. Conditions, times, successes, failures, restarts and everything else are written
-//! at once: no reader waits for them.
+//! Status write coalescing, a step of planning: a status change that only moves replicas'
+//! `active` counts waits [`ACTIVE_COUNTS_HOLD`] from when it was first planned, so the pods
+//! of a job starting one after the other cost one write instead of one each, and most often
+//! none: the next write that cannot wait (the job's `Running`, a replica's success) carries
+//! them. Conditions, times, successes, failures, restarts and everything else are written at
+//! once: no reader waits for them.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 use super::Plan;
 use crate::api::TFJobStatus;
 
-/// How long after a status write another write that only moves `active` counts waits: long
+/// How long a status write that only moves `active` counts waits from when it was first
+/// planned: long
 /// enough that the pods of a job the scheduler and the kubelets start over several seconds
 /// show in the next write that cannot wait (the job's `Running`, a replica's success or
 /// failure) instead of in writes of their own; short enough that `kubectl get` catches up
@@ -33,25 +35,35 @@ pub fn only_active_counts(old: &TFJobStatus, new: &TFJobStatus) -> bool {
     old.replica_statuses != new.replica_statuses && without_counts(old) == without_counts(new)
 }
 
-/// Until when the status write of a plan that changes `old` into `new` waits, given the
-/// job's last status write: `None` writes now.
+/// Until when the status write of a plan that changes `old` into `new` waits: `None` writes
+/// now. `last_write` is this process's last status write of the job (never written by this
+/// process, as after a restart: written now); `held_since` is when the change now pending
+/// was first held (`None`: it is new now).
 pub fn hold_until(
     old: &TFJobStatus,
     new: &TFJobStatus,
     last_write: Option<Instant>,
+    held_since: Option<Instant>,
     now: Instant,
 ) -> Option<Instant> {
-    let until = last_write? + ACTIVE_COUNTS_HOLD;
+    last_write?;
+    let until = held_since.unwrap_or(now) + ACTIVE_COUNTS_HOLD;
     (now < until && only_active_counts(old, new)).then_some(until)
 }
 
-/// Holds back the status write of `plan` when it only moves `active` counts this soon after
-/// the job's last status write: the plan then writes no status, wakes the job when the hold
-/// ends, and says it held one. `old` is the job's status as observed; `mono` is `now` on the
-/// monotonic clock that `last_write` was taken on.
-pub fn hold(plan: &mut Plan, old: &TFJobStatus, last_write: Option<Instant>, now: Timestamp, mono: Instant) {
+/// Holds back the status write of `plan` when it only moves `active` counts and has not
+/// waited its window yet: the plan then writes no status, wakes the job when the hold ends,
+/// and says it held one. `old` is the job's status as observed; `mono` is `now` on the
+/// monotonic clock that `last_write` and `held_since` were taken on.
+pub fn hold(
+    plan: &mut Plan,
+    old: &TFJobStatus,
+    (last_write, held_since): (Option<Instant>, Option<Instant>),
+    now: Timestamp,
+    mono: Instant,
+) {
     let Some(new) = &plan.status else { return };
-    if let Some(until) = hold_until(old, new, last_write, mono) {
+    if let Some(until) = hold_until(old, new, last_write, held_since, mono) {
         plan.status = None;
         plan.status_held = true;
         let wake = now + until.saturating_duration_since(mono);
@@ -82,6 +94,7 @@ mod tests {
         let more = status(&[(ReplicaType::Worker, 2)]);
         let later = wall + ACTIVE_COUNTS_HOLD + Duration::from_secs(4);
         let sooner = wall + Duration::from_millis(100);
+        // Planned at t0 + 300 ms, first held at t0: it wakes when the window from t0 ends.
         let wake = wall + ACTIVE_COUNTS_HOLD - Duration::from_millis(300);
         // (case, planned status, planned requeue, last write, want: status kept, held, requeue)
         type Case<'a> = (
@@ -112,7 +125,7 @@ mod tests {
         ];
         for (name, planned, requeue_at, last, (kept, held, requeue)) in cases {
             let mut p = Plan { status: planned.cloned(), requeue_at, ..Default::default() };
-            hold(&mut p, &base, last, wall, t0 + Duration::from_millis(300));
+            hold(&mut p, &base, (last, Some(t0)), wall, t0 + Duration::from_millis(300));
             assert_eq!((p.status.is_some(), p.status_held, p.requeue_at), (kept, held, requeue), "{name}");
         }
     }
@@ -122,7 +135,9 @@ mod tests {
         use ReplicaType::*;
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        let end = t0 + ACTIVE_COUNTS_HOLD;
+        let end = |from: Instant| from + ACTIVE_COUNTS_HOLD;
+        let long_ago = Some(t0);
+        let later = ms(60_000);
         let base = status(&[(PS, 1), (Worker, 1)]);
         let more_active = status(&[(PS, 1), (Worker, 3)]);
         let mut running = more_active.clone();
@@ -135,20 +150,44 @@ mod tests {
         let mut reconciled = more_active.clone();
         reconciled.last_reconcile_time = Some(Time(at));
         let new_type = status(&[(PS, 1), (Worker, 1), (Chief, 1)]);
-        // (case, new status, last write, now, held until)
-        type Case<'a> = (&'a str, &'a TFJobStatus, Option<Instant>, Instant, Option<Instant>);
+        // (case, new status, last write, first held, now, held until)
+        type Case<'a> =
+            (&'a str, &'a TFJobStatus, Option<Instant>, Option<Instant>, Instant, Option<Instant>);
         let cases: Vec<Case> = vec![
-            ("active counts within the window wait for its end", &more_active, Some(t0), ms(300), Some(end)),
-            ("the reconcile time goes with the counts", &reconciled, Some(t0), ms(300), Some(end)),
-            ("active counts after the window: now", &more_active, Some(t0), end, None),
-            ("never written by this process: now", &more_active, None, ms(300), None),
-            ("a condition: now", &running, Some(t0), ms(300), None),
-            ("a success: now", &succeeded, Some(t0), ms(300), None),
-            ("a replica type appears: now", &new_type, Some(t0), ms(300), None),
-            ("no change at all: nothing to hold", &base, Some(t0), ms(300), None),
+            ("new counts wait a window from now", &more_active, Some(t0), None, ms(300), Some(end(ms(300)))),
+            (
+                "also long after the last write (pods start long after the job's Created)",
+                &more_active,
+                long_ago,
+                None,
+                later,
+                Some(end(later)),
+            ),
+            (
+                "held before: to the end of its window",
+                &more_active,
+                Some(t0),
+                Some(ms(100)),
+                ms(300),
+                Some(end(ms(100))),
+            ),
+            (
+                "the reconcile time goes with the counts",
+                &reconciled,
+                Some(t0),
+                None,
+                ms(300),
+                Some(end(ms(300))),
+            ),
+            ("its window over: now", &more_active, Some(t0), Some(ms(100)), end(ms(100)), None),
+            ("never written by this process: now", &more_active, None, None, ms(300), None),
+            ("a condition: now", &running, Some(t0), Some(ms(100)), ms(300), None),
+            ("a success: now", &succeeded, Some(t0), Some(ms(100)), ms(300), None),
+            ("a replica type appears: now", &new_type, Some(t0), None, ms(300), None),
+            ("no change at all: nothing to hold", &base, Some(t0), Some(ms(100)), ms(300), None),
         ];
-        for (name, new, last, now, want) in cases {
-            assert_eq!(hold_until(&base, new, last, now), want, "{name}");
+        for (name, new, last, since, now, want) in cases {
+            assert_eq!(hold_until(&base, new, last, since, now), want, "{name}");
         }
     }
 }

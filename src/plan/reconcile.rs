@@ -21,6 +21,8 @@ pub struct Observed<'a> {
     pub pod_group: Option<&'a PodGroup>,
     /// When this process last wrote the job's status, on the monotonic clock.
     pub last_status_write: Option<Instant>,
+    /// Since when a change of the job's `active` counts has been held, if one is.
+    pub status_held_since: Option<Instant>,
 }
 
 /// The one instant a reconcile plans at: wall time for status and deadlines, monotonic time
@@ -36,7 +38,7 @@ pub fn plan(seen: &Observed<'_>, settings: Settings, at: At) -> Plan {
     let mut plan = plan_with(seen.job, seen.pods, seen.services, at.wall, settings);
     plan.gang = gang::decide(settings.gang, seen.job, seen.pods, &plan, seen.pod_group);
     let old = seen.job.status.clone().unwrap_or_default().upgraded();
-    coalesce::hold(&mut plan, &old, seen.last_status_write, at.wall, at.mono);
+    coalesce::hold(&mut plan, &old, (seen.last_status_write, seen.status_held_since), at.wall, at.mono);
     plan
 }
 
@@ -88,7 +90,14 @@ mod tests {
             ),
         ];
         for (name, job, gang, last, (status, pod_group, held)) in cases {
-            let seen = Observed { job, pods: &[], services: &[], pod_group: None, last_status_write: last };
+            let seen = Observed {
+                job,
+                pods: &[],
+                services: &[],
+                pod_group: None,
+                last_status_write: last,
+                status_held_since: None,
+            };
             let p = plan(&seen, Settings { gang, ..Settings::default() }, at);
             assert_eq!(
                 (p.status.is_some(), p.gang.create.is_some(), p.status_held),
