@@ -174,8 +174,8 @@ fn write_metrics(
     let status_writes_held = registered(
         registry,
         "tfjob_operator_status_writes_held",
-        "Status writes that only moved active counts held back to the end of a 10 s window after \
-             the job's last status write (the pods of a job starting one after the other cost one write)",
+        "Status writes that only moved active counts held back for 10 s from when first planned \
+             (the pods of a job starting one after the other cost one write, or none)",
         Counter::default(),
     );
     let jobs_queued_to_create = registered(
