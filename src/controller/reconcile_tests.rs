@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::objects::Builder;
-use crate::plan::coalesce::only_active_counts;
+use crate::plan::coalesce::only_counts;
 use crate::plan::{self, ReplicaId};
 use crate::writer::{Writer, events};
 
@@ -276,7 +276,7 @@ async fn a_status_that_only_moves_active_counts_is_held_then_written() {
     let after = plan::plan(&j, &[p0.clone(), p1.clone(), p2.clone()], &services, at);
     j.status = before.status.clone();
     let (old, new) = (j.status.clone().expect("status"), after.status.clone().expect("a status change"));
-    assert!(only_active_counts(&old, &new), "the setup moves active counts only: {old:?} -> {new:?}");
+    assert!(only_counts(&old, &new), "the setup moves active counts only: {old:?} -> {new:?}");
     for obj in [p0, p1, p2] {
         f.cache_pod(obj);
     }
@@ -289,7 +289,7 @@ async fn a_status_that_only_moves_active_counts_is_held_then_written() {
     let action = f.ended(task, "within the window").await.expect("reconciled");
     let wait = action_wait(&action);
     // Woken when the window ends (rounded up to the next millisecond, never early).
-    let hold = crate::plan::coalesce::ACTIVE_COUNTS_HOLD;
+    let hold = crate::plan::coalesce::COUNTS_HOLD;
     assert!(wait <= hold + Duration::from_millis(1) && wait > hold / 2, "{wait:?}");
     assert_eq!(f.held(), 1.0, "counted as held");
     assert!(f.ctx.status_writes().held_since("uid-j").is_some(), "the hold's window started");

@@ -174,8 +174,8 @@ fn write_metrics(
     let status_writes_held = registered(
         registry,
         "tfjob_operator_status_writes_held",
-        "Status writes that only moved active counts held back for 10 s from when first planned \
-             (the pods of a job starting one after the other cost one write, or none)",
+        "Status writes that only moved replica counts (active, succeeded) held back for 10 s from when \
+             first planned (the pods of a job starting or finishing one after the other cost one write, or none)",
         Counter::default(),
     );
     let jobs_queued_to_create = registered(

@@ -1,9 +1,10 @@
 //! Status write coalescing, a step of planning: a status change that only moves replicas'
-//! `active` counts waits [`ACTIVE_COUNTS_HOLD`] from when it was first planned, so the pods
-//! of a job starting one after the other cost one write instead of one each, and most often
-//! none: the next write that cannot wait (the job's `Running`, a replica's success) carries
-//! them. Conditions, times, successes, failures, restarts and everything else are written at
-//! once: no reader waits for them.
+//! counts (`active`, and `succeeded` with `completedIndexes`) waits [`COUNTS_HOLD`] from when
+//! it was first planned, so the pods of a job starting or finishing one after the other cost
+//! one write instead of one each, and most often none: the next write that cannot wait (the
+//! job's `Running`, `Succeeded` or `Failed`, a failure, a restart) carries them. Conditions,
+//! times, failures, restarts and everything else are written at once, and so is every status
+//! of a plan that deletes a pod: a success is on record before the operator deletes anything.
 
 use std::time::{Duration, Instant};
 
@@ -12,23 +13,26 @@ use k8s_openapi::jiff::Timestamp;
 use super::Plan;
 use crate::api::TFJobStatus;
 
-/// How long a status write that only moves `active` counts waits from when it was first
-/// planned: long
-/// enough that the pods of a job the scheduler and the kubelets start over several seconds
-/// show in the next write that cannot wait (the job's `Running`, a replica's success or
-/// failure) instead of in writes of their own; short enough that `kubectl get` catches up
-/// within seconds (BENCHMARKS.md, "Writes per job"). Successes are never held: a replica's
-/// success is on record before anything can delete its pod.
-pub const ACTIVE_COUNTS_HOLD: Duration = Duration::from_secs(10);
+/// How long a status write that only moves counts waits from when it was first planned:
+/// long enough that the pods of a job that the scheduler and the kubelets start, or that
+/// finish, over several seconds show in the next write that cannot wait instead of in writes
+/// of their own; short enough that `kubectl get` catches up within seconds (BENCHMARKS.md,
+/// "Status writes per job"). A success held this long is still in its pod, which only the
+/// operator's own cleanup or suspension deletes, after a status write that records it; a pod
+/// someone else deletes meanwhile is run again, as Kubeflow's operator always does.
+pub const COUNTS_HOLD: Duration = Duration::from_secs(10);
 
-/// Whether `new` differs from `old` in replicas' `active` counts and nothing else (the
-/// `lastReconcileTime` that goes with every change aside).
-pub fn only_active_counts(old: &TFJobStatus, new: &TFJobStatus) -> bool {
+/// Whether `new` differs from `old` in replicas' `active` or `succeeded` counts (with their
+/// `completedIndexes`) and nothing else (the `lastReconcileTime` that goes with every change
+/// aside).
+pub fn only_counts(old: &TFJobStatus, new: &TFJobStatus) -> bool {
     let without_counts = |s: &TFJobStatus| {
         let mut s = s.clone();
         s.last_reconcile_time = None;
         for r in s.replica_statuses.values_mut() {
             r.active = 0;
+            r.succeeded = 0;
+            r.completed_indexes = Default::default();
         }
         s
     };
@@ -47,13 +51,13 @@ pub fn hold_until(
     now: Instant,
 ) -> Option<Instant> {
     last_write?;
-    let until = held_since.unwrap_or(now) + ACTIVE_COUNTS_HOLD;
-    (now < until && only_active_counts(old, new)).then_some(until)
+    let until = held_since.unwrap_or(now) + COUNTS_HOLD;
+    (now < until && only_counts(old, new)).then_some(until)
 }
 
-/// Holds back the status write of `plan` when it only moves `active` counts and has not
-/// waited its window yet: the plan then writes no status, wakes the job when the hold ends,
-/// and says it held one. `old` is the job's status as observed; `mono` is `now` on the
+/// Holds back the status write of `plan` when it only moves counts, deletes no pod and has
+/// not waited its window yet: the plan then writes no status, wakes the job when the hold
+/// ends, and says it held one. `old` is the job's status as observed; `mono` is `now` on the
 /// monotonic clock that `last_write` and `held_since` were taken on.
 pub fn hold(
     plan: &mut Plan,
@@ -63,6 +67,9 @@ pub fn hold(
     mono: Instant,
 ) {
     let Some(new) = &plan.status else { return };
+    if !plan.delete_pods.is_empty() {
+        return;
+    }
     if let Some(until) = hold_until(old, new, last_write, held_since, mono) {
         plan.status = None;
         plan.status_held = true;
@@ -92,10 +99,10 @@ mod tests {
         let (t0, wall) = (Instant::now(), "2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap());
         let base = status(&[(ReplicaType::Worker, 1)]);
         let more = status(&[(ReplicaType::Worker, 2)]);
-        let later = wall + ACTIVE_COUNTS_HOLD + Duration::from_secs(4);
+        let later = wall + COUNTS_HOLD + Duration::from_secs(4);
         let sooner = wall + Duration::from_millis(100);
         // Planned at t0 + 300 ms, first held at t0: it wakes when the window from t0 ends.
-        let wake = wall + ACTIVE_COUNTS_HOLD - Duration::from_millis(300);
+        let wake = wall + COUNTS_HOLD - Duration::from_millis(300);
         // (case, planned status, planned requeue, last write, want: status kept, held, requeue)
         type Case<'a> = (
             &'a str,
@@ -128,6 +135,11 @@ mod tests {
             hold(&mut p, &base, (last, Some(t0)), wall, t0 + Duration::from_millis(300));
             assert_eq!((p.status.is_some(), p.status_held, p.requeue_at), (kept, held, requeue), "{name}");
         }
+        // A plan that deletes a pod writes its status first, at once, whatever it moves.
+        let gone = crate::plan::ObjectKey { name: "j-worker-1".into(), uid: "u1".into() };
+        let mut p = Plan { status: Some(more.clone()), delete_pods: vec![gone], ..Default::default() };
+        hold(&mut p, &base, (Some(t0), Some(t0)), wall, t0 + Duration::from_millis(300));
+        assert!(p.status.is_some() && !p.status_held, "a plan that deletes a pod is not held");
     }
 
     #[test]
@@ -135,7 +147,7 @@ mod tests {
         use ReplicaType::*;
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        let end = |from: Instant| from + ACTIVE_COUNTS_HOLD;
+        let end = |from: Instant| from + COUNTS_HOLD;
         let long_ago = Some(t0);
         let later = ms(60_000);
         let base = status(&[(PS, 1), (Worker, 1)]);
@@ -146,6 +158,10 @@ mod tests {
         let mut succeeded = more_active.clone();
         if let Some(w) = succeeded.replica_statuses.get_mut(&Worker) {
             w.succeeded = 1;
+        }
+        let mut failed = more_active.clone();
+        if let Some(w) = failed.replica_statuses.get_mut(&Worker) {
+            w.failed = 1;
         }
         let mut reconciled = more_active.clone();
         reconciled.last_reconcile_time = Some(Time(at));
@@ -182,7 +198,15 @@ mod tests {
             ("its window over: now", &more_active, Some(t0), Some(ms(100)), end(ms(100)), None),
             ("never written by this process: now", &more_active, None, None, ms(300), None),
             ("a condition: now", &running, Some(t0), Some(ms(100)), ms(300), None),
-            ("a success: now", &succeeded, Some(t0), Some(ms(100)), ms(300), None),
+            (
+                "a success that decides nothing waits too",
+                &succeeded,
+                Some(t0),
+                Some(ms(100)),
+                ms(300),
+                Some(end(ms(100))),
+            ),
+            ("a failure: now", &failed, Some(t0), Some(ms(100)), ms(300), None),
             ("a replica type appears: now", &new_type, Some(t0), None, ms(300), None),
             ("no change at all: nothing to hold", &base, Some(t0), Some(ms(100)), ms(300), None),
         ];

@@ -102,7 +102,7 @@ pub struct Plan {
     /// Gang scheduling: the job's PodGroup to create (before any pod) or delete (after the
     /// pods). Decided after this planner by [`gang::decide`].
     pub gang: gang::GangPlan,
-    /// A status that only moved `active` counts was held back ([`coalesce`]); `requeue_at`
+    /// A status that only moved replica counts was held back ([`coalesce`]); `requeue_at`
     /// wakes the job when the hold ends.
     pub status_held: bool,
 }
