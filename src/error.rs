@@ -37,6 +37,12 @@ pub enum Error {
     MissingField(&'static str),
     #[error("decoding TFJob {job} from the job cache: {source}")]
     CachedJob { job: String, source: serde_json::Error },
+    #[error("patching TFJob {job} for its Kueue Workload: {source}")]
+    PatchJob { job: String, source: kube::Error },
+    #[error("writing Kueue Workload {name}: {source}")]
+    PatchWorkload { name: String, source: kube::Error },
+    #[error("reading Kueue's {kind} {name}: {source}")]
+    ReadKueue { kind: &'static str, name: String, source: kube::Error },
 }
 
 impl Error {
@@ -51,7 +57,10 @@ impl Error {
             | Error::DeletePod { source, .. }
             | Error::DeleteService { source, .. }
             | Error::DeleteJob { source, .. }
-            | Error::DeletePodGroup { source, .. } => source,
+            | Error::DeletePodGroup { source, .. }
+            | Error::PatchJob { source, .. }
+            | Error::PatchWorkload { source, .. }
+            | Error::ReadKueue { source, .. } => source,
             _ => return None,
         };
         let kube::Error::Api(status) = source else { return None };
@@ -77,6 +86,9 @@ impl Error {
             Error::CachedJob { .. } => "cached_job",
             Error::BuildObjects { .. } => "build_objects",
             Error::NotLeader => "not_leader",
+            Error::PatchJob { .. } => "patch_job",
+            Error::PatchWorkload { .. } => "patch_workload",
+            Error::ReadKueue { .. } => "read_kueue",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod names;
 pub mod objects;
 pub mod plan;
+pub mod queue;
 pub mod tf_config;
 pub mod transport;
 pub mod writer;

@@ -131,6 +131,7 @@ async fn run() -> anyhow::Result<()> {
         startup_deadline_seconds: opts.startup_deadline_seconds,
         instance: Some(me.clone()),
         gang: opts.gang_scheduling,
+        workloads: opts.kueue_workloads,
     };
     if opts.kube_api_qps > 0 {
         warn!(qps = opts.kube_api_qps, burst = opts.kube_api_burst, "client-side rate limit on");

@@ -14,6 +14,7 @@ pub mod rules;
 mod status;
 mod types;
 mod view;
+pub mod workload;
 
 pub use crd::{crd, crd_yaml};
 pub use enums::{CleanPodPolicy, ReplicaType, RestartPolicy, SuccessPolicy};

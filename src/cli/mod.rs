@@ -12,6 +12,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::leader::Timings;
 use crate::plan::gang::GangScheduling;
+use crate::queue::WorkloadsBy;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -37,6 +38,23 @@ impl ValueEnum for GangScheduling {
     }
 }
 
+/// `--kueue-workloads`' values.
+impl ValueEnum for WorkloadsBy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[WorkloadsBy::Kueue, WorkloadsBy::Operator]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            WorkloadsBy::Kueue => PossibleValue::new("kueue")
+                .help("Kueue's built-in kubeflow.org/tfjob integration creates the Workload and suspends and resumes the job"),
+            WorkloadsBy::Operator => PossibleValue::new("operator").help(
+                "This operator creates and follows the Workload (for Kueue with its kubeflow.org/tfjob integration off)",
+            ),
+        })
+    }
+}
+
 /// The operator's options.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
@@ -57,6 +75,8 @@ pub struct Options {
     pub leader_election: Option<LeaderElection>,
     /// Gang scheduling: none, or Kubernetes' own PodGroup.
     pub gang_scheduling: GangScheduling,
+    /// Who writes the Kueue Workload of a queued job.
+    pub kueue_workloads: WorkloadsBy,
 }
 
 /// Where and how fast leader election runs.
@@ -138,6 +158,12 @@ struct Flags {
     /// kube-scheduler's GangScheduling plugin; the API must be served, alpha in Kubernetes 1.36)
     #[arg(long, value_name = "MODE", env = "TFJOB_GANG_SCHEDULING", value_enum, default_value_t = GangScheduling::None)]
     gang_scheduling: GangScheduling,
+
+    /// Who creates and follows the Kueue Workload of a TFJob labelled kueue.x-k8s.io/queue-name:
+    /// kueue (Kueue's own kubeflow.org/tfjob integration) or operator (this operator, for Kueue
+    /// with that integration switched off)
+    #[arg(long, value_name = "BY", env = "TFJOB_KUEUE_WORKLOADS", value_enum, default_value_t = WorkloadsBy::Kueue)]
+    kueue_workloads: WorkloadsBy,
 
     /// Only the holder of the Lease tfjob-operator reconciles
     #[arg(
@@ -268,6 +294,7 @@ impl Options {
             },
             leader_election,
             gang_scheduling: flags.gang_scheduling,
+            kueue_workloads: flags.kueue_workloads,
         })
     }
 

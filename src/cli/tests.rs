@@ -32,7 +32,7 @@ fn every_flag_is_its_tfjob_variable() {
         assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(want.as_str()), "--{long}");
         n += 1;
     }
-    assert_eq!(n, 16);
+    assert_eq!(n, 17);
     let help = command().render_help().to_string();
     assert!(help.contains("[env: TFJOB_LEADER_ELECTION_RETRY_PERIOD]"), "{help}");
 }
@@ -55,6 +55,12 @@ fn defaults() {
     assert_eq!(o.leader_election, None);
     assert_eq!(o.request_timeout, Duration::from_secs(10));
     assert_eq!(o.gang_scheduling, GangScheduling::None);
+    assert_eq!(o.kueue_workloads, WorkloadsBy::Kueue);
+    let own = parse("--kueue-workloads=operator", no_env).unwrap();
+    assert_eq!(own.kueue_workloads, WorkloadsBy::Operator);
+    let own = parse("", env_of(&[("TFJOB_KUEUE_WORKLOADS", "operator")])).unwrap();
+    assert_eq!(own.kueue_workloads, WorkloadsBy::Operator);
+    assert!(parse("--kueue-workloads=builtin", no_env).is_err(), "kueue or operator only");
     let le = parse("--leader-elect", no_env).unwrap().leader_election.unwrap();
     assert_eq!(le.timings, Timings::default(), "the help's default durations are the elector's");
 }

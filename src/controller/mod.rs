@@ -25,6 +25,7 @@ mod tests;
 mod unseen;
 mod watch_backoff;
 mod wiring;
+mod workloads;
 mod write_slots;
 
 pub use wiring::run;
@@ -71,6 +72,8 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Gang scheduling (`--gang-scheduling`).
     pub gang: crate::plan::gang::GangScheduling,
+    /// Who writes the Kueue Workload of a queued job (`--kueue-workloads`).
+    pub workloads: crate::queue::WorkloadsBy,
 }
 
 /// The one clock read of a reconcile: wall time for status and events, monotonic time for
@@ -168,6 +171,7 @@ impl Context {
         plan::Settings {
             startup_deadline_seconds: self.settings.startup_deadline_seconds,
             gang: self.settings.gang,
+            workloads: self.settings.workloads,
         }
     }
 

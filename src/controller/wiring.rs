@@ -168,6 +168,16 @@ pub async fn run(
         let ctx = ctx.clone();
         tokio::spawn(async move { ctx.writes.expire_every_second().await })
     };
+    // With --kueue-workloads=operator, the Workloads of queued jobs are followed beside.
+    let workloads = (settings.workloads == crate::queue::WorkloadsBy::Operator).then(|| {
+        let run = super::workloads::run(
+            client.clone(),
+            ctx.writer.clone(),
+            settings.namespace.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(run)
+    });
     Controller::for_stream(jobs, job_store)
         .reconcile_on(futures::stream::select_all(triggers))
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
@@ -180,6 +190,9 @@ pub async fn run(
         })
         .await;
     expiry.abort();
+    if let Some(w) = workloads {
+        let _ = w.await;
+    }
     // The controller dropped the writer: the publisher ends once the queued events are out.
     if tokio::time::timeout(Duration::from_secs(10), publisher).await.is_err() {
         warn!("events still queued 10 s after the controller stopped were not published");

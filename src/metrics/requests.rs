@@ -59,8 +59,19 @@ where
 }
 
 /// The resources the operator touches; anything else is `other`.
-const RESOURCES: [&str; 8] =
-    ["pods", "services", "tfjobs", "events", "leases", "podgroups", "namespaces", "nodes"];
+const RESOURCES: [&str; 11] = [
+    "pods",
+    "services",
+    "tfjobs",
+    "events",
+    "leases",
+    "podgroups",
+    "namespaces",
+    "nodes",
+    "workloads",
+    "resourceflavors",
+    "workloadpriorityclasses",
+];
 
 /// A request's Kubernetes verb and resource (`tfjobs/status` for the subresource,
 /// `discovery` for a group version's list of resources), from its method and path.
@@ -85,6 +96,7 @@ pub fn classify(method: &Method, uri: &Uri) -> (&'static str, &'static str) {
     };
     let resource = match (resource, sub) {
         ("tfjobs", Some("status")) => "tfjobs/status",
+        ("workloads", Some("status")) => "workloads/status",
         (_, Some(_)) => "other",
         (r, None) => RESOURCES.iter().find(|k| **k == r).copied().unwrap_or("other"),
     };
@@ -120,6 +132,12 @@ mod tests {
             ("DELETE", "/api/v1/namespaces/ns/pods/p-1", ("delete", "pods")),
             ("DELETE", "/api/v1/namespaces/ns/pods", ("deletecollection", "pods")),
             ("POST", "/apis/scheduling.k8s.io/v1alpha2/namespaces/ns/podgroups", ("create", "podgroups")),
+            (
+                "PATCH",
+                "/apis/kueue.x-k8s.io/v1beta2/namespaces/ns/workloads/w/status",
+                ("patch", "workloads/status"),
+            ),
+            ("GET", "/apis/kueue.x-k8s.io/v1beta2/resourceflavors/f", ("get", "resourceflavors")),
             ("GET", "/apis/scheduling.k8s.io/v1alpha2", ("list", "discovery")),
             (
                 "PATCH",

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{ObjectKey, Plan};
 use crate::api::pod_group::{GangPolicy, PodGroupSpec, SchedulingPolicy};
-use crate::api::{JobView, PodGroup, TFJob};
+use crate::api::{ConditionType, JobView, PodGroup, TFJob};
 use crate::names;
 
 /// How the operator gang-schedules jobs (`--gang-scheduling`; its values are in
@@ -135,7 +135,10 @@ pub fn decide(
         return out;
     }
     let finished = planned.status.as_ref().or(job.status.as_ref()).is_some_and(|s| s.is_finished());
-    if finished || job.spec.is_suspended() {
+    // Held without pods: suspended, or waiting in a queue (the plan says `Suspended`).
+    let held =
+        planned.status.as_ref().or(job.status.as_ref()).is_some_and(|s| s.is_true(ConditionType::Suspended));
+    if finished || job.spec.is_suspended() || held {
         out.delete =
             observed.filter(|g| g.metadata.deletion_timestamp.is_none()).map(|g| ObjectKey::of(&g.metadata));
         return out;

@@ -207,6 +207,9 @@ pub struct Settings {
     pub startup_deadline_seconds: Option<i64>,
     /// Gang scheduling (`--gang-scheduling`).
     pub gang: gang::GangScheduling,
+    /// Who writes the Kueue Workload of a queued job (`--kueue-workloads`): with the
+    /// operator, a queued job not started on an admission is held without pods.
+    pub workloads: crate::queue::WorkloadsBy,
 }
 
 /// [`plan_with`] with the default settings (the planner's table tests).
@@ -236,10 +239,13 @@ pub fn plan_with(
     let startup_secs =
         startup::record_policy(&mut st, &old, job, settings.startup_deadline_seconds, now, &mut p.events);
     if st.condition(ConditionType::Created).is_none() {
-        created(job, &mut st, &mut p.events, now);
+        created(job, &mut st, &mut p.events, (settings.workloads, now));
     }
-    let suspending =
-        !old.is_finished() && unfinished(job, startup_secs, &mut st, &mut p, (&pods, &services), now);
+    let queued = (settings.workloads == crate::queue::WorkloadsBy::Operator)
+        .then(|| crate::queue::waiting_in(job))
+        .flatten();
+    let suspending = !old.is_finished()
+        && unfinished(job, (startup_secs, queued), &mut st, &mut p, (&pods, &services), now);
     if st.is_finished() {
         finished(&policy, &mut st, &mut p, (&pods, &services), now);
     } else {
@@ -268,7 +274,12 @@ pub fn plan_with(
 
 /// A new job: the `Created` condition, and the Warnings about what its spec does not do as
 /// written (a pod template's restart policy, Kueue, a `Master` replica type).
-fn created(job: &TFJob, st: &mut TFJobStatus, events: &mut Vec<PlannedEvent>, now: Timestamp) {
+fn created(
+    job: &TFJob,
+    st: &mut TFJobStatus,
+    events: &mut Vec<PlannedEvent>,
+    (workloads, now): (crate::queue::WorkloadsBy, Timestamp),
+) {
     let msg = format!("TFJob {} is created.", job.name_any());
     // The condition says it; Kubeflow emits no event for it (one write less per job).
     conditions::set(st, ConditionType::Created, REASON_CREATED, msg, now);
@@ -289,7 +300,7 @@ fn created(job: &TFJob, st: &mut TFJobStatus, events: &mut Vec<PlannedEvent>, no
             ),
         ));
     }
-    events.extend(suspend::kueue_warnings(job));
+    events.extend(suspend::kueue_warnings(job, workloads));
     events.extend(master_warning(job));
 }
 
@@ -297,7 +308,7 @@ fn created(job: &TFJob, st: &mut TFJobStatus, events: &mut Vec<PlannedEvent>, no
 /// invalid spec. Returns whether it is suspended.
 fn unfinished(
     job: &TFJob,
-    startup_secs: Option<i64>,
+    (startup_secs, queued): (Option<i64>, Option<&str>),
     st: &mut TFJobStatus,
     p: &mut Plan,
     (pods, services): (&[&Pod], &[&Service]),
@@ -305,8 +316,9 @@ fn unfinished(
 ) -> bool {
     let full_name = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
     match JobView::new(job) {
-        Ok(view) if job.spec.is_suspended() => {
-            suspend::plan_suspended(&view, st, p, pods, services, now);
+        Ok(view) if job.spec.is_suspended() || queued.is_some() => {
+            let why = suspend::Why::of(&view, queued);
+            suspend::plan_suspended(&view, st, p, (pods, services), &why, now);
             // No pods while suspended: nothing to diagnose, no startup deadline running.
             diagnosis::clear(st);
             st.startup_deadline = None;

@@ -23,8 +23,8 @@ pub(super) fn plan_suspended(
     job: &JobView,
     st: &mut TFJobStatus,
     p: &mut Plan,
-    pods: &[&Pod],
-    services: &[&Service],
+    (pods, services): (&[&Pod], &[&Service]),
+    why: &Why,
     now: Timestamp,
 ) {
     for (&t, r) in &job.replicas {
@@ -46,12 +46,12 @@ pub(super) fn plan_suspended(
             r.active += 1;
         }
     }
-    let msg = format!("TFJob {} is suspended.", job.name);
+    let (reason, msg) = (why.reason, why.message.clone());
     for c in [ConditionType::Running, ConditionType::Restarting] {
-        conditions::set_false(st, c, REASON_SUSPENDED, msg.clone(), now);
+        conditions::set_false(st, c, reason, msg.clone(), now);
     }
-    if conditions::set(st, ConditionType::Suspended, REASON_SUSPENDED, msg.clone(), now) {
-        p.events.push(PlannedEvent::normal(REASON_SUSPENDED, msg));
+    if conditions::set(st, ConditionType::Suspended, reason, msg.clone(), now) {
+        p.events.push(PlannedEvent::normal(reason, msg));
     }
     st.conditions.retain(|c| c.type_ != ConditionType::ReplicaFailure);
     st.deadline = None;
@@ -64,6 +64,29 @@ pub(super) fn plan_suspended(
             .filter(|o| o.metadata.deletion_timestamp.is_none())
             .map(|o| ObjectKey::of(&o.metadata)),
     );
+}
+
+/// Why a job is held without pods: its `runPolicy.suspend`, or (with the operator's own
+/// Workloads) a Kueue queue that has not admitted it.
+pub(super) struct Why {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Why {
+    pub fn of(job: &JobView, queue: Option<&str>) -> Why {
+        match (queue, job.job.metadata.uid.as_deref()) {
+            (Some(queue), Some(uid)) => Why {
+                reason: crate::queue::REASON_QUEUED,
+                message: format!(
+                    "TFJob {} waits in Kueue's LocalQueue {queue} until Kueue admits its Workload {}.",
+                    job.name,
+                    crate::queue::workload_name(&job.name, uid)
+                ),
+            },
+            _ => Why { reason: REASON_SUSPENDED, message: format!("TFJob {} is suspended.", job.name) },
+        }
+    }
 }
 
 fn succeeded(pod: &Pod) -> bool {
@@ -99,11 +122,12 @@ pub(super) fn resume(name: &str, st: &mut TFJobStatus, p: &mut Plan, now: Timest
 /// Warnings for a new job queued by Kueue (its `kueue.x-k8s.io/queue-name` label) or handed
 /// to MultiKueue: replica keys Kueue does not see, and run-policy fields directly under
 /// `spec`, which MultiKueue's copy of the job loses.
-pub(super) fn kueue_warnings(job: &TFJob) -> Vec<PlannedEvent> {
+/// The operator's own Workload reads every key's type, whatever its case: no warning then.
+pub(super) fn kueue_warnings(job: &TFJob, workloads: crate::queue::WorkloadsBy) -> Vec<PlannedEvent> {
     let queue = job.labels().get(names::KUEUE_QUEUE_LABEL);
     let multikueue = job.spec.managed_elsewhere().is_some();
     let mut out = Vec::new();
-    if let Some(queue) = queue {
+    if let Some(queue) = queue.filter(|_| workloads == crate::queue::WorkloadsBy::Kueue) {
         let odd: Vec<&str> = job
             .spec
             .tf_replica_specs

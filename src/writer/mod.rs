@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod pod_group;
+pub mod workload;
 
 pub use pod_group::check_pod_groups_served;
 

@@ -38,6 +38,12 @@ fn values_change_what_they_document() -> Result<()> {
             ])),
         ),
         (
+            vec!["kueueWorkloads=operator"],
+            DEPLOYMENT,
+            format!("{CONTAINER}/args"),
+            Some(json!(["--leader-elect", "--log-format=json", "--kueue-workloads=operator"])),
+        ),
+        (
             vec!["leaderElection.namespace=infra"],
             "rbac.authorization.k8s.io/v1/Role/infra/tfjob-operator-leader-election",
             "/rules/0/resources".into(),
@@ -137,6 +143,7 @@ fn values_that_cannot_work_are_refused() -> Result<()> {
     let rows: &[(&[&str], &str)] = &[
         (&["leaderElection.enabled=false"], "replicas > 1 needs leaderElection.enabled"),
         (&["gangScheduling=volcano"], "gangScheduling must be none or native, not \"volcano\""),
+        (&["kueueWorkloads=builtin"], "kueueWorkloads must be kueue or operator, not \"builtin\""),
         (&["logFormat=xml"], "logFormat must be json or text"),
         (
             &["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],

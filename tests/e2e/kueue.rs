@@ -45,7 +45,7 @@ pub fn live(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none() && (phase == "Pending" || phase == "Running")
 }
 
-fn on_the_pool(p: &Pod) -> Result<()> {
+pub fn on_the_pool(p: &Pod) -> Result<()> {
     let name = p.metadata.name.clone().unwrap_or_default();
     let spec = p.spec.as_ref().context("pod spec")?;
     let selected = spec.node_selector.as_ref().and_then(|s| s.get(POOL.0)).map(String::as_str);
@@ -143,7 +143,7 @@ async fn four_jobs_share_quota_for_two(ctx: Ctx) -> Result<()> {
 }
 
 /// Marks a running pod to succeed now (kwok's stage reads the annotations).
-async fn finish_pod(ctx: &Ctx, name: &str) -> Result<()> {
+pub async fn finish_pod(ctx: &Ctx, name: &str) -> Result<()> {
     wait_for(&pods(ctx), name, T, "Running", |p| {
         live(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     })

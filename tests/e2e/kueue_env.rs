@@ -2,6 +2,7 @@
 //! the run; its pool of kwok nodes, ResourceFlavor and priority classes; a ClusterQueue and
 //! a LocalQueue per test; a timeline of a job's watch events.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,28 +125,40 @@ async fn cluster_objects(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Whether the shared Kueue runs with its TFJob integration (false once a test switched it off).
+static TFJOB_INTEGRATION: AtomicBool = AtomicBool::new(true);
+
+/// Starts a Kueue for the run's plane, its TFJob integration on or off, and records it for
+/// `hack/check-plane-stopped.sh`.
+async fn start_kueue(ctx: &Ctx, tfjob_integration: bool) -> Result<Kueue> {
+    let plane = ctx.cluster.plane.as_ref().context("Kueue runs on the local plane only")?;
+    let dir = kueue_dir()?;
+    let work = plane.dir.join(if tfjob_integration { "kueue" } else { "kueue-no-tfjob" });
+    let kueue =
+        Kueue::start_with(&ctx.cluster.client, &ctx.cluster.kubeconfig, &dir, &work, tfjob_integration)
+            .await?;
+    if let Some(path) = std::env::var_os("TFJOB_E2E_STATE") {
+        // hack/check-plane-stopped.sh checks Kueue too once the suite has exited.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+        writeln!(f, "pids {}\nports {} {}", kueue.pid(), kueue.webhook_port, kueue.health_port)?;
+    }
+    eprintln!(
+        "e2e: Kueue (TFJob integration {}) ready in {:.1}s (logs in {})",
+        if tfjob_integration { "on" } else { "off" },
+        kueue.started_in.as_secs_f64(),
+        kueue.dir.display()
+    );
+    Ok(kueue)
+}
+
 /// Starts the shared Kueue (once per run), then gives the test's namespace Kueue's label, a
 /// ClusterQueue named after it with `cpu` of the flavor (preempting lower priorities) and
 /// the LocalQueue [`QUEUE`]; waits until the LocalQueue is Active.
 pub async fn queue(ctx: &Ctx, cpu: &str) -> Result<()> {
     KUEUE
         .get_or_try_init(|| async {
-            let plane = ctx.cluster.plane.as_ref().context("Kueue runs on the local plane only")?;
-            let dir = kueue_dir()?;
-            let kueue =
-                Kueue::start(&ctx.cluster.client, &ctx.cluster.kubeconfig, &dir, &plane.dir.join("kueue"))
-                    .await?;
-            if let Some(path) = std::env::var_os("TFJOB_E2E_STATE") {
-                // hack/check-plane-stopped.sh checks Kueue too once the suite has exited.
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
-                writeln!(f, "pids {}\nports {} {}", kueue.pid(), kueue.webhook_port, kueue.health_port)?;
-            }
-            eprintln!(
-                "e2e: Kueue ready in {:.1}s (logs in {})",
-                kueue.started_in.as_secs_f64(),
-                kueue.dir.display()
-            );
+            let kueue = start_kueue(ctx, TFJOB_INTEGRATION.load(Ordering::SeqCst)).await?;
             cluster_objects(ctx).await?;
             Ok::<_, anyhow::Error>(Mutex::new(Some(kueue)))
         })
@@ -178,6 +191,23 @@ pub async fn queue(ctx: &Ctx, cpu: &str) -> Result<()> {
         lqs.get(QUEUE).await.ok().is_some_and(|q| condition(&q.data, "Active"))
     })
     .await
+}
+
+/// Switches the shared Kueue to one with its `kubeflow.org/tfjob` integration switched off,
+/// for the rest of the run (the tests that call it are serial and run after every test of
+/// Kueue's own integration), then does what [`queue`] does.
+pub async fn queue_without_tfjob_integration(ctx: &Ctx, cpu: &str) -> Result<()> {
+    if TFJOB_INTEGRATION.swap(false, Ordering::SeqCst) {
+        let running = KUEUE.get().and_then(|m| m.lock().ok()?.take());
+        if let Some(k) = running {
+            k.stop().await?;
+            let fresh = start_kueue(ctx, false).await?;
+            if let Some(m) = KUEUE.get() {
+                m.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.replace(fresh);
+            }
+        }
+    }
+    queue(ctx, cpu).await
 }
 
 /// Deletes the test's ClusterQueue (cluster-scoped; the namespace takes the rest).

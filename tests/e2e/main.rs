@@ -14,6 +14,7 @@ mod install;
 mod kueue;
 mod kueue_env;
 mod kueue_keys;
+mod kueue_workloads;
 mod multikueue;
 mod replica_keys;
 mod smoke;
@@ -104,6 +105,8 @@ fn tests() -> Vec<Test> {
     all.extend(multikueue::tests());
     all.extend(gang::tests());
     all.extend(tensorflow::tests());
+    // After every test of Kueue's own TFJob integration: it switches Kueue's off.
+    all.extend(kueue_workloads::tests());
     // Last: serial tests run in this order, and the faults leave a plane that was restarted.
     all.extend(faults::tests());
     all.extend(stuck::tests());

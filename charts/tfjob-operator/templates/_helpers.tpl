@@ -42,11 +42,14 @@ what the operator calls (deploy/cluster-role.yaml says why each is there):
 - events.k8s.io events: created, one per happening.
 - scheduling.k8s.io podgroups (only with --gang-scheduling=native): watched, created before
   a job's pods, deleted when it finishes or is suspended; get only after a create answered
-  409. */}}
+  409.
+- kueue.x-k8s.io (only with kueueWorkloads: operator): workloads watched, created, patched,
+  get after a 409; workloads/status patched; resourceflavors and workloadpriorityclasses
+  read. tfjobs patch: the job suspended and started on Kueue's admission. */}}
 {{- define "tfjob-operator.rules" -}}
 - apiGroups: ["kubeflow.org"]
   resources: ["tfjobs"]
-  verbs: ["get", "list", "watch", "delete"]
+  verbs: ["get", "list", "watch", "delete", "patch"]
 - apiGroups: ["kubeflow.org"]
   resources: ["tfjobs/status"]
   verbs: ["patch"]
@@ -62,6 +65,15 @@ what the operator calls (deploy/cluster-role.yaml says why each is there):
 - apiGroups: ["scheduling.k8s.io"]
   resources: ["podgroups"]
   verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["resourceflavors", "workloadpriorityclasses"]
+  verbs: ["get"]
 {{- end }}
 
 {{/* The image reference: repository@digest, else repository:tag. */}}
@@ -80,6 +92,9 @@ what the operator calls (deploy/cluster-role.yaml says why each is there):
 {{- end }}
 {{- if not (has .Values.gangScheduling (list "none" "native")) }}
 {{- fail (printf "gangScheduling must be none or native, not %q" .Values.gangScheduling) }}
+{{- end }}
+{{- if not (has .Values.kueueWorkloads (list "kueue" "operator")) }}
+{{- fail (printf "kueueWorkloads must be kueue or operator, not %q" .Values.kueueWorkloads) }}
 {{- end }}
 {{- if not (has .Values.logFormat (list "json" "text")) }}
 {{- fail (printf "logFormat must be json or text, not %q" .Values.logFormat) }}

@@ -39,6 +39,7 @@ const GRANTED_RARE: &[(&str, &str, &str, &str)] = &[
         "get",
         "only after a PodGroup create answered 409, to see whose it is",
     ),
+    ("kueue.x-k8s.io", "workloads", "get", "only after a Workload create answered 409, to see whose it is"),
 ];
 
 /// Who ran an operator process and what it may do.
@@ -137,6 +138,7 @@ fn group_of(resource: &str) -> Option<&'static str> {
         "events" => "events.k8s.io",
         "leases" => "coordination.k8s.io",
         "podgroups" => "scheduling.k8s.io",
+        "workloads" | "workloads/status" | "resourceflavors" | "workloadpriorityclasses" => "kueue.x-k8s.io",
         _ => return None,
     })
 }

@@ -152,10 +152,12 @@ pub fn webhook_configs(module: &Path, base: &str, ca_bundle: &str) -> Result<(Va
     }
 }
 
-/// Kueue's configuration file: the TFJob integration only, no leader election, no metrics
+/// Kueue's configuration file: the TFJob integration only (or, without `tfjob_integration`,
+/// only `batch/job`: Kueue's TFJob integration switched off), no leader election, no metrics
 /// server, health probes and webhooks on loopback, the internal certificate manager on
 /// (it checks the Secret we made and injects the CA).
-pub fn config(webhook_port: u16, health_port: u16, cert_dir: &Path) -> String {
+pub fn config(webhook_port: u16, health_port: u16, cert_dir: &Path, tfjob_integration: bool) -> String {
+    let framework = if tfjob_integration { "kubeflow.org/tfjob" } else { "batch/job" };
     format!(
         "apiVersion: config.kueue.x-k8s.io/v1beta2
 kind: Configuration
@@ -181,7 +183,7 @@ featureGates:
   VisibilityOnDemand: false
 integrations:
   frameworks:
-  - kubeflow.org/tfjob
+  - {framework}
 ",
         cert_dir.display()
     )
@@ -230,6 +232,17 @@ impl Kueue {
         kueue_dir: &Path,
         work_dir: &Path,
     ) -> Result<Kueue> {
+        Self::start_with(client, kubeconfig, kueue_dir, work_dir, true).await
+    }
+
+    /// [`Kueue::start`], with Kueue's TFJob integration on or (`tfjob_integration` false) off.
+    pub async fn start_with(
+        client: &Client,
+        kubeconfig: &Path,
+        kueue_dir: &Path,
+        work_dir: &Path,
+        tfjob_integration: bool,
+    ) -> Result<Kueue> {
         let t0 = Instant::now();
         let module = kueue_dir.join("module");
         std::fs::create_dir_all(work_dir)?;
@@ -259,7 +272,7 @@ impl Kueue {
         apply(&Api::<ValidatingWebhookConfiguration>::all(client.clone()), VALIDATING, &validating).await?;
 
         let config_path = work_dir.join("kueue-config.yaml");
-        std::fs::write(&config_path, config(webhook_port, health_port, &cert_dir))?;
+        std::fs::write(&config_path, config(webhook_port, health_port, &cert_dir, tfjob_integration))?;
         let args = vec![format!("--config={}", config_path.display()), "--zap-log-level=2".to_string()];
         let proc = Proc::spawn_with_env(
             "kueue",
