@@ -69,11 +69,39 @@ pub struct PriorityClassRef {
 
 /// What Kueue decided.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub admission: Option<Admission>,
+    /// The admission checks' states, with what each adds to the pods of a pod set.
+    #[serde(default)]
+    pub admission_checks: Vec<AdmissionCheckState>,
+}
+
+/// One admission check of the Workload.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionCheckState {
+    pub name: String,
+    #[serde(default)]
+    pub pod_set_updates: Vec<PodSetUpdate>,
+}
+
+/// What an admission check adds to a pod set's template.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSetUpdate {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
 }
 
 /// The quota reserved: the ClusterQueue and, per pod set, the flavor of each resource.

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Toleration};
 use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 
 use super::decide::Priority;
-use super::{JOB_UID_LABEL, PODSET_LABEL, workload_name};
+use super::{CLUSTER_QUEUE_LABEL, JOB_UID_LABEL, LOCAL_QUEUE_LABEL, PODSET_LABEL, workload_name};
 use crate::api::workload::{FlavorSpec, PodSet, PriorityClassRef, Workload, WorkloadSpec};
 use crate::api::{ReplicaType, TFJob};
 use crate::names;
@@ -18,8 +18,8 @@ const ORDER: [ReplicaType; 5] =
     [ReplicaType::Chief, ReplicaType::Master, ReplicaType::PS, ReplicaType::Worker, ReplicaType::Evaluator];
 
 /// The job's pod sets: one per replica type in Kueue's order, named by the type in lowercase
-/// (whatever the key's case), with its count (default 1) and its template, the admission's
-/// [`PODSET_LABEL`] left out.
+/// (whatever the key's case), with its count (default 1) and its template, the labels an
+/// admission adds left out.
 pub(super) fn pod_sets(job: &TFJob) -> Vec<PodSet> {
     let mut sets: Vec<(usize, PodSet)> = job
         .spec
@@ -29,7 +29,9 @@ pub(super) fn pod_sets(job: &TFJob) -> Vec<PodSet> {
             let t = ReplicaType::parse(key)?;
             let mut template: PodTemplateSpec = (*r.template).clone();
             if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-                labels.remove(PODSET_LABEL);
+                for admitted in [PODSET_LABEL, LOCAL_QUEUE_LABEL, CLUSTER_QUEUE_LABEL] {
+                    labels.remove(admitted);
+                }
             }
             let rank = ORDER.iter().position(|o| *o == t).unwrap_or(ORDER.len());
             Some((rank, PodSet { name: t.lower().to_string(), count: r.replicas.unwrap_or(1), template }))
@@ -92,50 +94,86 @@ fn map_patch(from: &BTreeMap<String, String>, to: &BTreeMap<String, String>) -> 
     Value::Object(out)
 }
 
+/// Adds `add` to `into`; a key already there with another value is a conflict (Kueue refuses
+/// to start a job on one too).
+fn merge_map(
+    into: &mut BTreeMap<String, String>,
+    add: &BTreeMap<String, String>,
+    (key, what): (&str, &str),
+) -> Result<(), String> {
+    for (k, v) in add {
+        match into.insert(k.clone(), v.clone()) {
+            Some(old) if old != *v => {
+                return Err(format!("replica {key} has {what} {k}={old}, and its admission needs {k}={v}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What an admission adds to one pod set's templates: labels, annotations, node selector,
+/// tolerations.
+#[derive(Default)]
+struct Additions {
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    node_selector: BTreeMap<String, String>,
+    tolerations: Vec<Toleration>,
+}
+
 /// The merge patch that starts an admitted job: `runPolicy.suspend: false` and, per pod set
-/// of the admission, the flavors' node labels added to each template's `nodeSelector`, their
-/// tolerations to its `tolerations`, and [`PODSET_LABEL`] to its labels, as Kueue's own
-/// integration does. Fenced by the job's resourceVersion. Err: a flavor is not known, or a
-/// node label the template already selects with another value (Kueue refuses those too).
+/// of the admission, what Kueue's own integration adds to each template: the flavors' node
+/// labels to its `nodeSelector` and their tolerations to its `tolerations`; the labels
+/// [`PODSET_LABEL`], `kueue.x-k8s.io/local-queue-name` and
+/// `kueue.x-k8s.io/cluster-queue-name`; and each admission check's `podSetUpdates` for the
+/// pod set (labels, annotations, node selector, tolerations). Fenced by the job's
+/// resourceVersion. Err: a flavor is not known, or a key the template already has with
+/// another value (Kueue refuses those too).
 pub fn start_patch(
     job: &TFJob,
     wl: &Workload,
     flavors: &BTreeMap<String, FlavorSpec>,
 ) -> Result<Value, String> {
     let admission = wl.admission().ok_or("the Workload is not admitted")?;
+    let checks = wl.status.as_ref().map_or(&[][..], |s| s.admission_checks.as_slice());
     let mut specs = Map::new();
     for a in &admission.pod_set_assignments {
-        let mut selector = BTreeMap::new();
-        let mut tolerations = Vec::new();
+        let mut add = Additions::default();
+        add.labels.insert(PODSET_LABEL.to_string(), a.name.clone());
+        add.labels.insert(LOCAL_QUEUE_LABEL.to_string(), wl.spec.queue_name.clone());
+        add.labels.insert(CLUSTER_QUEUE_LABEL.to_string(), admission.cluster_queue.clone());
         for flavor in a.flavors.values() {
             let f = flavors.get(flavor).ok_or_else(|| format!("ResourceFlavor {flavor} is not found"))?;
-            selector.extend(f.node_labels.clone());
-            tolerations.extend(f.tolerations.iter().cloned());
+            add.node_selector.extend(f.node_labels.clone());
+            add.tolerations.extend(f.tolerations.iter().cloned());
+        }
+        for u in checks.iter().flat_map(|c| &c.pod_set_updates).filter(|u| u.name == a.name) {
+            add.labels.extend(u.labels.clone());
+            add.annotations.extend(u.annotations.clone());
+            add.node_selector.extend(u.node_selector.clone());
+            add.tolerations.extend(u.tolerations.iter().cloned());
         }
         for (key, template) in replicas_of(job, &a.name) {
+            let meta = template.metadata.as_ref();
             let spec = template.spec.as_ref();
+            let mut labels = map_of(meta.and_then(|m| m.labels.as_ref()));
+            let mut annotations = map_of(meta.and_then(|m| m.annotations.as_ref()));
             let mut node_selector = map_of(spec.and_then(|s| s.node_selector.as_ref()));
-            for (k, v) in &selector {
-                match node_selector.insert(k.clone(), v.clone()) {
-                    Some(old) if old != *v => {
-                        return Err(format!(
-                            "replica {key} selects nodes with {k}={old}, and the admitted flavor needs {k}={v}"
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            let mut tols = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
-            for t in &tolerations {
-                if !tols.contains(t) {
-                    tols.push(t.clone());
+            merge_map(&mut labels, &add.labels, (key, "the label"))?;
+            merge_map(&mut annotations, &add.annotations, (key, "the annotation"))?;
+            merge_map(&mut node_selector, &add.node_selector, (key, "the node selector"))?;
+            let mut tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
+            for t in &add.tolerations {
+                if !tolerations.contains(t) {
+                    tolerations.push(t.clone());
                 }
             }
             specs.insert(
                 key.clone(),
                 json!({"template": {
-                    "metadata": {"labels": {PODSET_LABEL: a.name}},
-                    "spec": {"nodeSelector": node_selector, "tolerations": tols}
+                    "metadata": {"labels": labels, "annotations": annotations},
+                    "spec": {"nodeSelector": node_selector, "tolerations": tolerations}
                 }}),
             );
         }
@@ -148,8 +186,8 @@ pub fn start_patch(
 
 /// The merge patch that stops a job: `runPolicy.suspend: true` and each template's labels,
 /// annotations, `nodeSelector`, `tolerations` and `schedulingGates` set back to the
-/// Workload's pod set (the template before the admission). Without a Workload only
-/// [`PODSET_LABEL`] is removed. Fenced by the job's resourceVersion.
+/// Workload's pod set (the template before the admission). Without a Workload only the
+/// labels an admission adds are removed. Fenced by the job's resourceVersion.
 pub fn stop_patch(job: &TFJob, wl: Option<&Workload>) -> Value {
     let mut specs = Map::new();
     for (key, r) in &job.spec.tf_replica_specs {
@@ -182,7 +220,7 @@ pub fn stop_patch(job: &TFJob, wl: Option<&Workload>) -> Value {
                 })
             }
             None if labels.contains_key(PODSET_LABEL) => {
-                json!({"metadata": {"labels": {PODSET_LABEL: null}}})
+                json!({"metadata": {"labels": {PODSET_LABEL: null, LOCAL_QUEUE_LABEL: null, CLUSTER_QUEUE_LABEL: null}}})
             }
             None => continue,
         };

@@ -32,6 +32,9 @@ pub enum WorkloadsBy {
 /// Label Kueue's admission puts on each pod template: the pod set it belongs to. A template
 /// of a queued job carries it only while the job runs on an admission.
 pub const PODSET_LABEL: &str = "kueue.x-k8s.io/podset";
+/// Labels Kueue's admission puts on each pod template: the LocalQueue and the ClusterQueue.
+pub const LOCAL_QUEUE_LABEL: &str = "kueue.x-k8s.io/local-queue-name";
+pub const CLUSTER_QUEUE_LABEL: &str = "kueue.x-k8s.io/cluster-queue-name";
 /// Label naming the job's WorkloadPriorityClass.
 pub const PRIORITY_CLASS_LABEL: &str = "kueue.x-k8s.io/priority-class";
 /// Label Kueue reads on a Workload: the uid of the job it stands for.

@@ -283,7 +283,10 @@ fn a_start_merges_the_flavor_and_a_stop_restores_the_template() {
     assert_eq!(start["metadata"]["resourceVersion"], "7");
     assert_eq!(start["spec"]["runPolicy"]["suspend"], false);
     let t = &start["spec"]["tfReplicaSpecs"]["Worker"]["template"];
-    assert_eq!(t["metadata"]["labels"][PODSET_LABEL], "worker");
+    assert_eq!(
+        t["metadata"]["labels"],
+        json!({PODSET_LABEL: "worker", LOCAL_QUEUE_LABEL: "q", CLUSTER_QUEUE_LABEL: "cq"})
+    );
     assert_eq!(t["spec"]["nodeSelector"], json!({"pool": "a"}));
     assert_eq!(t["spec"]["tolerations"], json!([{"key": "pool", "value": "a", "effect": "NoSchedule"}]));
 
@@ -298,7 +301,7 @@ fn a_start_merges_the_flavor_and_a_stop_restores_the_template() {
     let bare = stop_patch(&job(true, started()), None);
     assert_eq!(
         bare["spec"]["tfReplicaSpecs"]["Worker"]["template"],
-        json!({"metadata": {"labels": {PODSET_LABEL: null}}})
+        json!({"metadata": {"labels": {PODSET_LABEL: null, LOCAL_QUEUE_LABEL: null, CLUSTER_QUEUE_LABEL: null}}})
     );
 
     // A flavor whose node label the template selects otherwise: not started, a warning.
@@ -426,4 +429,24 @@ fn the_operators_workload_reads_every_key_so_odd_keys_get_no_warning() {
     assert!(!warned(own).contains(&"ReplicaKeyNotSeenByKueue".to_string()));
     let wl = workload_for(&j, "q", None).expect("built");
     assert_eq!(wl.spec.pod_sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["worker"]);
+}
+
+#[test]
+fn an_admission_checks_pod_set_update_is_merged_and_a_conflict_holds_the_job() {
+    let mut status = admitted();
+    status["admissionChecks"] = json!([{"name": "prov", "state": "Ready", "lastTransitionTime": "2023-11-14T22:00:00Z",
+        "message": "", "podSetUpdates": [{"name": "worker", "labels": {"l": "1"}, "annotations": {"a": "2"},
+        "nodeSelector": {"zone": "z"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}]}]);
+    let wl = workload(status);
+    let start = patch_of(&decide_for(&job(true, suspended()), Some(&wl)), "job");
+    let t = &start["spec"]["tfReplicaSpecs"]["Worker"]["template"];
+    assert_eq!(t["metadata"]["labels"]["l"], "1");
+    assert_eq!(t["metadata"]["annotations"], json!({"a": "2"}));
+    assert_eq!(t["spec"]["nodeSelector"], json!({"pool": "a", "zone": "z"}));
+    assert_eq!(t["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+    let clash = job(
+        true,
+        json!({"spec": {"runPolicy": {"suspend": true}, "tfReplicaSpecs": {"Worker": {"template": {"metadata": {"annotations": {"a": "other"}}}}}}}),
+    );
+    assert_eq!(kinds(&decide_for(&clash, Some(&wl))), ["event:FailedToStart"]);
 }

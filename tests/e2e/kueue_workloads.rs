@@ -201,6 +201,14 @@ async fn own_workload_queues_preempts_and_finishes_without_kueues_tfjob_code(ctx
     .await?;
     for p in live_pods_of(&ctx, "low").await? {
         on_the_pool(&p)?;
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        let label = |k: &str| labels.get(k).map(String::as_str);
+        ensure!(
+            label("kueue.x-k8s.io/podset") == Some("worker")
+                && label("kueue.x-k8s.io/local-queue-name") == Some(QUEUE)
+                && label("kueue.x-k8s.io/cluster-queue-name") == Some(ctx.ns.as_str()),
+            "the admission's labels are not on the pod: {labels:?}"
+        );
     }
     finish_pod(&ctx, "low-worker-1").await?;
     wait_job(&ctx, "low", T, "worker 1 succeeded", |j| {
