@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::TFJob;
 use crate::api::workload::{FlavorSpec, Workload};
@@ -67,6 +67,13 @@ pub async fn run(
                 Some(ObjectRef::new_with(&owner, ar).within(&wl.namespace()?))
             }
         });
+    match client.list_api_group_resources(crate::api::workload::API_VERSION).await {
+        Ok(list) if list.resources.iter().any(|r| r.name == crate::api::workload::PLURAL) => {}
+        Ok(_) | Err(_) => error!(
+            "--kueue-workloads=operator: the cluster does not serve kueue.x-k8s.io/v1beta2 Workloads (Kueue v0.15 \
+             or later is needed); queued TFJobs wait without pods until it does"
+        ),
+    }
     let ctx = Arc::new(Ctx { client, writer, workloads: store });
     info!("starting the Kueue Workload controller (--kueue-workloads=operator)");
     Controller::new_with(jobs, watcher::Config::default().labels(names::KUEUE_QUEUE_LABEL), ar)
