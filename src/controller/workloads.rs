@@ -165,8 +165,8 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
                     )?;
                     Patched::Done
                 }
-                Created::Existing(_) | Created::Terminating => Patched::Stale,
-                Created::Foreign => Patched::Stale,
+                // Not seen by the watch yet, going away, or not the job's (decide warns).
+                Created::Existing(_) | Created::Terminating | Created::Foreign => Patched::Stale,
                 Created::Refused(msg) => {
                     let note = format!("Error creating Workload {name}: {msg}");
                     ctx.writer.publish(
