@@ -73,9 +73,12 @@ pub(super) async fn gang_resume_waits_for_the_jobs_terminating_pod_group(ctx: Ct
     use crate::suspend::{Recorder, rv_of};
     let op = Operator::start(&ctx, &[NATIVE])?;
     let groups = pod_groups(&ctx);
-    // With a grace period, a deleted pod stays terminating for about a second (kwok's stage).
+    // With a grace period, a deleted pod stays terminating for 4 s (kwok's stage reads the
+    // annotation): time enough to resume before the old pods end, even on a loaded machine.
     let mut j = job("r", &[replica("Worker", 2)], json!({}));
     j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["metadata"]["annotations"]["kwok.test/terminate-for"] =
+        json!("4s");
     create(&ctx, j).await?;
     let old = wait_for(&groups, "r", WAIT, "the PodGroup", |_| true).await.with_context(|| op.log_tail())?;
     wait_job(&ctx, "r", WAIT, "Running", |j| has_condition(j, ConditionType::Running)).await?;
@@ -89,7 +92,7 @@ pub(super) async fn gang_resume_waits_for_the_jobs_terminating_pod_group(ctx: Ct
     watch_until(&groups, "r", WAIT, "the PodGroup terminating", |g| g.metadata.deletion_timestamp.is_some())
         .await
         .with_context(|| op.log_tail())?;
-    // Resumed at once, while the old pods still end (kwok ends a deleted pod after a second).
+    // Resumed at once, while the old pods still end (kwok ends them 4 s after their delete).
     let resumed =
         rv_of(&merge_patch_job(&ctx, "r", json!({"spec": {"runPolicy": {"suspend": false}}})).await?);
     assert_stays(Duration::from_secs(5), "nothing created while the job's PodGroup terminates", || async {
