@@ -154,10 +154,6 @@ pub async fn finish_pod(ctx: &Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn workers(j: &Value, field: &str) -> i64 {
-    j.pointer(&format!("/status/replicaStatuses/Worker/{field}")).and_then(Value::as_i64).unwrap_or(0)
-}
-
 fn with_priority(mut j: Value, class: &str) -> Value {
     j["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] = json!(class);
     j

@@ -323,6 +323,11 @@ pub fn suspended_in_spec(j: &Value) -> bool {
     j.pointer("/spec/runPolicy/suspend") == Some(&Value::Bool(true))
 }
 
+/// A count of the job's Worker replicas in its status (`active`, `succeeded`, ...); 0 when unset.
+pub fn workers(j: &Value, field: &str) -> i64 {
+    j.pointer(&format!("/status/replicaStatuses/Worker/{field}")).and_then(Value::as_i64).unwrap_or(0)
+}
+
 /// Every replica type's `active` is 0 (or the status has none).
 pub fn no_active(j: &Value) -> bool {
     j.pointer("/status/replicaStatuses")

@@ -136,10 +136,6 @@ fn started(j: &Value) -> bool {
         })
 }
 
-fn workers(j: &Value, field: &str) -> i64 {
-    j.pointer(&format!("/status/replicaStatuses/Worker/{field}")).and_then(Value::as_i64).unwrap_or(0)
-}
-
 fn uid_of(j: &Value) -> String {
     j.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string()
 }

@@ -5,6 +5,7 @@
 //!
 //! The jobs use the Kubeflow `runPolicy` shape and set `cleanPodPolicy` explicitly, so any
 //! kubeflow.org/v1 TFJob operator does the same work.
+pub mod apiserver_cpu;
 mod bound;
 pub mod chart;
 pub mod footprint;
@@ -67,6 +68,9 @@ pub struct Options {
     /// Kubeflow's training-operator, run after ours on the same plane and the same jobs,
     /// once per variant (its defaults, tuned), each size in turn.
     pub kubeflow: Option<Kubeflow>,
+    /// Profile the API server's CPU during each size and save the profiles in this directory
+    /// (`apiserver-<operator>-<N>.pb.gz`; needs `go` on the PATH to merge and sum them).
+    pub apiserver_profile: Option<PathBuf>,
 }
 
 /// The operator under test.
@@ -107,6 +111,7 @@ impl Options {
             huge_beside: 100,
             relist: None,
             kubeflow: None,
+            apiserver_profile: None,
         }
     }
 }

@@ -27,6 +27,7 @@ async fn warm_up(client: &Client, opts: &Options, side: &Side<'_>) -> Result<()>
         run_for: "1s".into(),
         ttl: 1,
         deadline: 2,
+        apiserver_profile: None,
         ..opts.clone()
     };
     let side = Side {

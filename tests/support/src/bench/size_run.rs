@@ -18,8 +18,8 @@ use super::plane_profile::PlaneProfile;
 use super::record::{Recorder, Seen, tfjob_resource};
 use super::stats::lateness;
 use super::{
-    HugeReport, JobTimes, OperatorSpec, Options, SizeReport, Stats, batch_job, deadline_job, footprint,
-    huge_job, plane_profile,
+    HugeReport, JobTimes, OperatorSpec, Options, SizeReport, Stats, apiserver_cpu, batch_job, deadline_job,
+    footprint, huge_job, plane_profile,
 };
 
 pub(super) fn secs(d: Duration) -> f64 {
@@ -74,6 +74,7 @@ pub(super) async fn run_operator(
     let mut op = Running::start(client, side.spec, &ns).await?;
     let (cpu0, req0) = (op.pid.and_then(footprint::cpu_seconds), op.requests().await);
     let plane0 = plane_profile::snapshot(client, plane).await;
+    let sampler = opts.apiserver_profile.as_ref().map(|_| apiserver_cpu::start(client));
     let deadline_jobs = (n / 10).max(1);
     let jobs = job_bodies(opts, n, deadline_jobs);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &tfjob_resource());
@@ -87,12 +88,22 @@ pub(super) async fn run_operator(
     let huge_created = huge_at.map(|at| huge_created_s(&recorder.seen(), at));
     wait_done(&recorder, &batch, opts, side.grace).await;
     let (cpu1, peak) = (op.pid.and_then(footprint::cpu_seconds), op.pid.and_then(footprint::peak_rss_mib));
-    let spent = Spent {
+    let mut spent = Spent {
         cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
         peak_rss_mib: peak,
         requests: footprint::delta(&op.requests().await, &req0),
         plane: plane_profile::profile(&plane0, &plane_profile::snapshot(client, plane).await),
     };
+    if let (Some(sampler), Some(dir)) = (sampler, &opts.apiserver_profile) {
+        let label: String =
+            side.label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+        let file = dir.join(format!("apiserver-{label}-{}{n}.pb.gz", side.tag));
+        std::fs::create_dir_all(dir)?;
+        match sampler.finish(&file).await {
+            Ok(parts) => spent.plane.cpu_parts = Some(parts),
+            Err(e) => eprintln!("tfjob-bench: API server profile of size {n}: {e:#}"),
+        }
+    }
     op.stop();
     let (report, created) = {
         let seen = recorder.seen();

@@ -90,6 +90,10 @@ struct Flags {
     /// With --kubeflow: only these of its variants (tuned, defaults)
     #[arg(long, value_name = "V,V", value_delimiter = ',')]
     kubeflow_variants: Option<Vec<String>>,
+    /// Profile the API server's CPU during each size (saved beside the report as
+    /// apiserver-<operator>-<N>.pb.gz, for go tool pprof) and report what it went to
+    #[arg(long)]
+    apiserver_profile: bool,
     /// Print one JSON document instead of the table
     #[arg(long)]
     json: bool,
@@ -208,12 +212,14 @@ fn parse(flags: Flags, started: Timestamp) -> Result<Args> {
     if flags.no_operator && flags.kubeflow.is_some() {
         bail!("--kubeflow needs the bench to start the operators (not --no-operator)");
     }
+    let out = match flags.out {
+        Some(out) => out,
+        None => default_out(started)?,
+    };
+    opts.apiserver_profile = flags.apiserver_profile.then(|| out.clone());
     Ok(Args {
         opts,
-        out: match flags.out {
-            Some(out) => out,
-            None => default_out(started)?,
-        },
+        out,
         kubeflow: flags.kubeflow.map(|d| (d, flags.kubeflow_grace, flags.kubeflow_variants)),
         json: flags.json,
         kubeconfig: flags.kubeconfig,
