@@ -41,6 +41,7 @@ run: ## A local control plane running the operator with an example job whose wor
 
 crds: ## Regenerate crds/kubeflow.org_tfjobs.yaml from the Rust types
 	$(CARGO) run --locked --quiet --bin crdgen > crds/kubeflow.org_tfjobs.yaml
+	$(CARGO) run --locked --quiet --bin crdgen -- --policy > crds/tfjob-update-contract.yaml
 
 deploy: ## Install the operator cluster-wide on the current kubectl context (server-side apply of deploy/)
 	kubectl apply --server-side -k deploy/

@@ -1,5 +1,6 @@
-//! The CRD's CEL rules, evaluated locally by kube's CEL evaluator on the committed schema:
-//! every accepted and refused create, and the seed's update contract on updates.
+//! The CRD's CEL rules and the update contract's (the policy's), evaluated locally by kube's
+//! CEL evaluator on the committed schema: every accepted and refused create, and the seed's
+//! update contract on updates.
 
 use std::sync::OnceLock;
 
@@ -7,9 +8,16 @@ use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use serde_json::{Value, json};
 use tfjob_operator::api::{self, rules::CONTRACT};
 
+/// The CRD's schema with the update contract's rules put back on `spec`, where they sat before
+/// they moved to the ValidatingAdmissionPolicy: the policy evaluates the same rules (`self`
+/// as `object.spec`, `oldSelf` as `oldObject.spec`; tests/api.rs checks it), so one evaluator
+/// covers both.
 fn schema() -> Value {
     let crd = serde_json::to_value(api::crd().expect("CRD builds")).unwrap();
-    crd.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap().clone()
+    let mut schema = crd.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap().clone();
+    let contract = api::rules::contract_rules(&schema).expect("contract rules");
+    api::rules::add_rules(&mut schema, contract).expect("rules added");
+    schema
 }
 
 /// The committed schema's rules, compiled once for all tests.

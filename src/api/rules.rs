@@ -1,12 +1,17 @@
-//! The CRD's validation: CEL rules and schema bounds the API server enforces, in one table.
+//! The API server's validation of TFJobs: the CRD's CEL rules and schema bounds, and the
+//! update contract's rules, which a ValidatingAdmissionPolicy serves, in one table.
 //!
 //! The seed's update contract lives here: only `metadata.labels`, `metadata.annotations`,
 //! the three updatable run-policy fields and `runPolicy.suspend` may change, plus, while the
 //! job is suspended, the scheduling directives of the pod templates ([`super::contract`]).
-//! Transition rules do not fire on a field that is added or removed, so each immutable field
-//! is guarded by a rule on its parent (`spec`, which always exists) that compares presence as
-//! well as value. The rules of `runPolicy.schedulingPolicy` accept what native gang scheduling
-//! reads and refuse what only other gang schedulers read.
+//! Each immutable field is guarded by a rule on its parent (`spec`, which always exists) that
+//! compares presence as well as value. These rules compare an update with the stored job, so
+//! they are served by the policy [`CONTRACT_POLICY`] on `tfjobs` updates and not by the CRD:
+//! the API server evaluates every rule of a CRD on every status write as well, where the spec
+//! cannot change, and comparing the pod templates was half of what a status write cost it
+//! (BENCHMARKS.md, "Where the API server's CPU goes"). The rules of
+//! `runPolicy.schedulingPolicy` accept what native gang scheduling reads and refuse what only
+//! other gang schedulers read.
 
 use serde_json::{Value, json};
 
@@ -63,7 +68,11 @@ fn rule(path: &'static [&'static str], rule: impl Into<String>, message: impl In
     SchemaRule { path, rule: rule.into(), message: message.into(), field_path: None }
 }
 
-/// Every CEL rule of the CRD.
+/// The name of the ValidatingAdmissionPolicy (and of its binding) that serves the update
+/// contract ([`contract_policy`], committed as `crds/tfjob-update-contract.yaml`).
+pub const CONTRACT_POLICY: &str = "tfjob-update-contract";
+
+/// Every CEL rule of the CRD (the update contract's are [`contract_rules`]).
 pub fn rules() -> Vec<SchemaRule> {
     let mut out = vec![
         rule(
@@ -148,11 +157,101 @@ pub fn rules() -> Vec<SchemaRule> {
         ),
     ];
     out.extend(scheduling_rules()); // runPolicy.schedulingPolicy: gang scheduling
-    out.extend(
-        IMMUTABLE_SPEC_FIELDS.into_iter().filter(|f| *f != "tfReplicaSpecs").map(|f| immutable(None, f)),
-    );
-    out.extend(IMMUTABLE_RUN_POLICY_FIELDS.into_iter().map(|f| immutable(Some("runPolicy"), f)));
     out
+}
+
+/// The update contract: the rules on `spec` that compare an update with the stored job
+/// (`oldSelf`), one per immutable field, `tfReplicaSpecs`' generated from `schema` (the CRD's
+/// `openAPIV3Schema`).
+pub fn contract_rules(schema: &Value) -> Result<Vec<SchemaRule>, String> {
+    let mut out: Vec<SchemaRule> = IMMUTABLE_SPEC_FIELDS
+        .into_iter()
+        .filter(|f| *f != "tfReplicaSpecs")
+        .map(|f| immutable(None, f))
+        .collect();
+    out.extend(IMMUTABLE_RUN_POLICY_FIELDS.into_iter().map(|f| immutable(Some("runPolicy"), f)));
+    let mut replica = schema;
+    for seg in ["spec", "tfReplicaSpecs", "*"] {
+        let next = if seg == "*" {
+            replica.get("additionalProperties")
+        } else {
+            replica.pointer(&format!("/properties/{seg}"))
+        };
+        replica = next.ok_or("the CRD schema has no spec.tfReplicaSpecs.*")?;
+    }
+    out.push(SchemaRule {
+        path: &["spec"],
+        rule: contract::replica_specs_rule(replica)?,
+        message: format!("spec.tfReplicaSpecs cannot be changed: {CONTRACT}"),
+        field_path: Some(".tfReplicaSpecs".into()),
+    });
+    Ok(out)
+}
+
+/// A rule on `spec` as an admission policy's expression: the variable `self` is
+/// `object.spec` and `oldSelf` is `oldObject.spec`. Only whole identifiers that are not a
+/// field name (after a `.`) are replaced: `metadata.selfLink` stays.
+pub fn on_objects(rule: &str) -> String {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(rule.len() * 2);
+    let mut rest = rule;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let word_len = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
+        if ident(c) && word_len > 0 {
+            let word = &rest[..word_len];
+            let variable = prev != Some('.') && !prev.is_some_and(ident);
+            match word {
+                "self" if variable => out.push_str("object.spec"),
+                "oldSelf" if variable => out.push_str("oldObject.spec"),
+                _ => out.push_str(word),
+            }
+            prev = word.chars().last();
+            rest = &rest[word_len..];
+        } else {
+            out.push(c);
+            prev = Some(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// The ValidatingAdmissionPolicy that serves the update contract on every update of a TFJob
+/// (not of its status), and its binding, from the CRD's `schema`.
+pub fn contract_policy(schema: &Value) -> Result<[Value; 2], String> {
+    let validations: Vec<Value> = contract_rules(schema)?
+        .into_iter()
+        .map(|r| {
+            if r.path != ["spec"] {
+                return Err(format!("contract rule not on spec: {}", r.rule));
+            }
+            Ok(json!({ "expression": on_objects(&r.rule), "message": r.message, "reason": "Invalid" }))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok([
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": CONTRACT_POLICY },
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": { "resourceRules": [{
+                    "apiGroups": ["kubeflow.org"],
+                    "apiVersions": ["v1"],
+                    "operations": ["UPDATE"],
+                    "resources": ["tfjobs"],
+                }]},
+                "validations": validations,
+            },
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": CONTRACT_POLICY },
+            "spec": { "policyName": CONTRACT_POLICY, "validationActions": ["Deny"] },
+        }),
+    ])
 }
 
 /// The rule on `spec` that keeps `spec.[parent.]field` as it was: present as before, and equal.
@@ -245,20 +344,18 @@ fn node<'a>(schema: &'a mut Value, path: &[&str]) -> Result<&'a mut Value, Strin
     Ok(cur)
 }
 
-/// Adds the bounds and CEL rules to the generated `openAPIV3Schema`.
+/// Adds the bounds and the CRD's CEL rules to the generated `openAPIV3Schema`.
 pub fn add_to_schema(schema: &mut Value) -> Result<(), String> {
     for (path, keyword, value) in bounds() {
         let n = node(schema, path)?;
         n.as_object_mut().ok_or("schema node is not an object")?.insert(keyword.into(), value);
     }
-    let replica = node(schema, &["spec", "tfReplicaSpecs", "*"])?;
-    let replica_specs = SchemaRule {
-        path: &["spec"],
-        rule: contract::replica_specs_rule(replica)?,
-        message: format!("spec.tfReplicaSpecs cannot be changed: {CONTRACT}"),
-        field_path: Some(".tfReplicaSpecs".into()),
-    };
-    for r in rules().into_iter().chain([replica_specs]) {
+    add_rules(schema, rules())
+}
+
+/// Adds `rules` to the schema nodes they sit on, as `x-kubernetes-validations`.
+pub fn add_rules(schema: &mut Value, rules: Vec<SchemaRule>) -> Result<(), String> {
+    for r in rules {
         let n = node(schema, r.path)?.as_object_mut().ok_or("schema node is not an object")?;
         let list = n.entry("x-kubernetes-validations").or_insert_with(|| json!([]));
         let mut entry = json!({ "rule": r.rule, "message": r.message });
@@ -268,4 +365,26 @@ pub fn add_to_schema(schema: &mut Value) -> Result<(), String> {
         list.as_array_mut().ok_or("x-kubernetes-validations is not a list")?.push(entry);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_become_expressions_on_the_objects() {
+        let cases = [
+            ("self.a == oldSelf.a", "object.spec.a == oldObject.spec.a"),
+            (
+                "has(self.x) && [self.m.selfLink] == [oldSelf.m.selfLink]",
+                "has(object.spec.x) && [object.spec.m.selfLink] == [oldObject.spec.m.selfLink]",
+            ),
+            ("self.all(k, k in oldSelf)", "object.spec.all(k, k in oldObject.spec)"),
+            ("myself.self", "myself.self"),
+            ("'self' == x", "'object.spec' == x"),
+        ];
+        for (rule, want) in cases {
+            assert_eq!(on_objects(rule), want, "{rule}");
+        }
+    }
 }

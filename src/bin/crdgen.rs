@@ -1,6 +1,11 @@
-//! Prints the TFJob CRD (`make crds` writes it to `crds/kubeflow.org_tfjobs.yaml`).
+//! Prints the TFJob CRD (`make crds` writes it to `crds/kubeflow.org_tfjobs.yaml`), or with
+//! `--policy` the update contract's ValidatingAdmissionPolicy (`crds/tfjob-update-contract.yaml`).
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", tfjob_operator::api::crd_yaml()?);
+    if std::env::args().nth(1).as_deref() == Some("--policy") {
+        print!("{}", tfjob_operator::api::contract_policy_yaml()?);
+    } else {
+        print!("{}", tfjob_operator::api::crd_yaml()?);
+    }
     Ok(())
 }

@@ -13,6 +13,8 @@ const CLUSTER_ROLE: &str = "rbac.authorization.k8s.io/v1/ClusterRole//tfjob-oper
 const SERVICE_MONITOR: &str = "monitoring.coreos.com/v1/ServiceMonitor/tfjob-operator/tfjob-operator";
 const KUEUE_POLICY: &str =
     "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy//tfjob-kueue-replica-keys";
+const CONTRACT_POLICY: &str =
+    "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy//tfjob-update-contract";
 const POD_MONITOR: &str = "monitoring.coreos.com/v1/PodMonitor/tfjob-operator/tfjob-operator";
 
 /// Each value changes what values.yaml says: (values, object, JSON pointer in it, the value
@@ -26,6 +28,8 @@ fn values_change_what_they_document() -> Result<()> {
         (vec![], POD_MONITOR, String::new(), None),
         (vec!["kueuePolicies.enabled=false"], KUEUE_POLICY, String::new(), None),
         (vec![], KUEUE_POLICY, "/spec/failurePolicy".into(), Some(json!("Fail"))),
+        (vec!["contractPolicy.enabled=false"], CONTRACT_POLICY, String::new(), None),
+        (vec![], CONTRACT_POLICY, "/spec/failurePolicy".into(), Some(json!("Fail"))),
         (
             vec!["gangScheduling=native", "logFormat=text", "extraArgs={--concurrency=32}"],
             DEPLOYMENT,

@@ -67,10 +67,12 @@ fn run(mut c: Command, what: &str) -> Result<String> {
 async fn install_run_uninstall(ctx: &Ctx, namespaced: bool) -> Result<()> {
     let name = release(ctx);
     // The values: the Deployment's pods on kwok nodes. The CRD is the suite's already
-    // (--skip-crds: Helm would skip it anyway), and the Kueue policies, cluster-scoped with
-    // fixed names, are applied and removed by their own tests.
+    // (--skip-crds: Helm would skip it anyway), and so is the update contract's policy, which
+    // the suite installs with it; the Kueue policies, cluster-scoped with fixed names, are
+    // applied and removed by their own tests.
     let mut values = json!({
         "kueuePolicies": {"enabled": false},
+        "contractPolicy": {"enabled": false},
         "nodeSelector": {"type": "kwok"},
         "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
     });

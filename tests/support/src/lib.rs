@@ -19,7 +19,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
@@ -74,6 +76,56 @@ pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) -> Resul
         .context("timed out after 60s waiting for the CRD to be Established")?
         .context("watching the CRD")?;
     Ok(())
+}
+
+/// Applies `crds/tfjob-update-contract.yaml` (server-side) and waits, up to 60 s, until the
+/// API server refuses a forbidden update with it: a policy is enforced a moment after it is
+/// stored. The probe is a suspended TFJob in `default` (no pods), refused a dry-run change of
+/// `spec.successPolicy`, then deleted.
+pub async fn apply_contract_policy(client: &Client) -> Result<()> {
+    let path = repo_root().join("crds/tfjob-update-contract.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    for doc in text.split("\n---\n") {
+        let obj: DynamicObject =
+            serde_saphyr::from_str(doc).with_context(|| format!("parsing {}", path.display()))?;
+        let kind = obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+        let plural = if kind == "ValidatingAdmissionPolicy" {
+            "validatingadmissionpolicies"
+        } else {
+            "validatingadmissionpolicybindings"
+        };
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", &kind);
+        let api: Api<DynamicObject> =
+            Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, plural));
+        api.patch(&obj.name_any(), &PatchParams::apply("tfjob-e2e").force(), &Patch::Apply(&obj))
+            .await
+            .with_context(|| format!("applying {kind} {}", obj.name_any()))?;
+    }
+    let tfjobs: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kubeflow.org", "v1", "TFJob"), "tfjobs"),
+    );
+    let probe = "tfjob-contract-probe";
+    let job: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": probe},
+        "spec": {"runPolicy": {"suspend": true}, "tfReplicaSpecs": {"Worker": {"replicas": 1, "template": {"spec": {
+            "containers": [{"name": "tensorflow", "image": "tensorflow/tensorflow:2.16.1"}]}}}}}
+    }))?;
+    match tfjobs.create(&PostParams::default(), &job).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e).context("creating the policy probe TFJob"),
+    }
+    let change = serde_json::json!({"spec": {"successPolicy": "AllWorkers"}});
+    let dry = PatchParams { dry_run: true, ..Default::default() };
+    let refused = wait(Duration::from_secs(60), "the update contract's policy to be enforced", || async {
+        matches!(tfjobs.patch(probe, &dry, &Patch::Merge(&change)).await,
+            Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("cannot be changed"))
+    })
+    .await;
+    let _ = tfjobs.delete(probe, &DeleteParams::background()).await;
+    refused
 }
 
 /// Whether the suite runs against the user's cluster.
@@ -146,9 +198,12 @@ impl Cluster {
         c
     }
 
-    /// Applies the CRD (server-side) and waits until it is Established.
+    /// Applies the CRD (server-side) and waits until it is Established; then the update
+    /// contract's admission policy (`crds/tfjob-update-contract.yaml`) and waits until the API
+    /// server enforces it.
     pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
-        apply_crd(&self.client, crd).await
+        apply_crd(&self.client, crd).await?;
+        apply_contract_policy(&self.client).await
     }
 
     /// Creates a namespace and waits for its `default` ServiceAccount, as pods need on a real cluster.
