@@ -39,9 +39,11 @@ run: ## A local control plane running the operator with an example job whose wor
 	  --crd crds/kubeflow.org_tfjobs.yaml --operator $(CARGO_TARGET_DIR)/debug/tfjob-operator \
 	  --apply examples/tfjob-finishes.yaml --watch
 
-crds: ## Regenerate crds/kubeflow.org_tfjobs.yaml from the Rust types
+crds: ## Regenerate crds/kubeflow.org_tfjobs.yaml and crds/tfjob-validation.yaml from the Rust types (and the chart's copies)
 	$(CARGO) run --locked --quiet --bin crdgen > crds/kubeflow.org_tfjobs.yaml
-	$(CARGO) run --locked --quiet --bin crdgen -- --policy > crds/tfjob-update-contract.yaml
+	$(CARGO) run --locked --quiet --bin crdgen -- --policy > crds/tfjob-validation.yaml
+	cp crds/kubeflow.org_tfjobs.yaml charts/tfjob-operator/crds/kubeflow.org_tfjobs.yaml
+	cp crds/tfjob-validation.yaml charts/tfjob-operator/files/tfjob-validation.yaml
 
 deploy: ## Install the operator cluster-wide on the current kubectl context (server-side apply of deploy/)
 	kubectl apply --server-side -k deploy/

@@ -9,6 +9,8 @@ pub enum Error {
     CrdSchema(String),
     #[error("writing the status of TFJob {job}: {source}")]
     PatchStatus { job: String, source: kube::Error },
+    #[error("building the status patch of TFJob {job}: {source}")]
+    StatusPatch { job: String, source: serde_json::Error },
     #[error("not writing the status of TFJob {job}: it changed since it was read; planning again")]
     StaleStatus { job: String },
     #[error("reading TFJob {job}: {source}")]
@@ -72,7 +74,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::CrdSerialize(_) | Error::CrdSchema(_) => "crd",
-            Error::PatchStatus { .. } => "patch_status",
+            Error::PatchStatus { .. } | Error::StatusPatch { .. } => "patch_status",
             Error::StaleStatus { .. } => "stale_status",
             Error::Create { .. } => "create",
             Error::JobGone { .. } => "job_gone",

@@ -15,51 +15,57 @@ fn committed_crd_matches_the_generator() {
 }
 
 #[test]
-fn committed_update_contract_policy_matches_the_generator() {
-    let committed = std::fs::read_to_string("crds/tfjob-update-contract.yaml").unwrap_or_default();
-    let generated = api::contract_policy_yaml().expect("policy renders");
-    assert!(
-        committed == generated,
-        "crds/tfjob-update-contract.yaml is stale: run `make crds` and commit it"
-    );
+fn committed_update_validation_policy_matches_the_generator() {
+    let committed = std::fs::read_to_string("crds/tfjob-validation.yaml").unwrap_or_default();
+    let generated = api::validation_policy_yaml().expect("policy renders");
+    assert!(committed == generated, "crds/tfjob-validation.yaml is stale: run `make crds` and commit it");
     let kustomization = std::fs::read_to_string("crds/kustomization.yaml").unwrap_or_default();
-    assert!(kustomization.contains("- tfjob-update-contract.yaml"), "crds/kustomization.yaml installs it");
+    assert!(kustomization.contains("- tfjob-validation.yaml"), "crds/kustomization.yaml installs it");
 }
 
-/// The CRD has no rule that reads the old object (a status write would evaluate it); the
-/// policy has every such rule, as the same text on `object.spec` and `oldObject.spec`, each
-/// refusing with its own message and reason Invalid (HTTP 422), on updates of `tfjobs` only.
+/// The CRD has no CEL rule (a status write would evaluate them all); the policy has every
+/// rule, the shape rules on creates and the update contract on updates, each as the same text
+/// on the whole object, refusing with its own message and reason Invalid (HTTP 422), on
+/// `tfjobs` only (not their status).
 #[test]
-fn the_update_contract_is_the_policys_and_not_the_crds() {
+fn every_rule_is_the_policys_and_not_the_crds() {
     let crd = serde_json::to_value(api::crd().unwrap()).unwrap();
     let text = serde_json::to_string(&crd).unwrap();
-    assert!(!text.contains("oldSelf"), "the CRD keeps no transition rule");
+    assert!(!text.contains("x-kubernetes-validations"), "the CRD keeps no CEL rule");
     let schema = crd.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap();
+    let shape = rules::rules();
     let contract = rules::contract_rules(schema).unwrap();
-    let [policy, binding] = api::contract_policy().unwrap();
+    let [policy, binding] = api::validation_policy().unwrap();
     let validations = policy["spec"]["validations"].as_array().unwrap();
-    assert_eq!(validations.len(), contract.len());
+    assert_eq!(validations.len(), shape.len() + contract.len());
     assert_eq!(contract.len(), rules::IMMUTABLE_SPEC_FIELDS.len() + rules::IMMUTABLE_RUN_POLICY_FIELDS.len());
-    for (v, r) in validations.iter().zip(&contract) {
-        assert!(r.rule.contains("oldSelf"), "{}", r.rule);
+    let ops = shape.iter().map(|r| ("CREATE", r)).chain(contract.iter().map(|r| ("UPDATE", r)));
+    for (v, (op, r)) in validations.iter().zip(ops) {
+        assert_eq!(r.rule.contains("oldSelf"), op == "UPDATE", "{}", r.rule);
         let expr = v["expression"].as_str().unwrap();
-        assert_eq!(expr, rules::on_objects(&r.rule));
+        let lifted = rules::policy_expression(schema, r.path, &r.rule).unwrap();
+        assert_eq!(expr, format!("request.operation != '{op}' || ({lifted})"));
         assert!(
             !expr.contains("self.") && !expr.contains("oldSelf") && !expr.contains("object.specLink"),
             "{expr}"
         );
         assert_eq!(expr.matches("selfLink").count(), r.rule.matches("selfLink").count());
         assert_eq!(v["message"], json!(r.message));
-        assert!(r.message.ends_with(rules::CONTRACT), "{}", r.message);
+        if op == "UPDATE" {
+            assert!(r.message.ends_with(rules::CONTRACT), "{}", r.message);
+        }
         assert_eq!(v["reason"], "Invalid");
     }
     assert_eq!(
         policy["spec"]["matchConstraints"]["resourceRules"],
-        json!([{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["tfjobs"]}]),
-        "updates of the job itself, not of its status"
+        json!([{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["tfjobs"]}]),
+        "creates and updates of the job itself, not of its status"
     );
     assert_eq!(policy["spec"]["failurePolicy"], "Fail");
-    assert_eq!(binding["spec"], json!({"policyName": rules::CONTRACT_POLICY, "validationActions": ["Deny"]}));
+    assert_eq!(
+        binding["spec"],
+        json!({"policyName": rules::VALIDATION_POLICY, "validationActions": ["Deny"]})
+    );
 }
 
 /// Timestamps become instants, so `.000Z` and `Z` compare equal.

@@ -1,4 +1,4 @@
-//! The CRD's CEL rules and the update contract's (the policy's), evaluated locally by kube's
+//! The policy's CEL rules (the shape rules and the update contract), evaluated locally by kube's
 //! CEL evaluator on the committed schema: every accepted and refused create, and the seed's
 //! update contract on updates.
 
@@ -8,14 +8,15 @@ use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use serde_json::{Value, json};
 use tfjob_operator::api::{self, rules::CONTRACT};
 
-/// The CRD's schema with the update contract's rules put back on `spec`, where they sat before
-/// they moved to the ValidatingAdmissionPolicy: the policy evaluates the same rules (`self`
-/// as `object.spec`, `oldSelf` as `oldObject.spec`; tests/api.rs checks it), so one evaluator
-/// covers both.
+/// The CRD's schema with the policy's rules put back on the nodes they read, where they sat
+/// before they moved to the ValidatingAdmissionPolicy: the policy evaluates the same rules on
+/// the whole object (`self` as the node in `object`, `oldSelf` in `oldObject`; tests/api.rs
+/// checks it), so one evaluator covers both.
 fn schema() -> Value {
     let crd = serde_json::to_value(api::crd().expect("CRD builds")).unwrap();
     let mut schema = crd.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap().clone();
     let contract = api::rules::contract_rules(&schema).expect("contract rules");
+    api::rules::add_rules(&mut schema, api::rules::rules()).expect("rules added");
     api::rules::add_rules(&mut schema, contract).expect("rules added");
     schema
 }

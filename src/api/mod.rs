@@ -16,7 +16,7 @@ mod types;
 mod view;
 pub mod workload;
 
-pub use crd::{contract_policy, contract_policy_yaml, crd, crd_yaml};
+pub use crd::{crd, crd_yaml, validation_policy, validation_policy_yaml};
 pub use enums::{CleanPodPolicy, ReplicaType, RestartPolicy, SuccessPolicy};
 pub use indexes::IndexSet;
 pub use pod_group::PodGroup;

@@ -1,17 +1,18 @@
-//! The API server's validation of TFJobs: the CRD's CEL rules and schema bounds, and the
-//! update contract's rules, which a ValidatingAdmissionPolicy serves, in one table.
+//! The API server's validation of TFJobs in one table: the CRD's schema bounds, and the CEL
+//! rules that a ValidatingAdmissionPolicy serves, the shape rules on creates and the update
+//! contract on updates.
 //!
 //! The seed's update contract lives here: only `metadata.labels`, `metadata.annotations`,
 //! the three updatable run-policy fields and `runPolicy.suspend` may change, plus, while the
 //! job is suspended, the scheduling directives of the pod templates ([`super::contract`]).
 //! Each immutable field is guarded by a rule on its parent (`spec`, which always exists) that
-//! compares presence as well as value. These rules compare an update with the stored job, so
-//! they are served by the policy [`CONTRACT_POLICY`] on `tfjobs` updates and not by the CRD:
-//! the API server evaluates every rule of a CRD on every status write as well, where the spec
-//! cannot change, and comparing the pod templates was half of what a status write cost it
-//! (BENCHMARKS.md, "Where the API server's CPU goes"). The rules of
-//! `runPolicy.schedulingPolicy` accept what native gang scheduling reads and refuse what only
-//! other gang schedulers read.
+//! compares presence as well as value. The rules are written as a CRD's rules are, each on
+//! the schema node it reads, and served by the policy [`VALIDATION_POLICY`] on `tfjobs` (not
+//! `tfjobs/status`) rather than by the CRD: the API server evaluates every rule of a CRD on
+//! every status write as well, where the spec cannot change; they were 17 of the 34 CPU
+//! seconds our status writes cost it at 1000 jobs (BENCHMARKS.md, "Where the API server's CPU
+//! goes"). The rules of `runPolicy.schedulingPolicy` accept what native gang scheduling reads
+//! and refuse what only other gang schedulers read.
 
 use serde_json::{Value, json};
 
@@ -68,11 +69,12 @@ fn rule(path: &'static [&'static str], rule: impl Into<String>, message: impl In
     SchemaRule { path, rule: rule.into(), message: message.into(), field_path: None }
 }
 
-/// The name of the ValidatingAdmissionPolicy (and of its binding) that serves the update
-/// contract ([`contract_policy`], committed as `crds/tfjob-update-contract.yaml`).
-pub const CONTRACT_POLICY: &str = "tfjob-update-contract";
+/// The name of the ValidatingAdmissionPolicy (and of its binding) that serves every rule of
+/// this module ([`validation_policy`], committed as `crds/tfjob-validation.yaml`).
+pub const VALIDATION_POLICY: &str = "tfjob-validation";
 
-/// Every CEL rule of the CRD (the update contract's are [`contract_rules`]).
+/// The rules every new TFJob must meet, each on the schema node it reads (the update
+/// contract's are [`contract_rules`]).
 pub fn rules() -> Vec<SchemaRule> {
     let mut out = vec![
         rule(
@@ -188,10 +190,47 @@ pub fn contract_rules(schema: &Value) -> Result<Vec<SchemaRule>, String> {
     Ok(out)
 }
 
-/// A rule on `spec` as an admission policy's expression: the variable `self` is
-/// `object.spec` and `oldSelf` is `oldObject.spec`. Only whole identifiers that are not a
-/// field name (after a `.`) are replaced: `metadata.selfLink` stays.
-pub fn on_objects(rule: &str) -> String {
+/// `rule`, written for the schema node at `path`, as an admission policy's expression on the
+/// whole object: `self` becomes that node of `object` and `oldSelf` of `oldObject`. Under a
+/// field that `schema` (the CRD's `openAPIV3Schema`) does not require, the rule holds when the
+/// field is unset, as a CRD's rule does; under a map's values (`*`) it must hold for each.
+pub fn policy_expression(schema: &Value, path: &[&str], rule: &str) -> Result<String, String> {
+    let (mut cur, mut old) = ("object".to_string(), Some("oldObject".to_string()));
+    let mut node = schema;
+    let (mut open, mut close) = (String::new(), String::new());
+    for (depth, seg) in path.iter().enumerate() {
+        if *seg == "*" {
+            let var = format!("r{depth}");
+            open.push_str(&format!("{cur}.all({var}, "));
+            close.insert(0, ')');
+            cur = format!("{cur}[{var}]");
+            old = None;
+            node = node.get("additionalProperties").ok_or_else(|| format!("no {}", path.join(".")))?;
+            continue;
+        }
+        let required = node
+            .get("required")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.iter().any(|f| f.as_str() == Some(seg)));
+        node = node.pointer(&format!("/properties/{seg}")).ok_or_else(|| format!("no {}", path.join(".")))?;
+        if !required {
+            open.push_str(&format!("!has({cur}.{seg}) || ("));
+            close.insert(0, ')');
+        }
+        cur = format!("{cur}.{seg}");
+        old = old.map(|o| format!("{o}.{seg}"));
+    }
+    let old = match old {
+        Some(o) => o,
+        None if on_objects(rule, "self", "") == rule => String::new(),
+        None => return Err(format!("a rule under a map's values cannot read oldSelf: {rule}")),
+    };
+    Ok(format!("{open}{}{close}", on_objects(rule, &cur, &old)))
+}
+
+/// `rule` with the variables `self` and `oldSelf` replaced by `this` and `old`. Only whole
+/// identifiers that are not a field name (after a `.`) are replaced: `metadata.selfLink` stays.
+pub fn on_objects(rule: &str, this: &str, old: &str) -> String {
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = String::with_capacity(rule.len() * 2);
     let mut rest = rule;
@@ -202,8 +241,8 @@ pub fn on_objects(rule: &str) -> String {
             let word = &rest[..word_len];
             let variable = prev != Some('.') && !prev.is_some_and(ident);
             match word {
-                "self" if variable => out.push_str("object.spec"),
-                "oldSelf" if variable => out.push_str("oldObject.spec"),
+                "self" if variable => out.push_str(this),
+                "oldSelf" if variable => out.push_str(old),
                 _ => out.push_str(word),
             }
             prev = word.chars().last();
@@ -217,29 +256,37 @@ pub fn on_objects(rule: &str) -> String {
     out
 }
 
-/// The ValidatingAdmissionPolicy that serves the update contract on every update of a TFJob
-/// (not of its status), and its binding, from the CRD's `schema`.
-pub fn contract_policy(schema: &Value) -> Result<[Value; 2], String> {
-    let validations: Vec<Value> = contract_rules(schema)?
-        .into_iter()
-        .map(|r| {
-            if r.path != ["spec"] {
-                return Err(format!("contract rule not on spec: {}", r.rule));
-            }
-            Ok(json!({ "expression": on_objects(&r.rule), "message": r.message, "reason": "Invalid" }))
-        })
-        .collect::<Result<_, String>>()?;
+/// The operation a policy's validation applies to: the shape rules to creates (the update
+/// contract keeps what they check from changing), the contract to updates.
+fn only_on(operation: &str, expression: &str) -> String {
+    format!("request.operation != '{operation}' || ({expression})")
+}
+
+/// The ValidatingAdmissionPolicy that serves every rule of this module, from the CRD's
+/// `schema`, and its binding: the shape rules ([`rules`]) on creates and the update contract
+/// ([`contract_rules`]) on updates, of a TFJob and not of its status. None sits in the CRD,
+/// whose rules the API server evaluates on every status write as well.
+pub fn validation_policy(schema: &Value) -> Result<[Value; 2], String> {
+    let validation = |op: &str, r: SchemaRule| -> Result<Value, String> {
+        let expression = only_on(op, &policy_expression(schema, r.path, &r.rule)?);
+        Ok(json!({ "expression": expression, "message": r.message, "reason": "Invalid" }))
+    };
+    let mut validations: Vec<Value> =
+        rules().into_iter().map(|r| validation("CREATE", r)).collect::<Result<_, String>>()?;
+    for r in contract_rules(schema)? {
+        validations.push(validation("UPDATE", r)?);
+    }
     Ok([
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingAdmissionPolicy",
-            "metadata": { "name": CONTRACT_POLICY },
+            "metadata": { "name": VALIDATION_POLICY },
             "spec": {
                 "failurePolicy": "Fail",
                 "matchConstraints": { "resourceRules": [{
                     "apiGroups": ["kubeflow.org"],
                     "apiVersions": ["v1"],
-                    "operations": ["UPDATE"],
+                    "operations": ["CREATE", "UPDATE"],
                     "resources": ["tfjobs"],
                 }]},
                 "validations": validations,
@@ -248,8 +295,8 @@ pub fn contract_policy(schema: &Value) -> Result<[Value; 2], String> {
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": { "name": CONTRACT_POLICY },
-            "spec": { "policyName": CONTRACT_POLICY, "validationActions": ["Deny"] },
+            "metadata": { "name": VALIDATION_POLICY },
+            "spec": { "policyName": VALIDATION_POLICY, "validationActions": ["Deny"] },
         }),
     ])
 }
@@ -344,16 +391,18 @@ fn node<'a>(schema: &'a mut Value, path: &[&str]) -> Result<&'a mut Value, Strin
     Ok(cur)
 }
 
-/// Adds the bounds and the CRD's CEL rules to the generated `openAPIV3Schema`.
+/// Adds the bounds to the generated `openAPIV3Schema`. The CRD gets no CEL rule: they are
+/// the policy's ([`validation_policy`]).
 pub fn add_to_schema(schema: &mut Value) -> Result<(), String> {
     for (path, keyword, value) in bounds() {
         let n = node(schema, path)?;
         n.as_object_mut().ok_or("schema node is not an object")?.insert(keyword.into(), value);
     }
-    add_rules(schema, rules())
+    Ok(())
 }
 
-/// Adds `rules` to the schema nodes they sit on, as `x-kubernetes-validations`.
+/// Adds `rules` to the schema nodes they sit on, as `x-kubernetes-validations` (tests evaluate
+/// the policy's rules this way, with a CRD's CEL evaluator).
 pub fn add_rules(schema: &mut Value, rules: Vec<SchemaRule>) -> Result<(), String> {
     for r in rules {
         let n = node(schema, r.path)?.as_object_mut().ok_or("schema node is not an object")?;
@@ -384,7 +433,37 @@ mod tests {
             ("'self' == x", "'object.spec' == x"),
         ];
         for (rule, want) in cases {
-            assert_eq!(on_objects(rule), want, "{rule}");
+            assert_eq!(on_objects(rule, "object.spec", "oldObject.spec"), want, "{rule}");
         }
+    }
+
+    /// A rule keeps its meaning on the whole object: it holds where its node is unset (a
+    /// field not required), and for each value of a map.
+    #[test]
+    fn rules_are_lifted_to_the_object() {
+        let schema = json!({"required": ["spec"], "properties": {"spec": {
+            "required": ["m"],
+            "properties": {
+                "m": {"additionalProperties": {"properties": {"t": {}}}},
+                "o": {"properties": {"p": {}}},
+            },
+        }}});
+        let cases: [(&[&str], &str, Result<&str, ()>); 6] = [
+            (&[], "has(self.metadata.name)", Ok("has(object.metadata.name)")),
+            (&["spec"], "self.a == oldSelf.a", Ok("object.spec.a == oldObject.spec.a")),
+            (&["spec", "m"], "self.all(k, k != '')", Ok("object.spec.m.all(k, k != '')")),
+            (
+                &["spec", "o", "p"],
+                "!has(self.q)",
+                Ok("!has(object.spec.o) || (!has(object.spec.o.p) || (!has(object.spec.o.p.q)))"),
+            ),
+            (&["spec", "m", "*"], "has(self.t)", Ok("object.spec.m.all(r2, has(object.spec.m[r2].t))")),
+            (&["spec", "m", "*"], "self.t == oldSelf.t", Err(())),
+        ];
+        for (path, rule, want) in cases {
+            let got = policy_expression(&schema, path, rule);
+            assert_eq!(got.as_deref().map_err(|_| ()), want, "{path:?} {rule}");
+        }
+        assert!(policy_expression(&schema, &["spec", "x"], "true").is_err(), "no such node");
     }
 }

@@ -150,10 +150,16 @@ fn service(j: &TFJob, i: i32) -> Service {
     svc
 }
 
-/// The job as stored after a status write whose body was `patch`, at `version`.
+/// The job as stored after a first status write whose body (a merge patch) was `patch`, at
+/// `version`.
 fn stored_with(patch: &Value, version: &str) -> Value {
-    let mut j = serde_json::to_value(job()).expect("json");
-    j["status"] = patch["status"].clone();
+    stored_after(&serde_json::to_value(job()).expect("json"), patch, version)
+}
+
+/// `before` as stored after a status write whose body (a merge patch) was `patch`, at `version`.
+fn stored_after(before: &Value, patch: &Value, version: &str) -> Value {
+    let mut j = before.clone();
+    j["status"] = crate::writer::merge_patch::apply(&before["status"], &patch["status"]);
     j["metadata"]["resourceVersion"] = json!(version);
     j
 }
@@ -184,7 +190,8 @@ async fn a_refused_create_writes_the_follow_up_status_and_backs_off() {
     let task = f.reconcile(&j);
     let (m, path, body, send) = f.next().await;
     assert_eq!((m, path.as_str()), (Method::PATCH, STATUS));
-    respond(send, 200, stored_with(&body, "11"));
+    let stored = stored_with(&body, "11");
+    respond(send, 200, stored.clone());
     let (m, path, body, send) = f.next().await;
     assert_eq!((m, path.as_str()), (Method::POST, "/api/v1/namespaces/ns/services"));
     let mut svc = body.clone();
@@ -202,7 +209,7 @@ async fn a_refused_create_writes_the_follow_up_status_and_backs_off() {
     assert_eq!(failure["status"], "True");
     assert!(failure["message"].as_str().is_some_and(|m| m.contains("Invalid (test)")), "{failure}");
     assert_eq!(body["metadata"]["resourceVersion"], "11", "fenced on the first write's version");
-    respond(send, 200, stored_with(&body, "13"));
+    respond(send, 200, stored_after(&stored, &body, "13"));
     let action = f.ended(task, "after the follow-up write").await.expect("reconciled");
     assert_eq!(action, Action::requeue(super::backoff::CREATE_BACKOFF_FIRST), "the first create backoff");
 

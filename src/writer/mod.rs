@@ -1,10 +1,11 @@
 //! Every write the controller makes to the API server (the Lease's writes are in
 //! [`crate::leader`]), each idempotent and each asking the leadership gate first: fixed
 //! names; a 409 on create is success only for an object this job controls; deletes carry the
-//! uid seen as a precondition and take a 404 as success; status goes by server-side apply
-//! with one field manager. Events go through the queue of [`events`].
+//! uid seen as a precondition and take a 404 as success; status goes by JSON merge patch of
+//! what changed, with one field manager. Events go through the queue of [`events`].
 
 pub mod events;
+pub mod merge_patch;
 pub mod pod_group;
 pub mod workload;
 
@@ -136,6 +137,30 @@ pub fn failure_message(e: &kube::Error) -> String {
     }
 }
 
+/// The merge patch of a status write: what changed from `job.status` to `status`, fenced by
+/// the job's resourceVersion. Fields that earlier versions wrote and this one only reads are
+/// counted in the old status, so that the patch removes them.
+fn status_patch(job: &TFJob, status: &TFJobStatus) -> Result<serde_json::Value, serde_json::Error> {
+    let mut old = serde_json::to_value(&job.status)?;
+    for (t, r) in job.status.iter().flat_map(|s| &s.replica_statuses) {
+        if let (false, Some(replica)) = (
+            r.succeeded_indexes.is_empty(),
+            old.pointer_mut(&format!(
+                "/replicaStatuses/{}",
+                serde_json::to_value(t)?.as_str().unwrap_or_default()
+            )),
+        ) {
+            replica["succeededIndexes"] = serde_json::to_value(&r.succeeded_indexes)?;
+        }
+    }
+    let new = serde_json::to_value(status)?;
+    let mut patch = serde_json::json!({ "metadata": { "resourceVersion": job.resource_version() } });
+    if let Some(d) = merge_patch::diff(&old, &new) {
+        patch["status"] = d;
+    }
+    Ok(patch)
+}
+
 /// Delete options with the uid the plan saw as a precondition.
 fn with_uid(uid: &str) -> DeleteParams {
     DeleteParams {
@@ -153,30 +178,29 @@ impl Writer {
         Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default())
     }
 
-    /// Writes the job's whole status (server-side apply, forced, one field manager) and
-    /// returns the stored object, without managedFields as the cache keeps jobs.
+    /// Writes what changed from the job's status (`job.status`, as planned from) to `status`,
+    /// as a JSON merge patch ([`merge_patch::diff`]), and returns the stored object, without
+    /// managedFields as the cache keeps jobs. A merge patch costs the API server less than a
+    /// server-side apply of the whole status (BENCHMARKS.md, "Where the API server's CPU
+    /// goes"); the operator is the status' only writer.
     ///
-    /// Fenced: the write carries the resourceVersion of the job it was planned from, so it is
+    /// Fenced: the patch carries the resourceVersion of the job it was planned from, so it is
     /// refused ([`Error::StaleStatus`]) when the stored job changed since (another writer, a
     /// new leader, a user's patch); the job is then planned again from fresh state. A stale
     /// process can never erase what another wrote.
     pub async fn patch_status(&self, job: &TFJob, status: &TFJobStatus) -> Result<TFJob, Error> {
         self.gate.check()?;
-        let body = serde_json::json!({
-            "apiVersion": names::API_VERSION,
-            "kind": names::KIND,
-            "metadata": { "resourceVersion": job.resource_version() },
-            "status": status,
-        });
-        let mut written = self
-            .jobs(job)
-            .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-            .await
-            .map_err(|source| match source {
-                e if is_status(&e, 409) => Error::StaleStatus { job: job.name_any() },
-                e if is_status(&e, 404) => Error::JobGone { job: job.name_any() },
-                source => Error::PatchStatus { job: job.name_any(), source },
-            })?;
+        let body =
+            status_patch(job, status).map_err(|source| Error::StatusPatch { job: job.name_any(), source })?;
+        let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let mut written =
+            self.jobs(job).patch_status(&job.name_any(), &pp, &Patch::Merge(body)).await.map_err(
+                |source| match source {
+                    e if is_status(&e, 409) => Error::StaleStatus { job: job.name_any() },
+                    e if is_status(&e, 404) => Error::JobGone { job: job.name_any() },
+                    source => Error::PatchStatus { job: job.name_any(), source },
+                },
+            )?;
         written.metadata.managed_fields = None;
         Ok(written)
     }
@@ -278,6 +302,48 @@ mod tests {
             serde_json::from_value(serde_json::json!({"name": "x", "kind": "namespaces"})).expect("details"),
         );
         kube::Error::Api(Box::new(s))
+    }
+
+    /// A status write sends what changed and the resourceVersion it was planned from; the
+    /// list an earlier version wrote (`succeededIndexes`) is removed as it is rewritten.
+    #[test]
+    fn status_patches_hold_what_changed_fenced_by_the_version_read() {
+        use crate::api::{ReplicaStatus, ReplicaType};
+        let mut job: TFJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubeflow.org/v1", "kind": "TFJob",
+            "metadata": {"name": "j", "namespace": "ns", "resourceVersion": "41"},
+            "spec": {"tfReplicaSpecs": {}},
+            "status": {"replicaStatuses": {
+                "PS": {"active": 1},
+                "Worker": {"active": 2, "succeeded": 2, "succeededIndexes": [1, 2]},
+            }},
+        }))
+        .expect("job");
+        let old = job.status.clone().expect("status");
+        let mut new = old.clone().upgraded();
+        let w = new.replica_statuses.get_mut(&ReplicaType::Worker).expect("worker");
+        *w = ReplicaStatus { active: 1, succeeded: 3, ..std::mem::take(w) };
+        w.completed_indexes.extend([0]);
+        let patch = status_patch(&job, &new).expect("patch");
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "metadata": {"resourceVersion": "41"},
+                "status": {"replicaStatuses": {"Worker": {
+                    "active": 1, "succeeded": 3, "completedIndexes": "0-2", "succeededIndexes": null,
+                }}},
+            })
+        );
+        // Nothing changed: only the fence (the API server stores nothing new).
+        job.status = Some(new.clone());
+        assert_eq!(
+            status_patch(&job, &new).expect("patch"),
+            serde_json::json!({"metadata": {"resourceVersion": "41"}})
+        );
+        // No status before: all of it.
+        job.status = None;
+        let all = status_patch(&job, &new).expect("patch");
+        assert_eq!(all["status"], serde_json::to_value(&new).expect("status"));
     }
 
     #[test]

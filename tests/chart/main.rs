@@ -200,7 +200,7 @@ fn assert_same(sets: &[&str], dir: &str) -> Result<()> {
 const COPIES: &[(&str, &str)] = &[
     ("crds/kubeflow.org_tfjobs.yaml", "crds/kubeflow.org_tfjobs.yaml"),
     ("files/kueue-policies.yaml", "crds/kueue-policies.yaml"),
-    ("files/tfjob-update-contract.yaml", "crds/tfjob-update-contract.yaml"),
+    ("files/tfjob-validation.yaml", "crds/tfjob-validation.yaml"),
 ];
 
 /// The keys of the objects the chart renders from [`COPIES`] as they are (no Helm labels).

@@ -13,8 +13,7 @@ const CLUSTER_ROLE: &str = "rbac.authorization.k8s.io/v1/ClusterRole//tfjob-oper
 const SERVICE_MONITOR: &str = "monitoring.coreos.com/v1/ServiceMonitor/tfjob-operator/tfjob-operator";
 const KUEUE_POLICY: &str =
     "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy//tfjob-kueue-replica-keys";
-const CONTRACT_POLICY: &str =
-    "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy//tfjob-update-contract";
+const VALIDATION_POLICY: &str = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy//tfjob-validation";
 const POD_MONITOR: &str = "monitoring.coreos.com/v1/PodMonitor/tfjob-operator/tfjob-operator";
 
 /// Each value changes what values.yaml says: (values, object, JSON pointer in it, the value
@@ -28,8 +27,8 @@ fn values_change_what_they_document() -> Result<()> {
         (vec![], POD_MONITOR, String::new(), None),
         (vec!["kueuePolicies.enabled=false"], KUEUE_POLICY, String::new(), None),
         (vec![], KUEUE_POLICY, "/spec/failurePolicy".into(), Some(json!("Fail"))),
-        (vec!["contractPolicy.enabled=false"], CONTRACT_POLICY, String::new(), None),
-        (vec![], CONTRACT_POLICY, "/spec/failurePolicy".into(), Some(json!("Fail"))),
+        (vec!["validationPolicy.enabled=false"], VALIDATION_POLICY, String::new(), None),
+        (vec![], VALIDATION_POLICY, "/spec/failurePolicy".into(), Some(json!("Fail"))),
         (
             vec!["gangScheduling=native", "logFormat=text", "extraArgs={--concurrency=32}"],
             DEPLOYMENT,

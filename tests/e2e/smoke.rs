@@ -12,11 +12,11 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
-use tfjob_operator::api::rules::CONTRACT;
+use tfjob_operator::api::rules::{self, CONTRACT};
 
 pub fn tests() -> Vec<Test> {
     vec![
-        test!(crd_is_established_with_its_rules),
+        test!(crd_is_established_and_its_rules_are_the_policys),
         test!(seed_job_round_trips_and_the_update_contract_holds),
         test!(pods_meet_the_fate_their_annotations_choose),
         test!(deleted_pod_terminates_then_disappears),
@@ -33,7 +33,9 @@ fn tfjobs(ctx: &Ctx) -> Api<DynamicObject> {
     )
 }
 
-async fn crd_is_established_with_its_rules(ctx: Ctx) -> Result<()> {
+/// The served CRD is the committed one, with no CEL rule (the API server would evaluate them
+/// on every status write), and the served admission policy has the committed rules.
+async fn crd_is_established_and_its_rules_are_the_policys(ctx: Ctx) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(ctx.cluster.client.clone());
     let crd = api.get("tfjobs.kubeflow.org").await?;
     let conditions = crd.status.clone().and_then(|s| s.conditions).unwrap_or_default();
@@ -46,15 +48,32 @@ async fn crd_is_established_with_its_rules(ctx: Ctx) -> Result<()> {
     let committed: CustomResourceDefinition = serde_saphyr::from_str(&std::fs::read_to_string(
         tfjob_testsupport::repo_root().join("crds/kubeflow.org_tfjobs.yaml"),
     )?)?;
-    let rules = |c: &CustomResourceDefinition| {
-        serde_json::to_string(&c.spec.versions[0].schema)
-            .unwrap_or_default()
-            .matches("x-kubernetes-validations")
-            .count()
-    };
+    let served = serde_json::to_value(&crd.spec.versions[0].schema)?;
     ensure!(
-        rules(&crd) == rules(&committed) && rules(&crd) > 0,
-        "the served CRD carries the committed rules"
+        served == serde_json::to_value(&committed.spec.versions[0].schema)?,
+        "the served CRD is the committed one"
+    );
+    ensure!(!served.to_string().contains("x-kubernetes-validations"), "the served CRD has no CEL rule");
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy");
+    let policies: Api<DynamicObject> = Api::all_with(
+        ctx.cluster.client.clone(),
+        &ApiResource::from_gvk_with_plural(&gvk, "validatingadmissionpolicies"),
+    );
+    let policy = serde_json::to_value(policies.get(rules::VALIDATION_POLICY).await?)?;
+    let [want, _] = tfjob_operator::api::validation_policy()?;
+    ensure!(
+        policy["spec"]["validations"] == want["spec"]["validations"],
+        "the served policy has the committed rules: {}",
+        policy["spec"]["validations"]
+    );
+    // The API server adds defaults (`scope`) to each resource rule.
+    let mut served_rules = policy["spec"]["matchConstraints"]["resourceRules"].clone();
+    served_rules.as_array_mut().into_iter().flatten().for_each(|r| {
+        r.as_object_mut().map(|r| r.remove("scope"));
+    });
+    ensure!(
+        served_rules == want["spec"]["matchConstraints"]["resourceRules"],
+        "the served policy applies to creates and updates of tfjobs: {served_rules}"
     );
     Ok(())
 }

@@ -72,7 +72,7 @@ async fn install_run_uninstall(ctx: &Ctx, namespaced: bool) -> Result<()> {
     // applied and removed by their own tests.
     let mut values = json!({
         "kueuePolicies": {"enabled": false},
-        "contractPolicy": {"enabled": false},
+        "validationPolicy": {"enabled": false},
         "nodeSelector": {"type": "kwok"},
         "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
     });

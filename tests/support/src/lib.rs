@@ -78,12 +78,12 @@ pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) -> Resul
     Ok(())
 }
 
-/// Applies `crds/tfjob-update-contract.yaml` (server-side) and waits, up to 60 s, until the
+/// Applies `crds/tfjob-validation.yaml` (server-side) and waits, up to 60 s, until the
 /// API server refuses a forbidden update with it: a policy is enforced a moment after it is
 /// stored. The probe is a suspended TFJob in `default` (no pods), refused a dry-run change of
 /// `spec.successPolicy`, then deleted.
-pub async fn apply_contract_policy(client: &Client) -> Result<()> {
-    let path = repo_root().join("crds/tfjob-update-contract.yaml");
+pub async fn apply_validation_policy(client: &Client) -> Result<()> {
+    let path = repo_root().join("crds/tfjob-validation.yaml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     for doc in text.split("\n---\n") {
         let obj: DynamicObject =
@@ -199,11 +199,11 @@ impl Cluster {
     }
 
     /// Applies the CRD (server-side) and waits until it is Established; then the update
-    /// contract's admission policy (`crds/tfjob-update-contract.yaml`) and waits until the API
+    /// contract's admission policy (`crds/tfjob-validation.yaml`) and waits until the API
     /// server enforces it.
     pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
         apply_crd(&self.client, crd).await?;
-        apply_contract_policy(&self.client).await
+        apply_validation_policy(&self.client).await
     }
 
     /// Creates a namespace and waits for its `default` ServiceAccount, as pods need on a real cluster.
