@@ -347,6 +347,7 @@ fn scheduling_rules() -> Vec<SchemaRule> {
             path: &["spec"],
             rule: "!has(self.runPolicy) || !has(self.runPolicy.schedulingPolicy) || \
                    !has(self.runPolicy.schedulingPolicy.minAvailable) || \
+                   self.runPolicy.schedulingPolicy.minAvailable == null || \
                    self.runPolicy.schedulingPolicy.minAvailable <= self.tfReplicaSpecs.map(k, \
                    has(self.tfReplicaSpecs[k].replicas) ? self.tfReplicaSpecs[k].replicas : 1).sum()"
                 .into(),

@@ -18,6 +18,7 @@ pub fn tests() -> Vec<Test> {
     vec![
         test!(crd_is_established_and_its_rules_are_the_policys),
         test!(seed_job_round_trips_and_the_update_contract_holds),
+        test!(null_optional_fields_pass_the_policy),
         test!(pods_meet_the_fate_their_annotations_choose),
         test!(deleted_pod_terminates_then_disappears),
         test!(garbage_collector_deletes_what_a_tfjob_owns),
@@ -75,6 +76,48 @@ async fn crd_is_established_and_its_rules_are_the_policys(ctx: Ctx) -> Result<()
         served_rules == want["spec"]["matchConstraints"]["resourceRules"],
         "the served policy applies to creates and updates of tfjobs: {served_rules}"
     );
+    Ok(())
+}
+
+/// Optional objects and numbers written as `null` (an emptied `runPolicy:` in YAML) are as
+/// good as unset to the policy: such jobs are created, take a label, and still have the
+/// update contract. (A `null` enum, such as `successPolicy: null`, is refused by the CRD's
+/// schema, naming the values it takes; `managedBy: null` and the Volcano-only fields set to
+/// `null` are refused by the policy's rules for them, naming the field.)
+async fn null_optional_fields_pass_the_policy(ctx: Ctx) -> Result<()> {
+    let api = tfjobs(&ctx);
+    let worker = json!({"replicas": 1, "template": {"metadata": null, "spec": {
+        "containers": [{"name": "tensorflow", "image": "tensorflow/tensorflow:2.16.1"}], "initContainers": null}}});
+    let cases = [
+        ("nulls-run-policy", json!({"runPolicy": null, "tfReplicaSpecs": {"Worker": worker}})),
+        (
+            "nulls-inside",
+            json!({"runPolicy": {"suspend": true, "schedulingPolicy": null, "backoffLimit": null},
+                   "tfReplicaSpecs": {"Worker": worker}}),
+        ),
+        (
+            "nulls-scheduling",
+            json!({"runPolicy": {"suspend": true, "schedulingPolicy": {"minAvailable": null, "priorityClass": null}},
+                   "tfReplicaSpecs": {"Worker": worker}}),
+        ),
+    ];
+    for (name, spec) in cases {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": name}, "spec": spec}))?;
+        api.create(&PostParams::default(), &obj).await.with_context(|| format!("{name}: create refused"))?;
+        let label = json!({"metadata": {"labels": {"team": "a"}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .with_context(|| format!("{name}: a label refused"))?;
+        let forbidden = json!({"spec": {"successPolicy": "AllWorkers"}});
+        let err = api.patch(name, &PatchParams::default(), &Patch::Merge(&forbidden)).await.err();
+        let (code, message) =
+            err.as_ref().and_then(status_of).context(format!("{name}: successPolicy accepted"))?;
+        ensure!(
+            code == 422 && message.contains("spec.successPolicy cannot be changed"),
+            "{name}: {code} {message}"
+        );
+    }
     Ok(())
 }
 
