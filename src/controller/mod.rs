@@ -275,11 +275,18 @@ impl Forget for Context {
     }
 }
 
+/// How soon a job whose status write was refused as stale is planned again.
+const STALE_STATUS_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn error_policy(job: Arc<CachedJob>, err: &Error, ctx: Arc<Context>) -> Action {
     // A 429 that says when to try again (an API server's storage initializing after a
     // restart) is tried again then, not after the growing backoff.
     let backoff = ctx.backoffs().failed(&job.uid().unwrap_or_default());
-    let wait = err.retry_after().map_or(backoff, |asked| asked.min(backoff));
+    let mut wait = err.retry_after().map_or(backoff, |asked| asked.min(backoff));
+    if matches!(err, Error::StaleStatus { .. }) {
+        // Not a failure: the job was read again and is planned from what was found.
+        wait = wait.min(STALE_STATUS_RETRY);
+    }
     warn!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), error = %err, kind = err.kind(), retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }

@@ -480,10 +480,37 @@ async fn a_status_planned_from_an_old_version_is_refused_and_nothing_follows() {
     let (m, _, body, send) = next(&mut h).await;
     assert_eq!((m, &body["metadata"]["resourceVersion"]), (Method::PATCH, &json!("10")));
     respond(send, 409, status_body(409, "Conflict"));
-    let (applied, _) = task.await.expect("task");
+    // The job is read, and the version found is planned from next, though the cache is older.
+    let (m, path, _, send) = next(&mut h).await;
+    assert_eq!((m, path.as_str()), (Method::GET, "/apis/kubeflow.org/v1/namespaces/ns/tfjobs/j"));
+    let mut found = serde_json::to_value(job()).expect("job");
+    found["metadata"]["resourceVersion"] = json!("12");
+    found["metadata"]["managedFields"] = json!([{"manager": "tfjob-operator", "operation": "Update"}]);
+    respond(send, 200, found);
+    let (applied, mut unseen) = ended(&mut h, task, "after a refused status").await;
     assert!(matches!(applied, Err(Error::StaleStatus { .. })), "{applied:?}");
-    assert!(h.next_request().await.is_none(), "no event, delete or create after a refused status");
-    assert!(queued_reasons(&events, &mut Vec::new()).is_empty());
+    assert!(queued_reasons(&events, &mut Vec::new()).is_empty(), "no event after a refused status");
+    let next = unseen.status.view(Arc::new(job()), Instant::now()).expect("not gone");
+    assert_eq!(next.metadata.resource_version.as_deref(), Some("12"));
+    assert_eq!(next.metadata.managed_fields, None, "kept as the cache keeps jobs");
+}
+
+#[tokio::test]
+async fn a_stale_status_whose_job_cannot_be_read_plans_from_the_cache() {
+    let plan = Plan { status: Some(written_status()), ..Default::default() };
+    for (code, answer) in [(404, status_body(404, "NotFound")), (503, status_body(503, "ServiceUnavailable"))]
+    {
+        let (mut h, _events, task) = start(plan.clone(), Gate::always_open());
+        let (_, _, _, send) = next(&mut h).await;
+        respond(send, 409, status_body(409, "Conflict"));
+        let (m, _, _, send) = next(&mut h).await;
+        assert_eq!(m, Method::GET);
+        respond(send, code, answer);
+        let (applied, mut unseen) = ended(&mut h, task, "after a refused status").await;
+        assert!(matches!(applied, Err(Error::StaleStatus { .. })), "{code}: {applied:?}");
+        let next = unseen.status.view(Arc::new(job()), Instant::now()).expect("not gone");
+        assert_eq!(next.metadata.resource_version.as_deref(), Some("10"), "{code}");
+    }
 }
 
 #[tokio::test]

@@ -110,7 +110,14 @@ impl UnseenStatus {
         }
     }
 
-    /// The newer of the cached job and the one last written; `None` for a job found gone.
+    /// Remembers the job as read from the API server after a write was refused as stale:
+    /// planned from until the cache shows it or a newer version, like a written one.
+    pub fn read(&mut self, job: TFJob, now: Instant) {
+        self.wrote(job, now);
+    }
+
+    /// The newer of the cached job and the one last written or read; `None` for a job found
+    /// gone.
     pub fn view(&mut self, cached: Arc<TFJob>, now: Instant) -> Option<Arc<TFJob>> {
         self.gone.retain(|_, at| now.duration_since(*at) < UNSEEN_WRITE_EXPIRY);
         let Some(uid) = cached.uid() else { return Some(cached) };

@@ -186,8 +186,9 @@ impl Writer {
     ///
     /// Fenced: the patch carries the resourceVersion of the job it was planned from, so it is
     /// refused ([`Error::StaleStatus`]) when the stored job changed since (another writer, a
-    /// new leader, a user's patch); the job is then planned again from fresh state. A stale
-    /// process can never erase what another wrote.
+    /// new leader, a user's patch, or a write of this process whose answer was lost); the job
+    /// is then read and planned again from fresh state. A stale process can never erase what
+    /// another wrote.
     pub async fn patch_status(&self, job: &TFJob, status: &TFJobStatus) -> Result<TFJob, Error> {
         self.gate.check()?;
         let body =
@@ -229,8 +230,17 @@ impl Writer {
     /// Whether the job still exists (the same uid): asked before creating from a job cache
     /// that may be stale, so no pod is made for a job deleted meanwhile.
     pub async fn job_exists(&self, job: &TFJob) -> Result<bool, Error> {
+        Ok(self.read_job(job).await?.is_some())
+    }
+
+    /// The job as stored now, without managedFields as the cache keeps jobs; `None` when it
+    /// is gone or was replaced by another of the same name (another uid).
+    pub async fn read_job(&self, job: &TFJob) -> Result<Option<TFJob>, Error> {
         match self.jobs(job).get_opt(&job.name_any()).await {
-            Ok(found) => Ok(found.is_some_and(|f| f.uid() == job.uid())),
+            Ok(found) => Ok(found.filter(|f| f.uid() == job.uid()).map(|mut f| {
+                f.metadata.managed_fields = None;
+                f
+            })),
             Err(source) => Err(Error::ReadJob { job: job.name_any(), source }),
         }
     }

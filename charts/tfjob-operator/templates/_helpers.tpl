@@ -34,7 +34,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{/* The operator's RBAC rules, the same in the ClusterRole and in a namespaced Role. Exactly
 what the operator calls (deploy/cluster-role.yaml says why each is there):
 - tfjobs: watched; deleted for ttlSecondsAfterFinished; get before creating pods while the
-  TFJob watch is catching up after a failure. tfjobs/status: server-side apply.
+  TFJob watch is catching up after a failure, and after a status write refused as stale.
+  tfjobs/status: JSON merge patch.
   tfjobs/finalizers: the API server requires update on it to set blockOwnerDeletion on the
   owner references of the pods and services.
 - pods, services: watched (label-selected), created, deleted; get only after a create

@@ -147,10 +147,27 @@ impl Applier<'_> {
     }
 
     /// Writes the job's status and records the stored object as unseen.
+    ///
+    /// A write refused as stale (the job changed since the version planned from) reads the
+    /// job and records what it found the same way, so the next plan starts from it. The
+    /// cache alone may not show that version for a minute: a write of this process whose
+    /// answer was lost on a connection that then hung also hung the watch that would show it
+    /// (e2e `a_hung_reconcile_request_is_cut_at_the_request_timeout`).
     pub async fn write_status(&self, job: &TFJob, status: &TFJobStatus, now: Now) -> Result<TFJob, Error> {
-        let written = self.writer.patch_status(job, status).await?;
-        self.unseen().status.wrote(written.clone(), now.mono);
-        Ok(written)
+        match self.writer.patch_status(job, status).await {
+            Ok(written) => {
+                self.unseen().status.wrote(written.clone(), now.mono);
+                Ok(written)
+            }
+            Err(stale @ Error::StaleStatus { .. }) => {
+                // Not being able to read it changes nothing: the stale error is the outcome.
+                if let Ok(Some(fresh)) = self.writer.read_job(job).await {
+                    self.unseen().status.read(fresh, now.mono);
+                }
+                Err(stale)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn event(&self, job: &TFJob, ev: PlannedEvent, now: Now) -> Result<(), Error> {
