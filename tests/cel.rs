@@ -116,6 +116,18 @@ fn valid_jobs_are_accepted() {
             ),
         ),
         (
+            "replicas written as null (1 each), with a gang that counts them",
+            with(
+                tfjob(
+                    "j",
+                    json!({"Chief": with(replica(None), "/replicas", Value::Null),
+                           "Worker": with(replica(None), "/replicas", Value::Null)}),
+                ),
+                "/spec/runPolicy/schedulingPolicy",
+                json!({"minAvailable": 2}),
+            ),
+        ),
+        (
             "both places set",
             with(
                 with(seed(), "/spec/runPolicy/backoffLimit", json!(2)),

@@ -86,8 +86,8 @@ pub fn rules() -> Vec<SchemaRule> {
         rule(
             &[],
             "!has(self.metadata.name) || self.spec.tfReplicaSpecs.all(k, size(self.metadata.name) + size(k) + 2 \
-             + size(string(has(self.spec.tfReplicaSpecs[k].replicas) && self.spec.tfReplicaSpecs[k].replicas > 1 \
-             ? self.spec.tfReplicaSpecs[k].replicas - 1 : 0)) <= 63)",
+             + size(string(has(self.spec.tfReplicaSpecs[k].replicas) && self.spec.tfReplicaSpecs[k].replicas != null \
+             && self.spec.tfReplicaSpecs[k].replicas > 1 ? self.spec.tfReplicaSpecs[k].replicas - 1 : 0)) <= 63)",
             "metadata.name is too long: every pod and service name <name>-<replica type>-<index> must be at \
              most 63 characters",
         ),
@@ -105,7 +105,8 @@ pub fn rules() -> Vec<SchemaRule> {
         rule(
             &["spec", "tfReplicaSpecs"],
             format!(
-                "self.map(k, has(self[k].replicas) ? self[k].replicas : 1).sum() <= {MAX_TOTAL_REPLICAS}"
+                "self.map(k, has(self[k].replicas) && self[k].replicas != null ? self[k].replicas : 1).sum() \
+                 <= {MAX_TOTAL_REPLICAS}"
             ),
             format!(
                 "a TFJob may have at most {MAX_TOTAL_REPLICAS} replicas in all (the sum of \
@@ -122,7 +123,8 @@ pub fn rules() -> Vec<SchemaRule> {
             &["spec"],
             format!(
                 "self.tfReplicaSpecs.all(k, !(k.lowerAscii() in {CHIEFS}) || \
-                 !has(self.tfReplicaSpecs[k].replicas) || self.tfReplicaSpecs[k].replicas == 1)"
+                 !has(self.tfReplicaSpecs[k].replicas) || self.tfReplicaSpecs[k].replicas == null || \
+                 self.tfReplicaSpecs[k].replicas == 1)"
             ),
             "a Chief or Master must have exactly 1 replica",
         ),
@@ -131,7 +133,7 @@ pub fn rules() -> Vec<SchemaRule> {
             format!(
                 "self.tfReplicaSpecs.exists(k, k.lowerAscii() in {CHIEFS}) || self.tfReplicaSpecs.exists(k, \
                  k.lowerAscii() == 'worker' && (!has(self.tfReplicaSpecs[k].replicas) || \
-                 self.tfReplicaSpecs[k].replicas >= 1))"
+                 self.tfReplicaSpecs[k].replicas == null || self.tfReplicaSpecs[k].replicas >= 1))"
             ),
             "spec.tfReplicaSpecs needs a Chief or a Master, or a Worker with at least one replica",
         ),
@@ -349,7 +351,8 @@ fn scheduling_rules() -> Vec<SchemaRule> {
                    !has(self.runPolicy.schedulingPolicy.minAvailable) || \
                    self.runPolicy.schedulingPolicy.minAvailable == null || \
                    self.runPolicy.schedulingPolicy.minAvailable <= self.tfReplicaSpecs.map(k, \
-                   has(self.tfReplicaSpecs[k].replicas) ? self.tfReplicaSpecs[k].replicas : 1).sum()"
+                   has(self.tfReplicaSpecs[k].replicas) && self.tfReplicaSpecs[k].replicas != null ? \
+                   self.tfReplicaSpecs[k].replicas : 1).sum()"
                 .into(),
             message:
                 "spec.runPolicy.schedulingPolicy.minAvailable cannot be more than the job's replicas of \

@@ -80,7 +80,7 @@ async fn crd_is_established_and_its_rules_are_the_policys(ctx: Ctx) -> Result<()
 }
 
 /// Optional objects and numbers written as `null` (an emptied `runPolicy:` in YAML) are as
-/// good as unset to the policy: such jobs are created, take a label, and still have the
+/// good as unset to the policy (`replicas: null` counts as 1, as unset): such jobs are created, take a label, and still have the
 /// update contract. (A `null` enum, such as `successPolicy: null`, is refused by the CRD's
 /// schema, naming the values it takes; `managedBy: null` and the Volcano-only fields set to
 /// `null` are refused by the policy's rules for them, naming the field.)
@@ -99,6 +99,12 @@ async fn null_optional_fields_pass_the_policy(ctx: Ctx) -> Result<()> {
             "nulls-scheduling",
             json!({"runPolicy": {"suspend": true, "schedulingPolicy": {"minAvailable": null, "priorityClass": null}},
                    "tfReplicaSpecs": {"Worker": worker}}),
+        ),
+        (
+            // Each counts as 1: the gang of 2 fits, and the Chief has exactly 1.
+            "nulls-replicas",
+            json!({"runPolicy": {"suspend": true, "schedulingPolicy": {"minAvailable": 2}},
+                   "tfReplicaSpecs": {"Chief": null_replicas(&worker), "Worker": null_replicas(&worker)}}),
         ),
     ];
     for (name, spec) in cases {
@@ -119,6 +125,12 @@ async fn null_optional_fields_pass_the_policy(ctx: Ctx) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn null_replicas(replica: &serde_json::Value) -> serde_json::Value {
+    let mut r = replica.clone();
+    r["replicas"] = serde_json::Value::Null;
+    r
 }
 
 fn status_of(e: &kube::Error) -> Option<(u16, String)> {
