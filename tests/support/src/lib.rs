@@ -26,8 +26,8 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
 pub use plane::{
-    ControlPlane, GANG_FEATURE_GATES, GANG_RUNTIME_CONFIG, KWOK_TAINT, PlaneOptions, client_for,
-    current_cluster, free_port, kwok_node, port_in_use,
+    ControlPlane, GANG_FEATURE_GATES, GANG_RUNTIME_CONFIG, KWOK_POD_PARALLELISM, KWOK_TAINT, PlaneOptions,
+    client_for, current_cluster, free_port, kwok_node, port_in_use,
 };
 
 /// The repository root.

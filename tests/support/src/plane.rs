@@ -37,7 +37,14 @@ pub struct PlaneOptions {
     /// and the `scheduling.k8s.io/v1alpha2` API served. It changes nothing for pods that name
     /// no PodGroup, so it is on by default.
     pub gang_scheduling: bool,
+    /// How many pods kwok moves through their stages at once (its `podPlayStageParallelism`;
+    /// kwok's default is [`KWOK_POD_PARALLELISM`]). kwok plays every node's kubelet with these
+    /// few workers, each waiting on its API call; a kubelet per node would not queue so.
+    pub kwok_pod_parallelism: u32,
 }
+
+/// kwok's own default `podPlayStageParallelism`.
+pub const KWOK_POD_PARALLELISM: u32 = 4;
 
 /// The feature gates of native gang scheduling.
 pub const GANG_FEATURE_GATES: &str = "GenericWorkload=true,GangScheduling=true";
@@ -52,6 +59,7 @@ impl Default for PlaneOptions {
             component_qps: 500,
             taint: true,
             gang_scheduling: true,
+            kwok_pod_parallelism: KWOK_POD_PARALLELISM,
         }
     }
 }

@@ -45,6 +45,10 @@ struct Flags {
     /// kube-controller-manager and kube-scheduler QPS
     #[arg(long, value_name = "N", default_value_t = 1000)]
     component_qps: u32,
+    /// Pods kwok moves through their stages at once (its podPlayStageParallelism; kwok's
+    /// default 4 plays all the nodes' kubelets)
+    #[arg(long, value_name = "N", default_value_t = tfjob_testsupport::KWOK_POD_PARALLELISM)]
+    kwok_parallelism: u32,
     /// Worker replicas per job (default 4)
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     workers: Option<i32>,
@@ -123,6 +127,7 @@ struct Args {
     kubeconfig: Option<PathBuf>,
     nodes: u32,
     component_qps: u32,
+    kwok_parallelism: u32,
 }
 
 /// `--plot-from`: the chart of saved runs, and where it went.
@@ -225,6 +230,7 @@ fn parse(flags: Flags, started: Timestamp) -> Result<Args> {
         kubeconfig: flags.kubeconfig,
         nodes: flags.nodes,
         component_qps: flags.component_qps,
+        kwok_parallelism: flags.kwok_parallelism,
     })
 }
 
@@ -300,15 +306,17 @@ async fn cluster(args: &Args) -> Result<(Cluster, String)> {
                 bin_dir: bins.clone(),
                 nodes: args.nodes,
                 component_qps: args.component_qps,
+                kwok_pod_parallelism: args.kwok_parallelism,
                 ..Default::default()
             })
             .await?;
             let client = client_for(&plane.pki.kubeconfig).await?;
             let kubeconfig = plane.pki.kubeconfig.clone();
             let note = format!(
-                "local control plane: kube-apiserver, etcd, kube-controller-manager and kube-scheduler (QPS {}, burst {}), kwok (client QPS 5000), {} kwok nodes of 1000 pods",
+                "local control plane: kube-apiserver, etcd, kube-controller-manager and kube-scheduler (QPS {}, burst {}), kwok (client QPS 5000, {} pods staged at once), {} kwok nodes of 1000 pods",
                 args.component_qps,
                 args.component_qps * 2,
+                args.kwok_parallelism,
                 args.nodes
             );
             (Cluster { client, kubeconfig, kubectl: bins.join("kubectl"), plane: Some(plane) }, note)

@@ -12,8 +12,8 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 
 use super::{
-    ControlPlane, GANG_FEATURE_GATES, GANG_RUNTIME_CONFIG, KWOK_STAGES, KWOK_TAINT, PlaneOptions, client_for,
-    kwok_node,
+    ControlPlane, GANG_FEATURE_GATES, GANG_RUNTIME_CONFIG, KWOK_POD_PARALLELISM, KWOK_STAGES, KWOK_TAINT,
+    PlaneOptions, client_for, kwok_node,
 };
 use crate::nodes::node_ready;
 use crate::process::Proc;
@@ -71,7 +71,7 @@ impl ControlPlane {
         let client = self.start_apiserver(opts, &gates, etcd, api).await?;
         self.start_controller_manager(opts, &gates, kcm)?;
         self.start_scheduler(opts, &gates, sched)?;
-        self.start_kwok()?;
+        self.start_kwok(opts)?;
         self.create_nodes(opts, &client).await
     }
 
@@ -212,10 +212,18 @@ impl ControlPlane {
         )
     }
 
-    fn start_kwok(&mut self) -> Result<()> {
+    fn start_kwok(&mut self, opts: &PlaneOptions) -> Result<()> {
         let kubeconfig = path(&self.pki.kubeconfig);
         let stages = self.dir.join("kwok-stages.yaml");
-        std::fs::write(&stages, KWOK_STAGES)?;
+        let mut config = KWOK_STAGES.to_string();
+        if opts.kwok_pod_parallelism != KWOK_POD_PARALLELISM {
+            config.push_str(&format!(
+                "\n---\napiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions:\n  \
+                 podPlayStageParallelism: {}\n",
+                opts.kwok_pod_parallelism
+            ));
+        }
+        std::fs::write(&stages, config)?;
         self.spawn(
             "kwok",
             vec![
