@@ -217,9 +217,12 @@ impl ControlPlane {
         let stages = self.dir.join("kwok-stages.yaml");
         let mut config = KWOK_STAGES.to_string();
         if opts.kwok_pod_parallelism != KWOK_POD_PARALLELISM {
+            // kwok does not default the options of a configuration it reads: the rest are
+            // written as its defaults.
             config.push_str(&format!(
                 "\n---\napiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions:\n  \
-                 podPlayStageParallelism: {}\n",
+                 podPlayStageParallelism: {}\n  nodePlayStageParallelism: 4\n  nodeLeaseParallelism: 4\n  \
+                 podsOnNodeSyncParallelism: 1\n  enablePodsOnNodeSyncListPager: true\n",
                 opts.kwok_pod_parallelism
             ));
         }
