@@ -193,6 +193,16 @@ pub async fn queue(ctx: &Ctx, cpu: &str) -> Result<()> {
     .await
 }
 
+/// Sets the LocalQueue [`QUEUE`]'s `stopPolicy`: `"Hold"` stops Kueue admitting its
+/// Workloads (so a test sees a job waiting however fast Kueue would admit it), `"None"` lets
+/// it admit again.
+pub async fn local_queue_stop_policy(ctx: &Ctx, policy: &str) -> Result<()> {
+    kueue_api(ctx, "LocalQueue", "localqueues", Some(&ctx.ns))
+        .patch(QUEUE, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"stopPolicy": policy}})))
+        .await?;
+    Ok(())
+}
+
 /// Switches the shared Kueue to one with its `kubeflow.org/tfjob` integration switched off,
 /// for the rest of the run (the tests that call it are serial and run after every test of
 /// Kueue's own integration), then does what [`queue`] does.

@@ -165,7 +165,9 @@ async fn own_workload_queues_preempts_and_finishes_without_kueues_tfjob_code(ctx
     let low_tl = Timeline::start(&ctx, "low");
     let high_tl = Timeline::start(&ctx, "high");
 
-    // 1. Created without runPolicy.suspend: held, then admitted and started.
+    // 1. Created without runPolicy.suspend: held, then admitted and started. The LocalQueue
+    // holds until the job shows it waits: Kueue admits faster than a status write lands.
+    local_queue_stop_policy(&ctx, "Hold").await?;
     let t0 = Instant::now();
     create(&ctx, with_class(queued("low", &[replica("Worker", 2)], "1", json!({})), LOW)).await?;
     let (_, held) = low_tl
@@ -177,6 +179,8 @@ async fn own_workload_queues_preempts_and_finishes_without_kueues_tfjob_code(ctx
     let low_uid = uid_of(&held);
     let (_, wl) = wls.wait(&low_uid, t0, "low's Workload", |_| true).await.with_context(|| op.log_tail())?;
     check_workload(&wl, &low_uid, "low", 2, 100)?;
+    ensure!(adds.first("low").is_none(), "low got pods while its queue held");
+    local_queue_stop_policy(&ctx, "None").await?;
     let (t_admit, _) = wls.wait(&low_uid, t0, "low admitted", |w| condition(w, "Admitted")).await?;
     let (_, start) = low_tl.wait(t0, T, "low started", started).await.with_context(|| op.log_tail())?;
     let start_rv: u64 =
