@@ -23,6 +23,10 @@ pub enum Error {
     DeletePod { name: String, source: kube::Error },
     #[error("deleting service {name}: {source}")]
     DeleteService { name: String, source: kube::Error },
+    #[error("deleting the pods of TFJob {job} (cleanPodPolicy): {source}")]
+    DeletePodsOf { job: String, source: kube::Error },
+    #[error("deleting the services of TFJob {job} (cleanPodPolicy): {source}")]
+    DeleteServicesOf { job: String, source: kube::Error },
     #[error("deleting TFJob {job} (ttlSecondsAfterFinished): {source}")]
     DeleteJob { job: String, source: kube::Error },
     #[error("deleting PodGroup {name}: {source}")]
@@ -58,6 +62,8 @@ impl Error {
             | Error::Create { source, .. }
             | Error::DeletePod { source, .. }
             | Error::DeleteService { source, .. }
+            | Error::DeletePodsOf { source, .. }
+            | Error::DeleteServicesOf { source, .. }
             | Error::DeleteJob { source, .. }
             | Error::DeletePodGroup { source, .. }
             | Error::PatchJob { source, .. }
@@ -81,6 +87,8 @@ impl Error {
             Error::ReadJob { .. } => "read_job",
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteService { .. } => "delete_service",
+            Error::DeletePodsOf { .. } => "delete_pods_of",
+            Error::DeleteServicesOf { .. } => "delete_services_of",
             Error::DeleteJob { .. } => "delete_job",
             Error::DeletePodGroup { .. } => "delete_pod_group",
             Error::GangApiMissing(_) | Error::Discovery { .. } => "gang_api",

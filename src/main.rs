@@ -128,6 +128,7 @@ async fn run() -> anyhow::Result<()> {
         concurrency: opts.concurrency,
         writes_in_flight: usize::from(opts.writes_in_flight),
         cluster_domain: opts.cluster_domain.clone(),
+        announce_creates: opts.announce_creates,
         startup_deadline_seconds: opts.startup_deadline_seconds,
         instance: Some(me.clone()),
         gang: opts.gang_scheduling,

@@ -46,6 +46,11 @@ pub fn operator_selector() -> String {
     format!("{LABEL_OPERATOR_NAME}={OPERATOR_NAME}")
 }
 
+/// The label selector for the pods and services of the job named `job`.
+pub fn job_selector(job: &str) -> String {
+    format!("{LABEL_OPERATOR_NAME}={OPERATOR_NAME},{LABEL_JOB_NAME}={job}")
+}
+
 /// `<job>-<type lowercase>-<index>`: the name of a replica's pod and of its service.
 pub fn replica_name(job: &str, rtype: ReplicaType, index: i32) -> String {
     format!("{job}-{}-{index}", rtype.lower())

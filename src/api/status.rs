@@ -75,8 +75,12 @@ pub struct TFJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_deadline: Option<Time>,
 
-    /// When every pod of the job was first seen started (running, or already finished), since
-    /// the job's creation or its last resume; the startup deadline no longer applies after.
+    /// When every pod of the job had started (running, or already finished) since the job's
+    /// creation or its last resume: the latest container start among them (when the operator
+    /// saw them all started, if the pods do not say). The startup deadline no longer applies
+    /// after. Without a pending startup deadline it waits, as replica counts do, up to 10 s
+    /// for the job's next status change (its `Succeeded`, for instance) instead of a write of
+    /// its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods_started_time: Option<Time>,
 }

@@ -64,6 +64,8 @@ pub struct Options {
     pub kube_api_qps: u32,
     pub kube_api_burst: u32,
     pub cluster_domain: Option<String>,
+    /// Announce each step's pod and service creates with Kubeflow's events.
+    pub announce_creates: bool,
     /// The startup deadline of jobs without the annotation; `None`: no default.
     pub startup_deadline_seconds: Option<i64>,
     pub http_addr: SocketAddr,
@@ -128,6 +130,11 @@ struct Flags {
     /// Appended to TF_CONFIG service addresses (the variable CUSTOM_CLUSTER_DOMAIN is read too)
     #[arg(long, value_name = "D", env = "TFJOB_CLUSTER_DOMAIN")]
     cluster_domain: Option<String>,
+
+    /// Publishes Kubeflow's SuccessfulCreatePod and SuccessfulCreateService events, one per
+    /// step and kind (off: the job's status and its pods say it, one event write less each)
+    #[arg(long, env = "TFJOB_ANNOUNCE_CREATES")]
+    announce_creates: bool,
 
     /// Fails a job whose pods have not all started this many seconds after its creation, unless
     /// its tfjob.kubeflow.org/startup-deadline-seconds annotation says otherwise [default: off]
@@ -285,6 +292,7 @@ impl Options {
             kube_api_qps: qps,
             kube_api_burst: flags.kube_api_burst.unwrap_or(qps).max(qps),
             cluster_domain: non_empty(flags.cluster_domain.or_else(|| env("CUSTOM_CLUSTER_DOMAIN"))),
+            announce_creates: flags.announce_creates,
             startup_deadline_seconds: flags.startup_deadline_seconds,
             http_addr: flags.http_addr,
             log_format: flags.log_format,

@@ -32,7 +32,7 @@ fn every_flag_is_its_tfjob_variable() {
         assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(want.as_str()), "--{long}");
         n += 1;
     }
-    assert_eq!(n, 17);
+    assert_eq!(n, 18);
     let help = command().render_help().to_string();
     assert!(help.contains("[env: TFJOB_LEADER_ELECTION_RETRY_PERIOD]"), "{help}");
 }

@@ -66,6 +66,8 @@ pub struct Settings {
     pub writes_in_flight: usize,
     /// Appended to TF_CONFIG service addresses.
     pub cluster_domain: Option<String>,
+    /// Announce pod and service creates with events (`--announce-creates`).
+    pub announce_creates: bool,
     /// The startup deadline of jobs without the annotation.
     pub startup_deadline_seconds: Option<i64>,
     /// The events' reporting instance (the pod name).
@@ -254,6 +256,7 @@ impl Context {
             writer: &self.writer,
             unseen: &self.unseen,
             cluster_domain: self.settings.cluster_domain.as_deref(),
+            announce_creates: self.settings.announce_creates,
             metrics: &self.metrics,
             counting: &self.counting,
             writes: &self.writes,
@@ -343,7 +346,7 @@ async fn reconcile(cached: Arc<TFJob>, ctx: Arc<Context>) -> Result<Action, Erro
         status = plan.status.is_some(),
         delete_pods = plan.delete_pods.len(),
         create_pods = plan.create_pods.len(),
-        events = ?plan.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+        events = ?plan.all_events().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
         "planned"
     );
     // Apply: the plan's writes, in its order.

@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::leader::Gate;
 use crate::metrics::Metrics;
 use crate::objects::Builder;
-use crate::plan::{ObjectKey, Plan, PlannedEvent, ReplicaId};
+use crate::plan::{Cleanup, ObjectKey, Plan, PlannedEvent, PodSelection, ReplicaId};
 use crate::writer::Writer;
 use crate::writer::events::{self, Publisher};
 use crate::writer::merge_patch;
@@ -75,6 +75,7 @@ fn applier<'a>(
         writer,
         unseen,
         cluster_domain: None,
+        announce_creates: true,
         metrics: &METRICS,
         counting,
         writes: &WRITES,
@@ -116,6 +117,7 @@ fn start_with(
             writer: &writer,
             unseen: &unseen,
             cluster_domain: None,
+            announce_creates: true,
             metrics: &task_metrics,
             counting: &counting,
             writes: &writes,
@@ -185,6 +187,7 @@ fn plan_with_every_write() -> Plan {
         gang: Default::default(),
         status_after_pod_deletes: None,
         status_held: false,
+        cleanup: None,
     }
 }
 
@@ -981,4 +984,160 @@ async fn a_suspended_jobs_active_0_is_written_once_every_pod_delete_is_accepted(
         }
         assert!(h.next_request().await.is_none(), "written={written}: nothing more sent");
     }
+}
+
+/// The reasons and notes of the events queued so far.
+fn queued_notes(p: &Arc<Mutex<Publisher>>) -> Vec<(String, String)> {
+    let drained = p.lock().expect("lock").drain();
+    drained.into_iter().map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())).collect()
+}
+
+/// A deletecollection request's path and query.
+async fn next_collection_delete(h: &mut Handle) -> (String, String, mock::SendResponse<Response<Body>>) {
+    let (req, send) = h.next_request().await.expect("a request");
+    assert_eq!(req.method(), Method::DELETE);
+    // The query's parameters, decoded and in a fixed order.
+    let decode = |kv: &str| {
+        [("%21", "!"), ("%2C", ","), ("%2F", "/"), ("%3D", "=")]
+            .iter()
+            .fold(kv.to_string(), |s, (e, c)| s.replace(e, c))
+    };
+    let query = req.uri().query().unwrap_or_default();
+    let mut params: Vec<String> = query.split('&').filter(|kv| !kv.is_empty()).map(decode).collect();
+    params.sort();
+    (req.uri().path().to_string(), params.join("&"), send)
+}
+
+fn a_plan_finishing_with_cleanup(selection: PodSelection, services: bool) -> Plan {
+    let key = |name: &str, uid: &str| ObjectKey { name: name.into(), uid: uid.into() };
+    Plan {
+        delete_pods: vec![key("j-ps-0", "uid-ps0"), key("j-worker-1", "uid-p1")],
+        delete_services: if services { vec![key("j-ps-0", "uid-s0")] } else { Vec::new() },
+        cleanup: Some(Cleanup {
+            pods: selection,
+            outcome: Some(PlannedEvent::normal("TFJobSucceeded", "TFJob ns/j successfully completed.")),
+        }),
+        ..Default::default()
+    }
+}
+
+fn deleted_list(kind: &str, names: &[(&str, &str)]) -> Value {
+    let items: Vec<Value> = names
+        .iter()
+        .map(|(n, uid)| json!({"metadata": {"name": n, "namespace": "ns", "uid": uid}}))
+        .collect();
+    json!({"kind": format!("{kind}List"), "apiVersion": "v1", "metadata": {}, "items": items})
+}
+
+#[tokio::test]
+async fn a_cleanup_is_one_request_per_kind_and_its_outcome_event_names_what_went() {
+    // (selection, services planned, want: pods query, services query, note's end)
+    let unfinished = "fieldSelector=status.phase!=Succeeded,status.phase!=Failed&labelSelector=training.kubeflow.org/operator-name=tfjob-controller,training.kubeflow.org/job-name=j";
+    let all =
+        "labelSelector=training.kubeflow.org/operator-name=tfjob-controller,training.kubeflow.org/job-name=j";
+    let cases = [
+        (
+            PodSelection::Unfinished,
+            false,
+            unfinished,
+            None,
+            "cleanPodPolicy Running deleted the pods j-ps-0 still running.",
+        ),
+        (
+            PodSelection::All,
+            true,
+            all,
+            Some(all),
+            "cleanPodPolicy All deleted pods j-ps-0 and services j-ps-0, j-worker-0.",
+        ),
+    ];
+    for (selection, services, pods_query, services_query, note_end) in cases {
+        let (mut h, events, task) =
+            start(a_plan_finishing_with_cleanup(selection, services), Gate::always_open());
+        let (path, query, send) = next_collection_delete(&mut h).await;
+        assert_eq!(
+            (path.as_str(), query.as_str()),
+            ("/api/v1/namespaces/ns/pods", pods_query),
+            "{selection:?}"
+        );
+        assert!(queued_notes(&events).is_empty(), "{selection:?}: the outcome waits for the deletes");
+        // j-worker-1 finished meanwhile: the API server deleted the PS only.
+        respond(send, 200, deleted_list("Pod", &[("j-ps-0", "uid-ps0")]));
+        if let Some(want) = services_query {
+            let (path, query, send) = next_collection_delete(&mut h).await;
+            assert_eq!((path.as_str(), query.as_str()), ("/api/v1/namespaces/ns/services", want));
+            respond(send, 200, deleted_list("Service", &[("j-ps-0", "uid-s0"), ("j-worker-0", "uid-s1")]));
+        }
+        let (applied, mut unseen) = task.await.expect("task");
+        applied.expect("applied");
+        let notes = queued_notes(&events);
+        assert_eq!(notes.len(), 1, "{selection:?}: one event, the outcome: {notes:?}");
+        assert_eq!(notes[0].0, "TFJobSucceeded");
+        assert_eq!(notes[0].1, format!("TFJob ns/j successfully completed. {note_end}"), "{selection:?}");
+        let ps = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("j-ps-0".into()),
+                uid: Some("uid-ps0".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let shown = unseen.pods.view(&[Arc::new(ps)], Instant::now(), |_| true);
+        let terminating = shown.iter().all(|p| p.metadata.deletion_timestamp.is_some());
+        assert!(terminating && shown.len() == 1, "{selection:?}: shown terminating until the cache shows it");
+        assert!(h.next_request().await.is_none(), "{selection:?}: no per-object delete");
+    }
+}
+
+/// Where the operator may not delete collections (RBAC from before it needed to), the
+/// cleanup deletes each planned pod by name and uid, and announces them in the outcome.
+#[tokio::test]
+async fn a_cleanup_refused_as_forbidden_deletes_each_pod() {
+    let (mut h, events, task) =
+        start(a_plan_finishing_with_cleanup(PodSelection::Unfinished, false), Gate::always_open());
+    let (path, _, send) = next_collection_delete(&mut h).await;
+    assert_eq!(path, "/api/v1/namespaces/ns/pods");
+    respond(send, 403, status_body(403, "Forbidden"));
+    for (name, uid) in [("j-ps-0", "uid-ps0"), ("j-worker-1", "uid-p1")] {
+        let (m, path, body, send) = next(&mut h).await;
+        assert_eq!((m, path), (Method::DELETE, format!("/api/v1/namespaces/ns/pods/{name}")));
+        assert_eq!(body["preconditions"], json!({"uid": uid}));
+        respond(send, 200, status_body(200, "Success"));
+    }
+    task.await.expect("task").0.expect("applied");
+    let notes = queued_notes(&events);
+    assert_eq!(
+        notes,
+        [(
+            "TFJobSucceeded".to_string(),
+            "TFJob ns/j successfully completed. cleanPodPolicy Running deleted the pods j-ps-0, j-worker-1 still running."
+                .to_string()
+        )]
+    );
+}
+
+/// A cleanup of a job that finished before (a policy patched to `All` later) announces its
+/// deletes with Kubeflow's events; a failed delete is still reported, with no event.
+#[tokio::test]
+async fn a_later_cleanup_announces_its_deletes() {
+    let mut plan = a_plan_finishing_with_cleanup(PodSelection::All, false);
+    plan.cleanup.as_mut().expect("cleanup").outcome = None;
+    let (mut h, events, task) = start(plan, Gate::always_open());
+    let (_, _, send) = next_collection_delete(&mut h).await;
+    respond(send, 200, deleted_list("Pod", &[("j-ps-0", "uid-ps0"), ("j-worker-1", "uid-p1")]));
+    task.await.expect("task").0.expect("applied");
+    assert_eq!(
+        queued_notes(&events),
+        [("SuccessfulDeletePod".to_string(), "Deleted 2 pods: j-ps-0, j-worker-1".to_string())]
+    );
+
+    let (mut h, events, task) =
+        start(a_plan_finishing_with_cleanup(PodSelection::Unfinished, false), Gate::always_open());
+    let (_, _, send) = next_collection_delete(&mut h).await;
+    respond(send, 500, status_body(500, "InternalError"));
+    let applied = task.await.expect("task").0;
+    assert!(matches!(applied, Err(Error::DeletePodsOf { .. })), "{applied:?}");
+    let notes = queued_notes(&events);
+    assert_eq!(notes.len(), 1, "the outcome still goes out, naming nothing deleted: {notes:?}");
+    assert_eq!(notes[0].1, "TFJob ns/j successfully completed.");
 }

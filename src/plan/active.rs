@@ -37,7 +37,7 @@ impl ActivePlanner<'_> {
         startup::track(st, self.startup.0, self.startup.1, unstarted, now);
         let outcome = self.outcome(st, &observed).or_else(|| {
             let (reason, msg) =
-                startup::exceeded(st, self.full_name, self.startup.0, unstarted, &stuck, now)?;
+                startup::exceeded(st, self.full_name, self.startup.0, unstarted.0, &stuck, now)?;
             Some((ConditionType::Failed, reason, msg))
         });
         if let Some((type_, reason, msg)) = outcome {

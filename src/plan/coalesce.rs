@@ -1,5 +1,6 @@
 //! Status write coalescing, a step of planning: a status change that only moves replicas'
-//! counts (`active`, and `succeeded` with `completedIndexes`) waits [`COUNTS_HOLD`] from when
+//! counts (`active`, and `succeeded` with `completedIndexes`, and `podsStartedTime` when no
+//! startup deadline waits on it) waits [`COUNTS_HOLD`] from when
 //! it was first planned, so the pods of a job starting or finishing one after the other cost
 //! one write instead of one each, and most often none: the next write that cannot wait (the
 //! job's `Running`, `Succeeded` or `Failed`, a failure, a restart) carries them. Conditions,
@@ -23,12 +24,16 @@ use crate::api::TFJobStatus;
 pub const COUNTS_HOLD: Duration = Duration::from_secs(10);
 
 /// Whether `new` differs from `old` in replicas' `active` or `succeeded` counts (with their
-/// `completedIndexes`) and nothing else (the `lastReconcileTime` that goes with every change
-/// aside).
+/// `completedIndexes`), or in `podsStartedTime` while no startup deadline is pending, and
+/// nothing else (the `lastReconcileTime` that goes with every change aside).
 pub fn only_counts(old: &TFJobStatus, new: &TFJobStatus) -> bool {
+    let no_deadline = old.startup_deadline.is_none() && new.startup_deadline.is_none();
     let without_counts = |s: &TFJobStatus| {
         let mut s = s.clone();
         s.last_reconcile_time = None;
+        if no_deadline {
+            s.pods_started_time = None;
+        }
         for r in s.replica_statuses.values_mut() {
             r.active = 0;
             r.succeeded = 0;
@@ -36,7 +41,9 @@ pub fn only_counts(old: &TFJobStatus, new: &TFJobStatus) -> bool {
         }
         s
     };
-    old.replica_statuses != new.replica_statuses && without_counts(old) == without_counts(new)
+    let moved = old.replica_statuses != new.replica_statuses
+        || (no_deadline && old.pods_started_time != new.pods_started_time);
+    moved && without_counts(old) == without_counts(new)
 }
 
 /// Until when the status write of a plan that changes `old` into `new` waits: `None` writes
@@ -166,6 +173,13 @@ mod tests {
         let mut reconciled = more_active.clone();
         reconciled.last_reconcile_time = Some(Time(at));
         let new_type = status(&[(PS, 1), (Worker, 1), (Chief, 1)]);
+        let mut all_started = base.clone();
+        all_started.pods_started_time = Some(Time(at));
+        // With a startup deadline pending, `podsStartedTime` ends it: written at once.
+        let mut deadline_ended = all_started.clone();
+        deadline_ended.startup_deadline = None;
+        let mut deadline_pending = base.clone();
+        deadline_pending.startup_deadline = Some(Time(at));
         // (case, new status, last write, first held, now, held until)
         type Case<'a> =
             (&'a str, &'a TFJobStatus, Option<Instant>, Option<Instant>, Instant, Option<Instant>);
@@ -207,11 +221,21 @@ mod tests {
                 Some(end(ms(100))),
             ),
             ("a failure: now", &failed, Some(t0), Some(ms(100)), ms(300), None),
+            (
+                "every pod started, no startup deadline: waits like the counts",
+                &all_started,
+                Some(t0),
+                None,
+                ms(300),
+                Some(end(ms(300))),
+            ),
             ("a replica type appears: now", &new_type, Some(t0), None, ms(300), None),
             ("no change at all: nothing to hold", &base, Some(t0), Some(ms(100)), ms(300), None),
         ];
         for (name, new, last, since, now, want) in cases {
             assert_eq!(hold_until(&base, new, last, since, now), want, "{name}");
         }
+        let ends = hold_until(&deadline_pending, &deadline_ended, Some(t0), None, ms(300));
+        assert_eq!(ends, None, "every pod started ends a pending startup deadline: written at once");
     }
 }

@@ -105,6 +105,37 @@ pub struct Plan {
     /// A status that only moved replica counts was held back ([`coalesce`]); `requeue_at`
     /// wakes the job when the hold ends.
     pub status_held: bool,
+    /// A finished job's cleanup by `cleanPodPolicy`: `delete_pods` and `delete_services` are
+    /// then sent as one delete of a collection each (by the job's labels), not one per object.
+    pub cleanup: Option<Cleanup>,
+}
+
+impl Plan {
+    /// Every event the plan publishes: its events, then the outcome its cleanup publishes once
+    /// the deletes are accepted.
+    pub fn all_events(&self) -> impl Iterator<Item = &PlannedEvent> {
+        self.events.iter().chain(self.cleanup.as_ref().and_then(|c| c.outcome.as_ref()))
+    }
+}
+
+/// How a finished job's pods and services go ([`Plan::cleanup`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cleanup {
+    /// Which of the job's pods the one delete selects.
+    pub pods: PodSelection,
+    /// The job's outcome event (`TFJobSucceeded`, `TFJobFailed`, ...) when the job finished in
+    /// this plan: published once the deletes are accepted, naming what they deleted, in place
+    /// of separate `SuccessfulDeletePod` and `SuccessfulDeleteService` events.
+    pub outcome: Option<PlannedEvent>,
+}
+
+/// The pods a cleanup deletes: what `cleanPodPolicy` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodSelection {
+    /// `Running`: pods not yet Succeeded or Failed (Pending ones included, as in Kubeflow).
+    Unfinished,
+    /// `All`: every pod.
+    All,
 }
 
 /// At most this many creates, and this many deletes, in one reconcile (Kubernetes' Job
@@ -247,7 +278,7 @@ pub fn plan_with(
     let suspending = !old.is_finished()
         && unfinished(job, (startup_secs, queued), &mut st, &mut p, (&pods, &services), now);
     if st.is_finished() {
-        finished(&policy, &mut st, &mut p, (&pods, &services), now);
+        finished(&policy, (old.is_finished(), &mut st), &mut p, (&pods, &services), now);
     } else {
         let deadlines = [&st.deadline, &st.startup_deadline].into_iter().flatten().map(|t| t.0);
         p.requeue_at = p.requeue_at.into_iter().chain(deadlines).min();
@@ -342,10 +373,11 @@ fn unfinished(
 }
 
 /// A finished job: its pods and services to delete by `cleanPodPolicy`, and its TTL (the job
-/// deleted once it has expired, a requeue at its expiry before).
+/// deleted once it has expired, a requeue at its expiry before). `was_finished`: the job was
+/// finished before this plan (else the plan's events end with its outcome).
 fn finished(
     policy: &EffectivePolicy,
-    st: &mut TFJobStatus,
+    (was_finished, st): (bool, &mut TFJobStatus),
     p: &mut Plan,
     (pods, services): (&[&Pod], &[&Service]),
     now: Timestamp,
@@ -355,6 +387,9 @@ fn finished(
     let (dp, ds) = cleanup::to_delete(policy.clean_pod_policy, pods, services);
     p.delete_pods.extend(dp);
     p.delete_services.extend(ds);
+    p.cleanup = cleanup::selection(policy.clean_pod_policy)
+        .filter(|_| !p.delete_pods.is_empty() || !p.delete_services.is_empty())
+        .map(|pods| Cleanup { pods, outcome: if was_finished { None } else { outcome_event(st, p) } });
     st.expires = match (&st.completion_time, policy.ttl_seconds_after_finished) {
         (Some(done), Some(ttl)) => after(done, i64::from(ttl)).map(Time),
         _ => None,
@@ -366,6 +401,18 @@ fn finished(
             p.requeue_at = Some(expires.0);
         }
     }
+}
+
+/// Takes the outcome event of a job that finished in this plan out of its events: the one
+/// whose reason is the finishing condition's.
+fn outcome_event(st: &TFJobStatus, p: &mut Plan) -> Option<PlannedEvent> {
+    let reason = [ConditionType::Succeeded, ConditionType::Failed]
+        .into_iter()
+        .find_map(|t| st.condition(t).filter(|c| c.status == crate::api::ConditionStatus::True))?
+        .reason
+        .clone()?;
+    let at = p.events.iter().rposition(|e| e.reason == reason)?;
+    Some(p.events.remove(at))
 }
 
 /// The status with a `ReplicaFailure` condition (reason `FailedCreatePod`) carrying the API

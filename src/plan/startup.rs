@@ -106,30 +106,48 @@ fn started(pod: &Pod) -> bool {
         )
 }
 
-/// How many replicas that have not succeeded have no started pod.
+/// When a started pod started: its containers' latest start (running or since finished), else
+/// when its node took it, else `None`.
+fn started_at(pod: &Pod) -> Option<Timestamp> {
+    let status = pod.status.as_ref()?;
+    let containers = status.container_statuses.iter().flatten().filter_map(|c| {
+        let state = c.state.as_ref()?;
+        let running = state.running.as_ref().and_then(|r| r.started_at.as_ref());
+        running.or(state.terminated.as_ref().and_then(|t| t.started_at.as_ref())).map(|t| t.0)
+    });
+    containers.max().or(status.start_time.as_ref().map(|t| t.0))
+}
+
+/// How many replicas that have not succeeded have no started pod, and when the last of the
+/// started ones started (from the pods, so every plan finds the same instant).
 pub fn unstarted(
     replicas: &BTreeMap<ReplicaType, Replicas<'_>>,
     observed: &BTreeMap<ReplicaType, Observed>,
     pods: &[&Pod],
-) -> usize {
+) -> (usize, Option<Timestamp>) {
     let mut n = 0;
+    let mut last = None;
     for (t, r) in replicas {
         let done = observed.get(t).map(|o| &o.status.completed_indexes);
         for i in (0..r.count).filter(|&i| !done.is_some_and(|d| d.contains(i))) {
-            let up = pods.iter().any(|p| names::replica_of(&p.metadata) == Some((*t, i)) && started(p));
-            n += usize::from(!up);
+            let up = pods.iter().find(|p| names::replica_of(&p.metadata) == Some((*t, i)) && started(p));
+            match up {
+                Some(p) => last = last.max(started_at(p)),
+                None => n += 1,
+            }
         }
     }
-    n
+    (n, last)
 }
 
 /// Updates `startupDeadline` and `podsStartedTime`: once every pod has started (since `base`),
-/// the deadline no longer applies.
+/// the deadline no longer applies. `unstarted`: from [`unstarted`]; `podsStartedTime` is the
+/// last pod's start when the pods tell it (not before `base`), else `now`.
 pub fn track(
     st: &mut TFJobStatus,
     seconds: Option<i64>,
     base: Option<Timestamp>,
-    unstarted: usize,
+    (unstarted, last_start): (usize, Option<Timestamp>),
     now: Timestamp,
 ) {
     let Some(base) = base else {
@@ -141,7 +159,8 @@ pub fn track(
         return;
     }
     if unstarted == 0 {
-        st.pods_started_time = Some(Time(now));
+        let at = last_start.filter(|t| *t >= base && *t <= now).unwrap_or(now);
+        st.pods_started_time = Some(Time(Timestamp::from_second(at.as_second()).unwrap_or(at)));
         st.startup_deadline = None;
         return;
     }

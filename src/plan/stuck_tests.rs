@@ -152,7 +152,7 @@ fn status(j: &TFJob) -> TFJobStatus {
 }
 
 fn reasons(p: &Plan) -> Vec<&str> {
-    p.events.iter().map(|e| e.reason.as_str()).collect()
+    p.all_events().map(|e| e.reason.as_str()).collect()
 }
 
 #[test]
@@ -487,4 +487,32 @@ fn a_crash_loop_stays_diagnosed_between_back_offs() {
     // Up for the grace: cleared.
     let p = run(&j, &running_again(&j, 40), 70, None);
     assert!(p.status.unwrap().condition(ConditionType::PodsNotStarted).is_none());
+}
+
+#[test]
+fn pods_started_time_is_the_last_pods_start_whenever_planned() {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus};
+    let j0 = job(None);
+    let j = applied(j0.clone(), &run(&j0, &[], 0, None));
+    let mut running = pods(&j, S::Running);
+    for (p, at) in running.iter_mut().zip([3, 7, 5]) {
+        let st = p.status.get_or_insert_with(Default::default);
+        st.container_statuses = Some(vec![ContainerStatus {
+            name: "tensorflow".into(),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning { started_at: Some(Time(t(at))) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+    }
+    // (case, planned at, want)
+    let cases = [("first seen", 10, t(7)), ("planned again before it is written", 12, t(7))];
+    for (case, now, want) in cases {
+        let p = run(&j, &running, now, None);
+        assert_eq!(p.status.and_then(|s| s.pods_started_time), Some(Time(want)), "{case}");
+    }
+    // Without container start times: when the operator saw them all started.
+    let p = run(&j, &pods(&j, S::Running), 10, None);
+    assert_eq!(p.status.and_then(|s| s.pods_started_time), Some(Time(t(10))), "no start times");
 }

@@ -155,7 +155,7 @@ fn created(p: &Plan) -> Vec<String> {
 }
 
 fn reasons(p: &Plan) -> Vec<&str> {
-    p.events.iter().map(|e| e.reason.as_str()).collect()
+    p.all_events().map(|e| e.reason.as_str()).collect()
 }
 
 #[test]
@@ -630,15 +630,17 @@ fn clean_pod_policy_after_success_failure_and_deadline() {
         (ReplicaType::Worker, 0, "Succeeded"),
         (ReplicaType::Worker, 1, "Pending"),
     ];
-    // (policy, want pods deleted, want services deleted)
+    // (policy, want pods deleted, want services deleted, want the one-request selection);
+    // `Running` keeps every service until the job is deleted.
+    let all_three = vec!["j-ps-0", "j-worker-0", "j-worker-1"];
     let cases = [
-        (Some(All), vec!["j-ps-0", "j-worker-0", "j-worker-1"], vec!["j-ps-0", "j-worker-0", "j-worker-1"]),
-        (Some(Running), vec!["j-ps-0", "j-worker-1"], vec!["j-ps-0", "j-worker-1"]),
-        (None, vec!["j-ps-0", "j-worker-1"], vec!["j-ps-0", "j-worker-1"]),
-        (Some(CleanPodPolicy::None), vec![], vec![]),
+        (Some(All), all_three.clone(), all_three, Some(PodSelection::All)),
+        (Some(Running), vec!["j-ps-0", "j-worker-1"], vec![], Some(PodSelection::Unfinished)),
+        (None, vec!["j-ps-0", "j-worker-1"], vec![], Some(PodSelection::Unfinished)),
+        (Some(CleanPodPolicy::None), vec![], vec![], None),
     ];
     for seed_place in [true, false] {
-        for (policy, want_pods, want_svcs) in &cases {
+        for (policy, want_pods, want_svcs, selection) in &cases {
             let mut j = ps_worker(None);
             set_policy(&mut j, seed_place, *policy, None, Some(100));
             let j = started(j, &[]);
@@ -648,6 +650,12 @@ fn clean_pod_policy_after_success_failure_and_deadline() {
             assert!(p.status.as_ref().unwrap().is_true(ConditionType::Succeeded));
             assert_eq!(deleted(&p), *want_pods, "success {policy:?}");
             assert_eq!(deleted_services(&p), *want_svcs, "success {policy:?}");
+            // One request per kind; the outcome event waits for it and names what went.
+            assert_eq!(p.cleanup.as_ref().map(|c| c.pods), *selection, "success {policy:?}");
+            let outcome = p.cleanup.as_ref().and_then(|c| c.outcome.as_ref()).map(|e| e.reason.as_str());
+            assert_eq!(outcome, selection.map(|_| "TFJobSucceeded"), "success {policy:?}");
+            let in_events = p.events.iter().filter(|e| e.reason == "TFJobSucceeded").count();
+            assert_eq!(in_events, usize::from(selection.is_none()), "published once: {:?}", p.events);
             // After failure: worker 0 failed instead (Never).
             let mut failing = pods.clone();
             failing[1] = terminated(pod(&j, ReplicaType::Worker, 0, "Failed"), 1, "Error");
@@ -686,6 +694,8 @@ fn clean_pod_policy_patched_after_finish() {
         assert_eq!(deleted(&p), ["j-ps-0", "j-worker-0", "j-worker-1"]);
         assert_eq!(p.delete_services.len(), 3);
         assert_eq!(reasons(&p), ["CleanPodPolicyUpdated"]);
+        let later = Cleanup { pods: PodSelection::All, outcome: None };
+        assert_eq!(p.cleanup, Some(later), "finished before: the deletes get their own events");
         assert_eq!(p.events[0].note, "cleanPodPolicy changed from None to All");
         let all = applied(all, &p);
         // Back to None after cleanup: nothing comes back.
@@ -909,7 +919,7 @@ fn terminal_events_are_normal_for_success_and_warnings_for_failure() {
     let j = started(ps_worker(None), &[]);
     let pods = [pod(&j, ReplicaType::PS, 0, "Running"), pod(&j, ReplicaType::Worker, 0, "Succeeded")];
     let p = plan(&j, &pods, &services(&j), t(3));
-    let ev = p.events.iter().find(|e| e.reason == "TFJobSucceeded").unwrap();
+    let ev = p.all_events().find(|e| e.reason == "TFJobSucceeded").unwrap();
     assert_eq!(ev.type_, EventType::Normal, "success is Normal");
     let failed = [
         pod(&j, ReplicaType::PS, 0, "Running"),
@@ -917,7 +927,7 @@ fn terminal_events_are_normal_for_success_and_warnings_for_failure() {
     ];
     let p = plan(&j, &failed, &services(&j), t(3));
     assert_eq!(
-        p.events.iter().find(|e| e.reason == "TFJobFailed").unwrap().type_,
+        p.all_events().find(|e| e.reason == "TFJobFailed").unwrap().type_,
         EventType::Warning,
         "failure is a Warning"
     );
@@ -1291,7 +1301,7 @@ fn a_job_at_the_maximum_size_keeps_its_status_small() {
     assert_eq!(w.counted_restarts.len(), 999);
     let bytes = serde_json::to_vec(st).unwrap().len();
     assert!(bytes < 64 * 1024, "{bytes} bytes of status at {MAX_TOTAL_REPLICAS} replicas");
-    assert!(p.create_pods.len() + p.create_services.len() <= MAX_WRITES_PER_RECONCILE && p.more);
+    assert!(p.delete_pods.len() + p.delete_services.len() <= MAX_WRITES_PER_RECONCILE, "bounded deletes");
 }
 
 #[test]

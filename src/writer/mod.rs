@@ -15,7 +15,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,7 +24,7 @@ use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::leader::Gate;
 use crate::names;
-use crate::plan::{ObjectKey, PlannedEvent};
+use crate::plan::{ObjectKey, PlannedEvent, PodSelection};
 use events::EventQueue;
 
 /// The field manager of every write.
@@ -113,6 +113,11 @@ pub enum JobDeletion {
 /// certainly did not take effect (a 4xx); a broken connection, a timeout or a 5xx may have.
 pub fn refused(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code))
+}
+
+/// Whether the API server refused a request as not permitted (403).
+pub fn forbidden(e: &Error) -> bool {
+    matches!(e, Error::DeletePodsOf { source, .. } | Error::DeleteServicesOf { source, .. } if is_status(source, 403))
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -266,6 +271,50 @@ impl Writer {
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
             Err(source) => Err(Error::DeleteService { name: svc.name.clone(), source }),
         }
+    }
+
+    /// Deletes in one request the pods of `job` that `selection` picks (by the job's labels,
+    /// and by phase for [`PodSelection::Unfinished`]); returns each pod deleted.
+    pub async fn delete_pods_of(
+        &self,
+        job: &TFJob,
+        selection: PodSelection,
+    ) -> Result<Vec<ObjectKey>, Error> {
+        let phase = match selection {
+            PodSelection::Unfinished => Some("status.phase!=Succeeded,status.phase!=Failed"),
+            PodSelection::All => None,
+        };
+        self.gate.check()?;
+        self.delete_collection::<Pod>(job, phase)
+            .await
+            .map_err(|source| Error::DeletePodsOf { job: job.name_any(), source })
+    }
+
+    /// Deletes in one request every service of `job` (by the job's labels); returns each
+    /// service deleted.
+    pub async fn delete_services_of(&self, job: &TFJob) -> Result<Vec<ObjectKey>, Error> {
+        self.gate.check()?;
+        self.delete_collection::<Service>(job, None)
+            .await
+            .map_err(|source| Error::DeleteServicesOf { job: job.name_any(), source })
+    }
+
+    async fn delete_collection<K: Namespaced>(
+        &self,
+        job: &TFJob,
+        fields: Option<&str>,
+    ) -> Result<Vec<ObjectKey>, kube::Error> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        let mut lp = ListParams::default().labels(&names::job_selector(&job.name_any()));
+        if let Some(fields) = fields {
+            lp = lp.fields(fields);
+        }
+        // The API server answers with the objects it deleted (a Status only for a kind that
+        // has no list to give back).
+        let deleted = api.delete_collection(&DeleteParams::default(), &lp).await?.left();
+        Ok(deleted
+            .map(|list| list.items.iter().map(|o| ObjectKey::of(o.meta())).collect())
+            .unwrap_or_default())
     }
 
     /// Deletes the TFJob for its TTL, only if it is still the version the plan saw: a patch

@@ -59,7 +59,7 @@ what the operator calls (deploy/cluster-role.yaml says why each is there):
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods", "services"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete", "deletecollection"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]

@@ -42,13 +42,16 @@ impl Applier<'_> {
         let view = JobView::new(job)
             .map_err(|e| Error::BuildObjects { job: job.name_any(), message: e.to_string() })?;
         let builder = Builder::new(&view, self.cluster_domain);
-        // One event per kind announces what this step created, also when it stopped early.
+        // With --announce-creates, one event per kind announces what this step created, also
+        // when it stopped early.
         let (order, first) = create_order(services, pods);
         let (mut services, mut pods) = (Vec::new(), Vec::new());
         let step =
             self.create_batches(job, (&order, first), gang, &builder, (&mut services, &mut pods), now).await;
-        self.announce(job, "SuccessfulCreateService", "Created", "service", &services, now)?;
-        self.announce(job, "SuccessfulCreatePod", "Created", "pod", &pods, now)?;
+        if self.announce_creates {
+            self.announce(job, "SuccessfulCreateService", "Created", "service", &services, now)?;
+            self.announce(job, "SuccessfulCreatePod", "Created", "pod", &pods, now)?;
+        }
         step
     }
 

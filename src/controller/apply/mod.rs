@@ -24,8 +24,8 @@ use crate::api::{TFJob, TFJobStatus};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::metrics::jobs::DeleteAnswer;
-use crate::plan::{ObjectKey, Plan, PlannedEvent};
-use crate::writer::{JobDeletion, Namespaced, Writer, refused};
+use crate::plan::{Cleanup, ObjectKey, Plan, PlannedEvent, PodSelection};
+use crate::writer::{JobDeletion, Namespaced, Writer, forbidden, refused};
 
 /// Where apply writes: the writer, and the record of writes the caches have not shown.
 pub struct Applier<'a> {
@@ -33,6 +33,8 @@ pub struct Applier<'a> {
     pub unseen: &'a Mutex<UnseenWrites>,
     /// Appended to TF_CONFIG addresses when set (`--cluster-domain`).
     pub cluster_domain: Option<&'a str>,
+    /// Announce each step's creates with events (`--announce-creates`).
+    pub announce_creates: bool,
     pub metrics: &'a Metrics,
     /// Kubeflow's job counters; the TTL deletion moves one.
     pub counting: &'a JobCounting,
@@ -98,6 +100,29 @@ pub fn announcement(verb: &str, noun: &str, names: &[String]) -> Option<String> 
             Some(format!("{verb} {} {noun}s: {shown}{tail}", names.len()))
         }
     }
+}
+
+/// What a cleanup deleted, as the outcome event's last sentence: `cleanPodPolicy Running
+/// deleted the pods still running: a, b.` `None` when it deleted nothing.
+pub fn cleanup_note(selection: PodSelection, pods: &[String], services: &[String]) -> Option<String> {
+    if pods.is_empty() && services.is_empty() {
+        return None;
+    }
+    let list = |names: &[String]| {
+        let shown = names[..names.len().min(ANNOUNCED_NAMES)].join(", ");
+        let more = names.len().saturating_sub(ANNOUNCED_NAMES);
+        if more > 0 { format!("{shown}, and {more} more") } else { shown }
+    };
+    let kinds = [("pods", pods), ("services", services)]
+        .iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(kind, names)| format!("{kind} {}", list(names)))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    Some(match selection {
+        PodSelection::Unfinished => format!("cleanPodPolicy Running deleted the {kinds} still running."),
+        PodSelection::All => format!("cleanPodPolicy All deleted {kinds}."),
+    })
 }
 
 /// Pods and services: their kind's name in events, where their unseen writes are kept, and
@@ -201,6 +226,7 @@ impl Applier<'_> {
             requeue_at: _,
             gang,
             status_held: _,
+            cleanup,
         } = plan;
         let ns = job.namespace().unwrap_or_default();
         let mut applied = Applied {
@@ -217,21 +243,26 @@ impl Applier<'_> {
         for ev in events {
             self.writer.publish(job, ev, now.wall)?;
         }
-        // One event per kind announces what was deleted, also when a delete failed.
-        let mut deleted = Vec::new();
-        let pods = self.delete_owned::<Pod>(&ns, delete_pods, &mut deleted, now).await;
-        self.announce(job, "SuccessfulDeletePod", "Deleted", "pod", &deleted, now)?;
-        pods?;
-        if let Some(status) = status_after_pod_deletes {
-            // Every pod has a delete accepted: now the suspended job shows `active: 0`.
-            applied.status_written_over = applied.status_written_over.or(Some(job.status.clone()));
-            applied.job = self.write_status(job, status, now).await?;
+        if let Some(cleanup) = cleanup {
+            self.clean_up(job, cleanup, (delete_pods, delete_services), now).await?;
+        } else {
+            // One event per kind announces what was deleted, also when a delete failed.
+            let mut deleted = Vec::new();
+            let pods = self.delete_owned::<Pod>(&ns, delete_pods, &mut deleted, now).await;
+            self.announce(job, "SuccessfulDeletePod", "Deleted", "pod", &deleted, now)?;
+            pods?;
+            if let Some(status) = status_after_pod_deletes {
+                // Every pod has a delete accepted: now the suspended job shows `active: 0`.
+                applied.status_written_over = applied.status_written_over.or(Some(job.status.clone()));
+                applied.job = self.write_status(job, status, now).await?;
+            }
+            let job = &applied.job;
+            let mut deleted = Vec::new();
+            let services = self.delete_owned::<Service>(&ns, delete_services, &mut deleted, now).await;
+            self.announce(job, "SuccessfulDeleteService", "Deleted", "service", &deleted, now)?;
+            services?;
         }
         let job = &applied.job;
-        let mut deleted = Vec::new();
-        let services = self.delete_owned::<Service>(&ns, delete_services, &mut deleted, now).await;
-        self.announce(job, "SuccessfulDeleteService", "Deleted", "service", &deleted, now)?;
-        services?;
         self.delete_pod_group(job, gang, now).await?; // gang scheduling: gang.rs
         if !create_pods.is_empty() || !create_services.is_empty() || gang.create.is_some() {
             if creates_wait_until.is_none() && verify_job && !self.writer.job_exists(job).await? {
@@ -272,6 +303,72 @@ impl Applier<'_> {
             }
             JobDeletion::NotFound => Err(Error::JobGone { job: job.name_any() }),
             JobDeletion::Changed => Ok(false),
+        }
+    }
+
+    /// A finished job's cleanup: its pods, then its services, each in one collection delete
+    /// by the job's labels (one object delete per key where the operator may not delete
+    /// collections: an install from before it needed to), then the one event that says what
+    /// went (the job's outcome, when it finished in this plan).
+    async fn clean_up(
+        &self,
+        job: &TFJob,
+        cleanup: &Cleanup,
+        (pods, services): (&[ObjectKey], &[ObjectKey]),
+        now: Now,
+    ) -> Result<(), Error> {
+        let ns = job.namespace().unwrap_or_default();
+        let mut gone_pods = Vec::new();
+        let mut gone_services = Vec::new();
+        let mut result = Ok(());
+        if !pods.is_empty() {
+            result = match self.writer.delete_pods_of(job, cleanup.pods).await {
+                Ok(deleted) => {
+                    self.deleted::<Pod>(&deleted, &mut gone_pods, now);
+                    Ok(())
+                }
+                Err(e) if forbidden(&e) => {
+                    info!(error = %e, "collection delete refused: deleting the pods one by one");
+                    self.delete_owned::<Pod>(&ns, pods, &mut gone_pods, now).await
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if result.is_ok() && !services.is_empty() {
+            result = match self.writer.delete_services_of(job).await {
+                Ok(deleted) => {
+                    self.deleted::<Service>(&deleted, &mut gone_services, now);
+                    Ok(())
+                }
+                Err(e) if forbidden(&e) => {
+                    info!(error = %e, "collection delete refused: deleting the services one by one");
+                    self.delete_owned::<Service>(&ns, services, &mut gone_services, now).await
+                }
+                Err(e) => Err(e),
+            };
+        }
+        match &cleanup.outcome {
+            Some(outcome) => {
+                let mut ev = outcome.clone();
+                if let Some(what) = cleanup_note(cleanup.pods, &gone_pods, &gone_services) {
+                    ev.note = format!("{} {what}", ev.note);
+                }
+                self.event(job, ev, now)?;
+            }
+            None => {
+                self.announce(job, "SuccessfulDeletePod", "Deleted", "pod", &gone_pods, now)?;
+                self.announce(job, "SuccessfulDeleteService", "Deleted", "service", &gone_services, now)?;
+            }
+        }
+        result
+    }
+
+    /// Records objects a collection delete deleted as unseen deletes; `names` gets their names.
+    fn deleted<K: OwnedKind>(&self, keys: &[ObjectKey], names: &mut Vec<String>, now: Now) {
+        let mut unseen = self.unseen();
+        for key in keys {
+            K::unseen(&mut unseen).deleted(&key.uid, now.mono);
+            names.push(key.name.clone());
         }
     }
 

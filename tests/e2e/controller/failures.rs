@@ -53,7 +53,7 @@ async fn exit_code_1_under_restart_exit_code_is_permanent(ctx: Ctx) -> Result<()
 
 /// ExitCode 137: re-created with new uids; the third failure exceeds backoffLimit 2.
 async fn exit_code_137_recreates_the_pod_until_the_backoff_limit(ctx: Ctx) -> Result<()> {
-    let op = Operator::start(&ctx, &[])?;
+    let op = Operator::start(&ctx, &["--announce-creates"])?;
     let worker = replica("Worker", 1).restart("ExitCode").fate(fail("2s", 137));
     create(&ctx, job("exit137", &[worker], json!({"backoffLimit": 2}))).await?;
     let j = wait_job(&ctx, "exit137", Duration::from_secs(90), "BackoffLimitExceeded", failed)
@@ -79,7 +79,7 @@ async fn exit_code_137_recreates_the_pod_until_the_backoff_limit(ctx: Ctx) -> Re
 
 /// OnFailure: restarts in place; the third restart exceeds the limit.
 async fn on_failure_restarts_in_place_until_the_backoff_limit(ctx: Ctx) -> Result<()> {
-    let op = Operator::start(&ctx, &[])?;
+    let op = Operator::start(&ctx, &["--announce-creates"])?;
     let worker = replica("Worker", 1).restart("OnFailure").fate(fail("2s", 3));
     create(&ctx, job("crash", &[worker], json!({"runPolicy": {"backoffLimit": 2}}))).await?;
     let j = wait_job(&ctx, "crash", Duration::from_secs(90), "BackoffLimitExceeded", failed)

@@ -14,7 +14,7 @@ use crate::{Ctx, Test, test};
 pub fn tests() -> Vec<Test> {
     vec![
         test!(seed_job_gets_pods_services_tf_config_and_status),
-        test!(success_removes_the_running_ps_and_then_its_service),
+        test!(success_removes_the_running_ps_and_keeps_the_services),
         test!(all_workers_success_waits_for_every_worker),
         test!(with_a_chief_the_chief_decides_success),
     ]
@@ -89,7 +89,7 @@ async fn seed_job_gets_pods_services_tf_config_and_status(ctx: Ctx) -> Result<()
     Ok(())
 }
 
-async fn success_removes_the_running_ps_and_then_its_service(ctx: Ctx) -> Result<()> {
+async fn success_removes_the_running_ps_and_keeps_the_services(ctx: Ctx) -> Result<()> {
     let op = Operator::start(&ctx, &[])?;
     // Worker 0 decides; cleanPodPolicy Running (the default) removes the PS.
     create(&ctx, job("basic", &[replica("PS", 1), replica("Worker", 1).fate(succeed("3s"))], json!({})))
@@ -102,11 +102,16 @@ async fn success_removes_the_running_ps_and_then_its_service(ctx: Ctx) -> Result
     wait_pods(&ctx, &["basic-worker-0"], WAIT)
         .await
         .context("the PS pod is removed, the finished worker stays")?;
-    // The service goes after its pod, in the same reconcile.
-    wait_services(&ctx, &["basic-worker-0"], Duration::from_secs(5))
-        .await
-        .context("the PS service goes with its pod")?;
-    Ok(())
+    // The services stay until the job goes (they select no ready pod); the one event says
+    // what the cleanup deleted.
+    wait_services(&ctx, &["basic-ps-0", "basic-worker-0"], Duration::ZERO).await?;
+    eventually(Duration::from_secs(5), "the outcome event", || async {
+        let said = messages_of(&ctx, "basic", "TFJobSucceeded").await?;
+        let end = "cleanPodPolicy Running deleted the pods basic-ps-0 still running.";
+        ensure!(said.len() == 1 && said[0].ends_with(end), "{said:?}");
+        Ok(())
+    })
+    .await
 }
 
 async fn all_workers_success_waits_for_every_worker(ctx: Ctx) -> Result<()> {

@@ -54,12 +54,12 @@ async fn clean_pod_policy_after_finish_and_patched(ctx: Ctx) -> Result<()> {
         Ok(())
     })
     .await?;
-    // The services followed their pods.
-    wait_services(&ctx, &["fail-worker-0"], Duration::ZERO).await
+    // `Running` keeps a finished job's services until the job goes; `All` took the rest.
+    wait_services(&ctx, &["fail-ps-0", "fail-worker-0"], Duration::ZERO).await
 }
 
 async fn sigterm_finishes_in_flight_work_and_exits_zero(ctx: Ctx) -> Result<()> {
-    let mut op = Operator::start(&ctx, &[])?;
+    let mut op = Operator::start(&ctx, &["--announce-creates"])?;
     eventually(WAIT, "/healthz to answer", || async {
         let code = op.http_status("/healthz").await;
         ensure!(code == Some(200), "/healthz: {code:?}");

@@ -216,7 +216,7 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
     // Every pod uid per name, over the whole test.
     let uids = UidWatch::start(&ctx);
     let (pods_before, svcs_before) = posts(&ctx).await?;
-    let mut op = Operator::start(&ctx, &[])?;
+    let mut op = Operator::start(&ctx, &["--announce-creates"])?;
     let reps = [replica("PS", 1), replica("Worker", 1)];
     let creates = (0..20).map(|i| create(&ctx, job(&format!("j{i}"), &reps, json!({}))));
     for r in futures::future::join_all(creates).await {
@@ -241,7 +241,7 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
     op.proc.signal(SIGKILL);
     tokio::task::block_in_place(|| op.proc.wait_exit(Duration::from_secs(5)))
         .context("the first operator still runs 5 s after SIGKILL")?;
-    let op2 = Operator::start(&ctx, &[])?;
+    let op2 = Operator::start(&ctx, &["--announce-creates"])?;
     wait_all_running(&ctx, &op2, 30).await?;
     assert_stays(Duration::from_secs(30), "a quiet Running job is not written to", || async {
         let now = jobs(&ctx).get("j0").await?.metadata.resource_version;

@@ -192,18 +192,22 @@ async fn nudge_kwok(ctx: &Ctx, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// The fleet's operators announce their creates: a pod created and removed while the test's
+/// own watch is down is known from its announcement ([`fleet::Fleet::check_outcomes`]).
+pub const ANNOUNCE: &str = "--announce-creates";
+
 /// kube-apiserver SIGKILLed for 15 s and restarted on the same address; the operator runs
 /// cluster-wide, as `deploy/` installs it.
 async fn api_server_killed_and_restarted(ctx: Ctx) -> Result<()> {
     other_test_namespaces_gone(&ctx).await?;
-    let mut op = Operator::start_cluster_wide(&ctx, "tfjob-operator", &[])?;
+    let mut op = Operator::start_cluster_wide(&ctx, "tfjob-operator", &[ANNOUNCE])?;
     outage(&ctx, &mut op, "kube-apiserver", Duration::from_secs(15)).await?;
     Ok(())
 }
 
 /// etcd SIGKILLed for 10 s and restarted from its data directory.
 async fn etcd_killed_and_restarted(ctx: Ctx) -> Result<()> {
-    let mut op = Operator::start(&ctx, &[])?;
+    let mut op = Operator::start(&ctx, &[ANNOUNCE])?;
     outage(&ctx, &mut op, "etcd", Duration::from_secs(10)).await?;
     Ok(())
 }
@@ -214,7 +218,7 @@ async fn etcd_killed_and_restarted(ctx: Ctx) -> Result<()> {
 /// the re-watch is answered 410 and the operator re-lists.
 async fn forced_410_gone_relists_and_loses_nothing(ctx: Ctx) -> Result<()> {
     let plane = plane(&ctx)?;
-    let mut op = Operator::start(&ctx, &[])?;
+    let mut op = Operator::start(&ctx, &[ANNOUNCE])?;
     let (fleet, uids) = fleet_in_flight(&ctx).await?;
     let revision = plane.force_410().await?;
     api_back(&ctx).await?;

@@ -32,6 +32,7 @@ async fn leader_and_follower(ctx: &Ctx) -> Result<(Operator, Operator)> {
         "--leader-election-lease-duration=4s",
         "--leader-election-renew-deadline=3s",
         "--leader-election-retry-period=1s",
+        super::ANNOUNCE,
     ];
     let a = Operator::launch(ctx, "op-a", &kc, Some(&ctx.ns), &flags, &[("POD_NAME", "op-a")])?;
     tfjob_testsupport::wait(WAIT, "op-a to lead", || async { a.metrics().await.is_ok_and(|m| leads(&m)) })
@@ -55,7 +56,7 @@ async fn leader_and_follower(ctx: &Ctx) -> Result<(Operator, Operator)> {
 
 /// The operator's writes to anything but the Lease.
 fn writes_but_the_lease(m: &str) -> f64 {
-    ["create", "update", "patch", "delete"]
+    ["create", "update", "patch", "delete", "deletecollection"]
         .iter()
         .map(|v| {
             let verb = format!("verb=\"{v}\"");
@@ -140,7 +141,7 @@ pub async fn killed_between_creates_and_status_write(ctx: Ctx) -> Result<()> {
         "op-1",
         &kc,
         Some(&ctx.ns),
-        &[],
+        &[super::ANNOUNCE],
         &[("TFJOB_FAULT_POINT", "after-creates:cut")],
     )?;
     create(&ctx, job("cut", &[replica("PS", 1), replica("Worker", 2).fate(succeed("6s"))], json!({})))
@@ -169,7 +170,7 @@ pub async fn killed_between_creates_and_status_write(ctx: Ctx) -> Result<()> {
         tokio::task::block_in_place(|| first.proc.wait_exit(Duration::from_secs(10))).is_some(),
         "op-1 still runs after SIGKILL"
     );
-    let second = Operator::start(&ctx, &[])?;
+    let second = Operator::start(&ctx, &[super::ANNOUNCE])?;
     wait_job(&ctx, "cut", WAIT, "Succeeded", |j| has_condition(j, ConditionType::Succeeded))
         .await
         .with_context(|| second.log_tail())?;

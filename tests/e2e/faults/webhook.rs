@@ -125,7 +125,8 @@ async fn webhook_down_then_removed(
 ) -> Result<()> {
     webhook_loaded(ctx, port).await?;
     let (_, kubeconfig) = crate::install::as_deploy_service_account(ctx).await?;
-    let op = Operator::launch(ctx, "tfjob-operator", &kubeconfig, Some(&ctx.ns), &[], &[])?;
+    let op =
+        Operator::launch(ctx, "tfjob-operator", &kubeconfig, Some(&ctx.ns), &["--announce-creates"], &[])?;
     let uids = UidWatch::start(ctx);
     create(ctx, job(JOB, &[replica("PS", 1), replica("Worker", 2).fate(succeed("2s"))], json!({}))).await?;
     let created = Instant::now();

@@ -122,7 +122,7 @@ async fn leads(op: &Operator) -> Option<bool> {
 /// The process's writes to the job's objects (the lease excluded), from its /metrics.
 fn job_writes(metrics: &str) -> f64 {
     let mut n = 0.0;
-    for verb in ["create", "update", "patch", "delete"] {
+    for verb in ["create", "update", "patch", "delete", "deletecollection"] {
         for resource in ["pods", "services", "tfjobs", "tfjobs/status", "events"] {
             n += metric_sum(
                 metrics,

@@ -114,19 +114,27 @@ async fn operator_under_deploy_rbac_runs_the_lifecycle(ctx: Ctx) -> Result<()> {
     ensure!(last_reason(&late).as_deref() == Some("DeadlineExceeded"), "late: {:?}", last_reason(&late));
     // Succeeded (seen, or inferred from its deletion), the PS cleaned up, then the TTL deletion.
     wait_job_gone(&ctx, "ok", WAIT).await.context("ok deleted for its TTL").with_context(|| op.log_tail())?;
-    for (job, reason) in [
-        ("ok", "SuccessfulCreatePod"),
-        ("ok", "SuccessfulCreateService"),
-        ("ok", "TFJobSucceeded"),
-        ("ok", "SuccessfulDeletePod"),
-        ("bad", "TFJobFailed"),
-        ("late", "DeadlineExceeded"),
-        ("late", "SuccessfulDeletePod"),
+    // One event per outcome, naming what its cleanup deleted (a collection delete, which
+    // deploy/'s RBAC allows); no announcement of creates or deletes by default.
+    for (job, reason, cleaned) in [
+        ("ok", "TFJobSucceeded", Some("cleanPodPolicy Running deleted the pods ok-ps-0 still running.")),
+        ("bad", "TFJobFailed", None),
+        (
+            "late",
+            "DeadlineExceeded",
+            Some("cleanPodPolicy Running deleted the pods late-worker-0 still running."),
+        ),
     ] {
         wait_event(&ctx, job, reason).await?;
+        let said = messages_of(&ctx, job, reason).await?;
+        ensure!(said.len() == 1, "{job}: {reason} events {said:?}, want one");
+        if let Some(end) = cleaned {
+            ensure!(said[0].ends_with(end), "{job}: {reason} says {said:?}, want it to end {end:?}");
+        }
+        let evs = events(&ctx, job).await?;
+        let announced = ["SuccessfulCreatePod", "SuccessfulCreateService", "SuccessfulDeletePod"];
+        ensure!(!evs.iter().any(|(r, _)| announced.contains(&r.as_str())), "{job}: {evs:?}");
     }
-    let ps_deleted = events(&ctx, "ok").await?;
-    ensure!(ps_deleted.iter().filter(|(r, _)| r == "SuccessfulDeletePod").count() == 1, "ok: {ps_deleted:?}");
     eventually(Duration::from_secs(10), "late's running pod to be removed", || async {
         let pods = live_pods(&ctx).await?;
         ensure!(!pods.iter().any(|n| n.starts_with("late-")), "pods {pods:?}");
@@ -138,6 +146,14 @@ async fn operator_under_deploy_rbac_runs_the_lifecycle(ctx: Ctx) -> Result<()> {
     let m = op.metrics().await?;
     ensure!(metric_sum(&m, "tfjob_operator_api_requests_total", &["code=\"403\""]) == 0.0, "403s:\n{m}");
     ensure!(metric_sum(&m, "tfjob_operator_reconcile_errors_total", &[]) == 0.0, "reconcile errors:\n{m}");
+    let pods = |verb: &str| {
+        metric_sum(
+            &m,
+            "tfjob_operator_api_requests_total",
+            &[&format!("verb=\"{verb}\""), "resource=\"pods\""],
+        )
+    };
+    ensure!(pods("deletecollection") == 2.0 && pods("delete") == 0.0, "cleanups: one request per job:\n{m}");
     let ns = format!("job_namespace=\"{}\"", ctx.ns);
     for (name, want) in [
         ("training_operator_jobs_created_total", 3.0),

@@ -67,7 +67,24 @@ async fn readme_examples_run_as_written_on_an_untainted_plane(ctx: Ctx) -> Resul
             .await?;
         ensure!(condition(&j, ConditionType::PodsNotStarted).is_none(), "{file}: {:?}", j.status);
     }
-    // The running examples stay so, with every pod started.
+    // The running examples record that every pod started (a record that waits up to 10 s for
+    // a status write that cannot wait, as replica counts do), and stay so.
+    eventually(
+        Duration::from_secs(15),
+        "the seed and Kubeflow jobs to record their pods started",
+        || async {
+            for (file, suffix, name, _) in &EXAMPLES[..2] {
+                let j = api(suffix).get(name).await?;
+                ensure!(
+                    j.status.as_ref().is_some_and(|s| s.pods_started_time.is_some()),
+                    "{file}: {:?}",
+                    j.status
+                );
+            }
+            Ok(())
+        },
+    )
+    .await?;
     assert_stays(Duration::from_secs(3), "the seed and Kubeflow jobs keep running", || async {
         for (file, suffix, name, _) in &EXAMPLES[..2] {
             let j = api(suffix).get(name).await?;

@@ -114,7 +114,7 @@ pub async fn other_test_namespaces_gone(ctx: &Ctx) -> Result<()> {
 }
 
 /// The messages of the events about `name` with `reason`.
-async fn messages(ctx: &Ctx, name: &str, reason: &str) -> Result<Vec<String>> {
+pub async fn messages_of(ctx: &Ctx, name: &str, reason: &str) -> Result<Vec<String>> {
     let api: Api<Event> = Api::namespaced(ctx.cluster.client.clone(), &ctx.ns);
     let evs = api
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
@@ -131,7 +131,7 @@ async fn messages(ctx: &Ctx, name: &str, reason: &str) -> Result<Vec<String>> {
 /// How many objects the events about `name` with `reason` announce: `Created pod: a` is one,
 /// `Created 3 pods: a, b, c` three (the operator announces a step's objects in one event).
 pub async fn announced(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
-    Ok(messages(ctx, name, reason)
+    Ok(messages_of(ctx, name, reason)
         .await?
         .iter()
         .map(|msg| msg.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1))
@@ -141,7 +141,7 @@ pub async fn announced(ctx: &Ctx, name: &str, reason: &str) -> Result<usize> {
 /// The object names the events about `name` with `reason` announce (`Created pod: a`,
 /// `Created 3 pods: a, b, c`; names past the first ten are not listed).
 pub async fn announced_names(ctx: &Ctx, name: &str, reason: &str) -> Result<BTreeSet<String>> {
-    Ok(messages(ctx, name, reason)
+    Ok(messages_of(ctx, name, reason)
         .await?
         .iter()
         .filter_map(|msg| msg.split_once(": ").map(|(_, names)| names))

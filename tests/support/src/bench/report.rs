@@ -116,6 +116,9 @@ impl Report {
         for s in &self.sizes {
             let reqs: Vec<String> = s.operator_requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
             out.push_str(&format!("requests of {} at {} jobs: {}\n", s.operator, s.jobs, reqs.join(", ")));
+            if let Some(line) = writes_per_job(&s.operator_requests, s.jobs + s.deadline_jobs) {
+                out.push_str(&format!("writes per job of {} at {} jobs: {line}\n", s.operator, s.jobs));
+            }
         }
         out
     }
@@ -238,5 +241,65 @@ impl Report {
                 ));
             }
         }
+    }
+}
+
+/// Our operator's API writes per TFJob (`tfjobs`: the batch's and the deadline jobs), by
+/// kind, from its `tfjob_operator_api_requests_total` (`"<verb> <resource>"` keys); `None`
+/// for an operator that does not publish them by resource.
+pub fn writes_per_job(requests: &BTreeMap<String, f64>, tfjobs: usize) -> Option<String> {
+    let kinds: [(&str, &[&str]); 5] = [
+        ("creates", &["create pods", "create services"]),
+        ("status writes", &["patch tfjobs/status"]),
+        ("events", &["create events"]),
+        (
+            "cleanup deletes",
+            &["delete pods", "delete services", "deletecollection pods", "deletecollection services"],
+        ),
+        ("TTL deletes", &["delete tfjobs"]),
+    ];
+    if tfjobs == 0 || !requests.contains_key("create pods") {
+        return None;
+    }
+    let per = |keys: &[&str]| keys.iter().filter_map(|k| requests.get(*k)).sum::<f64>() / tfjobs as f64;
+    let writes: f64 = requests
+        .iter()
+        .filter(|(k, _)| {
+            ["create ", "update ", "patch ", "delete ", "deletecollection "].iter().any(|v| k.starts_with(v))
+                && !k.ends_with(" leases")
+        })
+        .map(|(_, v)| v)
+        .sum::<f64>()
+        / tfjobs as f64;
+    let parts: Vec<String> = kinds.iter().map(|(name, keys)| format!("{name} {:.1}", per(keys))).collect();
+    Some(format!("{writes:.1} ({}; over {tfjobs} TFJobs)", parts.join(", ")))
+}
+
+#[cfg(test)]
+mod writes_tests {
+    use super::*;
+
+    #[test]
+    fn writes_per_job_by_kind() {
+        let requests: BTreeMap<String, f64> = [
+            ("create pods", 50.0),
+            ("create services", 50.0),
+            ("patch tfjobs/status", 33.0),
+            ("create events", 11.0),
+            ("deletecollection pods", 10.0),
+            ("delete tfjobs", 11.0),
+            ("update leases", 40.0),
+            ("watch pods", 2.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(
+            writes_per_job(&requests, 11).as_deref(),
+            Some(
+                "15.0 (creates 9.1, status writes 3.0, events 1.0, cleanup deletes 0.9, TTL deletes 1.0; over 11 TFJobs)"
+            )
+        );
+        assert_eq!(writes_per_job(&BTreeMap::new(), 11), None, "training-operator: by method only");
     }
 }
