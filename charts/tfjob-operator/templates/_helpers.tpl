@@ -38,8 +38,9 @@ what the operator calls (deploy/cluster-role.yaml says why each is there):
   tfjobs/status: JSON merge patch.
   tfjobs/finalizers: the API server requires update on it to set blockOwnerDeletion on the
   owner references of the pods and services.
-- pods, services: watched (label-selected), created, deleted; get only after a create
-  answered 409, to see whose object it is.
+- pods, services: watched (label-selected), created, deleted; a finished job's cleanup
+  deleted as a collection by the job's labels (one request per kind); get only after a
+  create answered 409, to see whose object it is.
 - events.k8s.io events: created, one per happening.
 - scheduling.k8s.io podgroups (only with --gang-scheduling=native): watched, created before
   a job's pods, deleted when it finishes or is suspended; get only after a create answered

@@ -317,35 +317,16 @@ impl Applier<'_> {
         (pods, services): (&[ObjectKey], &[ObjectKey]),
         now: Now,
     ) -> Result<(), Error> {
-        let ns = job.namespace().unwrap_or_default();
         let mut gone_pods = Vec::new();
         let mut gone_services = Vec::new();
         let mut result = Ok(());
         if !pods.is_empty() {
-            result = match self.writer.delete_pods_of(job, cleanup.pods).await {
-                Ok(deleted) => {
-                    self.deleted::<Pod>(&deleted, &mut gone_pods, now);
-                    Ok(())
-                }
-                Err(e) if forbidden(&e) => {
-                    info!(error = %e, "collection delete refused: deleting the pods one by one");
-                    self.delete_owned::<Pod>(&ns, pods, &mut gone_pods, now).await
-                }
-                Err(e) => Err(e),
-            };
+            let sent = self.writer.delete_pods_of(job, cleanup.pods).await;
+            result = self.collection_deleted::<Pod>(job, sent, pods, &mut gone_pods, now).await;
         }
         if result.is_ok() && !services.is_empty() {
-            result = match self.writer.delete_services_of(job).await {
-                Ok(deleted) => {
-                    self.deleted::<Service>(&deleted, &mut gone_services, now);
-                    Ok(())
-                }
-                Err(e) if forbidden(&e) => {
-                    info!(error = %e, "collection delete refused: deleting the services one by one");
-                    self.delete_owned::<Service>(&ns, services, &mut gone_services, now).await
-                }
-                Err(e) => Err(e),
-            };
+            let sent = self.writer.delete_services_of(job).await;
+            result = self.collection_deleted::<Service>(job, sent, services, &mut gone_services, now).await;
         }
         match &cleanup.outcome {
             Some(outcome) => {
@@ -363,12 +344,31 @@ impl Applier<'_> {
         result
     }
 
-    /// Records objects a collection delete deleted as unseen deletes; `names` gets their names.
-    fn deleted<K: OwnedKind>(&self, keys: &[ObjectKey], names: &mut Vec<String>, now: Now) {
-        let mut unseen = self.unseen();
-        for key in keys {
-            K::unseen(&mut unseen).deleted(&key.uid, now.mono);
-            names.push(key.name.clone());
+    /// Takes a collection delete's answer: the objects it deleted are recorded as unseen
+    /// deletes and `names` gets their names; refused as forbidden, `keys` (the plan's) are
+    /// deleted one by one instead.
+    async fn collection_deleted<K: OwnedKind>(
+        &self,
+        job: &TFJob,
+        sent: Result<Vec<ObjectKey>, Error>,
+        keys: &[ObjectKey],
+        names: &mut Vec<String>,
+        now: Now,
+    ) -> Result<(), Error> {
+        match sent {
+            Ok(deleted) => {
+                let mut unseen = self.unseen();
+                for key in deleted {
+                    K::unseen(&mut unseen).deleted(&key.uid, now.mono);
+                    names.push(key.name);
+                }
+                Ok(())
+            }
+            Err(e) if forbidden(&e) => {
+                info!(error = %e, kind = K::KIND, "collection delete refused: deleting one by one");
+                self.delete_owned::<K>(&job.namespace().unwrap_or_default(), keys, names, now).await
+            }
+            Err(e) => Err(e),
         }
     }
 
