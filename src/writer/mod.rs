@@ -1,8 +1,10 @@
 //! Every write the controller makes to the API server (the Lease's writes are in
 //! [`crate::leader`]), each idempotent and each asking the leadership gate first: fixed
 //! names; a 409 on create is success only for an object this job controls; deletes carry the
-//! uid seen as a precondition and take a 404 as success; status goes by JSON merge patch of
-//! what changed, with one field manager. Events go through the queue of [`events`].
+//! uid seen as a precondition and take a 404 as success (a finished job's cleanup deletes a
+//! collection instead, selected by the job's operator-name and job-name labels); status goes
+//! by JSON merge patch of what changed, with one field manager. Events go through the queue
+//! of [`events`].
 
 pub mod events;
 pub mod merge_patch;
