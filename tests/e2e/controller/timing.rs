@@ -230,8 +230,17 @@ async fn no_duplicates_no_chatter(ctx: Ctx) -> Result<()> {
         more(&svcs_after, &svcs_before, "201") == 40.0 && more(&svcs_after, &svcs_before, "409") == 0.0,
         "services: {svcs_before:?} -> {svcs_after:?}"
     );
-    // Quiet: a Running job with nothing happening is not written to.
-    let rv = jobs(&ctx).get("j0").await?.metadata.resource_version;
+    // Quiet: a Running job with nothing happening is not written to, once its status is
+    // complete. Its active counts and its pods' start time may follow `Running` by up to
+    // 10 s (status write coalescing holds a change of nothing else that long).
+    let settled = wait_job(&ctx, "j0", WAIT, "every replica active and podsStartedTime", |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.pods_started_time.is_some() && s.replica_statuses.values().map(|r| r.active).sum::<i32>() == 2
+        })
+    })
+    .await
+    .with_context(|| op.log_tail())?;
+    let rv = settled.metadata.resource_version;
     // Killed mid-way through a second batch and restarted: status carries on, names keep one uid.
     for i in 20..30 {
         create(&ctx, job(&format!("j{i}"), &reps, json!({}))).await?;
