@@ -5,7 +5,8 @@
 //! [`objects`] (pods and services) and [`plan`] (what to do for a job at an instant). Around
 //! it: [`controller`] (the reconcile pipeline: observe, plan, apply, report), [`writer`]
 //! (every API write of the controller, behind the leadership gate), [`leader`] (the Lease and
-//! the gate), [`transport`] (the client's deadline and gate layers), [`http`] and [`metrics`]
+//! the gate), [`transport`] (the client's deadline and gate layers), [`fence`] (the
+//! controller's connections, shut once the lease is lost), [`http`] and [`metrics`]
 //! (health and Prometheus) and [`cli`] (flags).
 //! `ARCHITECTURE.md` walks through it.
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod fault_point;
+pub mod fence;
 pub mod http;
 pub mod leader;
 pub mod metrics;

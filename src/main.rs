@@ -10,6 +10,7 @@ use futures::FutureExt;
 use kube::client::ClientBuilder;
 use tfjob_operator::cli::{self, LeaderElection, LogFormat};
 use tfjob_operator::controller::{self, Settings};
+use tfjob_operator::fence::fenced_client;
 use tfjob_operator::http::{self, Readiness};
 use tfjob_operator::leader::{Elector, Gate};
 use tfjob_operator::metrics::Metrics;
@@ -36,7 +37,8 @@ fn init_logging(format: LogFormat) {
 
 /// The API clients: kube's stack without its retry layer (a failed request returns to the
 /// reconcile, which backs off), then, outermost last: every request but a watch bounded in
-/// time, every attempt counted, every write but the Lease's held at the gate. The controller's
+/// time, every attempt counted, every write but the Lease's held at the gate. The
+/// controller's stack sits on fenced connections ([`fenced_client`]). The controller's
 /// client adds the optional rate limit; the elector's (second) has none and its own
 /// connections: a renewal never waits in kube's queue behind hundreds of rate-limited creates.
 async fn clients(
@@ -47,14 +49,15 @@ async fn clients(
     let mut config =
         kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     config.default_retry = false;
-    let stack = |config: kube::Config| -> anyhow::Result<_> {
-        Ok(ClientBuilder::try_from(config)?
+    let stack = |base: ClientBuilder<_>| {
+        base.with_layer(&tfjob_operator::fault_point::hold_layer())
             .with_layer(&DeadlineLayer(opts.request_timeout))
             .with_layer(&CountLayer(metrics.clone()))
-            .with_layer(&GateLayer(gate.clone())))
+            .with_layer(&GateLayer(gate.clone()))
     };
-    let elector = stack(config.clone())?.build();
-    let builder = stack(config)?;
+    let elector = stack(ClientBuilder::try_from(config.clone())?).build();
+    // The controller's connections are fenced: they send nothing once the lease is lost.
+    let builder = stack(fenced_client(config, gate.clone())?);
     if opts.kube_api_qps == 0 {
         return Ok((builder.build(), elector));
     }

@@ -2,6 +2,7 @@
 //! closes it; the writer checks it before every write; `/readyz` and the
 //! `tfjob_operator_leader` gauge read it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -26,6 +27,8 @@ struct Inner {
     /// process that was paused past it (SIGSTOP, a stalled VM) writes nothing even before its
     /// elector wakes up. One lock, never held while taking another.
     state: Mutex<(bool, Option<Instant>)>,
+    /// The gate has been open under election at least once (this process led).
+    led: AtomicBool,
     /// Wakes those waiting for a change (never read for the state itself).
     changed: watch::Sender<bool>,
 }
@@ -37,6 +40,7 @@ impl Gate {
             inner: Arc::new(Inner {
                 elected: false,
                 state: Mutex::new((true, None)),
+                led: AtomicBool::new(false),
                 changed: watch::Sender::new(true),
             }),
         }
@@ -48,6 +52,7 @@ impl Gate {
             inner: Arc::new(Inner {
                 elected: true,
                 state: Mutex::new((false, None)),
+                led: AtomicBool::new(false),
                 changed: watch::Sender::new(false),
             }),
         }
@@ -60,6 +65,14 @@ impl Gate {
         open && open_at(until, Instant::now())
     }
 
+    /// Whether this process led and no longer does (its lease was lost, or its last renewal
+    /// no longer vouches for it): from then on nothing it sends can be trusted to be current,
+    /// so the controller's connections send nothing at all ([`crate::fence`]). A follower
+    /// that has not led yet, and a process without leader election, have lost nothing.
+    pub fn lost(&self) -> bool {
+        self.inner.led.load(Ordering::Acquire) && !self.is_open()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, (bool, Option<Instant>)> {
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -69,6 +82,7 @@ impl Gate {
     pub fn renewed(&self, until: Instant) {
         if self.inner.elected {
             *self.state() = (true, Some(until));
+            self.inner.led.store(true, Ordering::Release);
             self.inner.changed.send_replace(true);
         }
     }
@@ -78,6 +92,9 @@ impl Gate {
     pub fn set(&self, leading: bool) {
         if self.inner.elected {
             self.state().0 = leading;
+            if leading {
+                self.inner.led.store(true, Ordering::Release);
+            }
             self.inner.changed.send_replace(leading);
         }
     }
@@ -152,13 +169,46 @@ mod tests {
         assert!(!open_at(Some(t0), t0 + s(1)));
 
         let g = Gate::elected();
-        g.renewed(Instant::now() + s(60));
+        g.renewed(Instant::now() + std::time::Duration::from_secs(60));
         assert!(g.is_open());
         g.renewed(Instant::now());
         assert!(!g.is_open(), "a renewal already past keeps nothing open");
         let always = Gate::always_open();
         always.renewed(Instant::now());
         assert!(always.is_open(), "without election renewals mean nothing");
+    }
+
+    #[test]
+    fn only_a_process_that_led_can_lose_the_lease() {
+        // (steps the elector takes, lost after them)
+        type Step = fn(&Gate);
+        let cases: [(&str, Vec<Step>, bool); 6] = [
+            ("a follower that never led", vec![], false),
+            (
+                "leading, renewed",
+                vec![|g| g.renewed(Instant::now() + std::time::Duration::from_secs(60))],
+                false,
+            ),
+            ("renewal past its deadline", vec![|g| g.renewed(Instant::now())], true),
+            (
+                "stepped down",
+                vec![|g| g.renewed(Instant::now() + std::time::Duration::from_secs(60)), |g| g.set(false)],
+                true,
+            ),
+            ("set leading, then closed", vec![|g| g.set(true), |g| g.set(false)], true),
+            ("closed without leading", vec![|g| g.set(false)], false),
+        ];
+        for (what, steps, want) in cases {
+            let g = Gate::elected();
+            for step in steps {
+                step(&g);
+            }
+            assert_eq!(g.lost(), want, "{what}");
+        }
+        let always = Gate::always_open();
+        always.set(false);
+        always.renewed(Instant::now());
+        assert!(!always.lost(), "without election nothing is ever lost");
     }
 
     #[tokio::test]

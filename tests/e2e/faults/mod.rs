@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Test> {
         test!(etcd_killed_and_restarted).fault(),
         test!(forced_410_gone_relists_and_loses_nothing).fault(),
         test!(split::paused_leader_writes_nothing_that_sticks_and_steps_down).fault(),
+        test!(split::paused_leader_holding_a_write_sends_nothing_when_it_wakes).fault(),
         test!(split::killed_between_creates_and_status_write).fault(),
         test!(split::namespace_and_job_deleted_under_running_work).fault(),
         test!(webhook::a_webhook_down_is_the_clusters_failure_and_nothing_is_lost).serial(),

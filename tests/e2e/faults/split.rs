@@ -23,7 +23,7 @@ fn leads(metrics: &str) -> bool {
 
 /// op-a leading, then op-b started beside it (a follower that answers `/readyz`), both with
 /// a 4 s lease in the test's namespace.
-async fn leader_and_follower(ctx: &Ctx) -> Result<(Operator, Operator)> {
+async fn leader_and_follower(ctx: &Ctx, a_env: &[(&str, &str)]) -> Result<(Operator, Operator)> {
     let kc = ctx.cluster.kubeconfig.clone();
     let lease = format!("--leader-election-namespace={}", ctx.ns);
     let flags = [
@@ -34,7 +34,8 @@ async fn leader_and_follower(ctx: &Ctx) -> Result<(Operator, Operator)> {
         "--leader-election-retry-period=1s",
         super::ANNOUNCE,
     ];
-    let a = Operator::launch(ctx, "op-a", &kc, Some(&ctx.ns), &flags, &[("POD_NAME", "op-a")])?;
+    let env: Vec<(&str, &str)> = [("POD_NAME", "op-a")].into_iter().chain(a_env.iter().copied()).collect();
+    let a = Operator::launch(ctx, "op-a", &kc, Some(&ctx.ns), &flags, &env)?;
     tfjob_testsupport::wait(WAIT, "op-a to lead", || async { a.metrics().await.is_ok_and(|m| leads(&m)) })
         .await
         .with_context(|| a.log_tail())?;
@@ -96,7 +97,7 @@ async fn op_a_reported_nothing_after(ctx: &Ctx, woke: Timestamp) -> Result<()> {
 /// (exits non-zero).
 pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -> Result<()> {
     super::plane(&ctx)?.revive()?;
-    let (mut a, b) = leader_and_follower(&ctx).await?;
+    let (mut a, b) = leader_and_follower(&ctx, &[]).await?;
     let uids = PodUids::start(&ctx);
     let fleet = Fleet::create(&ctx, PER_FATE).await?;
     tfjob_testsupport::wait(WAIT, "the fleet's first pods", || async {
@@ -126,6 +127,90 @@ pub async fn paused_leader_writes_nothing_that_sticks_and_steps_down(ctx: Ctx) -
     op_a_reported_nothing_after(&ctx, woke).await?;
     check_idle(&b, 2.5).await?;
     Ok(())
+}
+
+/// The leader holds a pod create just past its leadership gate (a test-only fault point: the
+/// window in which a paused process keeps a write it already let through) and is SIGSTOPped
+/// there; a second process takes over, runs the job to success and cleans its pod; the first
+/// is SIGCONTed with the create still to send. Its connections are fenced since it lost the
+/// lease: the create never reaches the API server (one pod create answered 201, one uid for
+/// the pod name, no pod left), and op-a says so in its log before it steps down.
+pub async fn paused_leader_holding_a_write_sends_nothing_when_it_wakes(ctx: Ctx) -> Result<()> {
+    super::plane(&ctx)?.revive()?;
+    let (mut a, b) = leader_and_follower(&ctx, &[("TFJOB_FAULT_POINT", "held-create:held-worker-0")]).await?;
+    let uids = PodUids::start(&ctx);
+    let posts_before = apiserver_posts_by_code(&ctx, "pods").await?;
+    let manifest = job(
+        "held",
+        &[replica("Worker", 1).fate(succeed("1s"))],
+        json!({"runPolicy": {"cleanPodPolicy": "All"}}),
+    );
+    create(&ctx, manifest).await?;
+    tfjob_testsupport::wait(WAIT, "op-a to hold held-worker-0's create", || async {
+        a.log_text().contains("fault point held-create reached")
+    })
+    .await
+    .with_context(|| a.log_tail())?;
+    // The hold lasts 3 s; the log is read every few ms.
+    a.proc.signal(SIGSTOP);
+    let pid = a.proc.pid();
+    tfjob_testsupport::wait(Duration::from_secs(2), "op-a to stop (SIGSTOP)", || async {
+        process_state(pid).as_deref() == Some("T")
+    })
+    .await?;
+    ensure!(
+        !a.log_text().contains(tfjob_operator::fence::REFUSED),
+        "op-a's fence refused a write before it was paused: {}",
+        a.log_tail()
+    );
+    tfjob_testsupport::wait(Duration::from_secs(20), "op-b to take over", || async {
+        b.metrics().await.is_ok_and(|m| leads(&m))
+    })
+    .await
+    .with_context(|| b.log_tail())?;
+    wait_job(&ctx, "held", WAIT, "Succeeded under op-b", |j| has_condition(j, ConditionType::Succeeded))
+        .await
+        .with_context(|| b.log_tail())?;
+    tfjob_testsupport::wait(WAIT, "held-worker-0 cleaned (cleanPodPolicy All)", || async {
+        live_pods(&ctx).await.is_ok_and(|p| p.is_empty())
+    })
+    .await?;
+    ensure!(
+        uids.names_with_uids().get("held-worker-0").map(|u| u.len()) == Some(1),
+        "op-b did not create held-worker-0 once: {:?}",
+        uids.names_with_uids()
+    );
+    a.proc.signal(SIGCONT);
+    let status = tokio::task::block_in_place(|| a.proc.wait_exit(Duration::from_secs(10)))
+        .context("op-a did not step down within 10 s of waking")?;
+    ensure!(!status.success(), "op-a exited {status}, want a failure (it lost the lease)");
+    // A create that got out would land within a second of op-a waking; give it five.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let posts = apiserver_posts_by_code(&ctx, "pods").await?;
+    let created = posts.get("201").copied().unwrap_or(0.0) - posts_before.get("201").copied().unwrap_or(0.0);
+    ensure!(
+        created == 1.0,
+        "pods created {created} times, want 1 (op-b's; op-a's held create landed): {posts:?}"
+    );
+    ensure!(
+        uids.names_with_uids().get("held-worker-0").map(|u| u.len()) == Some(1),
+        "held-worker-0 was created again after op-a woke: {:?}",
+        uids.names_with_uids()
+    );
+    ensure!(live_pods(&ctx).await?.is_empty(), "a pod is left: {:?}", live_pods(&ctx).await?);
+    ensure!(
+        a.log_text().contains(tfjob_operator::fence::REFUSED),
+        "op-a's fence did not refuse anything: {}",
+        a.log_tail()
+    );
+    Ok(())
+}
+
+/// A process's state letter from `/proc/<pid>/stat` (`T`: stopped).
+fn process_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses.
+    stat.rsplit_once(") ")?.1.split_whitespace().next().map(str::to_string)
 }
 
 /// The operator is SIGKILLed exactly between a job's creates and its next status write (a
