@@ -43,8 +43,6 @@ pub fn hold_layer() -> tower::layer::util::Identity {
 
 #[cfg(feature = "fault-points")]
 mod held {
-    use std::future::Future;
-    use std::pin::Pin;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::task::{Context, Poll};
@@ -53,6 +51,8 @@ mod held {
     use http::{Method, Request};
     use kube::client::Body;
     use tower::{BoxError, Layer, Service};
+
+    use crate::transport::BoxFuture;
 
     /// Holds the armed pod's first create (see [`super::hold_layer`]).
     #[derive(Clone, Debug, Default)]
@@ -91,8 +91,6 @@ mod held {
             named && !self.fired.swap(true, Ordering::SeqCst)
         }
     }
-
-    type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
     impl<S> Service<Request<Body>> for Hold<S>
     where

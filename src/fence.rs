@@ -5,7 +5,6 @@
 //! process took over. The gate layer decides at the request; this decides at the socket, the
 //! last point before the API server. The elector's client is not fenced: it writes the Lease.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,6 +18,7 @@ use tower::util::BoxService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 use crate::leader::Gate;
+use crate::transport::BoxFuture;
 
 /// What the fence answers a write it holds back.
 pub const REFUSED: &str = "not sent: this process lost the leader lease (connection fenced)";
@@ -72,8 +72,6 @@ impl<T> Fenced<T> {
         Some(io::Error::new(io::ErrorKind::PermissionDenied, REFUSED))
     }
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 impl<C> Service<Uri> for Fenced<C>
 where

@@ -52,7 +52,8 @@ pub struct Deadline<S> {
     timeout: Duration,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+/// A boxed future of a client layer (here, in `fence.rs` and in the test-only fault points).
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 impl<S, B, RB> Service<Request<B>> for Deadline<S>
 where
